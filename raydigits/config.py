@@ -1,0 +1,161 @@
+"""`TrainConfig`: every trainer knob, its default and its intent. Unknown keys and bad values are
+rejected with a message naming the key. Built from YAML, `--set key=value` overrides, or a Tune
+trial's sampled dict."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import UserError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    # --- data
+    data_dir: str = "data/mnist"        # prepared store; a folder named 'mnist' is prepared on demand
+    train_items: int = Field(0, ge=0)   # stratified subset of train for quick runs; 0 = all
+    val_items: int = Field(0, ge=0)     # stratified subset of val; 0 = all
+    img_size: int = Field(32, ge=16, le=1024)  # network input side; MobileNetV3 works from 32 px
+    # --- augmentation (training only, batched on the device); strength scales all three
+    aug_strength: float = Field(1.0, ge=0.0, le=3.0)   # 0 turns augmentation off
+    aug_shift: float = Field(0.08, ge=0.0, le=0.5)     # max translation, fraction of the side
+    aug_rotate: float = Field(10.0, ge=0.0, le=180.0)  # max rotation, degrees
+    aug_scale: float = Field(0.10, ge=0.0, le=0.9)     # max relative zoom in/out
+    # --- model
+    model: str = "mobilenet_v3_small"   # any torchvision classification model by exact name
+    pretrained: str | None = None       # None, 'imagenet' (local torch hub cache only) or a state-dict path
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)    # head dropout (where the model has one)
+    bn_momentum: float | None = Field(0.1, gt=0.0, le=1.0)  # torchvision's 0.01 makes early val meaningless; None keeps the model's
+    channels_last: bool | None = None   # None: on for CUDA, off for CPU
+    freeze_epochs: int = Field(0, ge=0)  # train only the classifier head for the first N epochs
+    # --- optimisation
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(512, ge=1)
+    optimizer: str = "adamw"            # see raydigits.optim.list_optimizers()
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)       # sgd only
+    nesterov: bool = False                               # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)            # adam, adamw, adabelief, ranger
+    scheduler: str = "cosine"           # see raydigits.optim.list_schedulers(); 'none' keeps lr fixed
+    warmup_epochs: float = Field(0.0, ge=0.0)           # linear warmup (per step), works with every scheduler
+    warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)  # first warmup step at lr * this (never 0)
+    min_lr: float = Field(0.0, ge=0.0)                   # floor for cosine / cosine_restarts / plateau
+    step_size: float = Field(2.0, gt=0.0)                # step: epochs between decays
+    gamma: float = Field(0.1, gt=0.0, le=1.0)            # step / multistep decay factor (a float)
+    milestones: list[float] = Field(default_factory=lambda: [3.0, 6.0])  # multistep: epochs
+    restart_epochs: float = Field(2.0, gt=0.0)           # cosine_restarts: first cycle length (epochs)
+    restart_mult: int = Field(2, ge=1)                   # cosine_restarts: cycle length multiplier
+    plateau_patience: int = Field(1, ge=0)               # plateau: epochs without improvement
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)   # plateau: lr multiplier
+    onecycle_pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    loss: str = "ce"                    # see raydigits.optim.list_losses()
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: list[float] | None = None             # one weight per class, or None
+    focal_gamma: float = Field(2.0, ge=0.0)              # focal loss focusing parameter
+    clip_grad_norm: float = Field(0.0, ge=0.0)           # 0 = off; applied after unscaling, before the step
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA if supported, else fp16; off on CPU
+    # --- run control
+    monitor: Literal["val_acc", "val_loss"] = "val_acc"  # best checkpoint, plateau and early stopping
+    early_stop_patience: int = Field(0, ge=0)            # 0 = off
+    early_stop_min_delta: float = Field(0.0, ge=0.0)
+    seed: int = 42
+    device: str = "auto"                # auto, cpu, cuda, cuda:N
+    threads: int = Field(0, ge=0)       # torch CPU threads; 0 = leave torch's choice
+
+    @field_validator("optimizer", "scheduler", "loss")
+    @classmethod
+    def _known_name(cls, v: str, info):
+        from . import optim
+        valid = {"optimizer": optim.list_optimizers, "scheduler": optim.list_schedulers,
+                 "loss": optim.list_losses}[info.field_name]()
+        if v not in valid:
+            raise ValueError(f"unknown {info.field_name} {v!r}; valid: {', '.join(valid)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str):
+        from .models import list_models
+        if v not in list_models():
+            raise ValueError(f"unknown model {v!r}; any torchvision classification model, e.g. "
+                             "mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str):
+        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
+        if self.freeze_epochs >= self.epochs and self.freeze_epochs:
+            raise ValueError(f"freeze_epochs ({self.freeze_epochs}) must be below epochs ({self.epochs})")
+        if sorted(self.milestones) != list(self.milestones):
+            raise ValueError("milestones must be increasing")
+        return self
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        parts.append(f"{prefix}{key}: {msg}")
+    return "; ".join(parts)
+
+
+def make_config(values: dict, where: str = "config") -> TrainConfig:
+    """Validate a dict into a TrainConfig, or raise UserError naming the key(s) at fault."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {format_validation_error(exc)}") from None
+
+
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """`key=value` strings → dict; values parsed as YAML scalars/lists (`lr=1e-3`, `betas=[0.9,0.99]`)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {pair!r}: expected key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def load_yaml_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    values = load_yaml_file(path) if path else {}
+    values.update(parse_overrides(overrides))
+    return make_config(values, where=str(path) if path else "config")

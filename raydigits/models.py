@@ -1,0 +1,145 @@
+"""Build a torchvision classifier by name, give it a head for the dataset's classes, load pretrained
+weights from local files only, set BatchNorm momentum, and freeze/unfreeze the backbone."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from .errors import UserError
+
+KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
+
+
+@functools.lru_cache(maxsize=1)
+def list_models() -> list[str]:
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def head_path(model: nn.Module) -> str:
+    """Name of the final Linear layer (the classifier head)."""
+    last = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last = name
+    if last is None:
+        raise UserError(f"{type(model).__name__}: no Linear classifier layer found")
+    return last
+
+
+def head_root(model: nn.Module) -> str:
+    """The top-level attribute holding the head ('classifier', 'fc', 'heads', ...): not frozen."""
+    return head_path(model).split(".")[0]
+
+
+def _replace_head(model: nn.Module, num_classes: int) -> None:
+    path = head_path(model)
+    parent_name, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, nn.Linear(getattr(parent, leaf).in_features, num_classes))
+
+
+def set_bn_momentum(model: nn.Module, momentum: float) -> None:
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.momentum = momentum
+
+
+def build_model(cfg, num_classes: int) -> nn.Module:
+    try:  # models whose constructor takes `dropout` (MobileNet, EfficientNet, ...) get cfg.dropout
+        model = torchvision.models.get_model(cfg.model, weights=None, dropout=cfg.dropout)
+    except TypeError:
+        model = torchvision.models.get_model(cfg.model, weights=None)
+    if cfg.pretrained:
+        state = _imagenet_state(cfg.model) if cfg.pretrained == "imagenet" else read_state_dict(cfg.pretrained)
+        load_matching(model, state, source=cfg.pretrained)
+    _replace_head(model, num_classes)
+    if cfg.pretrained and cfg.pretrained != "imagenet":
+        # our own checkpoint of the same class count: its head loads too
+        load_matching(model, read_state_dict(cfg.pretrained), source=cfg.pretrained, quiet=True)
+    if cfg.bn_momentum is not None:
+        set_bn_momentum(model, cfg.bn_momentum)
+    return model
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"pretrained: {path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holds non-tensor objects
+        raise UserError(f"pretrained: {path}: not a loadable state dict ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]  # a raydigits checkpoint / best_model.pt
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise UserError(f"pretrained: {path}: expected a state dict")
+    return strip_prefixes(obj)
+
+
+def strip_prefixes(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in KNOWN_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_matching(model: nn.Module, state: dict, source: str = "", quiet: bool = False) -> dict:
+    """Load every key whose name and shape match; report the rest. Returns the report."""
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in matched)
+    model.load_state_dict(matched, strict=False)
+    report = {"loaded": len(matched), "missing": missing, "unexpected": unexpected,
+              "shape_mismatch": mismatched}
+    if not quiet:
+        print(f"pretrained {source}: loaded {len(matched)}/{len(own)} tensors; "
+              f"skipped (shape mismatch): {mismatched[:6]}{'...' if len(mismatched) > 6 else ''}; "
+              f"missing: {missing[:6]}{'...' if len(missing) > 6 else ''}; "
+              f"unexpected: {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
+    if not matched:
+        raise UserError(f"pretrained {source}: no tensor matches model {type(model).__name__}")
+    return report
+
+
+def _imagenet_state(name: str) -> dict:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    if not file.exists():
+        raise UserError(f"pretrained: imagenet: no local weights for {name} at {file} (downloads are "
+                        f"not attempted); copy {os.path.basename(weights.url)} there or give a path")
+    return strip_prefixes(torch.load(file, map_location="cpu", weights_only=True))
+
+
+def set_frozen(model: nn.Module, frozen: bool) -> None:
+    """Frozen: only the head trains; backbone params get no grads and its BatchNorms keep their
+    running statistics (eval mode), so a frozen backbone is left exactly as it was."""
+    head = head_root(model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(not frozen or name.split(".")[0] == head)
+    model._raydigits_frozen = frozen  # read by `train_mode`
+
+
+def train_mode(model: nn.Module) -> None:
+    """model.train(), with a frozen backbone's norm layers kept in eval mode."""
+    model.train()
+    if getattr(model, "_raydigits_frozen", False):
+        head = head_root(model)
+        for name, mod in model.named_children():
+            if name != head:
+                mod.eval()

@@ -1,0 +1,211 @@
+"""Name → builder registries for optimisers, learning-rate schedules and losses (timm-style).
+
+Schedules step per batch (`step_batch`) except plateau, which steps per epoch on the monitored
+metric (`step_epoch`). A linear warmup from `lr * warmup_start_factor` (never 0) wraps any of them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import lr_scheduler as lrs
+
+_OPTIMIZERS: dict[str, Callable] = {}
+_SCHEDULERS: dict[str, Callable] = {}
+_LOSSES: dict[str, Callable] = {}
+
+
+def _register(table):
+    def deco(fn):
+        table[fn.__name__.removeprefix("_").removesuffix("_")] = fn
+        return fn
+    return deco
+
+
+def list_optimizers() -> list[str]:
+    return sorted(_OPTIMIZERS)
+
+
+def list_schedulers() -> list[str]:
+    return sorted(_SCHEDULERS)
+
+
+def list_losses() -> list[str]:
+    return sorted(_LOSSES)
+
+
+# ------------------------------------------------------------------ optimisers
+@_register(_OPTIMIZERS)
+def _sgd(params, cfg):
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+@_register(_OPTIMIZERS)
+def _adam(params, cfg):
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@_register(_OPTIMIZERS)
+def _adamw(params, cfg):
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@_register(_OPTIMIZERS)
+def _adabelief(params, cfg):
+    from pytorch_optimizer import AdaBelief
+    return AdaBelief(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, weight_decouple=True)
+
+
+@_register(_OPTIMIZERS)
+def _ranger(params, cfg):
+    from pytorch_optimizer import Ranger
+    return Ranger(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """All parameters are handed over (frozen ones have no grad and are skipped by every optimiser),
+    so unfreezing later needs no new optimiser. No weight decay on norms and biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return _OPTIMIZERS[cfg.optimizer](groups, cfg)
+
+
+# ------------------------------------------------------------------ schedules (steps = batches)
+@_register(_SCHEDULERS)
+def _none(opt, cfg, spe, total):
+    return lrs.LambdaLR(opt, lambda _: 1.0)
+
+
+@_register(_SCHEDULERS)
+def _cosine(opt, cfg, spe, total):
+    return lrs.CosineAnnealingLR(opt, T_max=max(1, total), eta_min=cfg.min_lr)
+
+
+@_register(_SCHEDULERS)
+def _cosine_restarts(opt, cfg, spe, total):
+    return lrs.CosineAnnealingWarmRestarts(opt, T_0=max(1, round(cfg.restart_epochs * spe)),
+                                           T_mult=cfg.restart_mult, eta_min=cfg.min_lr)
+
+
+@_register(_SCHEDULERS)
+def _step(opt, cfg, spe, total):
+    return lrs.StepLR(opt, step_size=max(1, round(cfg.step_size * spe)), gamma=cfg.gamma)
+
+
+@_register(_SCHEDULERS)
+def _multistep(opt, cfg, spe, total):
+    return lrs.MultiStepLR(opt, milestones=[max(1, round(m * spe)) for m in cfg.milestones], gamma=cfg.gamma)
+
+
+@_register(_SCHEDULERS)
+def _onecycle(opt, cfg, spe, total):
+    return lrs.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, total),
+                          pct_start=cfg.onecycle_pct_start)
+
+
+@_register(_SCHEDULERS)
+def _plateau(opt, cfg, spe, total):
+    return lrs.ReduceLROnPlateau(opt, mode="max" if cfg.monitor == "val_acc" else "min",
+                                 factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+
+
+class LRSchedule:
+    """Warmup + the named schedule behind one interface: `step_batch()` after every optimiser step,
+    `step_epoch(metric)` after every validation. Warmup scales the main schedule's first lr linearly
+    from `warmup_start_factor` up to 1 over `warmup_epochs`; the main schedule then starts at its
+    own step 0 and runs over the remaining steps."""
+
+    def __init__(self, opt: torch.optim.Optimizer, cfg, steps_per_epoch: int):
+        self.opt = opt
+        self.warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+        self.start_factor = cfg.warmup_start_factor
+        self.is_plateau = cfg.scheduler == "plateau"
+        main_steps = cfg.epochs * steps_per_epoch - self.warmup_steps
+        self.main = _SCHEDULERS[cfg.scheduler](opt, cfg, steps_per_epoch, main_steps)
+        self.target = [g["lr"] for g in opt.param_groups]  # the main schedule's lr at its step 0
+        self.steps = 0
+        self._warm()
+
+    def _warm(self) -> None:
+        if self.steps <= self.warmup_steps and self.warmup_steps:
+            f = self.start_factor + (1 - self.start_factor) * self.steps / self.warmup_steps
+            for g, t in zip(self.opt.param_groups, self.target):
+                g["lr"] = t * f
+
+    def step_batch(self) -> None:
+        self.steps += 1
+        if self.steps <= self.warmup_steps:
+            self._warm()
+        elif not self.is_plateau:
+            self.main.step()
+
+    def step_epoch(self, metric: float) -> None:
+        if self.is_plateau and self.steps >= self.warmup_steps:
+            self.main.step(metric)
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "main": self.main.state_dict(), "target": self.target}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.target = state["steps"], state["target"]
+        self.main.load_state_dict(state["main"])
+
+
+def build_scheduler(opt, cfg, steps_per_epoch: int) -> LRSchedule:
+    return LRSchedule(opt, cfg, steps_per_epoch)
+
+
+# ------------------------------------------------------------------ losses
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al.): mean of -w_y (1 - p_y)^gamma log p_y, with label smoothing
+    applied to the target distribution. gamma = 0 equals cross-entropy."""
+
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logp = F.log_softmax(logits.float(), dim=1)
+        n = logits.shape[1]
+        onehot = F.one_hot(target, n).float()
+        soft = onehot * (1 - self.label_smoothing) + self.label_smoothing / n
+        per_class = -soft * (1 - logp.exp()).pow(self.gamma) * logp
+        if self.weight is not None:
+            per_class = per_class * self.weight
+            return per_class.sum() / self.weight[target].sum()
+        return per_class.sum(dim=1).mean()
+
+
+def _class_weight(cfg, num_classes):
+    if cfg.class_weights is None:
+        return None
+    if len(cfg.class_weights) != num_classes:
+        from .errors import UserError
+        raise UserError(f"class_weights: {len(cfg.class_weights)} values for {num_classes} classes")
+    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+@_register(_LOSSES)
+def _ce(cfg, num_classes):
+    return nn.CrossEntropyLoss(weight=_class_weight(cfg, num_classes), label_smoothing=cfg.label_smoothing)
+
+
+@_register(_LOSSES)
+def _focal(cfg, num_classes):
+    return FocalLoss(cfg.focal_gamma, _class_weight(cfg, num_classes), cfg.label_smoothing)
+
+
+def build_loss(cfg, num_classes: int) -> nn.Module:
+    return _LOSSES[cfg.loss](cfg, num_classes)
+
+
+def current_lr(opt) -> float:
+    return float(opt.param_groups[0]["lr"])
+

@@ -1,0 +1,94 @@
+"""Batches on the training device: each split is one uint8 tensor there; a batch is gathered by
+index, resized, normalised and (training only) randomly shifted/rotated/scaled with batched tensor
+ops. No per-image Python work per step."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_device_uint8(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, C) uint8 numpy (possibly a read-only view of Ray's object store) → (N, C, H, W)
+    uint8 tensor on `device`. On CPU this is a zero-copy view."""
+    with warnings.catch_warnings():  # read-only buffers: we never write into them
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(images)
+    return t.permute(0, 3, 1, 2).to(device)
+
+
+class Preprocess:
+    """uint8 (B, C, H, W) → normalised float (B, 3, S, S). Grey digits are repeated to 3 channels and
+    normalised with ImageNet statistics, so torchvision models (and ImageNet weights) work unchanged."""
+
+    def __init__(self, cfg, device: torch.device):
+        self.size = cfg.img_size
+        self.device = device
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        s = cfg.aug_strength
+        self.shift, self.rotate, self.scale = cfg.aug_shift * s, math.radians(cfg.aug_rotate * s), cfg.aug_scale * s
+        self.channels_last = False
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def eval(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        x = batch_u8.float().div_(255.0)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.size)
+        return self._normalise(x)
+
+    def train(self, batch_u8: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        if self.shift == 0 and self.rotate == 0 and self.scale == 0:
+            return self.eval(batch_u8)
+        x = batch_u8.float().div_(255.0)
+        if x.shape[-1] > self.size:  # shrink first (antialiased), then warp at the target size
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        b = x.shape[0]
+
+        def uniform(lim):
+            return (torch.rand(b, generator=gen, device=x.device) * 2 - 1) * lim
+
+        angle, zoom = uniform(self.rotate), 1 + uniform(self.scale)
+        tx, ty = uniform(self.shift * 2), uniform(self.shift * 2)  # grid units: side = 2
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+        grid = F.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return self._normalise(x)
+
+
+class SplitBatches:
+    """One split held on the device; yields (inputs, labels) batches by index."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device):
+        self.images = to_device_uint8(images, device)
+        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).to(device)
+        self.device = device
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def order(self, shuffle: bool, gen: torch.Generator | None) -> torch.Tensor:
+        if shuffle:
+            return torch.randperm(len(self), generator=gen, device="cpu").to(self.device)
+        return torch.arange(len(self), device=self.device)
+
+    def batches(self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None,
+                drop_last: bool = False):
+        idx = self.order(shuffle, gen)
+        n = len(idx) - (len(idx) % batch_size if drop_last and len(idx) >= batch_size else 0)
+        for start in range(0, n, batch_size):
+            sel = idx[start:start + batch_size]
+            yield self.images.index_select(0, sel), self.labels.index_select(0, sel), sel

@@ -1,0 +1,53 @@
+"""Shared fixtures: the real MNIST, prepared once into the repo's data/ (as a user would), and
+small real subsets of it for fast tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAYDIGITS_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    from raydigits.data import ensure_prepared
+    return ensure_prepared(REPO / "data" / "mnist")
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from raydigits.data import load_dataset
+    return load_dataset(mnist_dir)
+
+
+@pytest.fixture(scope="session")
+def small_mnist(mnist):
+    """512 train / 256 val real MNIST digits (first of each split)."""
+    from raydigits.data.store import Dataset
+    return Dataset({"train": mnist.images["train"][:512], "val": mnist.images["val"][:256]},
+                   {"train": mnist.labels["train"][:512], "val": mnist.labels["val"][:256]},
+                   {"train": mnist.ids["train"][:512], "val": mnist.ids["val"][:256]},
+                   mnist.class_names)
+
+
+def tiny_cfg(**over):
+    """A fast CPU config for unit tests of the trainer."""
+    from raydigits.config import make_config
+    base = dict(img_size=32, batch_size=64, eval_batch_size=256, epochs=2, threads=2,
+                scheduler="none", aug_strength=0.0, device="cpu")
+    base.update(over)
+    return make_config(base)
+
+
+@pytest.fixture
+def cfg_factory():
+    return tiny_cfg
+
+
+
+
+np.set_printoptions(precision=4)

@@ -1,0 +1,147 @@
+"""Registries: every optimiser, scheduler and loss by name; warmup lr values; float step gamma;
+focal loss; unknown names list the valid ones."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from raydigits import optim
+from raydigits.config import make_config
+from raydigits.errors import UserError
+
+
+def _toy():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    return model, x, y
+
+
+@pytest.mark.parametrize("name", optim.list_optimizers())
+def test_every_optimizer_reduces_loss(name):
+    model, x, y = _toy()
+    cfg = make_config({"optimizer": name, "lr": 1e-2, "weight_decay": 1e-4})
+    opt = optim.build_optimizer(model, cfg)
+    loss_fn = nn.CrossEntropyLoss()
+    first = loss_fn(model(x), y).item()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss_fn(model(x), y).item() < first * 0.9
+    # no decay on biases and norm weights
+    assert opt.param_groups[1]["weight_decay"] == 0.0 and all(p.ndim == 1 for p in opt.param_groups[1]["params"])
+
+
+def _lrs(cfg, spe=10, epochs=None, metric=lambda e: 0.5):
+    model, _, _ = _toy()
+    opt = optim.build_optimizer(model, cfg)
+    sched = optim.build_scheduler(opt, cfg, spe)
+    lrs = []
+    for e in range(epochs or cfg.epochs):
+        for _ in range(spe):
+            lrs.append(optim.current_lr(opt))
+            opt.step()
+            sched.step_batch()
+        sched.step_epoch(metric(e))
+    return lrs, opt, sched
+
+
+@pytest.mark.parametrize("name", optim.list_schedulers())
+@pytest.mark.parametrize("warmup", [0.0, 1.0])
+def test_every_scheduler_runs_with_and_without_warmup(name, warmup):
+    cfg = make_config({"scheduler": name, "epochs": 6, "lr": 0.1, "warmup_epochs": warmup,
+                       "milestones": [2, 4], "step_size": 2, "gamma": 0.5, "restart_epochs": 2})
+    lrs, opt, sched = _lrs(cfg)
+    assert all(math.isfinite(v) and v > 0 for v in lrs), lrs
+    assert lrs[0] > 0 and max(lrs) <= 0.1 * (1 + 1e-6) + 1e-9 or name == "onecycle"
+    if warmup:
+        assert lrs[0] == pytest.approx(lrs[10] * cfg.warmup_start_factor, rel=1e-6) or name == "onecycle"
+    # state round trip: a fresh schedule resumed from the state continues identically
+    state = sched.state_dict()
+    lrs2, _, sched2 = _lrs(cfg, epochs=0)
+    sched2.load_state_dict(state)
+    assert sched2.steps == sched.steps
+
+
+def test_warmup_lrs_are_what_they_claim():
+    cfg = make_config({"scheduler": "none", "lr": 0.1, "epochs": 3, "warmup_epochs": 1,
+                       "warmup_start_factor": 0.2})
+    lrs, _, _ = _lrs(cfg, spe=4)
+    assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])  # never 0; full lr after warmup
+    assert lrs[5:] == pytest.approx([0.1] * 7)
+
+
+def test_warmup_then_cosine_and_plateau():
+    cfg = make_config({"scheduler": "cosine", "lr": 0.1, "epochs": 3, "warmup_epochs": 1})
+    lrs, _, _ = _lrs(cfg, spe=4)
+    assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.1)  # cosine starts at full lr
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    cfg = make_config({"scheduler": "plateau", "lr": 0.1, "epochs": 5, "warmup_epochs": 1,
+                       "plateau_patience": 0, "plateau_factor": 0.5})
+    lrs, _, _ = _lrs(cfg, spe=2)  # the metric never improves → halves every epoch after the first
+    assert lrs[0] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.1)
+    assert lrs[4] == pytest.approx(0.05) and lrs[6] == pytest.approx(0.025)
+
+
+def test_step_gamma_is_a_float_and_multistep_is_its_own():
+    cfg = make_config({"scheduler": "step", "lr": 1.0, "epochs": 8, "step_size": 4, "gamma": 0.8})
+    lrs, _, _ = _lrs(cfg, spe=1)
+    assert lrs == pytest.approx([1.0] * 4 + [0.8] * 4)
+    cfg = make_config({"scheduler": "multistep", "lr": 1.0, "epochs": 8, "milestones": [3, 6], "gamma": 0.1})
+    lrs, _, _ = _lrs(cfg, spe=1)
+    assert lrs == pytest.approx([1.0] * 3 + [0.1] * 3 + [0.01] * 2)
+
+
+@pytest.mark.parametrize("name", optim.list_losses())
+def test_every_loss(name):
+    cfg = make_config({"loss": name, "label_smoothing": 0.1, "class_weights": [1.0, 2.0, 0.5]})
+    loss_fn = optim.build_loss(cfg, 3)
+    logits = torch.randn(32, 3, requires_grad=True)
+    y = torch.randint(0, 3, (32,))
+    loss = loss_fn(logits, y)
+    loss.backward()
+    assert math.isfinite(loss.item()) and logits.grad.abs().sum() > 0
+
+
+def test_focal_loss_matches_ce_at_gamma_zero_and_down_weights_easy_examples():
+    torch.manual_seed(0)
+    logits, y = torch.randn(64, 10) * 3, torch.randint(0, 10, (64,))
+    w = torch.rand(10) + 0.5
+    for weight in (None, w):
+        for ls in (0.0, 0.1):
+            ce = nn.CrossEntropyLoss(weight=weight, label_smoothing=ls)(logits, y)
+            fl = optim.FocalLoss(0.0, weight, ls)(logits, y)
+            assert fl.item() == pytest.approx(ce.item(), rel=1e-5)
+    assert optim.FocalLoss(2.0)(logits, y) < nn.CrossEntropyLoss()(logits, y)
+
+
+def test_class_weights_change_the_loss_and_must_match_classes():
+    logits, y = torch.randn(16, 3), torch.zeros(16, dtype=torch.long)
+    a = optim.build_loss(make_config({}), 3)(logits, y)
+    b = optim.build_loss(make_config({"class_weights": [1.0, 5.0, 5.0]}), 3)(logits, torch.ones(16, dtype=torch.long))
+    assert a.item() != b.item()
+    with pytest.raises(UserError, match="class_weights"):
+        optim.build_loss(make_config({"class_weights": [1.0, 2.0]}), 3)
+
+
+@pytest.mark.parametrize("key,value,valid", [("optimizer", "adamx", "adabelief, adam, adamw, ranger, sgd"),
+                                             ("scheduler", "sgdr", "cosine"), ("loss", "hinge", "ce, focal"),
+                                             ("model", "mobilenetv3", "mobilenet_v3_small")])
+def test_unknown_names_list_the_valid_ones(key, value, valid):
+    with pytest.raises(UserError) as err:
+        make_config({key: value})
+    assert key in str(err.value) and repr(value) in str(err.value) and valid in str(err.value)
+
+
+def test_unknown_and_bad_config_keys_are_named():
+    with pytest.raises(UserError, match="learning_rate: unknown key"):
+        make_config({"learning_rate": 0.1})
+    with pytest.raises(UserError, match="lr: Input should be greater than 0"):
+        make_config({"lr": -1})
+    with pytest.raises(UserError, match="warmup_epochs"):
+        make_config({"epochs": 2, "warmup_epochs": 2})

@@ -1,0 +1,190 @@
+"""The trainer does what each knob says: freezing freezes, clipping clips, resume continues the
+same run, the same seed gives the same metrics, AMP paths run quietly, pretrained weights load."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from raydigits.errors import UserError
+from raydigits.models import head_root
+from raydigits.trainer import Trainer, load_checkpoint
+
+from conftest import REPO, tiny_cfg
+
+EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"}
+
+
+def _snapshot(model, head: bool):
+    root = head_root(model)
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if (k.split(".")[0] == root) == head}
+
+
+def _changed(a, b):
+    return [k for k in a if a[k].dtype.is_floating_point and not torch.equal(a[k], b[k])]
+
+
+def test_freeze_epochs_freeze_the_backbone_then_unfreeze(small_mnist):
+    t = Trainer(tiny_cfg(freeze_epochs=1, epochs=2, aug_strength=1.0), small_mnist)
+    backbone0, head0 = _snapshot(t.model, False), _snapshot(t.model, True)
+    after = {}
+    t.fit(lambda m, tr: after.setdefault(m["epoch"], (_snapshot(tr.model, False), _snapshot(tr.model, True))))
+    b1, h1 = after[1]
+    assert _changed(backbone0, b1) == []  # weights *and* BatchNorm running stats untouched
+    assert len(_changed(head0, h1)) > 0
+    b2, _ = after[2]
+    assert len(_changed(b1, b2)) > 0.5 * len(b1)
+    assert t.history[0]["frozen"] is True and t.history[1]["frozen"] is False
+
+
+def test_clipping_clips_this_steps_gradient(small_mnist):
+    def one_step_update(clip):
+        # 100 items, batch 64, drop_last → exactly one optimiser step; plain SGD: Δθ = -lr * g
+        t = Trainer(tiny_cfg(train_items=100, epochs=1, optimizer="sgd", momentum=0.0, weight_decay=0.0,
+                             lr=1.0, clip_grad_norm=clip), small_mnist)
+        before = [p.detach().clone() for p in t.model.parameters()]
+        t.train_one_epoch(1)
+        return torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(t.model.parameters(), before))).item()
+
+    assert one_step_update(1e-3) == pytest.approx(1e-3, rel=1e-3)
+    assert one_step_update(0.0) > 0.1
+
+
+def _strip_times(history):
+    return [{k: v for k, v in m.items() if not k.endswith("_s")} for m in history]
+
+
+def test_same_seed_same_metrics_and_resume_is_identical(small_mnist, tmp_path):
+    cfg = tiny_cfg(epochs=2, aug_strength=1.0, scheduler="cosine", warmup_epochs=0.5, dropout=0.3)
+    straight = Trainer(cfg, small_mnist)
+    straight.fit()
+    again = Trainer(cfg, small_mnist)
+    again.fit()
+    assert _strip_times(straight.history) == _strip_times(again.history)
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(m, t):
+        t.save(tmp_path / "last.pt")
+        raise Killed
+
+    first = Trainer(cfg, small_mnist)
+    with pytest.raises(Killed):
+        first.fit(save_then_die)
+    resumed = Trainer(cfg, small_mnist)
+    resumed.resume(tmp_path / "last.pt")
+    assert resumed.epoch == 1
+    resumed.fit()
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _strip_times(resumed.history) == _strip_times(straight.history)
+
+
+def test_every_epoch_reports_the_metrics(small_mnist):
+    seen = []
+    Trainer(tiny_cfg(epochs=2), small_mnist).fit(lambda m, t: seen.append(m))
+    assert [m["epoch"] for m in seen] == [1, 2]
+    for m in seen:
+        assert EPOCH_KEYS <= set(m) and 0 <= m["val_acc"] <= 1 and m["images_per_s"] > 0
+
+
+def test_early_stopping_and_divergence(small_mnist):
+    t = Trainer(tiny_cfg(epochs=5, early_stop_patience=1, early_stop_min_delta=1.0), small_mnist)
+    t.fit()
+    assert len(t.history) == 2 and t.stop_reason == "early_stop"
+    t = Trainer(tiny_cfg(epochs=3, optimizer="sgd", lr=1e8), small_mnist)
+    t.fit()
+    assert t.stop_reason == "diverged" and t.history[-1]["diverged"] and len(t.history) == 1
+
+
+def test_cpu_amp_paths_are_quiet(small_mnist):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # GradScaler/autocast warnings would fail here
+        for amp in ("auto", "off", "bf16"):
+            t = Trainer(tiny_cfg(epochs=1, amp=amp, train_items=128, clip_grad_norm=1.0), small_mnist)
+            t.fit()
+            assert not t.scaler.is_enabled()
+    assert Trainer(tiny_cfg(amp="bf16"), small_mnist).amp_dtype == torch.bfloat16
+    with pytest.raises(UserError, match="fp16 needs CUDA"):
+        Trainer(tiny_cfg(amp="fp16"), small_mnist)
+
+
+def test_predict_keeps_input_order(small_mnist):
+    t = Trainer(tiny_cfg(epochs=1), small_mnist)
+    imgs = small_mnist.images["val"][:40]
+    p = t.predict(imgs)
+    p_rev = t.predict(imgs[::-1].copy())
+    assert p.shape == (40, 10) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert np.allclose(p, p_rev[::-1], atol=1e-5)
+
+
+def test_pretrained_from_local_files(small_mnist, tmp_path, monkeypatch, capsys):
+    from raydigits.models import build_model
+    src = build_model(tiny_cfg(), 5)  # a 5-class model saved by someone else, DataParallel-style keys
+    torch.save({"module." + k: v for k, v in src.state_dict().items()}, tmp_path / "w.pt")
+    model = build_model(tiny_cfg(pretrained=str(tmp_path / "w.pt")), 10)
+    out = capsys.readouterr().out
+    assert "shape mismatch" in out and "classifier.3.weight" in out
+    own, theirs = model.state_dict(), src.state_dict()
+    assert torch.equal(own["features.0.0.weight"], theirs["features.0.0.weight"])
+    assert own["classifier.3.weight"].shape == (10, 1024)
+    # our own checkpoint as pretrained restores the head too
+    t = Trainer(tiny_cfg(epochs=1), small_mnist)
+    t.fit()
+    t.save(tmp_path / "best.pt")
+    again = build_model(tiny_cfg(pretrained=str(tmp_path / "best.pt")), 10)
+    assert torch.equal(again.state_dict()["classifier.3.weight"], t.model.state_dict()["classifier.3.weight"])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_hub"))
+    with pytest.raises(UserError, match="no local weights"):
+        build_model(tiny_cfg(pretrained="imagenet"), 10)
+    (tmp_path / "trunc.pt").write_bytes((tmp_path / "best.pt").read_bytes()[:1000])
+    with pytest.raises(UserError, match="trunc.pt"):
+        build_model(tiny_cfg(pretrained=str(tmp_path / "trunc.pt")), 10)
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "trunc.pt")
+
+
+def test_other_torchvision_models_get_a_new_head(small_mnist):
+    t = Trainer(tiny_cfg(model="resnet18", epochs=1, train_items=128), small_mnist)
+    t.fit()
+    assert t.model.fc.out_features == 10 and head_root(t.model) == "fc"
+
+
+@pytest.mark.slow
+def test_one_epoch_on_2000_images_and_early_val_means_something(mnist):
+    """≥ 90 % val accuracy after one epoch on 2,000 real MNIST digits, and val accuracy right after
+    epoch 1 tracks train accuracy; with torchvision's BN momentum (0.01) it does not."""
+    base = dict(train_items=2000, val_items=2000, epochs=1, threads=2, device="cpu")
+    from raydigits.config import make_config
+    good = Trainer(make_config({**base, **QUICK}), mnist)
+    m = good.fit()[-1]
+    assert m["val_acc"] >= 0.90, m
+    assert m["val_acc"] >= m["train_acc"] - 0.03, m
+    bad = Trainer(make_config({**base, **QUICK, "bn_momentum": None}), mnist)
+    mb = bad.fit()[-1]
+    assert mb["val_acc"] < mb["train_acc"] - 0.2, mb
+
+
+# the quick-run settings documented in README ("one epoch on 2,000 images")
+QUICK = {"img_size": 64, "batch_size": 16, "lr": 2e-3, "scheduler": "none", "aug_strength": 0.0}
+
+
+def test_train_cli(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "raydigits.train", "--set", "learning_rate=1"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "learning_rate: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "raydigits.train", "--set", "train_items=256",
+                           "--set", "val_items=256", "--set", "epochs=1", "--set", "threads=2",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   1" in proc.stdout
+    assert {p.name for p in out.iterdir()} >= {"config.yaml", "last.pt", "best.pt", "metrics.csv"}
+    state = load_checkpoint(out / "best.pt")
+    assert state["class_names"] == [str(d) for d in range(10)] and state["epoch"] == 1
