@@ -85,6 +85,7 @@ class Trainer:
         self.bad_epochs = 0            # epochs without improvement (early stopping)
         self.history: list[dict] = []
         self.stop_reason: str | None = None
+        self.step_hook: Callable[[int, int], None] | None = None  # (epoch, step) → None; tests inject faults
 
     def _split(self, data: Dataset, name: str, items: int) -> SplitBatches:
         images, labels = data.images[name], data.labels[name]
@@ -111,7 +112,9 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, data_time, start = 0, 0.0, time.perf_counter()
-        for xb, yb, _ in self.train_set.batches(cfg.batch_size, True, order_gen, self.drop_last):
+        for step, (xb, yb, _) in enumerate(self.train_set.batches(cfg.batch_size, True, order_gen, self.drop_last)):
+            if self.step_hook is not None:
+                self.step_hook(epoch, step)
             t0 = time.perf_counter()
             x = self.pre.train(xb, aug_gen)
             data_time += time.perf_counter() - t0

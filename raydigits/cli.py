@@ -1,0 +1,138 @@
+"""The command line behind launch.py:
+
+    python launch.py --search-space NAME_OR_PATH [--address auto|HOST:PORT] [overrides...]
+    python launch.py --resume EXPERIMENT_DIR
+    python launch.py export EXPERIMENT_DIR [--images DIR] [--out FILE]
+
+User mistakes print one `error:` line and exit 2 (tracebacks only with --debug)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py", description="Ray Tune hyperparameter search.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--search-space", help="a YAML path, or a name in search_spaces/ (e.g. smoke)")
+    src.add_argument("--resume", type=Path, metavar="EXPERIMENT_DIR", help="continue an interrupted search")
+    p.add_argument("--address", default=None, help="attach to a running cluster: auto or HOST:PORT")
+    p.add_argument("--num-samples", type=int)
+    p.add_argument("--max-concurrent", type=int)
+    p.add_argument("--cpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--name", help="experiment name (default: <space name>_<timestamp>)")
+    p.add_argument("--storage-path", default="ray_results",
+                   help="where experiments go (default ./ray_results; multi-node: a shared path or s3://)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fixed trainer value for every trial (repeatable)")
+    p.add_argument("--no-final", action="store_true", help="skip the final stage")
+    p.add_argument("--dashboard-port", type=int, default=None)
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Tune verbosity")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
+    return p
+
+
+def _export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py export", description="Re-run the final stage of an experiment.")
+    p.add_argument("experiment", type=Path)
+    p.add_argument("--images", type=Path, default=None, help="predict every image under DIR instead")
+    p.add_argument("--out", type=Path, default=None, help="pre.csv path (with --images)")
+    p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (reported)")
+    p.add_argument("--address", default=None)
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def _apply_overrides(raw: dict, args) -> dict:
+    from .config import parse_overrides
+    raw = dict(raw)
+    for key, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent),
+                       ("seed", args.seed)):
+        if value is not None:
+            raw[key] = value
+    res = dict(raw.get("resources") or {})
+    if args.cpus_per_trial is not None:
+        res["cpu"] = args.cpus_per_trial
+    if args.gpus_per_trial is not None:
+        res["gpu"] = args.gpus_per_trial
+    if res:
+        raw["resources"] = res
+    if args.overrides:
+        raw["fixed"] = {**(raw.get("fixed") or {}), **parse_overrides(args.overrides)}
+    return raw
+
+
+def cmd_search(args) -> int:
+    from .config import load_yaml_file
+    from .search import runner
+    from .search.spec import parse_spec, resolve_path
+    if args.resume is None:
+        path = resolve_path(args.search_space)
+        spec = parse_spec(_apply_overrides(load_yaml_file(path), args), str(path))
+        storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
+        name = args.name or f"{spec.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+    else:
+        spec = runner.read_spec(args.resume)
+    info = runner.start_ray(args.address, args.dashboard_port)
+    print_dashboard(info)
+    runner.check_resources(spec)
+    started = time.time()
+    try:
+        if args.resume is None:
+            grid, exp_dir = runner.run_search(spec, storage, name, args.verbose)
+        else:
+            grid, exp_dir, spec = runner.resume_search(args.resume)
+    except KeyboardInterrupt:
+        where = args.resume or Path(storage) / name
+        print(f"\ninterrupted; resume with: python launch.py --resume {where}", file=sys.stderr)
+        return 130
+    print(f"search finished in {time.time() - started:.0f}s: {exp_dir}")
+    if args.no_final:
+        return 0
+    from .final import run_final
+    run_final(exp_dir, spec)
+    return 0
+
+
+def print_dashboard(info: dict) -> None:
+    url = info.get("dashboard_url")
+    if url:
+        print(f"Ray dashboard: {url}  (log in with the token from `ray get-auth-token` "
+              f"or ~/.ray/auth_token if the page asks)", flush=True)
+    else:
+        print("Ray dashboard: not running (install ray[default])", flush=True)
+
+
+def cmd_export(args) -> int:
+    from .final import export_images, run_final
+    from .search.runner import read_spec, start_ray
+    spec = read_spec(args.experiment)
+    if args.images is not None:
+        export_images(args.experiment, args.images, args.out, args.skip_corrupt)
+        return 0
+    start_ray(args.address)
+    run_final(Path(args.experiment).resolve(), spec)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    export = bool(argv) and argv[0] == "export"
+    args = (_export_parser() if export else _search_parser()).parse_args(argv[1:] if export else argv)
+    try:
+        return cmd_export(args) if export else cmd_search(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

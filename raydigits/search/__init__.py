@@ -1,0 +1,1 @@
+"""The Ray Tune search: spec (YAML → Tune objects), trainable (one trial), runner (Tuner, resume)."""

@@ -1,0 +1,300 @@
+"""Search-space YAML → validated `SearchSpec` → Tune objects (param_space or an Optuna
+define-by-run space, scheduler, resources). Errors name the key path (`parameters.lr.min`).
+
+Parameter syntax follows W&B sweeps: `{values: [...]}`, `{value: x}`,
+`{distribution: uniform | log_uniform_values | int_uniform | q_uniform | normal, min, max, q, mu, sigma}`.
+A parameter that only applies to one choice adds `when: {optimizer: sgd}` (or a list of values):
+it is sampled only for trials where the condition holds and otherwise keeps TrainConfig's default.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..config import TrainConfig, format_validation_error, load_yaml_file
+from ..errors import UserError
+
+SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "normal")
+INDEX_SUFFIX = "__index"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Param(_Strict):
+    values: list[Any] | None = None
+    value: Any = None
+    distribution: Literal[DISTRIBUTIONS] | None = None
+    min: float | None = None
+    max: float | None = None
+    q: float | None = None
+    mu: float | None = None
+    sigma: float | None = None
+    when: dict[str, Any] | None = None  # {key: value or [values]} — sample only when it holds
+
+    @model_validator(mode="after")
+    def _shape(self):
+        kinds = [k for k in ("values", "value", "distribution") if k in self.model_fields_set]
+        if len(kinds) != 1:
+            raise ValueError("give exactly one of values, value, distribution")
+        if self.values is not None and not self.values:
+            raise ValueError("values: empty list")
+        d = self.distribution
+        if d in ("uniform", "log_uniform_values", "int_uniform", "q_uniform"):
+            if self.min is None or self.max is None:
+                raise ValueError(f"distribution {d} needs min and max")
+            if self.min > self.max:
+                raise ValueError(f"min ({self.min:g}) > max ({self.max:g})")
+            if d == "log_uniform_values" and self.min <= 0:
+                raise ValueError(f"log_uniform_values needs min > 0, got {self.min:g}")
+        if d == "normal" and (self.mu is None or self.sigma is None or self.sigma <= 0):
+            raise ValueError("distribution normal needs mu and sigma > 0")
+        if d == "q_uniform" and self.q is not None and self.q <= 0:
+            raise ValueError("q must be > 0")
+        return self
+
+    def candidates(self) -> list[tuple[str, Any]]:
+        """Representative values to validate against TrainConfig before Ray starts: (key, value)."""
+        if self.values is not None:
+            return [(f"values[{i}]", v) for i, v in enumerate(self.values)]
+        if "value" in self.model_fields_set:
+            return [("value", self.value)]
+        if self.distribution == "int_uniform":
+            return [("min", int(self.min)), ("max", int(self.max))]
+        if self.distribution == "normal":
+            return [("mu", self.mu)]
+        return [("min", self.min), ("max", self.max)]
+
+    def condition_holds(self, config: dict) -> bool:
+        for key, want in (self.when or {}).items():
+            allowed = want if isinstance(want, list) else [want]
+            if config.get(key) not in allowed:
+                return False
+        return True
+
+
+class SchedulerSpec(_Strict):
+    type: Literal["asha", "fifo"] = "asha"
+    max_t: int | None = Field(None, ge=1)          # epochs a trial may run (= TrainConfig.epochs)
+    grace_period: int = Field(1, ge=1)             # epochs before ASHA may stop a trial
+    reduction_factor: float = Field(2.0, gt=1.0)
+    brackets: int = Field(1, ge=1)
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class SearchSpec(_Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
+    metric: Literal["val_acc", "val_loss"] = "val_acc"
+    mode: Literal["max", "min"] | None = None      # default: max for val_acc, min for val_loss
+    num_samples: int = Field(8, ge=1)
+    method: Literal["random", "grid", "tpe"] = "random"
+    scheduler: SchedulerSpec = SchedulerSpec()
+    resources: Resources = Resources()
+    max_concurrent: int | None = Field(None, ge=1)
+    time_budget_s: float | None = Field(None, gt=0)
+    seed: int = 0
+    max_failures: int = Field(2, ge=0)             # retries of a crashed trial, from its last checkpoint
+    checkpoints_to_keep: int = Field(2, ge=1)      # best-by-metric checkpoints kept per trial
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Param] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _defaults(self):
+        if self.mode is None:
+            self.mode = "max" if self.metric == "val_acc" else "min"
+        return self
+
+    def to_dict(self) -> dict:
+        """Round-trips through `parse_spec` (parameters keep only the keys that were given)."""
+        d = self.model_dump(mode="json")
+        d["parameters"] = {k: p.model_dump(mode="json", exclude_unset=True) for k, p in self.parameters.items()}
+        return d
+
+    @property
+    def epochs(self) -> int:
+        return self.scheduler.max_t or int(self.fixed.get("epochs", TrainConfig().epochs))
+
+
+# ------------------------------------------------------------------ loading and checks
+def resolve_path(arg: str) -> Path:
+    """A path, or a file name / bare name looked up in search_spaces/."""
+    p = Path(arg)
+    if p.exists():
+        return p
+    for cand in (SEARCH_SPACES_DIR / arg, SEARCH_SPACES_DIR / f"{arg}.yaml", SEARCH_SPACES_DIR / f"{arg}.yml"):
+        if cand.exists():
+            return cand
+    known = sorted(f.stem for f in SEARCH_SPACES_DIR.glob("*.yaml"))
+    raise UserError(f"--search-space {arg}: no such file (shipped spaces: {', '.join(known)})")
+
+
+def load_spec(arg: str | Path) -> SearchSpec:
+    path = resolve_path(str(arg))
+    return parse_spec(load_yaml_file(path), str(path))
+
+
+def parse_spec(data: dict, where: str = "search space") -> SearchSpec:
+    try:
+        spec = SearchSpec(**data)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {format_validation_error(exc)}") from None
+    check_spec(spec, where)
+    return spec
+
+
+def check_spec(spec: SearchSpec, where: str) -> None:
+    """Everything TrainConfig would reject, found before any trial starts."""
+    for key in ("data_dir",):
+        if key in spec.parameters:
+            raise UserError(f"{where}: parameters.{key}: cannot be searched (the dataset is loaded once)")
+    both = sorted(set(spec.fixed) & set(spec.parameters))
+    if both:
+        raise UserError(f"{where}: {both[0]} is in both fixed and parameters")
+    if "epochs" in spec.fixed and spec.scheduler.max_t and spec.fixed["epochs"] != spec.scheduler.max_t:
+        raise UserError(f"{where}: fixed.epochs ({spec.fixed['epochs']}) differs from scheduler.max_t "
+                        f"({spec.scheduler.max_t}); give one")
+    base = {**spec.fixed, "epochs": spec.epochs}
+    try:
+        TrainConfig(**base)
+    except ValidationError as exc:
+        raise UserError(f"{where}: {format_validation_error(exc, 'fixed.')}") from None
+    for name, p in spec.parameters.items():
+        if name not in TrainConfig.model_fields:
+            raise UserError(f"{where}: parameters.{name}: unknown parameter (not a TrainConfig key)")
+        for key in p.when or {}:
+            if key not in TrainConfig.model_fields:
+                raise UserError(f"{where}: parameters.{name}.when.{key}: unknown key")
+            if key in spec.parameters and spec.parameters[key].when:
+                raise UserError(f"{where}: parameters.{name}.when.{key}: conditions on conditional "
+                                "parameters are not supported")
+        if p.when and spec.method == "grid":
+            raise UserError(f"{where}: parameters.{name}.when: method grid does not take conditional "
+                            "parameters; use random or tpe")
+        if spec.method == "grid" and p.distribution is not None:
+            raise UserError(f"{where}: parameters.{name}: method grid needs `values` (or `value`)")
+        if spec.method == "tpe" and p.distribution == "normal":
+            raise UserError(f"{where}: parameters.{name}: method tpe does not support distribution normal")
+        cond = {k: (v[0] if isinstance(v, list) else v) for k, v in (p.when or {}).items()}
+        for sub, value in p.candidates():
+            try:
+                TrainConfig(**{**base, **cond, name: value})
+            except ValidationError as exc:
+                msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
+
+
+# ------------------------------------------------------------------ trial config → TrainConfig
+def trial_values(spec: SearchSpec, config: dict) -> dict:
+    """A trial's sampled dict (None = condition did not hold) merged over `fixed`."""
+    values = {**spec.fixed, "epochs": spec.epochs}
+    values.update({k: v for k, v in config.items() if v is not None and not k.endswith(INDEX_SUFFIX)})
+    return values
+
+
+# ------------------------------------------------------------------ Tune objects
+def _conditional(name: str, p: Param, seed: int):
+    from ray import tune
+    domain = _domain(p)
+
+    def sample(spec):
+        cfg = dict(spec.config)
+        if not p.condition_holds(cfg):
+            return None
+        key = json.dumps({k: cfg[k] for k in sorted(cfg) if not callable(cfg[k])}, default=str)
+        rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:8], 16))
+        return domain.sample(random_state=rs) if hasattr(domain, "sample") else domain
+
+    return tune.sample_from(sample)
+
+
+def _domain(p: Param):
+    from ray import tune
+    if p.values is not None:
+        return tune.choice(p.values)
+    if "value" in p.model_fields_set:
+        return p.value
+    d = p.distribution
+    if d == "uniform":
+        return tune.uniform(p.min, p.max)
+    if d == "log_uniform_values":
+        return tune.loguniform(p.min, p.max)
+    if d == "int_uniform":
+        return tune.randint(int(p.min), int(p.max) + 1)  # W&B's int_uniform includes max
+    if d == "q_uniform":
+        return tune.quniform(p.min, p.max, p.q or 1.0)
+    return tune.randn(p.mu, p.sigma)
+
+
+def param_space(spec: SearchSpec) -> dict:
+    """Tune param_space for random and grid search (tpe uses `OptunaSpace`)."""
+    from ray import tune
+    space = {}
+    for name, p in spec.parameters.items():
+        if spec.method == "grid" and p.values is not None:
+            space[name] = tune.grid_search(p.values)
+        elif p.when:
+            space[name] = _conditional(name, p, spec.seed)
+        else:
+            space[name] = _domain(p)
+    return space
+
+
+class OptunaSpace:
+    """Define-by-run space for Ray's OptunaSearch: conditional parameters are only suggested when
+    their condition holds, so TPE never models values that were not used."""
+
+    def __init__(self, spec: SearchSpec):
+        self.params = sorted(spec.parameters.items(), key=lambda kv: bool(kv[1].when))
+        self.fixed = dict(spec.fixed)
+
+    def __call__(self, trial):
+        chosen, constants = {}, {}
+        for name, p in self.params:
+            if not p.condition_holds({**self.fixed, **chosen, **constants}):
+                continue
+            if "value" in p.model_fields_set:
+                constants[name] = p.value
+            elif p.values is not None and all(isinstance(v, (str, int, float, bool)) for v in p.values):
+                chosen[name] = trial.suggest_categorical(name, p.values)
+            elif p.values is not None:  # lists etc.: Optuna picks an index
+                idx = trial.suggest_categorical(f"{name}{INDEX_SUFFIX}", list(range(len(p.values))))
+                constants[name] = p.values[idx]
+            elif p.distribution == "int_uniform":
+                chosen[name] = trial.suggest_int(name, int(p.min), int(p.max))
+            elif p.distribution == "q_uniform":
+                chosen[name] = trial.suggest_float(name, p.min, p.max, step=p.q or 1.0)
+            else:
+                chosen[name] = trial.suggest_float(name, p.min, p.max, log=p.distribution == "log_uniform_values")
+        return constants
+
+
+def build_search_alg(spec: SearchSpec):
+    if spec.method != "tpe":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+        return BasicVariantGenerator(random_state=spec.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return OptunaSearch(space=OptunaSpace(spec), metric=spec.metric, mode=spec.mode,
+                        sampler=optuna.samplers.TPESampler(seed=spec.seed))
+
+
+def build_scheduler(spec: SearchSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    s = spec.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
+                         max_t=spec.epochs, grace_period=min(s.grace_period, spec.epochs),
+                         reduction_factor=s.reduction_factor, brackets=s.brackets)

@@ -1,0 +1,63 @@
+"""One Tune trial: resume from Tune's checkpoint → the foundation Trainer's epoch loop →
+`tune.report(metrics, checkpoint=...)` every epoch. No second training loop lives here."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import psutil
+import torch
+from ray import tune
+
+from ..config import make_config
+from ..data.store import Dataset
+from ..trainer import Trainer
+from .spec import SearchSpec, trial_values
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FAULT_ENV = "RAYDIGITS_INJECT_FAULT"  # tests: "raise_once:<epoch>:<marker file>" raises mid-epoch once
+
+
+def _fault_hook():
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    kind, epoch, marker = spec.split(":", 2)
+    if kind != "raise_once":
+        return None
+
+    def hook(ep: int, step: int) -> None:
+        if ep == int(epoch) and step == 2 and not Path(marker).exists():
+            Path(marker).write_text(tune.get_context().get_trial_name())
+            raise RuntimeError(f"injected fault in epoch {ep}, step {step}")
+    return hook
+
+
+def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int) -> None:
+    values = trial_values(spec, config)
+    values.setdefault("threads", threads)  # the trial's CPU share: no oversubscription
+    cfg = make_config(values, where=f"trial {tune.get_context().get_trial_name()}")
+    torch.set_num_threads(cfg.threads or threads)
+    trainer = Trainer(cfg, data)
+    trainer.step_hook = _fault_hook()
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            trainer.resume(Path(d) / CHECKPOINT_FILE)
+        print(f"resumed from epoch {trainer.epoch}", flush=True)
+
+    def report(metrics: dict, t: Trainer) -> None:
+        print(f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
+              f"val_acc {metrics['val_acc']:.4f} train_loss {metrics['train_loss']:.4f} "
+              f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.0f} img/s", flush=True)
+        clean = {k: (float(v) if isinstance(v, (bool, int, float)) and k != "epoch" else v)
+                 for k, v in metrics.items()}
+        clean["stop_reason"] = t.stop_reason or ""
+        clean["uss_mb"] = psutil.Process().memory_full_info().uss / 2**20  # memory this trial alone holds
+        clean["data_zero_copy"] = float(not data.images["train"].flags.writeable)  # a view of the object store
+        with tempfile.TemporaryDirectory() as d:
+            t.save(Path(d) / CHECKPOINT_FILE)
+            tune.report(clean, checkpoint=tune.Checkpoint.from_directory(d))
+
+    trainer.fit(report)

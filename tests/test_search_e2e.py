@@ -1,0 +1,176 @@
+"""The real CLI in a subprocess against a real local Ray: a smoke search with ASHA (some trials
+stopped early), the dashboard answering while it runs, a trial that crashes once mid-epoch and is
+retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _launch(args, env_extra=None, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAYDIGITS_NO_PROGRESS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, mnist_dir):
+    """One smoke search shared by several tests (it is the expensive part)."""
+    storage = tmp_path_factory.mktemp("ray_results")
+    marker = storage / "fault_marker"
+    proc = _launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
+                   env_extra={"RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
+    lines, dashboard_status = [], None
+    deadline = time.time() + 600
+    for line in proc.stdout:
+        lines.append(line)
+        m = re.search(r"Ray dashboard: (http://\S+)", line)
+        if m and dashboard_status is None:
+            with urllib.request.urlopen(m.group(1), timeout=10) as resp:
+                dashboard_status = resp.status
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    out = "".join(lines)
+    return {"rc": proc.returncode, "out": out, "exp": storage / "smoke_e2e", "marker": marker,
+            "dashboard_status": dashboard_status}
+
+
+def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
+    assert smoke_run["rc"] == 0, smoke_run["out"][-4000:]
+    assert smoke_run["dashboard_status"] == 200
+    trials = pd.read_csv(smoke_run["exp"] / "final" / "trials.csv")
+    assert len(trials) == 6
+    assert (trials["status"] == "TERMINATED").all()
+    assert (trials["outcome"] == "asha_stopped").sum() >= 1, trials
+    assert (trials.loc[trials["outcome"] == "asha_stopped", "epochs"] < 3).all()
+    assert "== raydigits: final ==" in smoke_run["out"]
+
+
+def test_trial_crashing_mid_epoch_is_retried_from_its_checkpoint(smoke_run):
+    crashed = smoke_run["marker"].read_text().strip()  # the trial name that raised in epoch 2
+    trial_dir = smoke_run["exp"] / crashed
+    epochs = [r["epoch"] for r in _results(trial_dir)]
+    assert epochs[:2] == [1, 2], epochs  # epoch 1 reported once, epoch 2 redone after the restore
+    assert epochs == sorted(set(epochs))
+    assert "injected fault in epoch 2" in smoke_run["out"]
+    assert "resumed from epoch 1" in smoke_run["out"]
+
+
+def test_final_outputs_are_consistent(smoke_run, mnist):
+    final = smoke_run["exp"] / "final"
+    metrics = json.loads((final / "metrics.json").read_text())
+    pre = pd.read_csv(final / "pre.csv", dtype={"image_id": str, "label": str})
+    assert list(pre.columns) == ["image_id", "label", "score"]
+    assert len(pre) == 10_000 and pre["image_id"].is_unique and pre["image_id"].is_monotonic_increasing
+    assert pre["image_id"].iloc[0] == "00000" and pre["image_id"].iloc[-1] == "09999"
+    truth = np.array(mnist.labels["test"]).astype(str)
+    acc = float((pre["label"].to_numpy() == truth).mean())
+    assert acc == pytest.approx(metrics["test_accuracy"], abs=1e-12)
+    from sklearn.metrics import f1_score
+    f1 = f1_score(truth, pre["label"].to_numpy(), labels=[str(d) for d in range(10)], average=None, zero_division=0)
+    assert [metrics["per_class"][str(d)]["f1"] for d in range(10)] == pytest.approx(list(f1))
+    assert ((pre["score"] > 0) & (pre["score"] <= 1)).all()
+    # chosen on validation: the best reported val_acc over every trial and epoch
+    best = max(r["val_acc"] for d in smoke_run["exp"].glob("smoke_*") if d.is_dir() for r in _results(d))
+    assert metrics["best_val_acc"] == pytest.approx(best)
+    for png in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert (final / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # best_model.pt loads with weights_only and the self-contained export agrees with it
+    state = torch.load(final / "best_model.pt", map_location="cpu", weights_only=True)
+    from raydigits.final import _predict
+    imgs = mnist.images["test"][:300]
+    ours = _predict(state, imgs, 0.0).argmax(1)
+    program = torch.export.load(str(final / "best_model.pt2"))
+    theirs = program.module()(torch.from_numpy(imgs.copy())).argmax(1).numpy()
+    assert (ours == theirs).all()
+    assert (ours == pre["label"].astype(int).to_numpy()[:300]).all()
+
+
+def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mnist):
+    import cv2
+    exp = smoke_run["exp"]
+    before = (exp / "final" / "pre.csv").read_text()
+    proc = subprocess.run([sys.executable, "launch.py", "export", str(exp)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (exp / "final" / "pre.csv").read_text() == before
+    folder = tmp_path / "imgs"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(6):
+        img = mnist.images["test"][i, :, :, 0]
+        if i % 2:
+            cv2.imwrite(str(folder / "sub" / f"d{i}.jpg"), cv2.resize(np.dstack([img] * 3), (56, 56)))
+        else:
+            cv2.imwrite(str(folder / f"d{i}.png"), img)
+    (folder / "broken.png").write_bytes(b"not a png")
+    proc = subprocess.run([sys.executable, "launch.py", "export", str(exp), "--images", str(folder)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
+    out = tmp_path / "pre.csv"
+    proc = subprocess.run([sys.executable, "launch.py", "export", str(exp), "--images", str(folder),
+                           "--out", str(out), "--skip-corrupt"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 unreadable: ['broken.png']" in proc.stdout
+    pre = pd.read_csv(out, dtype=str)
+    assert pre["image_id"].tolist() == ["d0.png", "d2.png", "d4.png", "sub/d1.jpg", "sub/d3.jpg", "sub/d5.jpg"]
+    proc = subprocess.run([sys.executable, "launch.py", "export", str(tmp_path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a raydigits experiment" in proc.stderr
+
+
+def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir):
+    proc = _launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "killme",
+                    "--max-concurrent", "1", "--num-samples", "3", "--no-final"])
+    exp = tmp_path / "killme"
+    deadline = time.time() + 300
+    finished = {}
+    while time.time() < deadline and not finished:
+        time.sleep(1)
+        for d in exp.glob("smoke_*"):
+            rows = _results(d)
+            if rows and rows[-1].get("done"):
+                finished[d.name] = rows
+    assert finished, "no trial finished before the deadline"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait(timeout=30)
+    time.sleep(2)
+    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(exp), "--no-final"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    for name, rows in finished.items():
+        assert _results(exp / name) == rows  # not re-run: no new reports
+    dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
+    assert len(dirs) == 3 and all(_results(d) and _results(d)[-1].get("done") for d in dirs)
+
+
+def test_impossible_resources_are_refused_in_seconds(tmp_path):
+    start = time.time()
+    proc = subprocess.run([sys.executable, "launch.py", "--search-space", "smoke", "--gpus-per-trial", "1",
+                           "--storage-path", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "resources: each trial asks for cpu=1 gpu=1" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.time() - start < 60
+    assert not list(tmp_path.iterdir())  # nothing half-written

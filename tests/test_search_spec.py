@@ -1,0 +1,130 @@
+"""Search-space YAML: each mistake gives one message naming the key path and exit 2, before Ray
+starts; W&B-style parameters become the right Tune / Optuna objects; conditionals apply only when
+their condition holds."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from raydigits.errors import UserError
+from raydigits.search.spec import OptunaSpace, load_spec, param_space, parse_spec, trial_values
+
+from conftest import REPO
+
+GOOD = {
+    "name": "t", "num_samples": 2,
+    "fixed": {"train_items": 100},
+    "parameters": {
+        "optimizer": {"values": ["sgd", "adamw"]},
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
+        "betas": {"values": [[0.9, 0.999], [0.9, 0.99]], "when": {"optimizer": ["adam", "adamw"]}},
+    },
+}
+
+
+def _bad(mutate):
+    import copy
+    d = copy.deepcopy(GOOD)
+    mutate(d)
+    return d
+
+
+CASES = [
+    ("unknown top-level key", lambda d: d.update(trials=3), "trials: unknown key"),
+    ("unknown parameter name", lambda d: d["parameters"].update(learning_rate={"values": [1]}),
+     "parameters.learning_rate: unknown parameter"),
+    ("unknown parameter key", lambda d: d["parameters"]["lr"].update(mean=1), "parameters.lr.mean: unknown key"),
+    ("min > max", lambda d: d["parameters"]["lr"].update(min=0.1, max=0.01), "parameters.lr: min (0.1) > max (0.01)"),
+    ("log over non-positive", lambda d: d["parameters"]["lr"].update(min=0.0), "parameters.lr: log_uniform_values needs min > 0"),
+    ("in fixed and parameters", lambda d: d["fixed"].update(lr=0.1), "lr is in both fixed and parameters"),
+    ("TrainConfig rejects a value", lambda d: d["parameters"]["optimizer"].update(values=["sgd", "adamx"]),
+     "parameters.optimizer.values[1]: 'adamx' rejected: unknown optimizer"),
+    ("TrainConfig rejects a range end", lambda d: d["parameters"]["momentum"].update(max=1.5),
+     "parameters.momentum.max: 1.5 rejected"),
+    ("wrong type", lambda d: d.update(num_samples="many"), "num_samples: Input should be a valid integer"),
+    ("bad fixed value", lambda d: d["fixed"].update(batch_size=0), "fixed.batch_size: Input should be greater than or equal to 1"),
+    ("unknown fixed key", lambda d: d["fixed"].update(lr_decay=0.1), "fixed.lr_decay: unknown key"),
+    ("unknown method", lambda d: d.update(method="bayes"), "method: Input should be 'random', 'grid' or 'tpe'"),
+    ("grid over a distribution", lambda d: (d.update(method="grid"), d["parameters"].pop("momentum"),
+                                           d["parameters"].pop("betas")), "parameters.lr: method grid needs `values`"),
+    ("two kinds", lambda d: d["parameters"]["lr"].update(values=[1]), "parameters.lr: give exactly one of"),
+    ("unknown model", lambda d: d["fixed"].update(model="mobilenetv3"), "fixed.model: unknown model 'mobilenetv3'"),
+    ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'asha' or 'fifo'"),
+]
+
+
+@pytest.mark.parametrize("label,mutate,message", CASES, ids=[c[0] for c in CASES])
+def test_each_mistake_names_its_key(label, mutate, message):
+    with pytest.raises(UserError) as err:
+        parse_spec(_bad(mutate), "space.yaml")
+    assert message in str(err.value), str(err.value)
+
+
+def test_cli_reports_yaml_mistakes_in_one_line_exit_2(tmp_path):
+    cases = {"malformed.yaml": "name: x\nparameters: {lr: [1, 2\n",
+             "minmax.yaml": yaml.safe_dump(_bad(lambda d: d["parameters"]["lr"].update(min=0.1, max=0.01)))}
+    for fname, text in cases.items():
+        (tmp_path / fname).write_text(text)
+        proc = subprocess.run([sys.executable, "launch.py", "--search-space", str(tmp_path / fname)],
+                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
+        assert fname in lines[0]
+    assert "malformed YAML (line 3" in subprocess.run(
+        [sys.executable, "launch.py", "--search-space", str(tmp_path / "malformed.yaml")],
+        capture_output=True, text=True, cwd=REPO).stderr
+    proc = subprocess.run([sys.executable, "launch.py", "--search-space", "nope"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "smoke" in proc.stderr  # lists the shipped spaces
+
+
+def test_shipped_spaces_are_valid_and_found_by_name():
+    for name in ("smoke", "smoke.yaml", "sgd_vs_adamw", "sgd_vs_adamw.yaml", "gpu_large"):
+        assert load_spec(name).num_samples >= 1
+
+
+def test_random_space_samples_conditionals_only_when_they_apply():
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    spec = parse_spec(GOOD)
+    gen = BasicVariantGenerator(random_state=0)
+    gen.set_search_properties("val_acc", "max", param_space(spec))
+    from ray.tune.experiment import Experiment
+    gen.add_configurations([Experiment("x", "x", num_samples=20, config=param_space(spec))])
+    seen = set()
+    for _ in range(20):
+        trial = gen.next_trial()
+        cfg = trial.config
+        seen.add(cfg["optimizer"])
+        assert 1e-4 <= cfg["lr"] <= 1e-2
+        if cfg["optimizer"] == "sgd":
+            assert 0.8 <= cfg["momentum"] <= 0.95 and cfg["betas"] is None
+        else:
+            assert cfg["momentum"] is None and cfg["betas"] in ([0.9, 0.999], [0.9, 0.99])
+        values = trial_values(spec, cfg)
+        assert "momentum" not in values or cfg["optimizer"] == "sgd"
+    assert seen == {"sgd", "adamw"}
+
+
+def test_tpe_space_is_define_by_run_and_seeded():
+    import optuna
+    spec = parse_spec({**GOOD, "method": "tpe"})
+    space = OptunaSpace(spec)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    for _ in range(12):
+        trial = study.ask()
+        constants = space(trial)
+        params = {**trial.params, **constants}
+        assert ("momentum" in params) == (params["optimizer"] == "sgd")
+        assert ("betas" in params) == (params["optimizer"] == "adamw")
+        study.tell(trial, 0.5)
+
+
+def test_grid_expands_values():
+    spec = parse_spec({"name": "g", "method": "grid", "parameters": {"optimizer": {"values": ["sgd", "adam"]},
+                                                                    "lr": {"values": [0.1, 0.01]}}})
+    space = param_space(spec)
+    assert space["optimizer"] == {"grid_search": ["sgd", "adam"]}
