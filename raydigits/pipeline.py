@@ -34,7 +34,7 @@ class Preprocess:
         self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
         s = cfg.aug_strength
         self.shift, self.rotate, self.scale = cfg.aug_shift * s, math.radians(cfg.aug_rotate * s), cfg.aug_scale * s
-        self.channels_last = False
+        self.channels_last = cfg.channels_last
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:

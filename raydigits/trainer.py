@@ -66,11 +66,9 @@ class Trainer:
         self.train_set = self._split(data, "train", cfg.train_items)
         self.val_set = self._split(data, "val", cfg.val_items)
         self.model = build_model(cfg, len(self.class_names)).to(self.device)
-        use_cl = cfg.channels_last if cfg.channels_last is not None else self.device.type == "cuda"
-        if use_cl:
+        if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pre = Preprocess(cfg, self.device)
-        self.pre.channels_last = use_cl
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = build_loss(cfg, len(self.class_names)).to(self.device)

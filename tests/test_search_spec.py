@@ -88,16 +88,12 @@ def test_shipped_spaces_are_valid_and_found_by_name():
 
 
 def test_random_space_samples_conditionals_only_when_they_apply():
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.variant_generator import generate_variants
     spec = parse_spec(GOOD)
-    gen = BasicVariantGenerator(random_state=0)
-    gen.set_search_properties("val_acc", "max", param_space(spec))
-    from ray.tune.experiment import Experiment
-    gen.add_configurations([Experiment("x", "x", num_samples=20, config=param_space(spec))])
     seen = set()
     for _ in range(20):
-        trial = gen.next_trial()
-        cfg = trial.config
+        _, resolved = next(generate_variants({"config": param_space(spec)}))
+        cfg = resolved["config"]
         seen.add(cfg["optimizer"])
         assert 1e-4 <= cfg["lr"] <= 1e-2
         if cfg["optimizer"] == "sgd":
@@ -105,8 +101,21 @@ def test_random_space_samples_conditionals_only_when_they_apply():
         else:
             assert cfg["momentum"] is None and cfg["betas"] in ([0.9, 0.999], [0.9, 0.99])
         values = trial_values(spec, cfg)
-        assert "momentum" not in values or cfg["optimizer"] == "sgd"
+        assert ("momentum" in values) == (cfg["optimizer"] == "sgd")
     assert seen == {"sgd", "adamw"}
+
+
+def test_per_choice_ranges_through_key():
+    from ray.tune.search.variant_generator import generate_variants
+    spec = load_spec("sgd_vs_adamw")
+    for _ in range(20):
+        _, resolved = next(generate_variants({"config": param_space(spec)}))
+        values = trial_values(spec, resolved["config"])
+        lo, hi = (0.02, 0.2) if values["optimizer"] == "sgd" else (1e-3, 6e-3)
+        assert lo <= values["lr"] <= hi and "lr_sgd" not in values and "lr_adamw" not in values
+    bad = {"name": "k", "parameters": {"a": {"key": "lr", "values": [0.1]}, "b": {"key": "lr", "values": [0.2]}}}
+    with pytest.raises(UserError, match="parameters sharing a key need `when`"):
+        parse_spec(bad)
 
 
 def test_tpe_space_is_define_by_run_and_seeded():

@@ -38,6 +38,8 @@ class Param(_Strict):
     mu: float | None = None
     sigma: float | None = None
     when: dict[str, Any] | None = None  # {key: value or [values]} — sample only when it holds
+    key: str | None = None              # the TrainConfig key it sets (default: its own name), so
+                                        # `lr_sgd` and `lr_adamw` can give `lr` per-optimiser ranges
 
     @model_validator(mode="after")
     def _shape(self):
@@ -121,6 +123,9 @@ class SearchSpec(_Strict):
         d["parameters"] = {k: p.model_dump(mode="json", exclude_unset=True) for k, p in self.parameters.items()}
         return d
 
+    def target(self, name: str) -> str:
+        return self.parameters[name].key or name
+
     @property
     def epochs(self) -> int:
         return self.scheduler.max_t or int(self.fixed.get("epochs", TrainConfig().epochs))
@@ -158,9 +163,15 @@ def check_spec(spec: SearchSpec, where: str) -> None:
     for key in ("data_dir",):
         if key in spec.parameters:
             raise UserError(f"{where}: parameters.{key}: cannot be searched (the dataset is loaded once)")
-    both = sorted(set(spec.fixed) & set(spec.parameters))
+    targets = {name: spec.target(name) for name in spec.parameters}
+    both = sorted(set(spec.fixed) & set(targets.values()))
     if both:
         raise UserError(f"{where}: {both[0]} is in both fixed and parameters")
+    for name, target in targets.items():
+        same = [n for n, t in targets.items() if t == target and n != name]
+        if same and not (spec.parameters[name].when and all(spec.parameters[n].when for n in same)):
+            raise UserError(f"{where}: parameters.{name}: sets {target!r} like {same[0]}; parameters "
+                            "sharing a key need `when` conditions")
     if "epochs" in spec.fixed and spec.scheduler.max_t and spec.fixed["epochs"] != spec.scheduler.max_t:
         raise UserError(f"{where}: fixed.epochs ({spec.fixed['epochs']}) differs from scheduler.max_t "
                         f"({spec.scheduler.max_t}); give one")
@@ -170,8 +181,10 @@ def check_spec(spec: SearchSpec, where: str) -> None:
     except ValidationError as exc:
         raise UserError(f"{where}: {format_validation_error(exc, 'fixed.')}") from None
     for name, p in spec.parameters.items():
-        if name not in TrainConfig.model_fields:
-            raise UserError(f"{where}: parameters.{name}: unknown parameter (not a TrainConfig key)")
+        target = targets[name]
+        if target not in TrainConfig.model_fields:
+            what = f"key {target!r}" if p.key else "parameter"
+            raise UserError(f"{where}: parameters.{name}: unknown {what} (not a TrainConfig key)")
         for key in p.when or {}:
             if key not in TrainConfig.model_fields:
                 raise UserError(f"{where}: parameters.{name}.when.{key}: unknown key")
@@ -188,7 +201,7 @@ def check_spec(spec: SearchSpec, where: str) -> None:
         cond = {k: (v[0] if isinstance(v, list) else v) for k, v in (p.when or {}).items()}
         for sub, value in p.candidates():
             try:
-                TrainConfig(**{**base, **cond, name: value})
+                TrainConfig(**{**base, **cond, target: value})
             except ValidationError as exc:
                 msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
                 raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
@@ -198,7 +211,9 @@ def check_spec(spec: SearchSpec, where: str) -> None:
 def trial_values(spec: SearchSpec, config: dict) -> dict:
     """A trial's sampled dict (None = condition did not hold) merged over `fixed`."""
     values = {**spec.fixed, "epochs": spec.epochs}
-    values.update({k: v for k, v in config.items() if v is not None and not k.endswith(INDEX_SUFFIX)})
+    for k, v in config.items():
+        if v is not None and not k.endswith(INDEX_SUFFIX):
+            values[spec.target(k) if k in spec.parameters else k] = v
     return values
 
 
