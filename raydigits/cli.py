@@ -89,15 +89,24 @@ def cmd_search(args) -> int:
         else:
             grid, exp_dir, spec = runner.resume_search(args.resume)
     except KeyboardInterrupt:
-        where = args.resume or Path(storage) / name
-        print(f"\ninterrupted; resume with: python launch.py --resume {where}", file=sys.stderr)
-        return 130
+        exp_dir = args.resume or Path(storage) / name
+        return _interrupted(exp_dir)
+    unfinished = runner.unfinished_trials(exp_dir)
+    budget_hit = spec.time_budget_s is not None and time.time() - started >= spec.time_budget_s
+    if unfinished and not budget_hit:  # Tune handled a Ctrl-C and returned early
+        return _interrupted(exp_dir)
     print(f"search finished in {time.time() - started:.0f}s: {exp_dir}")
     if args.no_final:
         return 0
     from .final import run_final
     run_final(exp_dir, spec)
     return 0
+
+
+def _interrupted(exp_dir) -> int:
+    print(f"\ninterrupted; the search state is saved. Resume with: python launch.py --resume {exp_dir}",
+          file=sys.stderr)
+    return 130
 
 
 def print_dashboard(info: dict) -> None:

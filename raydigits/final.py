@@ -19,7 +19,7 @@ from .data import load_dataset
 from .data.store import read_manifest
 from .errors import UserError
 from .search.runner import RUN_FILE
-from .search.spec import SearchSpec
+from .search.spec import SearchSpec, trial_values
 from .search.trainable import CHECKPOINT_FILE
 
 FINAL_DIR = "final"
@@ -37,7 +37,9 @@ class Choice:
 # ------------------------------------------------------------------ reading the experiment
 def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
     """One row per trial: id, status, outcome, epochs, best val, params, path."""
+    import logging
     from ray.tune import ExperimentAnalysis
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # "no result.json yet"
     try:
         analysis = ExperimentAnalysis(str(exp_dir))
     except Exception as exc:  # no experiment state at all
@@ -57,8 +59,11 @@ def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
             outcome = "interrupted"
         elif stop == "early_stop":
             outcome = "early_stopped"
+        elif epochs == 0:
+            outcome = "not_started"  # the time budget ran out first
         elif epochs < spec.epochs:
-            outcome = "asha_stopped"
+            # ASHA stops trials at its rungs only; a stop between rungs was the time budget's
+            outcome = "asha_stopped" if epochs in asha_rungs(spec) else "time_budget"
         else:
             outcome = "completed"
         vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
@@ -70,6 +75,17 @@ def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
     if not rows:
         raise UserError(f"{exp_dir}: the experiment has no trials")
     return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
+
+
+def asha_rungs(spec: SearchSpec) -> set[int]:
+    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
+    if spec.scheduler.type != "asha":
+        return set()
+    rungs, t = set(), float(spec.scheduler.grace_period)
+    while t < spec.epochs:
+        rungs.add(int(t))
+        t *= spec.scheduler.reduction_factor
+    return rungs
 
 
 def _results(trial_dir: Path) -> list[dict]:
@@ -223,13 +239,16 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
     run = json.loads((exp_dir / RUN_FILE).read_text()) if (exp_dir / RUN_FILE).exists() else {}
     last = max((r.get("timestamp", 0) for p in trials["path"] for r in _results(Path(p))), default=0)
     counts = trials["outcome"].value_counts().to_dict()
+    effective = {spec.target(n) for n in spec.parameters}
     metrics.update({
         "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch,
         f"best_{spec.metric}": choice.value, "best_config": state["config"],
-        "best_params": choice.config, "checkpoint": str(choice.checkpoint),
+        "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
+        "checkpoint": str(choice.checkpoint),
         "n_trials": int(len(trials)), "n_asha_stopped": int(counts.get("asha_stopped", 0)),
         "n_early_stopped": int(counts.get("early_stopped", 0)), "n_failed": int(counts.get("error", 0)),
         "n_diverged": int(counts.get("diverged", 0)), "n_completed": int(counts.get("completed", 0)),
+        "n_time_budget": int(counts.get("time_budget", 0) + counts.get("not_started", 0)),
         "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -247,13 +266,14 @@ def print_summary(out: Path, m: dict, spec: SearchSpec) -> None:
           f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m['test_accuracy']:.4f}")
     print(f"params: {json.dumps(m['best_params'], default=str)}")
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
-          f"{m['n_early_stopped']} early-stopped, {m['n_diverged']} diverged, {m['n_failed']} failed)")
+          f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
+          f"{m['n_diverged']} diverged, {m['n_failed']} failed)")
     print(f"files: {out}/ (pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
 # ------------------------------------------------------------------ predicting a folder of images
 def export_images(exp_dir: Path, images_dir: Path, out_file: Path | None, skip_corrupt: bool) -> Path:
-    from .data.sources import list_images, read_image
+    from .data.sources import list_images, read_images
     from .trainer import load_checkpoint
     exp_dir, images_dir = Path(exp_dir).resolve(), Path(images_dir)
     model_file = exp_dir / FINAL_DIR / "best_model.pt"
@@ -266,17 +286,9 @@ def export_images(exp_dir: Path, images_dir: Path, out_file: Path | None, skip_c
     files = list_images(images_dir)
     if not files:
         raise UserError(f"--images {images_dir}: no png/jpg/jpeg images")
-    arrays, ids, skipped = [], [], []
-    for f in files:
-        img = read_image(f, h, c)
-        rel = f.relative_to(images_dir).as_posix()
-        if img is None:
-            if not skip_corrupt:
-                raise UserError(f"{f}: unreadable image (use --skip-corrupt to skip it)")
-            skipped.append(rel)
-            continue
-        arrays.append(img)
-        ids.append(rel)
+    arrays, ids, skipped = read_images(files, images_dir, h, c, skip_corrupt)
+    if not arrays:
+        raise UserError(f"--images {images_dir}: no readable images")
     probs = _predict(state, np.stack(arrays), 0.0)
     out_file = Path(out_file) if out_file else images_dir / "pre.csv"
     write_csv(out_file, predictions_frame(ids, probs, state["class_names"]))

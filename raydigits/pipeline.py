@@ -30,17 +30,17 @@ class Preprocess:
     def __init__(self, cfg, device: torch.device):
         self.size = cfg.img_size
         self.device = device
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+        # (x - mean) / std as one fused x * scale + bias, broadcast from 1 or 3 channels to 3
+        self.norm_scale = 1.0 / torch.tensor(IMAGENET_STD, device=device)
+        self.norm_bias = -torch.tensor(IMAGENET_MEAN, device=device) * self.norm_scale
         s = cfg.aug_strength
         self.shift, self.rotate, self.scale = cfg.aug_shift * s, math.radians(cfg.aug_rotate * s), cfg.aug_scale * s
         self.channels_last = cfg.channels_last
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        if self.channels_last:  # compute in NHWC: the result is channels_last with no extra copy
+            return torch.addcmul(self.norm_bias, x.permute(0, 2, 3, 1), self.norm_scale).permute(0, 3, 1, 2)
+        return torch.addcmul(self.norm_bias.view(1, 3, 1, 1), x, self.norm_scale.view(1, 3, 1, 1))
 
     def eval(self, batch_u8: torch.Tensor) -> torch.Tensor:
         x = batch_u8.float().div_(255.0)

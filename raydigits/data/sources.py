@@ -167,6 +167,26 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray | None:
     return img.reshape(size, size, channels)
 
 
+def read_images(files: list[Path], root: Path, size: int, channels: int, skip_corrupt: bool,
+                progress=None) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """Read files → (images, ids relative to root, skipped ids). An unreadable file fails naming
+    it, unless skip_corrupt (then it is listed in skipped)."""
+    images, ids, skipped = [], [], []
+    for path in files:
+        img = read_image(path, size, channels)
+        rel = path.relative_to(root).as_posix()
+        if img is None:
+            if not skip_corrupt:
+                raise UserError(f"{path}: unreadable image (use --skip-corrupt to skip it)")
+            skipped.append(rel)
+            continue
+        images.append(img)
+        ids.append(rel)
+        if progress is not None:
+            progress.update(1)
+    return images, ids, skipped
+
+
 def load_image_folder(root: Path, size: int, channels: int, skip_corrupt: bool = False,
                       progress=None) -> tuple[dict[str, Split], list[str]]:
     root = Path(root)
@@ -187,19 +207,12 @@ def load_image_folder(root: Path, size: int, channels: int, skip_corrupt: bool =
     for s in split_names:
         images, labels, ids, skipped = [], [], [], []
         for ci, cname in enumerate(classes):
-            for path in list_images(root / s / cname):
-                img = read_image(path, size, channels)
-                rel = path.relative_to(root / s).as_posix()
-                if img is None:
-                    if not skip_corrupt:
-                        raise UserError(f"{path}: unreadable image (use --skip-corrupt to skip it)")
-                    skipped.append(rel)
-                    continue
-                images.append(img)
-                labels.append(ci)
-                ids.append(rel)
-                if progress is not None:
-                    progress.update(1)
+            imgs, rel_ids, bad = read_images(list_images(root / s / cname), root / s, size, channels,
+                                             skip_corrupt, progress)
+            images += imgs
+            labels += [ci] * len(imgs)
+            ids += rel_ids
+            skipped += bad
         if not images:
             raise UserError(f"{root / s}: no readable images")
         splits[s] = Split(np.stack(images), np.asarray(labels, dtype=np.int64), ids, skipped)

@@ -73,7 +73,7 @@ def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
     from ray import tune
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
                                 parameter_columns=list(spec.parameters)[:8],
-                                max_report_frequency=15, sort_by_metric=True,
+                                max_report_frequency=15, sort_by_metric=False,
                                 metric=spec.metric, mode=spec.mode)
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=verbose, progress_reporter=reporter,
@@ -138,3 +138,10 @@ def resume_search(exp_dir: Path):
     grid = tuner.fit()
     _mark_finished(exp_dir)
     return grid, exp_dir, spec
+
+
+def unfinished_trials(exp_dir: Path) -> list[str]:
+    """Trials neither TERMINATED nor ERROR (a search stopped by Ctrl-C leaves some)."""
+    from ray.tune import ExperimentAnalysis
+    analysis = ExperimentAnalysis(str(exp_dir))
+    return [t.trial_id for t in analysis.trials if t.status not in ("TERMINATED", "ERROR")]

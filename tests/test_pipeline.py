@@ -1,0 +1,57 @@
+"""The on-device pipeline: exact normalisation, channels_last output, augmentation only in training
+and doing what its knobs say."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raydigits.config import make_config
+from raydigits.pipeline import IMAGENET_MEAN, IMAGENET_STD, Preprocess, SplitBatches
+
+
+def _reference(x_u8, size):
+    x = F.interpolate(x_u8.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
+    return (x.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
+def test_eval_preprocessing_is_resize_plus_imagenet_normalisation(small_mnist):
+    x = torch.from_numpy(small_mnist.images["val"][:16].copy()).permute(0, 3, 1, 2)
+    for cl in (True, False):
+        pre = Preprocess(make_config({"img_size": 32, "channels_last": cl}), torch.device("cpu"))
+        y = pre.eval(x)
+        assert y.shape == (16, 3, 32, 32) and y.is_contiguous(memory_format=torch.channels_last) == cl
+        assert torch.allclose(y, _reference(x, 32), atol=1e-5)
+        # augmentation strength 0: training input == eval input
+        off = Preprocess(make_config({"img_size": 32, "channels_last": cl, "aug_strength": 0}), torch.device("cpu"))
+        assert torch.equal(off.train(x, torch.Generator().manual_seed(0)), off.eval(x))
+
+
+def _centroid_x(img):
+    w = img.clamp(min=0).sum(dim=(0, 1))
+    return float((w * torch.arange(img.shape[-1])).sum() / w.sum())
+
+
+def test_augmentation_shifts_rotates_and_is_seeded(small_mnist):
+    x = torch.from_numpy(small_mnist.images["train"][:64].copy()).permute(0, 3, 1, 2)
+    cfg = make_config({"img_size": 28, "aug_shift": 0.2, "aug_rotate": 0, "aug_scale": 0, "channels_last": False})
+    pre = Preprocess(cfg, torch.device("cpu"))
+    a = pre.train(x, torch.Generator().manual_seed(1))
+    b = pre.train(x, torch.Generator().manual_seed(1))
+    c = pre.train(x, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    plain = pre.eval(x)
+    shifts = [abs(_centroid_x(a[i] - a[i].min()) - _centroid_x(plain[i] - plain[i].min())) for i in range(64)]
+    assert max(shifts) > 1.5 and max(shifts) < 0.2 * 28 + 1  # up to 20 % of the side, never more
+    # the gray level mass is kept by a pure shift (digits stay inside the frame mostly)
+    assert np.median(shifts) > 0.3
+
+
+def test_batches_cover_the_split_once_in_a_seeded_order(small_mnist):
+    split = SplitBatches(small_mnist.images["train"][:100], small_mnist.labels["train"][:100], torch.device("cpu"))
+    seen = torch.cat([sel for _, _, sel in split.batches(32, True, torch.Generator().manual_seed(0))])
+    assert sorted(seen.tolist()) == list(range(100))
+    again = torch.cat([sel for _, _, sel in split.batches(32, True, torch.Generator().manual_seed(0))])
+    assert torch.equal(seen, again)
+    for xb, yb, sel in split.batches(32):
+        assert torch.equal(yb, torch.as_tensor(small_mnist.labels["train"][:100])[sel])
