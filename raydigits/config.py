@@ -30,6 +30,7 @@ class TrainConfig(BaseModel):
     pretrained: str | None = None       # None, 'imagenet' (local torch hub cache only) or a state-dict path
     dropout: float = Field(0.2, ge=0.0, lt=1.0)    # head dropout (where the model has one)
     bn_momentum: float | None = Field(0.1, gt=0.0, le=1.0)  # torchvision's 0.01 makes early val meaningless; None keeps the model's
+    bn_recalibrate: int = Field(0, ge=0)  # before each validation, recompute BN statistics on this many training images (0 = off)
     channels_last: bool = True          # NHWC memory format: MobileNetV3 steps ~40 % faster on CPU, faster on GPU too
     freeze_epochs: int = Field(0, ge=0)  # train only the classifier head for the first N epochs
     # --- optimisation

@@ -137,6 +137,30 @@ class Trainer:
                 "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen / max(elapsed, 1e-9)}
 
     @torch.no_grad()
+    def recalibrate_bn(self, n_images: int) -> None:
+        """Recompute BatchNorm running statistics for the current weights: a cumulative average over
+        `n_images` training images (un-augmented), instead of the lagging momentum average."""
+        bns = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not bns or getattr(self.model, "_raydigits_frozen", False):
+            return  # a frozen backbone keeps its statistics
+        momenta = [m.momentum for m in bns]
+        self.model.eval()
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average
+            m.train()
+        seen = 0
+        for xb, _, _ in self.train_set.batches(self.cfg.eval_batch_size):
+            with self.autocast():
+                self.model(self.pre.eval(xb))
+            seen += len(xb)
+            if seen >= n_images:
+                break
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        self.model.eval()
+
+    @torch.no_grad()
     def predict_batches(self, split: SplitBatches):
         """Yield (logits float32, labels, indices) over a split in its order, eval mode."""
         self.model.eval()
@@ -178,6 +202,8 @@ class Trainer:
             t0 = time.perf_counter()
             tr = self.train_one_epoch(epoch)
             diverged = not math.isfinite(tr["train_loss"])
+            if cfg.bn_recalibrate and not diverged:
+                self.recalibrate_bn(cfg.bn_recalibrate)
             ev = self.evaluate() if not diverged else {"val_loss": float("nan"), "val_acc": 0.0}
             value = ev[cfg.monitor]
             if not diverged:

@@ -29,7 +29,7 @@ def _changed(a, b):
 
 
 def test_freeze_epochs_freeze_the_backbone_then_unfreeze(small_mnist):
-    t = Trainer(tiny_cfg(freeze_epochs=1, epochs=2, aug_strength=1.0), small_mnist)
+    t = Trainer(tiny_cfg(freeze_epochs=1, epochs=2, aug_strength=1.0, bn_recalibrate=256), small_mnist)
     backbone0, head0 = _snapshot(t.model, False), _snapshot(t.model, True)
     after = {}
     t.fit(lambda m, tr: after.setdefault(m["epoch"], (_snapshot(tr.model, False), _snapshot(tr.model, True))))
@@ -165,13 +165,14 @@ def test_one_epoch_on_2000_images_and_early_val_means_something(mnist):
     m = good.fit()[-1]
     assert m["val_acc"] >= 0.90, m
     assert m["val_acc"] >= m["train_acc"] - 0.03, m
-    bad = Trainer(make_config({**base, **QUICK, "bn_momentum": None}), mnist)
+    bad = Trainer(make_config({**base, **QUICK, "bn_momentum": None, "bn_recalibrate": 0}), mnist)
     mb = bad.fit()[-1]
     assert mb["val_acc"] < mb["train_acc"] - 0.2, mb
 
 
 # the quick-run settings documented in README ("one epoch on 2,000 images")
-QUICK = {"img_size": 64, "batch_size": 16, "lr": 2e-3, "scheduler": "none", "aug_strength": 0.0}
+QUICK = {"img_size": 96, "batch_size": 16, "lr": 3e-3, "scheduler": "cosine", "warmup_epochs": 0.2,
+         "dropout": 0.0, "aug_strength": 0.0, "bn_recalibrate": 2000}
 
 
 def test_train_cli(tmp_path):
