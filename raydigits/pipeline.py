@@ -42,6 +42,15 @@ class Preprocess:
             return torch.addcmul(self.norm_bias, x.permute(0, 2, 3, 1), self.norm_scale).permute(0, 3, 1, 2)
         return torch.addcmul(self.norm_bias.view(1, 3, 1, 1), x, self.norm_scale.view(1, 3, 1, 1))
 
+    def _base_grid(self, device) -> torch.Tensor:
+        """Pixel-centre coordinates (x, y, 1) in [-1, 1], (S*S, 3): F.affine_grid's base grid
+        (align_corners=False), built once; affine_grid itself is ~6x slower than grid_sample on CPU."""
+        if getattr(self, "_grid", None) is None or self._grid.device != device:
+            c = (torch.arange(self.size, device=device, dtype=torch.float32) * 2 + 1) / self.size - 1
+            yy, xx = torch.meshgrid(c, c, indexing="ij")
+            self._grid = torch.stack([xx, yy, torch.ones_like(xx)], -1).view(-1, 3)
+        return self._grid
+
     def eval(self, batch_u8: torch.Tensor) -> torch.Tensor:
         x = batch_u8.float().div_(255.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
@@ -64,7 +73,9 @@ class Preprocess:
         tx, ty = uniform(self.shift * 2), uniform(self.shift * 2)  # grid units: side = 2
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-        grid = F.affine_grid(theta, [b, x.shape[1], self.size, self.size], align_corners=False)
+        # one GEMM (S*S, 3) @ (3, B*2) instead of F.affine_grid's batched matmul
+        grid = (self._base_grid(x.device) @ theta.permute(2, 0, 1).reshape(3, b * 2))
+        grid = grid.view(-1, b, 2).transpose(0, 1).reshape(b, self.size, self.size, 2)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return self._normalise(x)
 

@@ -222,8 +222,8 @@ def _conditional(name: str, p: Param, seed: int):
     from ray import tune
     domain = _domain(p)
 
-    def sample(spec):
-        cfg = dict(spec.config)
+    def sample(config):  # Tune calls it with the trial's config, other values already sampled
+        cfg = dict(config)
         if not p.condition_holds(cfg):
             return None
         key = json.dumps({k: cfg[k] for k in sorted(cfg) if not callable(cfg[k])}, default=str)
