@@ -67,6 +67,10 @@ def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
     assert (trials["outcome"] == "asha_stopped").sum() >= 1, trials
     assert (trials.loc[trials["outcome"] == "asha_stopped", "epochs"] < 3).all()
     assert "== raydigits: final ==" in smoke_run["out"]
+    # conditionals: momentum/nesterov sampled for sgd trials only
+    sgd = trials["param.optimizer"] == "sgd"
+    assert sgd.any() and (~sgd).any()
+    assert (trials.loc[sgd, "param.momentum"] == 0.9).all() and trials.loc[~sgd, "param.momentum"].isna().all()
 
 
 def test_trial_crashing_mid_epoch_is_retried_from_its_checkpoint(smoke_run):

@@ -219,14 +219,24 @@ def trial_values(spec: SearchSpec, config: dict) -> dict:
 
 # ------------------------------------------------------------------ Tune objects
 def _conditional(name: str, p: Param, seed: int):
+    """`tune.sample_from` that samples `p` only when its condition holds (else None). Reading the
+    condition keys by attribute lets Tune's resolver retry while they are still unsampled. The draw
+    is seeded by the search seed and the trial's already-sampled plain values."""
     from ray import tune
     domain = _domain(p)
 
-    def sample(config):  # Tune calls it with the trial's config, other values already sampled
-        cfg = dict(config)
-        if not p.condition_holds(cfg):
+    def get(cfg, key):
+        try:
+            return getattr(cfg, key)  # Tune's guard: raises RecursiveDependencyError until sampled
+        except AttributeError:
+            return cfg[key]
+
+    def sample(spec):
+        cfg = get(spec, "config") if "config" in spec else spec
+        if not p.condition_holds({k: get(cfg, k) for k in p.when or {} if k in cfg}):
             return None
-        key = json.dumps({k: cfg[k] for k in sorted(cfg) if not callable(cfg[k])}, default=str)
+        plain = {k: v for k, v in dict.items(cfg) if isinstance(v, (str, int, float, bool, list, tuple))}
+        key = json.dumps(plain, sort_keys=True, default=str)
         rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:8], 16))
         return domain.sample(random_state=rs) if hasattr(domain, "sample") else domain
 
