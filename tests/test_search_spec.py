@@ -137,3 +137,10 @@ def test_grid_expands_values():
                                                                     "lr": {"values": [0.1, 0.01]}}})
     space = param_space(spec)
     assert space["optimizer"] == {"grid_search": ["sgd", "adam"]}
+
+
+def test_readme_example_is_a_valid_space():
+    text = (REPO / "README.md").read_text()
+    block = text.split("```yaml\n")[1].split("```")[0]
+    spec = parse_spec(yaml.safe_load(block), "README")
+    assert spec.target("lr_sgd") == "lr" and spec.parameters["momentum"].when == {"optimizer": "sgd"}
