@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -5,7 +5,6 @@ metric (`step_epoch`). A linear warmup from `lr * warmup_start_factor` (never 0)
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,11 +42,4 @@ def tiny_cfg(**over):
     return make_config(base)
 
 
-@pytest.fixture
-def cfg_factory():
-    return tiny_cfg
 
-
-
-
-np.set_printoptions(precision=4)

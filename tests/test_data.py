@@ -101,7 +101,6 @@ def _write(path, img, ext):
 def folder(tmp_path, mnist):
     """train/val/test with classes '2' and '10', png+jpg, grey+colour, 28 and 40 px."""
     root = tmp_path / "digits"
-    rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("val", 3), ("test", 3)):
         for cname in ("2", "10"):
             for i in range(n):

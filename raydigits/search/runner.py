@@ -61,11 +61,12 @@ def check_resources(spec: SearchSpec) -> None:
                     "(or --cpus-per-trial / --gpus-per-trial)")
 
 
-def _trainable(spec: SearchSpec, data_ref_holder: dict):
+def _trainable(spec: SearchSpec, data):
+    """The trial function with the dataset put once into the object store (`with_parameters`)."""
     from ray import tune
     from .trainable import train_trial
     threads = max(1, int(spec.resources.cpu))
-    fn = tune.with_parameters(train_trial, spec=spec, data=data_ref_holder["data"], threads=threads)
+    fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads)
     return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
@@ -100,7 +101,7 @@ def run_search(spec: SearchSpec, storage: str, name: str, verbose: int = 1):
     write_text(exp_dir / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
     write_text(exp_dir / RUN_FILE, json.dumps({"started": time.time(), "name": name}))
     tuner = tune.Tuner(
-        _trainable(spec, {"data": data}),
+        _trainable(spec, data),
         param_space=param_space(spec) if spec.method != "tpe" else {},
         tune_config=tune.TuneConfig(search_alg=build_search_alg(spec), scheduler=build_scheduler(spec),
                                     num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent,
@@ -133,7 +134,7 @@ def resume_search(exp_dir: Path):
     if not tune.Tuner.can_restore(str(exp_dir)):
         raise UserError(f"{exp_dir}: no Tune experiment state to resume from")
     data = load_data(spec)
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, {"data": data}),
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, data),
                                resume_unfinished=True, resume_errored=True)
     grid = tuner.fit()
     _mark_finished(exp_dir)
