@@ -85,9 +85,9 @@ def cmd_search(args) -> int:
     started = time.time()
     try:
         if args.resume is None:
-            grid, exp_dir = runner.run_search(spec, storage, name, args.verbose)
+            exp_dir = runner.run_search(spec, storage, name, args.verbose)
         else:
-            grid, exp_dir, spec = runner.resume_search(args.resume)
+            exp_dir = runner.resume_search(args.resume, spec)
     except KeyboardInterrupt:
         exp_dir = args.resume or Path(storage) / name
         return _interrupted(exp_dir)

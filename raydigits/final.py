@@ -22,6 +22,7 @@ from .search.spec import SearchSpec, trial_values
 from .search.trainable import CHECKPOINT_FILE
 
 FINAL_DIR = "final"
+INTERNAL = ["path", "results"]  # load_trials columns kept out of trials.csv
 
 
 @dataclass
@@ -35,7 +36,8 @@ class Choice:
 
 # ------------------------------------------------------------------ reading the experiment
 def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
-    """One row per trial: id, status, outcome, epochs, best val, params, path."""
+    """One row per trial: id, status, outcome, epochs, best val, params, path, and its reported
+    results (read once here; `INTERNAL` columns are not written to trials.csv)."""
     import logging
     from ray.tune import ExperimentAnalysis
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # "no result.json yet"
@@ -68,7 +70,7 @@ def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
         vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
         best = (max(vals) if spec.mode == "max" else min(vals)) if vals else float("nan")
         row = {"trial_id": trial.trial_id, "status": trial.status, "outcome": outcome, "epochs": epochs,
-               f"best_{spec.metric}": best, "path": str(path)}
+               f"best_{spec.metric}": best, "path": str(path), "results": results}
         row.update({f"param.{k}": v for k, v in (trial.config or {}).items()})
         rows.append(row)
     if not rows:
@@ -107,7 +109,7 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
     for _, t in trials.iterrows():
         if t["outcome"] in ("error", "diverged"):
             continue
-        for r in _results(Path(t["path"])):
+        for r in t["results"]:
             v = r.get(spec.metric)
             if v is None or not math.isfinite(v) or not r.get("checkpoint_dir_name"):
                 continue
@@ -236,7 +238,7 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
     write_csv(out / "pre.csv", pre)
     metrics = test_metrics(data.labels[split], y_pred, names)
     run = json.loads((exp_dir / RUN_FILE).read_text()) if (exp_dir / RUN_FILE).exists() else {}
-    last = max((r.get("timestamp", 0) for p in trials["path"] for r in _results(Path(p))), default=0)
+    last = max((r.get("timestamp", 0) for rs in trials["results"] for r in rs), default=0)
     counts = trials["outcome"].value_counts().to_dict()
     effective = {spec.target(n) for n in spec.parameters}
     metrics.update({
@@ -251,7 +253,7 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
         "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_csv(out / "trials.csv", trials.drop(columns=["path"]))
+    write_csv(out / "trials.csv", trials.drop(columns=INTERNAL))
     save_models(out, state, manifest["image_shape"])
     write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
                 metrics["confusion_matrix"])

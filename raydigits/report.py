@@ -20,11 +20,10 @@ def _save(fig, path: Path) -> None:
 
 
 def learning_curves(path: Path, trials, choice, spec) -> None:
-    from .final import _results
     fig, ax = plt.subplots(figsize=(8, 5))
     styles = {"asha_stopped": ":", "early_stopped": "--", "error": "-.", "diverged": "-."}
     for _, t in trials.iterrows():
-        rows = [r for r in _results(Path(t["path"])) if r.get(spec.metric) is not None]
+        rows = [r for r in t["results"] if r.get(spec.metric) is not None]
         if not rows:
             continue
         best = t["trial_id"] == choice.trial_id

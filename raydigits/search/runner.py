@@ -91,7 +91,7 @@ def load_data(spec: SearchSpec):
 
 
 def run_search(spec: SearchSpec, storage: str, name: str, verbose: int = 1):
-    """A fresh search. Returns (ResultGrid, experiment_dir)."""
+    """A fresh search. Returns the experiment dir (final.py reads the results from there)."""
     from ray import tune
     exp_dir = Path(storage) / name
     if (exp_dir / SPEC_FILE).exists():
@@ -109,9 +109,9 @@ def run_search(spec: SearchSpec, storage: str, name: str, verbose: int = 1):
                                     trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}"),
         run_config=_run_config(spec, storage, name, verbose))
-    grid = tuner.fit()
+    tuner.fit()
     _mark_finished(exp_dir)
-    return grid, exp_dir
+    return exp_dir
 
 
 def _mark_finished(exp_dir: Path) -> None:
@@ -127,18 +127,18 @@ def read_spec(exp_dir: Path) -> SearchSpec:
     return parse_spec(yaml.safe_load(path.read_text()), str(path))
 
 
-def resume_search(exp_dir: Path):
+def resume_search(exp_dir: Path, spec: SearchSpec) -> Path:
+    """Continue an experiment whose spec the caller read with `read_spec`."""
     from ray import tune
     exp_dir = Path(exp_dir).resolve()
-    spec = read_spec(exp_dir)
     if not tune.Tuner.can_restore(str(exp_dir)):
         raise UserError(f"{exp_dir}: no Tune experiment state to resume from")
     data = load_data(spec)
     tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, data),
                                resume_unfinished=True, resume_errored=True)
-    grid = tuner.fit()
+    tuner.fit()
     _mark_finished(exp_dir)
-    return grid, exp_dir, spec
+    return exp_dir
 
 
 def unfinished_trials(exp_dir: Path) -> list[str]:
