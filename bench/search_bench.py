@@ -23,7 +23,7 @@ def _run(spec: dict, storage: str, name: str):
     from raydigits.search.spec import parse_spec
     s = parse_spec(spec, name)
     runner.check_resources(s)
-    runner.run_search(s, storage, name, verbose=0)
+    runner.run_search(s, storage, name, runner.load_data(s), verbose=0)
     rows = []
     for d in sorted((Path(storage) / name).iterdir()):
         f = d / "result.json"

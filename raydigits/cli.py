@@ -8,6 +8,7 @@ User mistakes print one `error:` line and exit 2 (tracebacks only with --debug).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -72,26 +73,30 @@ def cmd_search(args) -> int:
     from .config import load_yaml_file
     from .search import runner
     from .search.spec import parse_spec, resolve_path
+    from .search.state import unfinished_trials
     if args.resume is None:
         path = resolve_path(args.search_space)
         spec = parse_spec(_apply_overrides(load_yaml_file(path), args), str(path))
         storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
         name = args.name or f"{spec.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+        check_writable(Path(storage) if "://" not in storage else None, "--storage-path")
     else:
         spec = runner.read_spec(args.resume)
-    info = runner.start_ray(args.address, args.dashboard_port)
+    data = runner.load_data(spec)  # before Ray starts: a data problem fails in seconds
+    info = runner.start_ray(args.address, args.dashboard_port,
+                            job_name=name if args.resume is None else Path(args.resume).name)
     print_dashboard(info)
     runner.check_resources(spec)
     started = time.time()
     try:
         if args.resume is None:
-            exp_dir = runner.run_search(spec, storage, name, args.verbose)
+            exp_dir = runner.run_search(spec, storage, name, data, args.verbose)
         else:
-            exp_dir = runner.resume_search(args.resume, spec)
+            exp_dir = runner.resume_search(args.resume, spec, data)
     except KeyboardInterrupt:
         exp_dir = args.resume or Path(storage) / name
         return _interrupted(exp_dir)
-    unfinished = runner.unfinished_trials(exp_dir)
+    unfinished = unfinished_trials(exp_dir)
     budget_hit = spec.time_budget_s is not None and time.time() - started >= spec.time_budget_s
     if unfinished and not budget_hit:  # Tune handled a Ctrl-C and returned early
         return _interrupted(exp_dir)
@@ -109,13 +114,42 @@ def _interrupted(exp_dir) -> int:
     return 130
 
 
+def check_writable(folder: Path | None, what: str, shown: Path | None = None) -> None:
+    """Refuse, before any work starts and without creating anything, an output folder that could
+    not be created or written into."""
+    if folder is None:
+        return
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {shown or folder}: cannot write there ({existing} is not a writable folder)")
+
+
+def token_source() -> str:
+    """Where the dashboard's login token comes from, never the token itself."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "the RAY_AUTH_TOKEN environment variable"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    return f"{path} on the head node (or run `ray get-auth-token` there)"
+
+
 def print_dashboard(info: dict) -> None:
+    """The dashboard URL and how to log in: with token auth the page asks for the token first."""
     url = info.get("dashboard_url")
-    if url:
-        print(f"Ray dashboard: {url}  (log in with the token from `ray get-auth-token` "
-              f"or ~/.ray/auth_token if the page asks)", flush=True)
-    else:
+    if not url:
         print("Ray dashboard: not running (install ray[default])", flush=True)
+        return
+    lines = [f"Ray dashboard: {url}"]
+    if info.get("token_auth"):
+        lines.append(f"  login: the page asks for a token; paste it from {token_source()}")
+    port = url.rsplit(":", 1)[-1].strip("/")
+    if info.get("attached"):
+        lines.append(f"  remote cluster: ssh -L {port}:localhost:{port} <user>@<head node>, then open "
+                     f"http://localhost:{port}")
+    lines.append(f"  as a Ray job: RAY_ADDRESS={url} ray job submit --working-dir . -- python launch.py ..."
+                 + (" (the job CLI reads the same token)" if info.get("token_auth") else ""))
+    print("\n".join(lines), flush=True)
 
 
 def cmd_export(args) -> int:
@@ -123,6 +157,8 @@ def cmd_export(args) -> int:
     from .search.runner import read_spec, start_ray
     spec = read_spec(args.experiment)
     if args.images is not None:
+        if args.out is not None:
+            check_writable(args.out.resolve().parent, "--out", args.out)
         export_images(args.experiment, args.images, args.out, args.skip_corrupt)
         return 0
     start_ray(args.address)

@@ -19,6 +19,7 @@ from .data.store import read_manifest
 from .errors import UserError
 from .search.runner import RUN_FILE
 from .search.spec import SearchSpec, trial_values
+from .search.state import trial_states
 from .search.trainable import CHECKPOINT_FILE
 
 FINAL_DIR = "final"
@@ -38,25 +39,18 @@ class Choice:
 def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
     """One row per trial: id, status, outcome, epochs, best val, params, path, and its reported
     results (read once here; `INTERNAL` columns are not written to trials.csv)."""
-    import logging
-    from ray.tune import ExperimentAnalysis
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # "no result.json yet"
-    try:
-        analysis = ExperimentAnalysis(str(exp_dir))
-    except Exception as exc:  # no experiment state at all
-        raise UserError(f"{exp_dir}: no Tune experiment state ({type(exc).__name__})") from None
     rows = []
-    for trial in analysis.trials:
-        path = Path(trial.path) if trial.path else exp_dir / trial.trial_id
+    for trial in trial_states(exp_dir):
+        path = trial["path"]
         results = _results(path)
         diverged = any(r.get("diverged") for r in results)
         epochs = max((int(r["epoch"]) for r in results), default=0)
         stop = next((r.get("stop_reason") for r in reversed(results) if r.get("stop_reason")), "")
-        if trial.status == "ERROR":
+        if trial["status"] == "ERROR":
             outcome = "error"
         elif diverged:
             outcome = "diverged"
-        elif trial.status in ("RUNNING", "PENDING", "PAUSED"):
+        elif trial["status"] in ("RUNNING", "PENDING", "PAUSED"):
             outcome = "interrupted"
         elif stop == "early_stop":
             outcome = "early_stopped"
@@ -69,9 +63,10 @@ def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
             outcome = "completed"
         vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
         best = (max(vals) if spec.mode == "max" else min(vals)) if vals else float("nan")
-        row = {"trial_id": trial.trial_id, "status": trial.status, "outcome": outcome, "epochs": epochs,
+        row = {"trial_id": trial["trial_id"], "status": trial["status"], "outcome": outcome, "epochs": epochs,
                f"best_{spec.metric}": best, "path": str(path), "results": results}
-        row.update({f"param.{k}": v for k, v in (trial.config or {}).items()})
+        row["retries"] = trial["num_failures"]
+        row.update({f"param.{k}": v for k, v in trial["config"].items()})
         rows.append(row)
     if not rows:
         raise UserError(f"{exp_dir}: the experiment has no trials")

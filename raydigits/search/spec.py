@@ -307,7 +307,7 @@ class OptunaSpace:
 def build_search_alg(spec: SearchSpec):
     if spec.method != "tpe":
         from ray.tune.search.basic_variant import BasicVariantGenerator
-        return BasicVariantGenerator(random_state=spec.seed)
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -2,6 +2,7 @@
 `tune.report(metrics, checkpoint=...)` every epoch. No second training loop lives here."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -35,6 +36,8 @@ def _fault_hook():
 
 
 def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int) -> None:
+    # Our epoch line already says a checkpoint was taken; Tune's INFO line per checkpoint is noise.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     values = trial_values(spec, config)
     values.setdefault("threads", threads)  # the trial's CPU share: no oversubscription
     cfg = make_config(values, where=f"trial {tune.get_context().get_trial_name()}")

@@ -1,0 +1,115 @@
+"""Look at a running search's Ray dashboard the way a user does: headless Chromium (Debian's
+/usr/bin/chromium, driven by Playwright; no browser download), first without the token (only the
+login prompt), then logging in through that prompt with the token; screenshots as artifacts."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+CHROMIUM = os.environ.get("RAYDIGITS_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def browser_missing() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    if not Path(CHROMIUM).exists() and not shutil.which(CHROMIUM):
+        return f"{CHROMIUM} not installed (apt-get install chromium; .ci/run does)"
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        return "playwright not installed (pip install -e '.[test]')"
+    return None
+
+
+def read_token() -> str:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    return path.read_text().strip()
+
+
+def api_status(url: str, token: str | None) -> int:
+    req = urllib.request.Request(f"{url}/nodes?view=summary",
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def actor_log(url: str, token: str, actor_id: str) -> str:
+    """The trial's stdout as the dashboard's log view fetches it."""
+    req = urllib.request.Request(f"{url}/api/v0/logs/file?actor_id={actor_id}&suffix=out&lines=200",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return resp.read().decode(errors="replace")
+
+
+def actors(url: str, token: str) -> list[dict]:
+    req = urllib.request.Request(f"{url}/api/v0/actors?limit=100&detail=1",
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=20) as resp:
+        return json.loads(resp.read())["data"]["result"]["result"]
+
+
+def check_dashboard(url: str, node_ip: str, job_name: str) -> dict:
+    """Everything the test asserts, gathered while the search runs."""
+    from playwright.sync_api import sync_playwright
+    ARTIFACTS.mkdir(exist_ok=True)
+    token = read_token()
+    out: dict = {"api_without_token": api_status(url, None), "api_with_token": api_status(url, token)}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            # 1. only the URL: the login prompt, and none of the cluster's data
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.goto(f"{url}/#/actors")
+            prompt = page.get_by_text("Authentication Token Required")
+            prompt.wait_for(timeout=30_000)
+            page.wait_for_timeout(2_000)
+            out["no_token_prompt"] = prompt.is_visible()
+            out["no_token_sees_trials"] = "smoke_" in page.inner_text("body")
+            page.screenshot(path=str(ARTIFACTS / "dashboard_no_token.png"))
+            page.context.close()
+
+            # 2. log in through the prompt with the token
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.goto(url)
+            page.get_by_role("textbox", name="Authentication Token").fill(token)
+            page.get_by_role("button", name=re.compile("submit", re.I)).click()
+            page.get_by_text("Authentication Token Required").wait_for(state="hidden", timeout=30_000)
+            out["cookie_set"] = any(c["name"] == "ray-authentication-token" for c in page.context.cookies())
+
+            page.goto(f"{url}/#/cluster")
+            page.get_by_text(node_ip).first.wait_for(timeout=60_000)
+            out["cluster_lists_node"] = True
+            page.screenshot(path=str(ARTIFACTS / "dashboard_cluster.png"))
+
+            page.goto(f"{url}/#/actors")
+            page.get_by_text(re.compile(r"smoke_\w+_\d{5}")).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1_000)
+            body = page.inner_text("body")
+            out["actors_view_trials"] = sorted(set(re.findall(r"smoke_\w+_\d{5}", body)))
+            out["actors_view_class"] = "RaydigitsTrial" in body
+            page.screenshot(path=str(ARTIFACTS / "dashboard_actors.png"))
+
+            page.goto(f"{url}/#/jobs")
+            page.get_by_text(job_name).first.wait_for(timeout=60_000)
+            out["jobs_view_name"] = True
+            page.screenshot(path=str(ARTIFACTS / "dashboard_jobs.png"))
+        finally:
+            browser.close()
+    # the log a trial's "Log" link opens holds its per-epoch lines
+    logs = {}
+    for actor in actors(url, token):
+        name = actor.get("repr_name") or ""
+        if name.startswith("smoke_") and actor.get("state") == "ALIVE":
+            logs[name] = actor_log(url, token, actor["actor_id"])
+    out["trial_logs"] = logs
+    return out

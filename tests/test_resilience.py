@@ -1,0 +1,123 @@
+"""Resilience against real faults: a worker node of a real two-node cluster dies mid-search; a trial
+diverges; Ctrl-C on the driver. Each runs the real CLI in a subprocess against a real Ray."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cluster import TwoNodeCluster
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _launch(args, env=None):
+    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1", "RAYDIGITS_NO_PROGRESS": "1"}
+    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _results(trial_dir: Path) -> list[dict]:
+    f = trial_dir / "result.json"
+    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+
+
+def _space(tmp_path: Path, **over) -> Path:
+    """The smoke space with a FIFO scheduler (no trial ends before its last epoch) and overrides."""
+    spec = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    spec["scheduler"] = {"type": "fifo", "max_t": 3}
+    spec.update(over)
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_search_survives_losing_a_worker_node(tmp_path, mnist_dir):
+    """Two nodes (the worker in its own network namespace where possible), storage both can reach;
+    the worker node is SIGKILLed while one of its trials is mid-run. Its trial is retried from its
+    checkpoint on the surviving node; every trial finishes; the final stage writes its outputs."""
+    space = _space(tmp_path, name="cluster", num_samples=4, fixed={
+        **yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())["fixed"], "train_items": 2000})
+    storage = tmp_path / "shared"
+    with TwoNodeCluster(tmp_path) as cluster:
+        proc = _launch(["--search-space", str(space), "--address", cluster.address, "--storage-path",
+                        str(storage), "--name", "c"], env=cluster.env)
+        exp, victim, deadline = storage / "c", None, time.time() + 300
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            on_worker = cluster.node_pids("worker")
+            for d in exp.glob("cluster_*"):
+                rows = _results(d)
+                if rows and rows[-1]["pid"] in on_worker and not rows[-1].get("done"):
+                    victim = (d, rows)
+        assert victim is not None, "no trial ran on the worker node"
+        cluster.kill("worker")
+        assert not cluster.node_pids("worker")  # the whole node is gone
+        out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-5000:]
+    trial_dir, before = victim
+    rows = _results(trial_dir)
+    assert rows[:len(before)] == before and rows[-1].get("done")
+    assert [r["epoch"] for r in rows] == list(range(1, 4))  # continued from its checkpoint, nothing redone twice
+    assert rows[-1]["pid"] != before[-1]["pid"]
+    if cluster.netns:  # the two nodes had different IPs: the retry ran on the head
+        assert before[-1]["node_ip"] == cluster.worker_ip and rows[-1]["node_ip"] == cluster.head_ip
+    trials = pd.read_csv(exp / "final" / "trials.csv")
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all() and (trials["epochs"] == 3).all()
+    assert trials.set_index("trial_id").loc[trial_dir.name.split("_", 1)[1], "retries"] >= 1
+    pre = pd.read_csv(exp / "final" / "pre.csv")
+    assert len(pre) == 10_000 and json.loads((exp / "final" / "metrics.json").read_text())["n_trials"] == 4
+
+
+def test_diverging_trial_is_marked_and_never_chosen(tmp_path, mnist_dir):
+    """An absurd learning rate makes the loss non-finite: that trial ends after one epoch, marked
+    diverged in trials.csv; the other trial and the final stage go on without it."""
+    space = _space(tmp_path, name="diverge", method="grid", num_samples=1, scheduler={"type": "fifo", "max_t": 2},
+                   fixed={"train_items": 600, "val_items": 300, "img_size": 32, "batch_size": 32,
+                          "scheduler": "none", "aug_strength": 0.0, "optimizer": "sgd", "momentum": 0.9},
+                   parameters={"lr": {"values": [1.0e6, 0.01]}})
+    proc = _launch(["--search-space", str(space), "--storage-path", str(tmp_path), "--name", "d"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    final = tmp_path / "d" / "final"
+    trials = pd.read_csv(final / "trials.csv").set_index("param.lr")
+    assert trials.loc[1.0e6, "outcome"] == "diverged" and trials.loc[1.0e6, "epochs"] == 1
+    assert trials.loc[0.01, "outcome"] == "completed" and trials.loc[0.01, "epochs"] == 2
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics["best_trial"] == trials.loc[0.01, "trial_id"] and metrics["n_diverged"] == 1
+    assert metrics["best_config"]["lr"] == 0.01
+    assert "1 diverged" in out
+
+
+def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
+    """SIGINT to the driver's whole process group, as a terminal's Ctrl-C sends it: the driver says
+    how to resume and exits 130 without a traceback; --resume finishes and re-runs nothing."""
+    proc = _launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "ctrlc",
+                    "--num-samples", "3", "--max-concurrent", "1", "--no-final"])
+    exp, seen, deadline = tmp_path / "ctrlc", {}, time.time() + 300
+    while not seen and time.time() < deadline:
+        time.sleep(0.5)
+        seen = {d.name: _results(d) for d in exp.glob("smoke_*") if _results(d)}
+    assert seen, "no trial reported before the deadline"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    assert f"Resume with: python launch.py --resume {exp}" in out
+    assert "Traceback" not in out and "Tuner.restore" not in out
+    snapshot = {name: _results(exp / name) for name in seen}
+    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(exp), "--no-final"], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
+    assert len(dirs) == 3 and all(_results(d)[-1].get("done") for d in dirs)
+    for name, rows in snapshot.items():  # what had been reported is kept, not redone
+        assert _results(exp / name)[:len(rows)] == rows
