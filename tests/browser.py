@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -105,11 +106,13 @@ def check_dashboard(url: str, node_ip: str, job_name: str) -> dict:
             page.screenshot(path=str(ARTIFACTS / "dashboard_jobs.png"))
         finally:
             browser.close()
-    # the log a trial's "Log" link opens holds its per-epoch lines
-    logs = {}
-    for actor in actors(url, token):
-        name = actor.get("repr_name") or ""
-        if name.startswith("smoke_") and actor.get("state") == "ALIVE":
-            logs[name] = actor_log(url, token, actor["actor_id"])
+    # the log a trial's "Log" link opens holds its per-epoch lines (finished trials' logs stay)
+    deadline, logs = time.time() + 90, {}
+    while time.time() < deadline:
+        logs = {a["repr_name"]: actor_log(url, token, a["actor_id"]) for a in actors(url, token)
+                if (a.get("repr_name") or "").startswith("smoke_") and a.get("pid")}
+        if any(f"[{name}] epoch 1 val_acc" in log for name, log in logs.items()):
+            break
+        time.sleep(2)
     out["trial_logs"] = logs
     return out

@@ -104,6 +104,18 @@ def test_address_pointing_at_nothing_fails_in_seconds(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
+    from test_search_e2e import stale_cluster_record
+    record = Path("/tmp/ray/ray_current_cluster")
+    if record.exists():
+        pytest.skip("a real `ray start` cluster is recorded on this machine")
+    start = time.time()
+    with stale_cluster_record():
+        proc = _run(["--search-space", "smoke", "--address", "auto", "--storage-path", str(tmp_path / "out")])
+    _assert_one_clear_line(proc, "--address auto", "nothing answers at 127.0.0.1:9")
+    assert time.time() - start < 30
+
+
 @pytest.fixture
 def fake_experiment(tmp_path, small_mnist):
     """An experiment folder with a real best_model.pt (from an untrained trainer) and its spec."""

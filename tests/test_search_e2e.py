@@ -3,12 +3,15 @@ stopped early), the dashboard answering while it runs, a trial that crashes once
 retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources."""
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -34,9 +37,29 @@ def _results(trial_dir: Path) -> list[dict]:
     return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
 
 
+@contextlib.contextmanager
+def stale_cluster_record():
+    """Ray's record of the cluster a `ray start` launched, pointing at nothing (unless a real one
+    is there: then it is left alone)."""
+    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+    if record.exists():
+        yield
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("127.0.0.1:9")
+    try:
+        yield
+    finally:
+        record.unlink(missing_ok=True)
+
+
 def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
     """Runs beside the search (a thread): the browser checks, once a trial has reported."""
     try:
+        import psutil
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        found["listening_on"] = sorted({c.laddr.ip for c in psutil.net_connections("tcp")
+                                        if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
         from browser import browser_missing, check_dashboard
         why = browser_missing()
         if why:
@@ -59,11 +82,13 @@ def smoke_run(tmp_path_factory, mnist_dir):
     import threading
     storage = tmp_path_factory.mktemp("ray_results")
     marker = storage / "fault_marker"
-    proc = _launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
-                   env_extra={"RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
+    with stale_cluster_record():  # what a killed `ray start` leaves: must not be waited for
+        proc = _launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
+                       env_extra={"RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
+        first = proc.stdout.readline()
     lines, dashboard_status, browser, watcher = [], None, {}, None
     deadline = time.time() + 600
-    for line in proc.stdout:
+    for line in itertools.chain([first], proc.stdout):
         lines.append(line)
         m = re.search(r"Ray dashboard: (http://\S+)", line)
         if m and dashboard_status is None:
@@ -171,7 +196,8 @@ def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mni
 
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir):
     proc = _launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "killme",
-                    "--max-concurrent", "1", "--num-samples", "3", "--no-final"])
+                    "--max-concurrent", "1", "--num-samples", "3", "--no-final",
+                    "--set", "train_items=500", "--set", "val_items=200"])
     exp = tmp_path / "killme"
     deadline = time.time() + 300
     finished = {}
@@ -227,6 +253,11 @@ def test_dashboard_in_a_browser_needs_the_token_and_shows_the_trials(smoke_run):
     assert any(f"[{name}] epoch 1 val_acc" in log for name, log in logs.items()), logs
     for name, log in logs.items():  # one log per trial: only its own epoch lines
         assert set(re.findall(r"\[(smoke_\w+_\d{5})\] epoch", log)) <= {name}, log
+
+
+def test_local_dashboard_listens_on_loopback_only(smoke_run):
+    assert re.search(r"Ray dashboard: http://127\.0\.0\.1:\d+", smoke_run["out"])
+    assert smoke_run["browser"]["listening_on"] == ["127.0.0.1"]
 
 
 def test_terminal_shows_the_table_and_our_lines_not_ray_noise(smoke_run):

@@ -2,6 +2,7 @@
 same run, the same seed gives the same metrics, AMP paths run quietly, pretrained weights load."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -189,3 +190,31 @@ def test_train_cli(tmp_path):
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "last.pt", "best.pt", "metrics.csv"}
     state = load_checkpoint(out / "best.pt")
     assert state["class_names"] == [str(d) for d in range(10)] and state["epoch"] == 1
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_one(small_mnist, tmp_path, monkeypatch):
+    """A crash in the middle of writing a checkpoint (simulated: half the bytes, then the process
+    'dies') leaves the previous checkpoint whole and loadable, and no temp file behind."""
+    trainer = Trainer(tiny_cfg(epochs=2), small_mnist)
+    trainer.fit(lambda m, t: t.save(tmp_path / "last.pt") if m["epoch"] == 1 else None)
+    before = (tmp_path / "last.pt").read_bytes()
+    real_save = torch.save
+
+    def dies_halfway(obj, f, *a, **k):
+        real_save(obj, f, *a, **k)
+        os.truncate(f, os.path.getsize(f) // 2)
+        raise KeyboardInterrupt  # the write never finished
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save(tmp_path / "last.pt")
+    monkeypatch.undo()
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    resumed = Trainer(tiny_cfg(epochs=2), small_mnist)
+    resumed.resume(tmp_path / "last.pt")
+    assert resumed.epoch == 1
+    # and a checkpoint that really is cut short is refused in one line, not unpickled
+    (tmp_path / "cut.pt").write_bytes(before[: len(before) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
