@@ -63,6 +63,11 @@ def test_search_survives_losing_a_worker_node(tmp_path, mnist_dir):
         assert not cluster.node_pids("worker")  # the whole node is gone
         out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-5000:]
+    # attached to a cluster: how to reach its dashboard from elsewhere, and how to log in
+    assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" in out
+    assert f"ssh -L {cluster.dashboard_port}:localhost:{cluster.dashboard_port}" in out and "login:" in out
+    from browser import read_token
+    assert read_token() not in out
     trial_dir, before = victim
     rows = _results(trial_dir)
     assert rows[:len(before)] == before
