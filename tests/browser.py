@@ -34,11 +34,13 @@ def read_token() -> str:
     return path.read_text().strip()
 
 
+def _get(url: str, token: str | None) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
 def api_status(url: str, token: str | None) -> int:
-    req = urllib.request.Request(f"{url}/nodes?view=summary",
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(_get(f"{url}/nodes?view=summary", token), timeout=10) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -46,16 +48,13 @@ def api_status(url: str, token: str | None) -> int:
 
 def actor_log(url: str, token: str, actor_id: str) -> str:
     """The trial's stdout as the dashboard's log view fetches it."""
-    req = urllib.request.Request(f"{url}/api/v0/logs/file?actor_id={actor_id}&suffix=out&lines=200",
-                                 headers={"Authorization": f"Bearer {token}"})
+    req = _get(f"{url}/api/v0/logs/file?actor_id={actor_id}&suffix=out&lines=200", token)
     with urllib.request.urlopen(req, timeout=20) as resp:
         return resp.read().decode(errors="replace")
 
 
 def actors(url: str, token: str) -> list[dict]:
-    req = urllib.request.Request(f"{url}/api/v0/actors?limit=100&detail=1",
-                                 headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=20) as resp:
+    with urllib.request.urlopen(_get(f"{url}/api/v0/actors?limit=100&detail=1", token), timeout=20) as resp:
         return json.loads(resp.read())["data"]["result"]["result"]
 
 

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -151,6 +150,6 @@ class TwoNodeCluster:
         if self.netns:
             self._teardown_netns()
         # what `ray stop` would do: forget this cluster, so a later ray.init() does not look for it
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        from raydigits.search.runner import RAY_CURRENT_CLUSTER as current
         if current.exists() and current.read_text().strip() == self.address:
             current.unlink()

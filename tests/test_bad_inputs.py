@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, stale_cluster_record
 
 SMOKE = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
 
@@ -105,9 +105,8 @@ def test_address_pointing_at_nothing_fails_in_seconds(tmp_path):
 
 
 def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
-    from test_search_e2e import stale_cluster_record
-    record = Path("/tmp/ray/ray_current_cluster")
-    if record.exists():
+    from raydigits.search.runner import RAY_CURRENT_CLUSTER
+    if RAY_CURRENT_CLUSTER.exists():
         pytest.skip("a real `ray start` cluster is recorded on this machine")
     start = time.time()
     with stale_cluster_record():

@@ -15,20 +15,9 @@ import pytest
 import yaml
 
 from cluster import TwoNodeCluster
-from conftest import REPO
+from conftest import REPO, launch, results
 
 pytestmark = pytest.mark.slow
-
-
-def _launch(args, env=None):
-    env = {**(env or os.environ), "PYTHONUNBUFFERED": "1", "RAYDIGITS_NO_PROGRESS": "1"}
-    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    f = trial_dir / "result.json"
-    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
 
 
 def _space(tmp_path: Path, **over) -> Path:
@@ -48,14 +37,14 @@ def test_search_survives_losing_a_worker_node(tmp_path, mnist_dir):
     space = _space(tmp_path, name="cluster", num_samples=3)
     storage = tmp_path / "shared"
     with TwoNodeCluster(tmp_path) as cluster:
-        proc = _launch(["--search-space", str(space), "--address", cluster.address, "--storage-path",
+        proc = launch(["--search-space", str(space), "--address", cluster.address, "--storage-path",
                         str(storage), "--name", "c"], env=cluster.env)
         exp, victim, deadline = storage / "c", None, time.time() + 300
         while victim is None and time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
             on_worker = cluster.node_pids("worker")
             for d in exp.glob("cluster_*"):
-                rows = _results(d)
+                rows = results(d)
                 if rows and rows[-1]["pid"] in on_worker and not rows[-1].get("done"):
                     victim = (d, rows)
         assert victim is not None, "no trial ran on the worker node"
@@ -69,7 +58,7 @@ def test_search_survives_losing_a_worker_node(tmp_path, mnist_dir):
     from browser import read_token
     assert read_token() not in out
     trial_dir, before = victim
-    rows = _results(trial_dir)
+    rows = results(trial_dir)
     assert rows[:len(before)] == before
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # continued from its checkpoint, nothing done twice
     assert rows[-1]["pid"] != before[-1]["pid"]
@@ -89,7 +78,7 @@ def test_diverging_trial_is_marked_and_never_chosen(tmp_path, mnist_dir):
                    fixed={"train_items": 600, "val_items": 300, "img_size": 32, "batch_size": 32,
                           "scheduler": "none", "aug_strength": 0.0, "optimizer": "sgd", "momentum": 0.9},
                    parameters={"lr": {"values": [1.0e6, 0.01]}})
-    proc = _launch(["--search-space", str(space), "--storage-path", str(tmp_path), "--name", "d"])
+    proc = launch(["--search-space", str(space), "--storage-path", str(tmp_path), "--name", "d"])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
     final = tmp_path / "d" / "final"
@@ -105,24 +94,24 @@ def test_diverging_trial_is_marked_and_never_chosen(tmp_path, mnist_dir):
 def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     """SIGINT to the driver's whole process group, as a terminal's Ctrl-C sends it: the driver says
     how to resume and exits 130 without a traceback; --resume finishes and re-runs nothing."""
-    proc = _launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "ctrlc",
+    proc = launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "ctrlc",
                     "--num-samples", "3", "--max-concurrent", "1", "--no-final",
                     "--set", "train_items=500", "--set", "val_items=200"])
     exp, seen, deadline = tmp_path / "ctrlc", {}, time.time() + 300
     while not seen and time.time() < deadline:
         time.sleep(0.5)
-        seen = {d.name: _results(d) for d in exp.glob("smoke_*") if _results(d)}
+        seen = {d.name: results(d) for d in exp.glob("smoke_*") if results(d)}
     assert seen, "no trial reported before the deadline"
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
     assert f"Resume with: python launch.py --resume {exp}" in out
     assert "Traceback" not in out and "Tuner.restore" not in out
-    snapshot = {name: _results(exp / name) for name in seen}
+    snapshot = {name: results(exp / name) for name in seen}
     resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(exp), "--no-final"], cwd=REPO,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
-    assert len(dirs) == 3 and all(_results(d)[-1].get("done") for d in dirs)
+    assert len(dirs) == 3 and all(results(d)[-1].get("done") for d in dirs)
     for name, rows in snapshot.items():  # what had been reported is kept, not redone
-        assert _results(exp / name)[:len(rows)] == rows
+        assert results(exp / name)[:len(rows)] == rows

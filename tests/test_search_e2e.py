@@ -3,7 +3,6 @@ stopped early), the dashboard answering while it runs, a trial that crashes once
 retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources."""
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
@@ -11,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -21,36 +19,9 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, launch, results, stale_cluster_record
 
 pytestmark = pytest.mark.slow
-
-
-def _launch(args, env_extra=None, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAYDIGITS_NO_PROGRESS": "1", **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "launch.py", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
-
-
-def _results(trial_dir: Path) -> list[dict]:
-    f = trial_dir / "result.json"
-    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
-
-
-@contextlib.contextmanager
-def stale_cluster_record():
-    """Ray's record of the cluster a `ray start` launched, pointing at nothing (unless a real one
-    is there: then it is left alone)."""
-    record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-    if record.exists():
-        yield
-        return
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text("127.0.0.1:9")
-    try:
-        yield
-    finally:
-        record.unlink(missing_ok=True)
 
 
 def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
@@ -66,9 +37,9 @@ def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
             found["skipped"] = why
             return
         deadline = time.time() + 120
-        while time.time() < deadline and not any(_results(d) for d in exp.glob("smoke_*")):
+        while time.time() < deadline and not any(results(d) for d in exp.glob("smoke_*")):
             time.sleep(0.5)
-        node_ip = next(_results(d)[0]["node_ip"] for d in exp.glob("smoke_*") if _results(d))
+        node_ip = next(results(d)[0]["node_ip"] for d in exp.glob("smoke_*") if results(d))
         found.update(check_dashboard(url, node_ip, "raydigits smoke_e2e"))
     except Exception:  # reported by the browser test, not lost in a thread
         import traceback
@@ -83,8 +54,8 @@ def smoke_run(tmp_path_factory, mnist_dir):
     storage = tmp_path_factory.mktemp("ray_results")
     marker = storage / "fault_marker"
     with stale_cluster_record():  # what a killed `ray start` leaves: must not be waited for
-        proc = _launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
-                       env_extra={"RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
+        proc = launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
+                      env={**os.environ, "RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
         first = proc.stdout.readline()
     lines, dashboard_status, browser, watcher = [], None, {}, None
     deadline = time.time() + 600
@@ -125,7 +96,7 @@ def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
 def test_trial_crashing_mid_epoch_is_retried_from_its_checkpoint(smoke_run):
     crashed = smoke_run["marker"].read_text().strip()  # the trial name that raised in epoch 2
     trial_dir = smoke_run["exp"] / crashed
-    epochs = [r["epoch"] for r in _results(trial_dir)]
+    epochs = [r["epoch"] for r in results(trial_dir)]
     assert epochs[:2] == [1, 2], epochs  # epoch 1 reported once, epoch 2 redone after the restore
     assert epochs == sorted(set(epochs))
     assert "injected fault in epoch 2" in smoke_run["out"]
@@ -147,7 +118,7 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
     assert [metrics["per_class"][str(d)]["f1"] for d in range(10)] == pytest.approx(list(f1))
     assert ((pre["score"] > 0) & (pre["score"] <= 1)).all()
     # chosen on validation: the best reported val_acc over every trial and epoch
-    best = max(r["val_acc"] for d in smoke_run["exp"].glob("smoke_*") if d.is_dir() for r in _results(d))
+    best = max(r["val_acc"] for d in smoke_run["exp"].glob("smoke_*") if d.is_dir() for r in results(d))
     assert metrics["best_val_acc"] == pytest.approx(best)
     for png in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
         assert (final / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -195,7 +166,7 @@ def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mni
 
 
 def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir):
-    proc = _launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "killme",
+    proc = launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "killme",
                     "--max-concurrent", "1", "--num-samples", "3", "--no-final",
                     "--set", "train_items=500", "--set", "val_items=200"])
     exp = tmp_path / "killme"
@@ -204,7 +175,7 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist
     while time.time() < deadline and not finished:
         time.sleep(1)
         for d in exp.glob("smoke_*"):
-            rows = _results(d)
+            rows = results(d)
             if rows and rows[-1].get("done"):
                 finished[d.name] = rows
     assert finished, "no trial finished before the deadline"
@@ -215,12 +186,12 @@ def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     for name, rows in finished.items():
-        assert _results(exp / name) == rows  # not re-run: no new reports
+        assert results(exp / name) == rows  # not re-run: no new reports
     dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
-    assert len(dirs) == 3 and all(_results(d) and _results(d)[-1].get("done") for d in dirs)
+    assert len(dirs) == 3 and all(results(d) and results(d)[-1].get("done") for d in dirs)
     # --max-concurrent 1 held although 2 CPUs were free: no two trials trained at the same time
     spans = sorted((r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"])
-                   for r in map(_results, dirs))
+                   for r in map(results, dirs))
     assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:])), spans
 
 
@@ -284,4 +255,4 @@ def test_tensorboard_shows_every_trial(smoke_run):
         scalars = acc.Tags()["scalars"]
         assert "ray/tune/val_acc" in scalars and "ray/tune/train_loss" in scalars, scalars
         got = [e.value for e in acc.Scalars("ray/tune/val_acc")]
-        assert got == pytest.approx([r["val_acc"] for r in _results(d)], abs=1e-6)
+        assert got == pytest.approx([r["val_acc"] for r in results(d)], abs=1e-6)

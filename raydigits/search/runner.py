@@ -19,6 +19,8 @@ from .spec import SearchSpec, build_scheduler, build_search_alg, param_space, pa
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
+# Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
+RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 METRIC_COLUMNS = {"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss", "lr": "lr_now",
                   "images_per_s": "img/s"}
 
@@ -59,11 +61,10 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     if address == "auto":  # the cluster a `ray start` on this machine recorded (maybe long dead)
-        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if not current.exists():
+        if not RAY_CURRENT_CLUSTER.exists():
             raise UserError("--address auto: no Ray cluster was started on this machine "
                             "(run `ray start --head`, or give HOST:PORT)")
-        hostport = current.read_text().strip()
+        hostport = RAY_CURRENT_CLUSTER.read_text().strip()
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise UserError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
@@ -180,11 +181,9 @@ def run_search(spec: SearchSpec, storage: str, name: str, data, verbose: int = 1
     write_text(exp_dir / RUN_FILE, json.dumps({"started": time.time(), "name": name}))
     tuner = tune.Tuner(
         _trainable(spec, data),
-        param_space=param_space(spec) if spec.method != "tpe" else {},
+        param_space=param_space(spec),
         tune_config=tune.TuneConfig(search_alg=build_search_alg(spec), scheduler=build_scheduler(spec),
-                                    num_samples=spec.num_samples,
-                                    # random/grid: the BasicVariantGenerator limits concurrency itself
-                                    max_concurrent_trials=spec.max_concurrent if spec.method == "tpe" else None,
+                                    num_samples=spec.num_samples,  # concurrency: build_search_alg
                                     time_budget_s=spec.time_budget_s,
                                     trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}"),
@@ -216,7 +215,7 @@ def resume_search(exp_dir: Path, spec: SearchSpec, data) -> Path:
     # param_space again: Tune saved its sample_from functions as placeholders, and trials the
     # searcher has yet to generate need the real functions back
     tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, data),
-                               param_space=param_space(spec) if spec.method != "tpe" else None,
+                               param_space=param_space(spec),
                                resume_unfinished=True, resume_errored=True)
     tuner.fit()
     _mark_finished(exp_dir)

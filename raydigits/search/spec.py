@@ -262,9 +262,11 @@ def _domain(p: Param):
 
 
 def param_space(spec: SearchSpec) -> dict:
-    """Tune param_space for random and grid search (tpe uses `OptunaSpace`)."""
+    """Tune param_space for random and grid search; empty for tpe (its space is `OptunaSpace`)."""
     from ray import tune
     space = {}
+    if spec.method == "tpe":
+        return space
     for name, p in spec.parameters.items():
         if spec.method == "grid" and p.values is not None:
             space[name] = tune.grid_search(p.values)
@@ -305,14 +307,18 @@ class OptunaSpace:
 
 
 def build_search_alg(spec: SearchSpec):
+    """The searcher, limiting concurrent trials itself: Tune ignores `max_concurrent_trials` for a
+    BasicVariantGenerator, so that knob is never used."""
     if spec.method != "tpe":
         from ray.tune.search.basic_variant import BasicVariantGenerator
         return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0)
     import optuna
+    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return OptunaSearch(space=OptunaSpace(spec), metric=spec.metric, mode=spec.mode,
-                        sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    searcher = OptunaSearch(space=OptunaSpace(spec), metric=spec.metric, mode=spec.mode,
+                            sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
 
 
 def build_scheduler(spec: SearchSpec):
