@@ -1,9 +1,16 @@
-"""Search overheads, measured side by side in one run (not a test). Prints:
- (a) epoch time of a trial under Tune (report + checkpoint) ÷ the same epoch in the standalone trainer (goal ≤ 1.10)
- (b) ASHA vs FIFO on the same space and seeds: trial-epochs ASHA needs to reach FIFO's best val accuracy
-     minus 0.3 points ÷ FIFO's trial-epochs (goal ≤ 0.35)
- (c) memory: per-trial unique memory (USS) of concurrent trials vs the dataset size (zero-copy check)
-Usage: python bench/search_bench.py [--part a,b,c]"""
+"""Search quality and overheads, measured side by side in one run (not a test). Parts:
+ fidelity  does an early rung rank trials as their end does? Spearman between each trial's validation
+           after epoch 1 (and 2) and after its last epoch, FIFO so every trial runs to the end
+           (goal ≥ 0.8); on a 1,500-image subset (CPU) and on full MNIST (--gpu)
+ asha      ASHA vs FIFO on the *same* sampled configs, per seed: trial-epochs and wall time until the
+           side's own best-so-far validation (in time order) comes within 0.3 pp of FIFO's final best;
+           ratio ASHA ÷ FIFO of the same measure, mean and spread over seeds (goal ≤ 0.35). The FIFO
+           runs also give a fidelity figure per seed.
+ overhead  epoch time of a trial under Tune (report + checkpoint) ÷ the same epoch in the standalone
+           trainer, interleaved rounds, medians (goal ≤ 1.10)
+ mem       per-trial unique memory of concurrent trials on the full dataset (zero-copy check)
+Every search here uses the shipped defaults (precise BN included) and the headline's parameters.
+Usage: python bench/search_bench.py [--part fidelity,asha,overhead,mem] [--seeds 0,1,2] [--gpu]"""
 from __future__ import annotations
 
 import argparse
@@ -14,78 +21,149 @@ import time
 from pathlib import Path
 
 import yaml
+from scipy.stats import spearmanr
 
 REPO = Path(__file__).resolve().parents[1]
+HEADLINE = yaml.safe_load((REPO / "search_spaces" / "sgd_vs_adamw.yaml").read_text())
 
 
-def _run(spec: dict, storage: str, name: str):
+def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, resources: dict, concurrent: int) -> dict:
+    return {"name": name, "seed": seed, "num_samples": samples, "method": "random", "metric": "val_acc",
+            "scheduler": scheduler, "resources": resources, "max_concurrent": concurrent,
+            "fixed": {**HEADLINE["fixed"], **fixed}, "parameters": HEADLINE["parameters"]}
+
+
+def _run(spec: dict, storage: str) -> dict:
+    """Run a search; {trial_id: {"config": ..., "results": [...]}} and the search's start time."""
     from raydigits.search import runner
     from raydigits.search.spec import parse_spec
-    s = parse_spec(spec, name)
+    s = parse_spec(spec, spec["name"])
     runner.check_resources(s)
-    runner.run_search(s, storage, name, runner.load_data(s), verbose=0)
-    rows = []
-    for d in sorted((Path(storage) / name).iterdir()):
+    started = time.time()
+    exp = runner.run_search(s, storage, spec["name"], runner.load_data(s), verbose=0)
+    trials = {}
+    for d in sorted(Path(exp).iterdir()):
         f = d / "result.json"
         if f.exists():
-            rows += [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-    return rows
+            rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            if rows:
+                trials[rows[0]["trial_id"]] = {"config": rows[0]["config"], "results": rows}
+    return {"trials": trials, "started": started}
 
 
-def part_a(storage):
+def fidelity(run: dict, epochs: int) -> dict:
+    """Spearman of validation at epochs 1 and 2 against the last epoch, over trials that finished."""
+    done = [t["results"] for t in run["trials"].values() if len(t["results"]) == epochs]
+    final = [r[-1]["val_acc"] for r in done]
+    out = {"n": len(done), "final_range": (min(final), max(final)) if final else (0, 0)}
+    for rung in (1, 2):
+        out[rung] = spearmanr([r[rung - 1]["val_acc"] for r in done], final).statistic if len(done) > 2 else float("nan")
+    return out
+
+
+def _to_target(run: dict, target: float):
+    """(trial-epochs, seconds since the search started) when best-so-far validation first reaches target."""
+    rows = sorted((r for t in run["trials"].values() for r in t["results"]), key=lambda r: r["timestamp"])
+    for i, r in enumerate(rows):
+        if r["val_acc"] >= target:
+            return i + 1, r["timestamp"] - run["started"], True
+    return len(rows), (rows[-1]["timestamp"] - run["started"]) if rows else 0.0, False
+
+
+def _configs(run: dict) -> list:
+    return sorted(json.dumps({k: v for k, v in t["config"].items()}, sort_keys=True) for t in run["trials"].values())
+
+
+def part_fidelity(storage, args, seeds=None):
+    """On the GPU: full MNIST. On CPU: the 1,500-image subset (as the asha part's FIFO runs do)."""
+    full = args.gpu
+    fixed = {} if full else {"train_items": 1500, "val_items": 2000}
+    epochs = args.epochs or (4 if full else 8)
+    res = {"cpu": 3, "gpu": 0.25} if args.gpu else {"cpu": 1, "gpu": 0}
+    for seed in seeds or [0]:
+        run = _run(_space(f"fid_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res,
+                          4 if args.gpu else 2), storage)
+        f = fidelity(run, epochs)
+        print(f"fidelity, {'full MNIST' if full else '1,500 training images'}, seed {seed}: {f['n']} trials × "
+              f"{epochs} epochs; Spearman(val@1, val@{epochs}) = {f[1]:.3f}, Spearman(val@2, val@{epochs}) = "
+              f"{f[2]:.3f}; final val {f['final_range'][0]:.4f}–{f['final_range'][1]:.4f}   (goal ≥ 0.8)", flush=True)
+
+
+def part_asha(storage, args):
+    epochs = args.epochs or 8
+    fixed = {"train_items": 1500, "val_items": 2000}
+    res = {"cpu": 1, "gpu": 0}
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        fifo = _run(_space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res, 2), storage)
+        asha = _run(_space(f"asha_{seed}", seed, {"type": "asha", "max_t": epochs, "grace_period": 1,
+                                                  "reduction_factor": 2}, fixed, args.samples, res, 2), storage)
+        same = _configs(fifo) == _configs(asha)
+        f = fidelity(fifo, epochs)
+        target = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"]) - 0.003
+        fe, fs, _ = _to_target(fifo, target)
+        ae, as_, reached = _to_target(asha, target)
+        rows.append((ae / fe, as_ / fs, reached))
+        print(f"seed {seed}: same {len(fifo['trials'])} configs on both sides: {same}; FIFO best {target + 0.003:.4f}; "
+              f"to within 0.3 pp: FIFO {fe} trial-epochs / {fs:.0f}s, ASHA {ae} / {as_:.0f}s"
+              f"{'' if reached else ' (ASHA never got there: its whole run counted)'}; ratios {ae / fe:.3f} epochs, "
+              f"{as_ / fs:.3f} time; fidelity Spearman@1 {f[1]:.3f} @2 {f[2]:.3f} ({f['n']} trials)", flush=True)
+    for i, what in ((0, "trial-epochs"), (1, "wall time")):
+        vals = [r[i] for r in rows]
+        print(f"ASHA ÷ FIFO, {what} to FIFO's best − 0.3 pp over {len(vals)} seeds: mean {statistics.mean(vals):.3f}, "
+              f"min {min(vals):.3f}, max {max(vals):.3f}   (goal ≤ 0.35)", flush=True)
+
+
+def part_overhead(storage, args):
     from raydigits.config import make_config
     from raydigits.data import load_dataset
     from raydigits.trainer import Trainer
-    fixed = dict(train_items=8000, val_items=2000, img_size=32, batch_size=128, threads=2, scheduler="cosine")
-    spec = {"name": "bench_a", "num_samples": 1, "scheduler": {"type": "fifo", "max_t": 3},
-            "resources": {"cpu": 2}, "fixed": fixed}
-    rows = _run(spec, storage, "bench_a")
-    tune_epoch = statistics.median(r["time_this_iter_s"] for r in rows[1:])
+    fixed = dict(train_items=4000, val_items=2000, img_size=32, batch_size=128, threads=2, scheduler="cosine")
     data = load_dataset(REPO / "data" / "mnist", splits=("train", "val"))
-    times = []
-    Trainer(make_config({**fixed, "epochs": 3}), data).fit(lambda m, t: times.append(m["epoch_time_s"]))
-    alone = statistics.median(times[1:])
-    print(f"(a) epoch under Tune {tune_epoch:.2f}s (incl. report + checkpoint) ÷ standalone {alone:.2f}s = "
-          f"{tune_epoch / alone:.3f}   (goal ≤ 1.10)")
+    tune_s, alone_s = [], []
+    for r in range(args.rounds):  # interleaved: Tune, standalone, Tune, standalone, ...
+        spec = {"name": f"overhead_{r}", "num_samples": 1, "scheduler": {"type": "fifo", "max_t": 3},
+                "resources": {"cpu": 2}, "fixed": fixed}
+        run = _run(spec, storage)
+        tune_s += [x["time_this_iter_s"] for t in run["trials"].values() for x in t["results"][1:]]
+        Trainer(make_config({**fixed, "epochs": 3}), data).fit(
+            lambda m, t: alone_s.append(m["epoch_time_s"]) if m["epoch"] > 1 else None)
+    a, b = statistics.median(tune_s), statistics.median(alone_s)
+    print(f"(overhead) epoch under Tune {a:.2f}s (incl. report + checkpoint) ÷ standalone {b:.2f}s = {a / b:.3f} "
+          f"(medians of {len(tune_s)} and {len(alone_s)} epochs, {args.rounds} interleaved rounds; Tune range "
+          f"{min(tune_s):.2f}–{max(tune_s):.2f}s, standalone {min(alone_s):.2f}–{max(alone_s):.2f}s)   (goal ≤ 1.10)")
 
 
-def part_b(storage):
-    base = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
-    base.update(num_samples=8, seed=3, max_concurrent=2)
-    base["scheduler"] = {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 3}
-    base["fixed"].update(train_items=3000, val_items=1000)
-    fifo = _run({**base, "name": "bench_fifo", "scheduler": {"type": "fifo", "max_t": 4}}, storage, "bench_fifo")
-    asha = _run({**base, "name": "bench_asha"}, storage, "bench_asha")
-    target = max(r["val_acc"] for r in fifo) - 0.003
-    asha.sort(key=lambda r: (r["timestamp"], r["time_total_s"]))
-    needed = next((i + 1 for i, r in enumerate(asha) if r["val_acc"] >= target), None)
-    print(f"(b) FIFO best val_acc {target + 0.003:.4f} in {len(fifo)} trial-epochs; ASHA reached "
-          f"{target:.4f} after {needed} of its {len(asha)} trial-epochs -> ratio "
-          f"{(needed or len(asha)) / len(fifo):.3f}{'' if needed else ' (never reached)'}   (goal ≤ 0.35)")
-
-
-def part_c(storage):
+def part_mem(storage, args):
     base = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
     base.update(name="bench_mem", num_samples=2, max_concurrent=2)
     base["scheduler"] = {"type": "fifo", "max_t": 2}
     base["fixed"].update(train_items=0, val_items=0)  # the whole dataset in every trial
-    rows = _run(base, storage, "bench_mem")
+    run = _run(base, storage)
+    rows = [r for t in run["trials"].values() for r in t["results"]]
     uss = [r["uss_mb"] for r in rows]
-    print(f"(c) dataset 47 MB (train+val uint8); per-trial USS {min(uss):.0f}–{max(uss):.0f} MB, "
+    print(f"(mem) dataset 47 MB (train+val uint8); per-trial USS {min(uss):.0f}–{max(uss):.0f} MB, "
           f"read-only zero-copy arrays in every trial: {all(r['data_zero_copy'] for r in rows)}")
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--part", default="a,b,c")
+    p.add_argument("--part", default="asha,overhead,mem")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--samples", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--gpu", action="store_true", help="fidelity on full MNIST, four trials per GPU")
+    p.add_argument("--storage", default=None)
     args = p.parse_args()
     from raydigits.search.runner import start_ray
     start_ray(None)
-    with tempfile.TemporaryDirectory() as storage:
+    with tempfile.TemporaryDirectory() as tmp:
+        storage = args.storage or tmp
         for part in args.part.split(","):
             t = time.time()
-            {"a": part_a, "b": part_b, "c": part_c}[part](storage)
-            print(f"    ({part} took {time.time() - t:.0f}s)")
+            {"fidelity": part_fidelity, "asha": part_asha, "overhead": part_overhead, "mem": part_mem}[part](storage, args)
+            print(f"    ({part} took {time.time() - t:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":

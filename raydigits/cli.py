@@ -25,7 +25,7 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int)
     p.add_argument("--max-concurrent", type=int)
     p.add_argument("--cpus-per-trial", type=float)
-    p.add_argument("--gpus-per-trial", type=float)
+    p.add_argument("--gpus-per-trial", type=_gpu_arg, help="a fraction of a GPU per trial, or auto (pack by memory)")
     p.add_argument("--seed", type=int)
     p.add_argument("--name", help="experiment name (default: <space name>_<timestamp>)")
     p.add_argument("--storage-path", default="ray_results",
@@ -37,6 +37,15 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Tune verbosity")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p
+
+
+def _gpu_arg(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def _export_parser() -> argparse.ArgumentParser:
@@ -87,6 +96,11 @@ def cmd_search(args) -> int:
                             job_name=name if args.resume is None else Path(args.resume).name)
     print_dashboard(info)
     runner.check_resources(spec)
+    if args.resume is None:
+        from .search.packing import resolve_auto_gpu
+        packing = resolve_auto_gpu(spec, data)  # gpu: auto → a measured share, saved with the spec
+        if packing is not None:
+            print(packing.line(), flush=True)
     started = time.time()
     try:
         if args.resume is None:

@@ -30,7 +30,11 @@ class TrainConfig(BaseModel):
     pretrained: str | None = None       # None, 'imagenet' (local torch hub cache only) or a state-dict path
     dropout: float = Field(0.2, ge=0.0, lt=1.0)    # head dropout (where the model has one)
     bn_momentum: float | None = Field(0.1, gt=0.0, le=1.0)  # torchvision's 0.01 makes early val meaningless; None keeps the model's
-    bn_recalibrate: int = Field(0, ge=0)  # before each validation, recompute BN statistics on this many training images (0 = off)
+    # Precise BN: before every validation, recompute BatchNorm statistics exactly (a cumulative average)
+    # for the current weights over a seeded, class-stratified sample of this many training images (the
+    # whole split when it is smaller). Running averages lag the weights, so without this the validation
+    # that ASHA ranks trials on can sit at chance after epoch 1 on small data. 0 = off.
+    bn_recalibrate: int = Field(4096, ge=0)
     channels_last: bool = True          # NHWC memory format: MobileNetV3 steps ~40 % faster on CPU, faster on GPU too
     freeze_epochs: int = Field(0, ge=0)  # train only the classifier head for the first N epochs
     # --- optimisation
@@ -55,6 +59,9 @@ class TrainConfig(BaseModel):
     plateau_patience: int = Field(1, ge=0)               # plateau: epochs without improvement
     plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)   # plateau: lr multiplier
     onecycle_pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    # onecycle only: cycle momentum (sgd) or betas[0] (adam family) inversely to the lr, 0.95→0.85→0.95
+    # (PyTorch's default). Off, so a configured or searched momentum / betas is what the optimiser uses.
+    cycle_momentum: bool = False
     loss: str = "ce"                    # see raydigits.optim.list_losses()
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: list[float] | None = None             # one weight per class, or None
@@ -67,6 +74,8 @@ class TrainConfig(BaseModel):
     early_stop_min_delta: float = Field(0.0, ge=0.0)
     seed: int = 42
     device: str = "auto"                # auto, cpu, cuda, cuda:N
+    cuda_graphs: bool = True            # CUDA: replay the fixed-shape train/eval steps as CUDA graphs (no per-step CPU cost)
+    gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0)  # CUDA: cap this process's share of GPU memory (0 = no cap)
     threads: int = Field(0, ge=0)       # torch CPU threads; 0 = leave torch's choice
 
     @field_validator("optimizer", "scheduler", "loss")

@@ -50,6 +50,8 @@ def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
             outcome = "error"
         elif diverged:
             outcome = "diverged"
+        elif stop == "oom":
+            outcome = "oom"  # out of GPU memory: ended cleanly, never a candidate
         elif trial["status"] in ("RUNNING", "PENDING", "PAUSED"):
             outcome = "interrupted"
         elif stop == "early_stop":
@@ -102,7 +104,7 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
     are never chosen. Its own checkpoint (kept by CheckpointConfig's best-by-metric rule)."""
     candidates = []
     for _, t in trials.iterrows():
-        if t["outcome"] in ("error", "diverged"):
+        if t["outcome"] in ("error", "diverged", "oom"):
             continue
         for r in t["results"]:
             v = r.get(spec.metric)
@@ -114,7 +116,7 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
     for score, neg_epoch, trial_id, ck, r in candidates:
         if ck.exists():
             return Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}))
-    raise UserError("no usable trial: every trial errored, diverged, or left no checkpoint")
+    raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
 
 
 # ------------------------------------------------------------------ evaluation (a Ray task)
@@ -161,12 +163,14 @@ def predictions_frame(ids: list[str], probs: np.ndarray, class_names: list[str])
     return df.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
-def test_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
+def split_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str], split: str) -> dict:
+    """Accuracy (as `<split>_accuracy`: a dataset without a test split is never reported as 'test'),
+    per-class and macro precision/recall/F1, confusion matrix."""
     from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
     labels = list(range(len(class_names)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     mp, mr, mf, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-    return {"test_accuracy": float(accuracy_score(y_true, y_pred)),
+    return {f"{split}_accuracy": float(accuracy_score(y_true, y_pred)),
             "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                               "support": int(s[i])} for i, c in enumerate(class_names)},
             "macro": {"precision": float(mp), "recall": float(mr), "f1": float(mf)},
@@ -231,7 +235,7 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
     names = state["class_names"]
     pre = predictions_frame(data.ids[split], probs, names)
     write_csv(out / "pre.csv", pre)
-    metrics = test_metrics(data.labels[split], y_pred, names)
+    metrics = split_metrics(data.labels[split], y_pred, names, split)
     run = json.loads((exp_dir / RUN_FILE).read_text()) if (exp_dir / RUN_FILE).exists() else {}
     last = max((r.get("timestamp", 0) for rs in trials["results"] for r in rs), default=0)
     counts = trials["outcome"].value_counts().to_dict()
@@ -244,6 +248,7 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
         "n_trials": int(len(trials)), "n_asha_stopped": int(counts.get("asha_stopped", 0)),
         "n_early_stopped": int(counts.get("early_stopped", 0)), "n_failed": int(counts.get("error", 0)),
         "n_diverged": int(counts.get("diverged", 0)), "n_completed": int(counts.get("completed", 0)),
+        "n_oom": int(counts.get("oom", 0)),
         "n_time_budget": int(counts.get("time_budget", 0) + counts.get("not_started", 0)),
         "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
     })
@@ -259,11 +264,13 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
 def print_summary(out: Path, m: dict, spec: SearchSpec) -> None:
     print("\n== raydigits: final ==")
     print(f"best trial {m['best_trial']} (epoch {m['best_epoch']}): {spec.metric} "
-          f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m['test_accuracy']:.4f}")
+          f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m[m['evaluated_split'] + '_accuracy']:.4f}"
+          + ("" if m["evaluated_split"] == "test" else " (the dataset has no test split: this is the validation "
+                                                       "split the best trial was chosen on, not an unbiased test)"))
     print(f"params: {json.dumps(m['best_params'], default=str)}")
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
-          f"{m['n_diverged']} diverged, {m['n_failed']} failed)")
+          f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)")
     print(f"files: {out}/ (pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 

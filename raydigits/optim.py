@@ -38,41 +38,51 @@ def list_losses() -> list[str]:
 
 # ------------------------------------------------------------------ optimisers
 @_register(_OPTIMIZERS)
-def _sgd(params, cfg):
+def _sgd(params, cfg, fused, capturable):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay)
+                           weight_decay=cfg.weight_decay, fused=fused)
 
 
 @_register(_OPTIMIZERS)
-def _adam(params, cfg):
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+def _adam(params, cfg, fused, capturable):
+    # capturable: the step counter lives on the device, so a CUDA graph can replay the step
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused,
+                            capturable=capturable)
 
 
 @_register(_OPTIMIZERS)
-def _adamw(params, cfg):
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+def _adamw(params, cfg, fused, capturable):
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused,
+                             capturable=capturable)
 
 
 @_register(_OPTIMIZERS)
-def _adabelief(params, cfg):
+def _adabelief(params, cfg, fused, capturable):
     from pytorch_optimizer import AdaBelief
     return AdaBelief(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, weight_decouple=True)
 
 
 @_register(_OPTIMIZERS)
-def _ranger(params, cfg):
+def _ranger(params, cfg, fused, capturable):
     from pytorch_optimizer import Ranger
     return Ranger(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+# torch's single-kernel (fused) implementations: the step is one launch per dtype instead of a loop
+# over tensors, and on CUDA it is what makes the step graph-capturable with a device-side lr
+FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def build_optimizer(model: nn.Module, cfg, capturable: bool = False) -> torch.optim.Optimizer:
     """All parameters are handed over (frozen ones have no grad and are skipped by every optimiser),
-    so unfreezing later needs no new optimiser. No weight decay on norms and biases."""
+    so unfreezing later needs no new optimiser. No weight decay on norms and biases. `capturable`:
+    the step will be replayed from a CUDA graph (the trainer decides)."""
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return _OPTIMIZERS[cfg.optimizer](groups, cfg)
+    fused = True if cfg.optimizer in FUSED_OPTIMIZERS else None
+    return _OPTIMIZERS[cfg.optimizer](groups, cfg, fused, capturable)
 
 
 # ------------------------------------------------------------------ schedules (steps = batches)
@@ -104,8 +114,9 @@ def _multistep(opt, cfg, spe, total):
 
 @_register(_SCHEDULERS)
 def _onecycle(opt, cfg, spe, total):
+    # cycle_momentum off unless asked for: PyTorch's default would overwrite the configured momentum / betas
     return lrs.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, total),
-                          pct_start=cfg.onecycle_pct_start)
+                          pct_start=cfg.onecycle_pct_start, cycle_momentum=cfg.cycle_momentum)
 
 
 @_register(_SCHEDULERS)

@@ -96,10 +96,15 @@ class SplitBatches:
             return torch.randperm(len(self), generator=gen, device="cpu").to(self.device)
         return torch.arange(len(self), device=self.device)
 
-    def batches(self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None,
-                drop_last: bool = False):
+    def index_batches(self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None,
+                      drop_last: bool = False):
+        """Index tensors (on the device) of each batch, in a seeded order when shuffled."""
         idx = self.order(shuffle, gen)
         n = len(idx) - (len(idx) % batch_size if drop_last and len(idx) >= batch_size else 0)
         for start in range(0, n, batch_size):
-            sel = idx[start:start + batch_size]
+            yield idx[start:start + batch_size]
+
+    def batches(self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None,
+                drop_last: bool = False):
+        for sel in self.index_batches(batch_size, shuffle, gen, drop_last):
             yield self.images.index_select(0, sel), self.labels.index_select(0, sel), sel

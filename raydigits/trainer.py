@@ -17,7 +17,8 @@ from .atomic import atomic_path
 from .config import TrainConfig
 from .data.store import Dataset
 from .errors import UserError
-from .models import build_model, set_frozen, train_mode
+from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, warmup_stream
+from .models import build_model, head_root, set_frozen, train_mode
 from .optim import build_loss, build_optimizer, build_scheduler, current_lr
 from .pipeline import Preprocess, SplitBatches
 
@@ -61,18 +62,25 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+            if cfg.gpu_memory_fraction:  # a packed trial stays inside its share (an overrun is an OOM)
+                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
         torch.manual_seed(cfg.seed)
         self.class_names = list(data.class_names)
         self.train_set = self._split(data, "train", cfg.train_items)
         self.val_set = self._split(data, "val", cfg.val_items)
+        self.bn_index = self._bn_sample()
         self.model = build_model(cfg, len(self.class_names)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pre = Preprocess(cfg, self.device)
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        # CUDA graphs (see graphs.py): None = steps are captured and replayed, else why they run eagerly
+        self.graph_blocker = graph_blocker(cfg, self.device, self.scaler.is_enabled())
         self.criterion = build_loss(cfg, len(self.class_names)).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg)
+        self.optimizer = build_optimizer(self.model, cfg, capturable=self.graph_blocker is None)
         n = len(self.train_set)
         self.drop_last = n > cfg.batch_size  # a last batch of 1 would break BatchNorm
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else 1
@@ -84,6 +92,14 @@ class Trainer:
         self.history: list[dict] = []
         self.stop_reason: str | None = None
         self.step_hook: Callable[[int, int], None] | None = None  # (epoch, step) → None; tests inject faults
+        self._graphs: dict = {}        # (phase, frozen, batch) → CapturedStep
+        self._warm: dict = {}          # eager warmup steps taken per key before its capture
+        self._device_lr = DeviceLR(self.optimizer, self.device) if self.graph_blocker is None else None
+        self._sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # [loss * n, correct] this epoch
+        self._data_time = 0.0
+        if self.device.type == "cuda":
+            print(f"cuda graphs: {'on' if self.graph_blocker is None else 'off (' + self.graph_blocker + ')'}",
+                  flush=True)
 
     def _split(self, data: Dataset, name: str, items: int) -> SplitBatches:
         images, labels = data.images[name], data.labels[name]
@@ -92,90 +108,168 @@ class Trainer:
             images, labels = images[sub], labels[sub]
         return SplitBatches(images, labels, self.device)
 
+    def _bn_sample(self) -> torch.Tensor | None:
+        """Training indices for precise BN: a seeded class-stratified sample (all of a smaller split),
+        in a seeded random order so that every batch mixes classes (stores grouped by class exist)."""
+        if not self.cfg.bn_recalibrate:
+            return None
+        labels = self.train_set.labels.cpu().numpy()
+        sub = stratified_subset(labels, self.cfg.bn_recalibrate, self.cfg.seed + 1)
+        idx = np.arange(len(labels)) if sub is None else sub
+        order = np.random.default_rng(self.cfg.seed).permutation(len(idx))
+        return torch.as_tensor(idx[order], dtype=torch.long, device=self.device)
+
     # ------------------------------------------------------------ one epoch each way
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        # a captured step must not keep autocast's cast-weight cache between replays
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.graph_blocker is not None)
 
     def _generator(self, epoch: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.cfg.seed * 100_003 + epoch)
 
+    def _train_step(self, idx: torch.Tensor, aug_gen: torch.Generator | None, trainable: list) -> None:
+        """One optimiser step on the training items `idx`; adds its loss and hits to `_sums`.
+        Written once: run eagerly, or captured into a CUDA graph (then `aug_gen` is None: the
+        default generator is the one a graph can replay)."""
+        cfg, opt = self.cfg, self.optimizer
+        yb = self.train_set.labels.index_select(0, idx)
+        t0 = time.perf_counter()
+        x = self.pre.train(self.train_set.images.index_select(0, idx), aug_gen)
+        self._data_time += time.perf_counter() - t0
+        with self.autocast():
+            out = self.model(x)
+            loss = self.criterion(out.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if cfg.clip_grad_norm > 0:
+            self.scaler.unscale_(opt)  # clip the true gradients of *this* step
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad_norm)
+        self.scaler.step(opt)
+        self.scaler.update()
+        self._sums[0] += loss.detach().double() * len(idx)
+        self._sums[1] += (out.detach().argmax(1) == yb).sum()
+
+    def _run(self, key: tuple, fn: Callable, idx: torch.Tensor):
+        """`fn(idx)` eagerly, or from its CUDA graph: a few eager warmup calls on a side stream, then
+        one capture, then replays. A failed capture turns graphs off for the run, with its reason."""
+        if self.graph_blocker is not None:
+            return fn(idx)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            return graph(idx)
+        with quiet_capturable():
+            if self._warm.get(key, 0) < WARMUP_STEPS:
+                self._warm[key] = self._warm.get(key, 0) + 1
+                with warmup_stream(self.device)():
+                    return fn(idx)
+            graph = CapturedStep(fn, len(idx), self.device)
+            try:
+                graph.capture(idx, context=self._device_lr.swapped_in)
+            except Exception as exc:  # a model or op that cannot be captured: run eagerly instead
+                torch.cuda.synchronize(self.device)
+                self.optimizer.zero_grad(set_to_none=True)
+                first = (str(exc).strip().splitlines() or [""])[0][:160]
+                self.graph_blocker = f"capture failed: {type(exc).__name__}: {first}"
+                self._graphs.clear()
+                print(f"cuda graphs: off ({self.graph_blocker})", flush=True)
+                return fn(idx)
+        self._graphs[key] = graph
+        return graph(idx)
+
     def train_one_epoch(self, epoch: int) -> dict:
-        cfg, model, opt = self.cfg, self.model, self.optimizer
+        cfg, model = self.cfg, self.model
         torch.manual_seed(cfg.seed + epoch)  # dropout: the same per epoch, also after a resume
-        order_gen, aug_gen = self._generator(epoch, torch.device("cpu")), self._generator(epoch, self.device)
+        graphs = self.graph_blocker is None
+        order_gen = self._generator(epoch, torch.device("cpu"))
+        aug_gen = None if graphs else self._generator(epoch, self.device)
         train_mode(model)
+        frozen = bool(getattr(model, "_raydigits_frozen", False))
         trainable = [p for p in model.parameters() if p.requires_grad]
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, data_time, start = 0, 0.0, time.perf_counter()
-        for step, (xb, yb, _) in enumerate(self.train_set.batches(cfg.batch_size, True, order_gen, self.drop_last)):
+        self._sums.zero_()
+        self._data_time = 0.0
+        if self._device_lr is not None:
+            self._device_lr.sync()  # e.g. after a resume restored the optimiser's lrs
+        seen, start = 0, time.perf_counter()
+        for step, idx in enumerate(self.train_set.index_batches(cfg.batch_size, True, order_gen, self.drop_last)):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
-            t0 = time.perf_counter()
-            x = self.pre.train(xb, aug_gen)
-            data_time += time.perf_counter() - t0
-            with self.autocast():
-                out = model(x)
-                loss = self.criterion(out.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if cfg.clip_grad_norm > 0:
-                self.scaler.unscale_(opt)  # clip the true gradients of *this* step
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.clip_grad_norm)
-            self.scaler.step(opt)
-            self.scaler.update()
+            self._run(("train", frozen, len(idx)), lambda i: self._train_step(i, aug_gen, trainable), idx)
             self.scheduler.step_batch()
-            loss_sum += loss.detach().double() * len(yb)
-            correct += (out.detach().argmax(1) == yb).sum()
-            seen += len(yb)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            if self._device_lr is not None:
+                self._device_lr.sync()
+            seen += len(idx)
+        loss_sum, correct = self._sums.tolist()  # the epoch's one host sync
         elapsed = time.perf_counter() - start
-        return {"train_loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-                "train_time_s": elapsed, "data_time_s": data_time, "images_per_s": seen / max(elapsed, 1e-9)}
+        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "train_time_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9),
+                # on CUDA the step is asynchronous: this host-side figure is only meaningful on CPU
+                "data_time_s": self._data_time if self.device.type == "cpu" else float("nan")}
+
+    def _norms_to_recalibrate(self) -> list:
+        """BatchNorm layers whose statistics follow the training weights: all of them, or only the
+        head's while the backbone is frozen (a frozen backbone keeps its statistics)."""
+        frozen = getattr(self.model, "_raydigits_frozen", False)
+        head = head_root(self.model)
+        return [m for name, m in self.model.named_modules()
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)]
 
     @torch.no_grad()
-    def recalibrate_bn(self, n_images: int) -> None:
-        """Recompute BatchNorm running statistics for the current weights: a cumulative average over
-        `n_images` training images (un-augmented), instead of the lagging momentum average."""
-        bns = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        if not bns or getattr(self.model, "_raydigits_frozen", False):
-            return  # a frozen backbone keeps its statistics
+    def recalibrate_bn(self) -> float:
+        """Precise BN: recompute BatchNorm running statistics for the current weights as an exact
+        cumulative average over the `bn_index` sample (un-augmented, equal-sized batches), instead
+        of the momentum average that lags the weights. Returns the seconds it took."""
+        bns = self._norms_to_recalibrate()
+        if not bns or self.bn_index is None:
+            return 0.0
+        start = time.perf_counter()
         momenta = [m.momentum for m in bns]
         self.model.eval()
         for m in bns:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative moving average
+            m.reset_running_stats()  # in place: captured graphs keep reading the same buffers
+            m.momentum = None        # cumulative moving average
             m.train()
-        seen = 0
-        for xb, _, _ in self.train_set.batches(self.cfg.eval_batch_size):
+        n = len(self.bn_index)
+        bs = min(self.cfg.eval_batch_size, n)
+        for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
+            xb = self.train_set.images.index_select(0, self.bn_index[i:i + bs])
             with self.autocast():
                 self.model(self.pre.eval(xb))
-            seen += len(xb)
-            if seen >= n_images:
-                break
         for m, mom in zip(bns, momenta):
             m.momentum = mom
         self.model.eval()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+    def _eval_step(self, split: SplitBatches, idx: torch.Tensor):
+        with torch.no_grad(), self.autocast():
+            out = self.model(self.pre.eval(split.images.index_select(0, idx)))
+        return out.float(), split.labels.index_select(0, idx)
 
     @torch.no_grad()
     def predict_batches(self, split: SplitBatches):
-        """Yield (logits float32, labels, indices) over a split in its order, eval mode."""
+        """Yield (logits float32, labels, indices) over a split in its order, eval mode. The
+        validation split's full batches replay a CUDA graph (the yielded tensors are reused: copy
+        what you keep)."""
         self.model.eval()
-        for xb, yb, sel in split.batches(self.cfg.eval_batch_size):
-            with self.autocast():
-                out = self.model(self.pre.eval(xb))
-            yield out.float(), yb, sel
+        for idx in split.index_batches(self.cfg.eval_batch_size):
+            if split is self.val_set:
+                out, yb = self._run(("eval", len(idx)), lambda i: self._eval_step(split, i), idx)
+            else:
+                out, yb = self._eval_step(split, idx)
+            yield out, yb, idx
 
     def evaluate(self, split: SplitBatches | None = None) -> dict:
-        """Plain cross-entropy (no smoothing, no weights) and accuracy: comparable across trials."""
+        """Plain cross-entropy (no smoothing, no weights) and accuracy: comparable across trials.
+        Sums stay on the device; one host sync at the end."""
         split = split or self.val_set
-        loss_sum, correct = 0.0, 0
+        sums = torch.zeros(2, device=self.device, dtype=torch.float64)
         for out, yb, _ in self.predict_batches(split):
-            loss_sum += F.cross_entropy(out, yb, reduction="sum").item()
-            correct += (out.argmax(1) == yb).sum().item()
+            sums[0] += F.cross_entropy(out, yb, reduction="sum").double()
+            sums[1] += (out.argmax(1) == yb).sum()
+        loss_sum, correct = sums.tolist()
         return {"val_loss": loss_sum / len(split), "val_acc": correct / len(split)}
 
     @torch.no_grad()
@@ -200,11 +294,17 @@ class Trainer:
             frozen = epoch <= cfg.freeze_epochs
             set_frozen(self.model, frozen)
             t0 = time.perf_counter()
-            tr = self.train_one_epoch(epoch)
-            diverged = not math.isfinite(tr["train_loss"])
-            if cfg.bn_recalibrate and not diverged:
-                self.recalibrate_bn(cfg.bn_recalibrate)
-            ev = self.evaluate() if not diverged else {"val_loss": float("nan"), "val_acc": 0.0}
+            try:
+                tr = self.train_one_epoch(epoch)
+                diverged = not math.isfinite(tr["train_loss"])
+                bn_time = self.recalibrate_bn() if not diverged else 0.0
+                ev = self.evaluate() if not diverged else {"val_loss": float("nan"), "val_acc": 0.0}
+            except torch.OutOfMemoryError as exc:
+                metrics = self._out_of_memory(epoch, exc)
+                self.history.append(metrics)
+                if callback is not None:
+                    callback(metrics, self)
+                break
             value = ev[cfg.monitor]
             if not diverged:
                 self.scheduler.step_epoch(value)
@@ -217,8 +317,9 @@ class Trainer:
             metrics = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_acc")}, **ev,
                        "lr": current_lr(self.optimizer), "epoch_time_s": time.perf_counter() - t0,
                        "images_per_s": tr["images_per_s"], "data_time_s": tr["data_time_s"],
-                       "train_time_s": tr["train_time_s"], "frozen": frozen, "improved": improved,
-                       "best_epoch": self.best_epoch, "diverged": diverged}
+                       "train_time_s": tr["train_time_s"], "bn_recalibrate_s": bn_time, "frozen": frozen,
+                       "improved": improved, "best_epoch": self.best_epoch, "diverged": diverged,
+                       "cuda_graphs": self.graph_blocker is None}
             if diverged:
                 self.stop_reason = "diverged"
             elif cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
@@ -227,6 +328,25 @@ class Trainer:
             if callback is not None:
                 callback(metrics, self)
         return self.history
+
+    def _out_of_memory(self, epoch: int, exc: Exception) -> dict:
+        """The run stops with stop_reason 'oom' and one clear line; its last metrics say so (never a
+        candidate for 'best')."""
+        self.stop_reason = "oom"
+        self._graphs.clear()
+        self.optimizer.zero_grad(set_to_none=True)
+        peak = ""
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            peak = (f" (peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB of "
+                    f"{total / 2**30:.0f} GiB{f', capped at {self.cfg.gpu_memory_fraction:.0%}' if self.cfg.gpu_memory_fraction else ''})")
+            torch.cuda.empty_cache()
+        print(f"out of memory in epoch {epoch}{peak}: run stopped; lower batch_size or img_size, or give "
+              f"the trial a larger GPU share", flush=True)
+        return {"epoch": epoch, "train_loss": float("nan"), "train_acc": 0.0, "val_loss": float("nan"),
+                "val_acc": 0.0, "lr": current_lr(self.optimizer), "epoch_time_s": 0.0, "images_per_s": 0.0,
+                "frozen": False, "improved": False, "best_epoch": self.best_epoch, "diverged": False,
+                "oom": True, "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError"}
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:

@@ -52,10 +52,10 @@ def smoke_run(tmp_path_factory, mnist_dir):
     dashboard while it runs."""
     import threading
     storage = tmp_path_factory.mktemp("ray_results")
-    marker = storage / "fault_marker"
+    marker, oom_marker = storage / "fault_marker", storage / "oom_marker"
     with stale_cluster_record():  # what a killed `ray start` leaves: must not be waited for
         proc = launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
-                      env={**os.environ, "RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker}"})
+                      env={**os.environ, "RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker};oom_once:1:{oom_marker}"})
         first = proc.stdout.readline()
     lines, dashboard_status, browser, watcher = [], None, {}, None
     deadline = time.time() + 600
@@ -74,7 +74,7 @@ def smoke_run(tmp_path_factory, mnist_dir):
     if watcher:
         watcher.join(timeout=120)
     out = "".join(lines)
-    return {"rc": proc.returncode, "out": out, "exp": storage / "smoke_e2e", "marker": marker,
+    return {"rc": proc.returncode, "out": out, "exp": storage / "smoke_e2e", "marker": marker, "oom_marker": oom_marker,
             "dashboard_status": dashboard_status, "browser": browser}
 
 
@@ -101,6 +101,21 @@ def test_trial_crashing_mid_epoch_is_retried_from_its_checkpoint(smoke_run):
     assert epochs == sorted(set(epochs))
     assert "injected fault in epoch 2" in smoke_run["out"]
     assert "resumed from epoch 1" in smoke_run["out"]
+
+
+def test_out_of_memory_trial_ends_as_oom_and_the_search_goes_on(smoke_run):
+    oom = smoke_run["oom_marker"].read_text().strip()  # the trial that ran out of memory in epoch 1
+    trials = pd.read_csv(smoke_run["exp"] / "final" / "trials.csv")
+    row = trials.set_index("trial_id").loc[oom.removeprefix("smoke_")]
+    assert row["outcome"] == "oom" and row["status"] == "TERMINATED" and row["retries"] == 0, row
+    assert (trials["outcome"] == "oom").sum() == 1
+    assert [r["epoch"] for r in results(smoke_run["exp"] / oom)] == [1]  # no retry, no second epoch
+    assert not any((smoke_run["exp"] / oom).glob("checkpoint_*"))
+    assert re.search(rf"\({re.escape(oom)} pid=\d+\) out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][-3000:]
+    metrics = json.loads((smoke_run["exp"] / "final" / "metrics.json").read_text())
+    assert metrics["n_oom"] == 1 and metrics["best_trial"] != oom.removeprefix("smoke_")
+    # every other trial still ran: at least one reached the last epoch
+    assert trials["epochs"].max() == 3
 
 
 def test_final_outputs_are_consistent(smoke_run, mnist):

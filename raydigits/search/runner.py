@@ -113,7 +113,8 @@ def token_auth_enabled() -> bool:
 def check_resources(spec: SearchSpec) -> None:
     """Refuse, before any trial starts, per-trial resources that no alive node could ever give."""
     import ray
-    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+    gpu = 1.0 if spec.resources.gpu == "auto" else spec.resources.gpu  # auto: at least a GPU somewhere
+    need = {"CPU": spec.resources.cpu, "GPU": gpu}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     for node in nodes:
         have = node.get("Resources", {})
@@ -121,7 +122,7 @@ def check_resources(spec: SearchSpec) -> None:
             return
     summary = ", ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU "
                         f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes) or "no alive nodes"
-    raise UserError(f"resources: each trial asks for cpu={spec.resources.cpu:g} gpu={spec.resources.gpu:g}, "
+    raise UserError(f"resources: each trial asks for cpu={spec.resources.cpu:g} gpu={spec.resources.gpu}, "
                     f"but no node of this cluster has that ({summary}); lower resources.cpu/gpu "
                     "(or --cpus-per-trial / --gpus-per-trial)")
 

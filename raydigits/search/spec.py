@@ -92,7 +92,17 @@ class SchedulerSpec(_Strict):
 
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0.0)
-    gpu: float = Field(0.0, ge=0.0)
+    # per trial: a fraction of a GPU (0.25 = four trials share one), or auto: a probe measures one
+    # trial's peak memory and packs as many per GPU as fit (search/packing.py)
+    gpu: float | Literal["auto"] = 0.0
+    gpu_margin: float = Field(0.15, ge=0.0, lt=0.9)     # gpu: auto — memory kept free, per GPU and per trial
+    max_trials_per_gpu: int = Field(8, ge=1)             # gpu: auto — at most this many trials share a GPU
+
+    @model_validator(mode="after")
+    def _gpu(self):
+        if self.gpu != "auto" and self.gpu < 0:
+            raise ValueError(f"gpu must be >= 0 or auto, got {self.gpu:g}")
+        return self
 
 
 class SearchSpec(_Strict):

@@ -17,21 +17,23 @@ from ..trainer import Trainer
 from .spec import SearchSpec, trial_values
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FAULT_ENV = "RAYDIGITS_INJECT_FAULT"  # tests: "raise_once:<epoch>:<marker file>" raises mid-epoch once
+FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
+# tests: ";"-separated "<kind>:<epoch>:<marker file>", each fired once (by the first trial to get there):
+# raise_once raises mid-epoch (Tune retries the trial), oom_once raises an out-of-memory error
+FAULTS = {"raise_once": RuntimeError, "oom_once": torch.OutOfMemoryError}
 
 
 def _fault_hook():
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return None
-    kind, epoch, marker = spec.split(":", 2)
-    if kind != "raise_once":
+    specs = [s.split(":", 2) for s in os.environ.get(FAULT_ENV, "").split(";") if s.count(":") >= 2]
+    specs = [(FAULTS[kind], int(epoch), Path(marker)) for kind, epoch, marker in specs if kind in FAULTS]
+    if not specs:
         return None
 
     def hook(ep: int, step: int) -> None:
-        if ep == int(epoch) and step == 2 and not Path(marker).exists():
-            Path(marker).write_text(tune.get_context().get_trial_name())
-            raise RuntimeError(f"injected fault in epoch {ep}, step {step}")
+        for error, epoch, marker in specs:
+            if ep == epoch and step == 2 and not marker.exists():
+                marker.write_text(tune.get_context().get_trial_name())
+                raise error(f"injected fault in epoch {ep}, step {step}")
     return hook
 
 
@@ -59,6 +61,9 @@ def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int) -> 
         clean["stop_reason"] = t.stop_reason or ""
         clean["uss_mb"] = psutil.Process().memory_full_info().uss / 2**20  # memory this trial alone holds
         clean["data_zero_copy"] = float(not data.images["train"].flags.writeable)  # a view of the object store
+        if t.stop_reason == "oom":  # no checkpoint of a step that failed half-way
+            tune.report(clean)
+            return
         with tempfile.TemporaryDirectory() as d:
             t.save(Path(d) / CHECKPOINT_FILE)
             tune.report(clean, checkpoint=tune.Checkpoint.from_directory(d))
