@@ -65,7 +65,8 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
             if cfg.gpu_memory_fraction:  # a packed trial stays inside its share (an overrun is an OOM)
-                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
+                index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, index)  # needs an index
         torch.manual_seed(cfg.seed)
         self.class_names = list(data.class_names)
         self.train_set = self._split(data, "train", cfg.train_items)
