@@ -19,10 +19,10 @@ CAPTURABLE_OPTIMIZERS = ("sgd", "adam", "adamw")  # torch's fused kernels take a
 
 def graph_blocker(cfg, device: torch.device, scaler_enabled: bool) -> str | None:
     """None when the train/eval steps can be captured, else the reason they cannot."""
-    if device.type != "cuda":
-        return "not on CUDA"
     if not cfg.cuda_graphs:
         return "cuda_graphs: false"
+    if device.type != "cuda":
+        return "not on CUDA"
     if scaler_enabled:
         return "fp16's GradScaler checks for inf on the host every step (use amp: bf16)"
     if cfg.optimizer not in CAPTURABLE_OPTIMIZERS:
