@@ -92,6 +92,7 @@ def main():
     p.add_argument("--shared", type=int, default=4)
     p.add_argument("--shared-size", type=int, default=64)
     p.add_argument("--duration", type=float, default=15.0)
+    p.add_argument("--start-delay", type=float, default=45.0, help="seconds for the shared trainers to warm up")
     p.add_argument("--worker", action="store_true")
     p.add_argument("--start-at", type=float, default=0.0)
     args = p.parse_args()
@@ -112,7 +113,7 @@ def main():
     if args.shared:
         del data
         torch.cuda.empty_cache()
-        start_at = time.time() + 45  # every worker warmed up (load, capture) before the common start
+        start_at = time.time() + args.start_delay  # every worker warmed up (load, capture) before the common start
         cmd = [sys.executable, __file__, "--worker", "--start-at", str(start_at), "--shared-size", str(args.shared_size),
                "--batch-size", str(args.batch_size), "--items", str(args.items), "--duration", str(args.duration),
                "--model", args.model]

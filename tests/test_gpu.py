@@ -23,8 +23,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_trains_on_cuda_with_defaults(amp, mnist):
-    t = Trainer(make_config({"device": "cuda", "amp": amp, "train_items": 10_000, "val_items": 2000,
-                             "epochs": 2}), mnist)
+    t = Trainer(make_config({"device": "cuda", "amp": amp, "train_items": 20_000, "val_items": 2000,
+                             "epochs": 1}), mnist)
     assert t.scaler.is_enabled() == (amp == "fp16")
     assert t.amp_dtype == (torch.bfloat16 if amp == "bf16" else torch.float16)
     assert (t.graph_blocker is None) == (amp == "bf16"), t.graph_blocker
@@ -40,7 +40,7 @@ def test_amp_trains_on_cuda_with_defaults(amp, mnist):
 def test_graphs_and_eager_learn_alike(mnist):
     runs = {}
     for graphs in (True, False):
-        t = Trainer(make_config({"device": "cuda", "train_items": 10_000, "val_items": 2000, "epochs": 2,
+        t = Trainer(make_config({"device": "cuda", "train_items": 20_000, "val_items": 2000, "epochs": 1,
                                  "cuda_graphs": graphs}), mnist)
         runs[graphs] = t.fit()
         assert (t.graph_blocker is None) == graphs
