@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, launch, results, stale_cluster_record
+from helpers import REPO, launch, results, stale_cluster_record
 
 pytestmark = pytest.mark.slow
 
@@ -139,12 +139,14 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
         assert (final / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # best_model.pt loads with weights_only and the self-contained export agrees with it
     state = torch.load(final / "best_model.pt", map_location="cpu", weights_only=True)
-    from raydigits.final import _predict
+    from raydigits.inference import predict_state
     imgs = mnist.images["test"][:300]
-    ours = _predict(state, imgs, 0.0).argmax(1)
+    probs = predict_state(state, imgs, "cpu")  # the one predictor, as the final stage ran it
+    ours = probs.argmax(1)
     program = torch.export.load(str(final / "best_model.pt2"))
-    theirs = program.module()(torch.from_numpy(imgs.copy())).argmax(1).numpy()
-    assert (ours == theirs).all()
+    exported = program.module()(torch.from_numpy(imgs.copy())).detach().numpy()
+    assert (ours == exported.argmax(1)).all()
+    assert exported == pytest.approx(probs, abs=1e-5)
     assert (ours == pre["label"].astype(int).to_numpy()[:300]).all()
 
 
