@@ -121,14 +121,16 @@ def cmd_search(args) -> int:
 
 
 def _was_interrupted(exp_dir: Path, spec, started: float) -> bool:
-    """Whether the fit ended early on a Ctrl-C (unfinished trials the time budget did not cut), as
-    recorded when it ended; experiments written before that was recorded: from the wall clock."""
+    """Whether the fit ended early on a Ctrl-C: unfinished trials in Tune's state that the time
+    budget did not cut. Whether the budget fired is recorded when it fires (recorder.BudgetStopper);
+    experiments written before that was recorded: from the wall clock."""
     from .experiment import unfinished_trials
     from .search.outcomes import read_record
-    record = read_record(exp_dir)
-    if record is not None and record.get("ended"):
-        return record["ended"] == "interrupted"
-    budget_hit = spec.time_budget_s is not None and time.time() - started >= spec.time_budget_s
+    record = read_record(exp_dir) or {}
+    if "budget_fired" in record:
+        budget_hit = bool(record["budget_fired"])
+    else:
+        budget_hit = spec.time_budget_s is not None and time.time() - started >= spec.time_budget_s
     return bool(unfinished_trials(exp_dir)) and not budget_hit
 
 

@@ -39,6 +39,8 @@ def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
         results = read_results(path)
         epochs = max((int(r["epoch"]) for r in results), default=0)
         recorded = record.get(trial["trial_id"], {}).get("outcome")
+        if recorded == "interrupted" and trial["status"] not in UNFINISHED_STATUSES:
+            recorded = None  # provisional: the trial ran on after a resume
         outcome = recorded or derive_outcome(trial["status"], results, epochs, spec)
         vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
         best = (max(vals) if spec.mode == "max" else min(vals)) if vals else float("nan")

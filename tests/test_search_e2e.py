@@ -111,7 +111,7 @@ def test_out_of_memory_trial_ends_as_oom_and_the_search_goes_on(smoke_run):
     assert (trials["outcome"] == "oom").sum() == 1
     assert [r["epoch"] for r in results(smoke_run["exp"] / oom)] == [1]  # no retry, no second epoch
     assert not any((smoke_run["exp"] / oom).glob("checkpoint_*"))
-    assert re.search(rf"\({re.escape(oom)} pid=\d+\) out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][-3000:]
+    assert re.search(rf"\({re.escape(oom)} pid=\d+\)\S* out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][-3000:]
     metrics = json.loads((smoke_run["exp"] / "final" / "metrics.json").read_text())
     assert metrics["n_oom"] == 1 and metrics["best_trial"] != oom.removeprefix("smoke_")
     # every other trial still ran: at least one reached the last epoch
@@ -270,6 +270,8 @@ def test_tensorboard_shows_every_trial(smoke_run):
         acc = EventAccumulator(str(d))
         acc.Reload()
         scalars = acc.Tags()["scalars"]
-        assert "ray/tune/val_acc" in scalars and "ray/tune/train_loss" in scalars, scalars
+        assert "ray/tune/val_acc" in scalars, scalars
+        if all(np.isfinite(r["train_loss"]) for r in results(d)):  # the oom trial's is NaN: not logged
+            assert "ray/tune/train_loss" in scalars, scalars
         got = [e.value for e in acc.Scalars("ray/tune/val_acc")]
         assert got == pytest.approx([r["val_acc"] for r in results(d)], abs=1e-6)

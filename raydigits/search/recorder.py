@@ -10,7 +10,7 @@ from ray.tune.stopper import TimeoutStopper
 from .outcomes import ended_outcome, read_record, write_record
 from .ray_compat import experiment_dir_of
 
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED", "TERMINATED")  # statuses a trial is left in by a cut
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 
 
 class BudgetStopper(TimeoutStopper):
@@ -37,7 +37,8 @@ class OutcomeRecorder(tune.Callback):
     """Writes <experiment>/raydigits_outcomes.json (atomically) as trials end: completed,
     asha_stopped (the scheduler's STOP before the last epoch), early_stopped / diverged / oom (the
     trial's own stop reason), error (retries exhausted); at the end of a fit, trials it cut:
-    time_budget / not_started when the budget fired, else interrupted."""
+    time_budget / not_started when the budget fired (Tune marks those TERMINATED), interrupted
+    for those a Ctrl-C left unfinished. A trial it has no record of is derived by experiment.py."""
 
     def __init__(self, exp_dir: Path, max_epochs: int):
         self.exp_dir = Path(exp_dir)
@@ -97,10 +98,11 @@ class OutcomeRecorder(tune.Callback):
             epochs = int((t.last_result or {}).get("epoch") or 0)
             if t.status == "ERROR":
                 outcome = "error"
+            elif budget and t.status in (*UNFINISHED, "TERMINATED"):
+                cut, outcome = True, ("time_budget" if epochs else "not_started")
             elif t.status in UNFINISHED:
-                cut = True
-                outcome = ("time_budget" if epochs else "not_started") if budget else "interrupted"
-            else:
+                cut, outcome = True, "interrupted"
+            else:  # TERMINATED with no record (Tune's cleanup after a Ctrl-C): left to derivation
                 continue
             record["trials"][t.trial_id] = {"outcome": outcome, "epochs": epochs}
         record["ended"] = "time_budget" if budget else ("interrupted" if cut else "finished")
