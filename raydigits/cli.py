@@ -82,7 +82,6 @@ def cmd_search(args) -> int:
     from .config import load_yaml_file
     from .search import runner
     from .search.spec import parse_spec, resolve_path
-    from .search.state import unfinished_trials
     if args.resume is None:
         path = resolve_path(args.search_space)
         spec = parse_spec(_apply_overrides(load_yaml_file(path), args), str(path))
@@ -91,7 +90,8 @@ def cmd_search(args) -> int:
         check_writable(Path(storage) if "://" not in storage else None, "--storage-path")
     else:
         spec = runner.read_spec(args.resume)
-    data = runner.load_data(spec)  # before Ray starts: a data problem fails in seconds
+    data_dir = runner.data_dir_of(spec)  # before Ray starts: a data problem fails in seconds
+    data = runner.load_data(spec, data_dir)
     info = runner.start_ray(args.address, args.dashboard_port,
                             job_name=name if args.resume is None else Path(args.resume).name)
     print_dashboard(info)
@@ -104,15 +104,13 @@ def cmd_search(args) -> int:
     started = time.time()
     try:
         if args.resume is None:
-            exp_dir = runner.run_search(spec, storage, name, data, args.verbose)
+            exp_dir = runner.run_search(spec, storage, name, data, args.verbose, data_dir=data_dir)
         else:
-            exp_dir = runner.resume_search(args.resume, spec, data)
+            exp_dir = runner.resume_search(args.resume, spec, data, data_dir)
     except KeyboardInterrupt:
         exp_dir = args.resume or Path(storage) / name
         return _interrupted(exp_dir)
-    unfinished = unfinished_trials(exp_dir)
-    budget_hit = spec.time_budget_s is not None and time.time() - started >= spec.time_budget_s
-    if unfinished and not budget_hit:  # Tune handled a Ctrl-C and returned early
+    if _was_interrupted(exp_dir, spec, started):  # Tune handled a Ctrl-C and returned early
         return _interrupted(exp_dir)
     print(f"search finished in {time.time() - started:.0f}s: {exp_dir}")
     if args.no_final:
@@ -120,6 +118,20 @@ def cmd_search(args) -> int:
     from .final import run_final
     run_final(exp_dir, spec)
     return 0
+
+
+def _was_interrupted(exp_dir: Path, spec, started: float) -> bool:
+    """Whether the fit ended early on a Ctrl-C: unfinished trials in Tune's state that the time
+    budget did not cut. Whether the budget fired is recorded when it fires (recorder.BudgetStopper);
+    experiments written before that was recorded: from the wall clock."""
+    from .experiment import unfinished_trials
+    from .search.outcomes import read_record
+    record = read_record(exp_dir) or {}
+    if "budget_fired" in record:
+        budget_hit = bool(record["budget_fired"])
+    else:
+        budget_hit = spec.time_budget_s is not None and time.time() - started >= spec.time_budget_s
+    return bool(unfinished_trials(exp_dir)) and not budget_hit
 
 
 def _interrupted(exp_dir) -> int:

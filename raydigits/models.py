@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torchvision
 from torch import nn
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
 
@@ -49,7 +53,7 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
             mod.momentum = momentum
 
 
-def build_model(cfg, num_classes: int) -> nn.Module:
+def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
     try:  # models whose constructor takes `dropout` (MobileNet, EfficientNet, ...) get cfg.dropout
         model = torchvision.models.get_model(cfg.model, weights=None, dropout=cfg.dropout)
     except TypeError:
@@ -97,16 +101,14 @@ def strip_prefixes(state: dict) -> dict:
     return out
 
 
-def load_matching(model: nn.Module, state: dict, source: str = "", quiet: bool = False) -> dict:
-    """Load every key whose name and shape match; report the rest. Returns the report."""
+def load_matching(model: nn.Module, state: dict, source: str = "", quiet: bool = False) -> None:
+    """Load every key whose name and shape match; print what was skipped (unless quiet)."""
     own = model.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
     unexpected = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in matched)
     model.load_state_dict(matched, strict=False)
-    report = {"loaded": len(matched), "missing": missing, "unexpected": unexpected,
-              "shape_mismatch": mismatched}
     if not quiet:
         print(f"pretrained {source}: loaded {len(matched)}/{len(own)} tensors; "
               f"skipped (shape mismatch): {mismatched[:6]}{'...' if len(mismatched) > 6 else ''}; "
@@ -114,7 +116,6 @@ def load_matching(model: nn.Module, state: dict, source: str = "", quiet: bool =
               f"unexpected: {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
     if not matched:
         raise UserError(f"pretrained {source}: no tensor matches model {type(model).__name__}")
-    return report
 
 
 def _imagenet_state(name: str) -> dict:
@@ -128,17 +129,17 @@ def _imagenet_state(name: str) -> dict:
 
 def set_frozen(model: nn.Module, frozen: bool) -> None:
     """Frozen: only the head trains; backbone params get no grads and its BatchNorms keep their
-    running statistics (eval mode), so a frozen backbone is left exactly as it was."""
+    running statistics (eval mode, see `train_mode`), so a frozen backbone is left exactly as it
+    was. The caller keeps the frozen state (the Trainer does) and passes it to `train_mode`."""
     head = head_root(model)
     for name, p in model.named_parameters():
         p.requires_grad_(not frozen or name.split(".")[0] == head)
-    model._raydigits_frozen = frozen  # read by `train_mode`
 
 
-def train_mode(model: nn.Module) -> None:
+def train_mode(model: nn.Module, frozen: bool) -> None:
     """model.train(), with a frozen backbone's norm layers kept in eval mode."""
     model.train()
-    if getattr(model, "_raydigits_frozen", False):
+    if frozen:
         head = head_root(model)
         for name, mod in model.named_children():
             if name != head:

@@ -1,14 +1,20 @@
 """Batches on the training device: each split is one uint8 tensor there; a batch is gathered by
 index, resized, normalised and (training only) randomly shifted/rotated/scaled with batched tensor
-ops. No per-image Python work per step."""
+ops. No per-image Python work per step. `Predictor`: the one way images become class scores
+(validation, `Trainer.predict`, the final stage and the exported program all go through it)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from typing import TYPE_CHECKING, Callable, ContextManager
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,7 +33,7 @@ class Preprocess:
     """uint8 (B, C, H, W) → normalised float (B, 3, S, S). Grey digits are repeated to 3 channels and
     normalised with ImageNet statistics, so torchvision models (and ImageNet weights) work unchanged."""
 
-    def __init__(self, cfg, device: torch.device):
+    def __init__(self, cfg: TrainConfig, device: torch.device):
         self.size = cfg.img_size
         self.device = device
         # (x - mean) / std as one fused x * scale + bias, broadcast from 1 or 3 channels to 3
@@ -108,3 +114,28 @@ class SplitBatches:
                 drop_last: bool = False):
         for sel in self.index_batches(batch_size, shuffle, gen, drop_last):
             yield self.images.index_select(0, sel), self.labels.index_select(0, sel), sel
+
+
+class Predictor:
+    """uint8 images → class scores with `model` in eval mode: `Preprocess.eval`, the model under
+    `autocast` (the same context validation uses), float32 logits."""
+
+    def __init__(self, model: torch.nn.Module, pre: Preprocess, batch_size: int,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext):
+        self.model, self.pre, self.batch_size, self.autocast = model, pre, batch_size, autocast
+
+    def logits(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) uint8 on the model's device → (B, classes) float32 logits."""
+        with torch.no_grad(), self.autocast():
+            out = self.model(self.pre.eval(batch_u8))
+        return out.float()
+
+    def probabilities(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        return F.softmax(self.logits(batch_u8), 1)
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) uint8 → (N, classes) softmax probabilities, in input order."""
+        self.model.eval()
+        x = to_device_uint8(images, self.pre.device)
+        return torch.cat([self.probabilities(x[i:i + self.batch_size]).cpu()
+                          for i in range(0, len(x), self.batch_size)]).numpy()

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .atomic import atomic_path
 
-from .atomic import atomic_path  # noqa: E402
+PNG_DPI = 110
+MISTAKES_SHOWN = 36   # misclassified.png: the most confident mistakes, at most this many
+MISTAKE_COLUMNS = 6
+
+
+def _pyplot():
+    """pyplot on the file-only Agg backend, chosen when a plot is first drawn (not at import)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(tmp, format="png", dpi=PNG_DPI, bbox_inches="tight")
+    _pyplot().close(fig)
 
 
 def learning_curves(path: Path, trials, choice, spec) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = _pyplot().subplots(figsize=(8, 5))
     styles = {"asha_stopped": ":", "early_stopped": "--", "error": "-.", "diverged": "-."}
     for _, t in trials.iterrows():
         rows = [r for r in t["results"] if r.get(spec.metric) is not None]
@@ -42,7 +50,7 @@ def learning_curves(path: Path, trials, choice, spec) -> None:
 
 def confusion(path: Path, cm, class_names) -> None:
     cm = np.asarray(cm)
-    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.55 * len(class_names)))
+    fig, ax = _pyplot().subplots(figsize=(1 + 0.6 * len(class_names), 1 + 0.55 * len(class_names)))
     ax.imshow(np.log1p(cm), cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
@@ -56,13 +64,13 @@ def confusion(path: Path, cm, class_names) -> None:
     _save(fig, path)
 
 
-def misclassified(path: Path, images, labels, probs, class_names, n: int = 36) -> None:
+def misclassified(path: Path, images, labels, probs, class_names, n: int = MISTAKES_SHOWN) -> None:
     pred = probs.argmax(1)
     wrong = np.flatnonzero(pred != labels)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n]
-    cols = 6
+    cols = MISTAKE_COLUMNS
     rows = max(1, int(np.ceil(len(wrong) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
     for ax in np.ravel(axes):
         ax.axis("off")
     for ax, i in zip(np.ravel(axes), wrong):

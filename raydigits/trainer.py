@@ -1,5 +1,5 @@
 """The epoch loop: one `train_one_epoch` / `evaluate` pair, AMP, clipping, freezing, early stopping,
-atomic checkpoints, resume, predict. Knows nothing of Ray: every epoch's metrics go to a callback."""
+atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing of Ray: every epoch's metrics go to a callback."""
 from __future__ import annotations
 
 import contextlib
@@ -20,7 +20,7 @@ from .errors import UserError
 from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, warmup_stream
 from .models import build_model, head_root, set_frozen, train_mode
 from .optim import build_loss, build_optimizer, build_scheduler, current_lr
-from .pipeline import Preprocess, SplitBatches
+from .pipeline import Predictor, Preprocess, SplitBatches
 
 CHECKPOINT_FORMAT = 1
 Callback = Callable[[dict, "Trainer"], None]
@@ -77,6 +77,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.pre = Preprocess(cfg, self.device)
         self.amp_dtype = amp_dtype(cfg, self.device)
+        self.predictor = Predictor(self.model, self.pre, cfg.eval_batch_size, self.autocast)
+        self.frozen = False            # backbone frozen this epoch (set by fit, read by the steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         # CUDA graphs (see graphs.py): None = steps are captured and replayed, else why they run eagerly
         self.graph_blocker = graph_blocker(cfg, self.device, self.scaler.is_enabled())
@@ -185,8 +187,8 @@ class Trainer:
         graphs = self.graph_blocker is None
         order_gen = self._generator(epoch, torch.device("cpu"))
         aug_gen = None if graphs else self._generator(epoch, self.device)
-        train_mode(model)
-        frozen = bool(getattr(model, "_raydigits_frozen", False))
+        train_mode(model, self.frozen)
+        frozen = self.frozen
         trainable = [p for p in model.parameters() if p.requires_grad]
         self._sums.zero_()
         self._data_time = 0.0
@@ -211,7 +213,7 @@ class Trainer:
     def _norms_to_recalibrate(self) -> list:
         """BatchNorm layers whose statistics follow the training weights: all of them, or only the
         head's while the backbone is frozen (a frozen backbone keeps its statistics)."""
-        frozen = getattr(self.model, "_raydigits_frozen", False)
+        frozen = self.frozen
         head = head_root(self.model)
         return [m for name, m in self.model.named_modules()
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)]
@@ -245,9 +247,7 @@ class Trainer:
         return time.perf_counter() - start
 
     def _eval_step(self, split: SplitBatches, idx: torch.Tensor):
-        with torch.no_grad(), self.autocast():
-            out = self.model(self.pre.eval(split.images.index_select(0, idx)))
-        return out.float(), split.labels.index_select(0, idx)
+        return self.predictor.logits(split.images.index_select(0, idx)), split.labels.index_select(0, idx)
 
     @torch.no_grad()
     def predict_batches(self, split: SplitBatches):
@@ -273,11 +273,9 @@ class Trainer:
         loss_sum, correct = sums.tolist()
         return {"val_loss": loss_sum / len(split), "val_acc": correct / len(split)}
 
-    @torch.no_grad()
     def predict(self, images: np.ndarray) -> np.ndarray:
         """(N, H, W, C) uint8 → (N, classes) softmax probabilities, in input order."""
-        split = SplitBatches(images, np.zeros(len(images), dtype=np.int64), self.device)
-        return torch.cat([F.softmax(out, 1).cpu() for out, _, _ in self.predict_batches(split)]).numpy()
+        return self.predictor.predict(images)
 
     # ------------------------------------------------------------ the loop
     def _improved(self, value: float) -> bool:
@@ -292,7 +290,7 @@ class Trainer:
         cfg = self.cfg
         while self.epoch < cfg.epochs and self.stop_reason is None:
             epoch = self.epoch + 1
-            frozen = epoch <= cfg.freeze_epochs
+            frozen = self.frozen = epoch <= cfg.freeze_epochs
             set_frozen(self.model, frozen)
             t0 = time.perf_counter()
             try:

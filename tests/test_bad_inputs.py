@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, stale_cluster_record
+from helpers import REPO, stale_cluster_record
 
 SMOKE = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
 
@@ -118,10 +118,10 @@ def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
 @pytest.fixture
 def fake_experiment(tmp_path, small_mnist):
     """An experiment folder with a real best_model.pt (from an untrained trainer) and its spec."""
-    from raydigits.final import save_models
+    from raydigits.inference import save_models
     from raydigits.search.runner import SPEC_FILE
     from raydigits.trainer import Trainer
-    from conftest import tiny_cfg
+    from helpers import tiny_cfg
     exp = tmp_path / "exp"
     (exp / "final").mkdir(parents=True)
     (exp / SPEC_FILE).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())

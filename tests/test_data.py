@@ -18,7 +18,7 @@ from raydigits.data import sources
 from raydigits.data.prepare import export_image_tree, prepare_mnist
 from raydigits.errors import UserError
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_mnist_splits_sizes_ids_and_manifest(mnist_dir, mnist):
@@ -67,7 +67,7 @@ def test_tampered_wheel_is_refused_before_unpickling(hub_wheel, tmp_path, monkey
     proc = subprocess.run([sys.executable, "-m", "raydigits.data", "prepare", "--wheel", str(bad), "--out", str(out)],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
-    assert "sha256" in proc.stdout and "refusing to unpickle" in proc.stdout
+    assert "sha256" in proc.stderr and "refusing to unpickle" in proc.stderr and proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stdout + proc.stderr
     assert not (out / "manifest.json").exists()
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from cluster import TwoNodeCluster
-from conftest import REPO, launch, results
+from helpers import REPO, launch, results
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, launch, results, stale_cluster_record
+from helpers import REPO, launch, results, stale_cluster_record
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +111,7 @@ def test_out_of_memory_trial_ends_as_oom_and_the_search_goes_on(smoke_run):
     assert (trials["outcome"] == "oom").sum() == 1
     assert [r["epoch"] for r in results(smoke_run["exp"] / oom)] == [1]  # no retry, no second epoch
     assert not any((smoke_run["exp"] / oom).glob("checkpoint_*"))
-    assert re.search(rf"\({re.escape(oom)} pid=\d+\) out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][-3000:]
+    assert re.search(rf"\({re.escape(oom)} pid=\d+\)\S* out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][-3000:]
     metrics = json.loads((smoke_run["exp"] / "final" / "metrics.json").read_text())
     assert metrics["n_oom"] == 1 and metrics["best_trial"] != oom.removeprefix("smoke_")
     # every other trial still ran: at least one reached the last epoch
@@ -139,12 +139,14 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
         assert (final / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # best_model.pt loads with weights_only and the self-contained export agrees with it
     state = torch.load(final / "best_model.pt", map_location="cpu", weights_only=True)
-    from raydigits.final import _predict
+    from raydigits.inference import predict_state
     imgs = mnist.images["test"][:300]
-    ours = _predict(state, imgs, 0.0).argmax(1)
+    probs = predict_state(state, imgs, "cpu")  # the one predictor, as the final stage ran it
+    ours = probs.argmax(1)
     program = torch.export.load(str(final / "best_model.pt2"))
-    theirs = program.module()(torch.from_numpy(imgs.copy())).argmax(1).numpy()
-    assert (ours == theirs).all()
+    exported = program.module()(torch.from_numpy(imgs.copy())).detach().numpy()
+    assert (ours == exported.argmax(1)).all()
+    assert exported == pytest.approx(probs, abs=1e-5)
     assert (ours == pre["label"].astype(int).to_numpy()[:300]).all()
 
 
@@ -268,6 +270,8 @@ def test_tensorboard_shows_every_trial(smoke_run):
         acc = EventAccumulator(str(d))
         acc.Reload()
         scalars = acc.Tags()["scalars"]
-        assert "ray/tune/val_acc" in scalars and "ray/tune/train_loss" in scalars, scalars
+        assert "ray/tune/val_acc" in scalars, scalars
+        if all(np.isfinite(r["train_loss"]) for r in results(d)):  # the oom trial's is NaN: not logged
+            assert "ray/tune/train_loss" in scalars, scalars
         got = [e.value for e in acc.Scalars("ray/tune/val_acc")]
         assert got == pytest.approx([r["val_acc"] for r in results(d)], abs=1e-6)

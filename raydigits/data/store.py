@@ -27,14 +27,6 @@ class Dataset:
     ids: dict[str, list[str]]
     class_names: list[str]
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def channels(self) -> int:
-        return int(self.images["train"].shape[-1])
-
 
 def write_split(path: Path, split: Split) -> str:
     n, h, w, c = split.images.shape

@@ -3,7 +3,6 @@ one), run it. The dataset is loaded once here and put once into the object store
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
 import tempfile
@@ -14,48 +13,25 @@ import yaml
 
 from ..atomic import write_text
 from ..data import ensure_prepared, load_dataset
+from ..data.store import Dataset
 from ..errors import UserError
-from .spec import SearchSpec, build_scheduler, build_search_alg, param_space, parse_spec
+from . import ray_compat
+from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
+DEFAULT_DATA_DIR = "data/mnist"  # a spec without fixed.data_dir
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+PROBE_TIMEOUT_S = 5.0        # a HOST:PORT that does not answer in this long is refused
+ERROR_CHARS = 200            # the part of a connection error shown in our one-line message
 METRIC_COLUMNS = {"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss", "lr": "lr_now",
                   "images_per_s": "img/s"}
-
-# The terminal shows Tune's classic progress table (CLIReporter) and each trial's own epoch lines.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# A checkpoint every epoch is what we want: Tune's "excessive experiment checkpoint sync" warning is noise.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# Each trial's epoch line is unique; Ray's dedup would merge trials' lines into "[repeated 2x]".
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+PARAMETER_COLUMNS = 8        # the progress table shows at most this many searched parameters
+REPORT_EVERY_S = 15          # the progress table is printed at most this often
 
 
-class _DropMessages(logging.Filter):
-    """Drop the log records whose message starts with one of `prefixes`; let all others through."""
-
-    def __init__(self, *prefixes: str):
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
-
-
-def quiet_ray_noise() -> None:
-    """Ray/Tune lines our own lines replace; every other warning still shows."""
-    # "Token authentication is enabled ...": print_dashboard says how to log in instead
-    logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(
-        _DropMessages("Token authentication is enabled"))
-    # On Ctrl-C Tune suggests `Tuner.restore(...)`; the CLI prints `launch.py --resume DIR` instead
-    logging.getLogger("ray.tune.tune").addFilter(_DropMessages("Experiment has been interrupted"))
-    # After an interrupted fit, Tune's result grid complains that pending trials have no metrics yet
-    logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(
-        _DropMessages("Failed to fetch metrics"))
-
-
-def _probe(address: str, timeout_s: float = 5.0) -> None:
+def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Fail in seconds when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
     if address.startswith("local"):
         return
@@ -79,10 +55,11 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
     """Attach to `address` (auto, HOST:PORT, ray://...) or start a local Ray with the dashboard on
     127.0.0.1. The job carries `job_name` in its metadata (the dashboard's Jobs page shows it).
     Returns {dashboard_url, address, attached, token_auth}."""
+    ray_compat.set_env_defaults()  # before the first `import ray`: Ray reads some of them then
     import ray
     from ray.job_config import JobConfig
     address = address or os.environ.get("RAY_ADDRESS")
-    quiet_ray_noise()
+    ray_compat.quiet_ray_noise()
     job = JobConfig(metadata={"job_name": f"raydigits {job_name}"} if job_name else {})  # the Jobs page's Name
     try:
         if address:
@@ -94,20 +71,12 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
                            dashboard_port=dashboard_port, logging_level="WARNING")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({first[:200]})") from None
+        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({first[:ERROR_CHARS]})") from None
     url = ctx.dashboard_url
     if url and not url.startswith("http"):
         url = f"http://{url}"
     return {"dashboard_url": url, "address": ctx.address_info.get("address"), "attached": bool(address),
-            "token_auth": token_auth_enabled()}
-
-
-def token_auth_enabled() -> bool:
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-    except ImportError:  # a Ray without token authentication
-        return False
-    return is_token_auth_enabled()
+            "token_auth": ray_compat.token_auth_enabled()}
 
 
 def check_resources(spec: SearchSpec) -> None:
@@ -127,65 +96,72 @@ def check_resources(spec: SearchSpec) -> None:
                     "(or --cpus-per-trial / --gpus-per-trial)")
 
 
-def _trainable(spec: SearchSpec, data):
+def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path):
     """The trial function with the dataset put once into the object store (`with_parameters`),
     as a Tune trainable class that asks for the spec's resources and is named after its trial."""
     from ray import tune
-    from ray.tune.trainable import wrap_function
     from .trainable import train_trial
     threads = max(1, int(spec.resources.cpu))
-    bundle = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
-
-    class RaydigitsTrial(wrap_function(tune.with_parameters(train_trial, spec=spec, data=data, threads=threads))):
-        @classmethod
-        def default_resource_request(cls, config):
-            return tune.PlacementGroupFactory([bundle])
-
-        def __repr__(self) -> str:
-            # Ray shows an actor's repr in the dashboard's actor list and in the `(name pid=...)`
-            # prefix of every line the trial prints: the trial name says which trial it is.
-            return self.trial_name or super().__repr__()
-
-    RaydigitsTrial.__qualname__ = "RaydigitsTrial"  # the dashboard's Class column
-    return RaydigitsTrial
+    fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir))
+    return ray_compat.named_trainable(fn, {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu})
 
 
 def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
+    """Checkpoints, retries and the progress table; the outcome recorder, and the time budget as a
+    stopper that says when it ended the run (recorder.py)."""
     from ray import tune
+    from .recorder import BudgetStopper, OutcomeRecorder
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
-                                parameter_columns=list(spec.parameters)[:8],
-                                max_report_frequency=15, sort_by_metric=False,
+                                parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
+                                max_report_frequency=REPORT_EVERY_S, sort_by_metric=False,
                                 metric=spec.metric, mode=spec.mode)
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=verbose, progress_reporter=reporter,
+        callbacks=[OutcomeRecorder(Path(storage) / name, spec.epochs)],
+        stop=BudgetStopper(spec.time_budget_s, Path(storage) / name) if spec.time_budget_s else None,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep,
                                                 checkpoint_score_attribute=spec.metric,
                                                 checkpoint_score_order=spec.mode))
 
 
-def load_data(spec: SearchSpec):
-    data_dir = ensure_prepared(Path(spec.fixed.get("data_dir", "data/mnist")))
-    spec.fixed["data_dir"] = str(data_dir)  # absolute: trials run in other working dirs
-    return load_dataset(data_dir, splits=("train", "val"))
+def data_dir_of(spec: SearchSpec) -> Path:
+    """The spec's dataset folder, prepared if need be, as an absolute path (trials run in other
+    working dirs)."""
+    return ensure_prepared(Path(spec.fixed.get("data_dir", DEFAULT_DATA_DIR))).resolve()
 
 
-def run_search(spec: SearchSpec, storage: str, name: str, data, verbose: int = 1):
-    """A fresh search over `data` (from `load_data`). Returns the experiment dir (final.py reads
-    the results from there)."""
+def load_data(spec: SearchSpec, data_dir: Path | None = None) -> Dataset:
+    """The train and val splits of the spec's dataset (of `data_dir` when given)."""
+    return load_dataset(data_dir or data_dir_of(spec), splits=("train", "val"))
+
+
+def _saved_spec(spec: SearchSpec, data_dir: Path) -> str:
+    """The spec as written beside the experiment: with the absolute data dir, so that a resume
+    from any working dir finds the same data."""
+    d = spec.to_dict()
+    d["fixed"] = {**d["fixed"], "data_dir": str(data_dir)}
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+def run_search(spec: SearchSpec, storage: str, name: str, data: Dataset, verbose: int = 1,
+               data_dir: Path | None = None):
+    """A fresh search over `data` (from `load_data`; `data_dir` is where it came from, by default
+    the spec's). Returns the experiment dir (experiment.py reads the results from there)."""
     from ray import tune
+    data_dir = data_dir or data_dir_of(spec)
     exp_dir = Path(storage) / name
     if (exp_dir / SPEC_FILE).exists():
         raise UserError(f"{exp_dir} already holds a search; pick another --name or use --resume {exp_dir}")
     exp_dir.mkdir(parents=True, exist_ok=True)
-    write_text(exp_dir / SPEC_FILE, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_text(exp_dir / SPEC_FILE, _saved_spec(spec, data_dir))
     write_text(exp_dir / RUN_FILE, json.dumps({"started": time.time(), "name": name}))
     tuner = tune.Tuner(
-        _trainable(spec, data),
+        _trainable(spec, data, data_dir),
         param_space=param_space(spec),
-        tune_config=tune.TuneConfig(search_alg=build_search_alg(spec), scheduler=build_scheduler(spec),
+        tune_config=tune.TuneConfig(search_alg=build_search_alg(spec), scheduler=build_tune_scheduler(spec),
                                     num_samples=spec.num_samples,  # concurrency: build_search_alg
-                                    time_budget_s=spec.time_budget_s,
+                                    # time budget: a stopper in _run_config
                                     trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}"),
         run_config=_run_config(spec, storage, name, verbose))
@@ -207,7 +183,7 @@ def read_spec(exp_dir: Path) -> SearchSpec:
     return parse_spec(yaml.safe_load(path.read_text()), str(path))
 
 
-def resume_search(exp_dir: Path, spec: SearchSpec, data) -> Path:
+def resume_search(exp_dir: Path, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Path:
     """Continue an experiment whose spec the caller read with `read_spec`."""
     from ray import tune
     exp_dir = Path(exp_dir).resolve()
@@ -215,7 +191,7 @@ def resume_search(exp_dir: Path, spec: SearchSpec, data) -> Path:
         raise UserError(f"{exp_dir}: no Tune experiment state to resume from")
     # param_space again: Tune saved its sample_from functions as placeholders, and trials the
     # searcher has yet to generate need the real functions back
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, data),
+    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, data, data_dir or data_dir_of(spec)),
                                param_space=param_space(spec),
                                resume_unfinished=True, resume_errored=True)
     tuner.fit()

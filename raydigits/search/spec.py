@@ -1,5 +1,5 @@
 """Search-space YAML → validated `SearchSpec` → Tune objects (param_space or an Optuna
-define-by-run space, scheduler, resources). Errors name the key path (`parameters.lr.min`).
+define-by-run space, search algorithm, trial scheduler). Errors name the key path (`parameters.lr.min`).
 
 Parameter syntax follows W&B sweeps: `{values: [...]}`, `{value: x}`,
 `{distribution: uniform | log_uniform_values | int_uniform | q_uniform | normal, min, max, q, mu, sigma}`.
@@ -22,6 +22,7 @@ from ..errors import UserError
 SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "normal")
 INDEX_SUFFIX = "__index"
+SEED_HEX_DIGITS = 8  # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
 
 
 class _Strict(BaseModel):
@@ -233,13 +234,8 @@ def _conditional(name: str, p: Param, seed: int):
     condition keys by attribute lets Tune's resolver retry while they are still unsampled. The draw
     is seeded by the search seed and the trial's already-sampled plain values."""
     from ray import tune
+    from .ray_compat import read_config_key as get  # Tune retries while a condition key is unsampled
     domain = _domain(p)
-
-    def get(cfg, key):
-        try:
-            return getattr(cfg, key)  # Tune's guard: raises RecursiveDependencyError until sampled
-        except AttributeError:
-            return cfg[key]
 
     def sample(spec):
         cfg = get(spec, "config") if "config" in spec else spec
@@ -247,7 +243,7 @@ def _conditional(name: str, p: Param, seed: int):
             return None
         plain = {k: v for k, v in dict.items(cfg) if isinstance(v, (str, int, float, bool, list, tuple))}
         key = json.dumps(plain, sort_keys=True, default=str)
-        rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:8], 16))
+        rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:SEED_HEX_DIGITS], 16))
         return domain.sample(random_state=rs) if hasattr(domain, "sample") else domain
 
     return tune.sample_from(sample)
@@ -331,7 +327,8 @@ def build_search_alg(spec: SearchSpec):
     return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
 
 
-def build_scheduler(spec: SearchSpec):
+def build_tune_scheduler(spec: SearchSpec):
+    """Tune's trial scheduler (ASHA or FIFO); optim.build_scheduler is the learning-rate schedule."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     s = spec.scheduler
     if s.type == "fifo":

@@ -2,7 +2,6 @@
 `tune.report(metrics, checkpoint=...)` every epoch. No second training loop lives here."""
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ from ray import tune
 from ..config import make_config
 from ..data.store import Dataset
 from ..trainer import Trainer
+from . import ray_compat
 from .spec import SearchSpec, trial_values
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -37,10 +37,10 @@ def _fault_hook():
     return hook
 
 
-def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int) -> None:
-    # Our epoch line already says a checkpoint was taken; Tune's INFO line per checkpoint is noise.
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
-    values = trial_values(spec, config)
+def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, data_dir: str) -> None:
+    """`data_dir`: where `data` came from (absolute), recorded in the trial's TrainConfig."""
+    ray_compat.quiet_checkpoint_lines()  # our epoch line already says a checkpoint was taken
+    values = {**trial_values(spec, config), "data_dir": data_dir}
     values.setdefault("threads", threads)  # the trial's CPU share: no oversubscription
     cfg = make_config(values, where=f"trial {tune.get_context().get_trial_name()}")
     torch.set_num_threads(cfg.threads or threads)

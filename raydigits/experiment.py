@@ -1,0 +1,128 @@
+"""Reading a finished (or interrupted) experiment: its trials from Tune's state and result files,
+each trial's outcome (as recorded by search/recorder.py when it happened), and the best
+(trial, epoch) on validation. Plain JSON: no pickle is loaded."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import UserError
+from .search.outcomes import NEVER_CHOSEN, read_record
+from .search.ray_compat import trial_states
+from .search.spec import SearchSpec
+from .search.trainable import CHECKPOINT_FILE
+
+INTERNAL = ["path", "results"]  # load_trials columns kept out of trials.csv
+UNFINISHED_STATUSES = ("RUNNING", "PENDING", "PAUSED")
+
+
+@dataclass
+class Choice:
+    trial_id: str
+    epoch: int
+    value: float
+    checkpoint: Path
+    config: dict
+
+
+def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
+    """One row per trial: id, status, outcome, epochs, best val, params, path, and its reported
+    results (read once here; `INTERNAL` columns are not written to trials.csv)."""
+    record = (read_record(exp_dir) or {"trials": {}})["trials"]
+    rows = []
+    for trial in trial_states(exp_dir):
+        path = trial["path"]
+        results = read_results(path)
+        epochs = max((int(r["epoch"]) for r in results), default=0)
+        recorded = record.get(trial["trial_id"], {}).get("outcome")
+        if recorded == "interrupted" and trial["status"] not in UNFINISHED_STATUSES:
+            recorded = None  # provisional: the trial ran on after a resume
+        outcome = recorded or derive_outcome(trial["status"], results, epochs, spec)
+        vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
+        best = (max(vals) if spec.mode == "max" else min(vals)) if vals else float("nan")
+        row = {"trial_id": trial["trial_id"], "status": trial["status"], "outcome": outcome, "epochs": epochs,
+               f"best_{spec.metric}": best, "path": str(path), "results": results}
+        row["retries"] = trial["num_failures"]
+        row.update({f"param.{k}": v for k, v in trial["config"].items()})
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{exp_dir}: the experiment has no trials")
+    return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
+
+
+def derive_outcome(status: str, results: list[dict], epochs: int, spec: SearchSpec) -> str:
+    """The outcome of a trial with no record: experiments written before outcomes were recorded,
+    or trials of a driver that was killed. Re-derived from the status and the reported results."""
+    diverged = any(r.get("diverged") for r in results)
+    stop = next((r.get("stop_reason") for r in reversed(results) if r.get("stop_reason")), "")
+    if status == "ERROR":
+        return "error"
+    if diverged:
+        return "diverged"
+    if stop == "oom":
+        return "oom"  # out of GPU memory: ended cleanly, never a candidate
+    if status in UNFINISHED_STATUSES:
+        return "interrupted"
+    if stop == "early_stop":
+        return "early_stopped"
+    if epochs == 0:
+        return "not_started"  # the time budget ran out first
+    if epochs < spec.epochs:
+        # ASHA stops trials at its rungs only; a stop between rungs was the time budget's
+        return "asha_stopped" if epochs in asha_rungs(spec) else "time_budget"
+    return "completed"
+
+
+def asha_rungs(spec: SearchSpec) -> set[int]:
+    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
+    if spec.scheduler.type != "asha":
+        return set()
+    rungs, t = set(), float(spec.scheduler.grace_period)
+    while t < spec.epochs:
+        rungs.add(int(t))
+        t *= spec.scheduler.reduction_factor
+    return rungs
+
+
+def read_results(trial_dir: Path) -> list[dict]:
+    """A trial's reported results (Tune's result.json); a line cut by a crash is skipped."""
+    f = Path(trial_dir) / "result.json"
+    if not f.exists():
+        return []
+    out = []
+    for line in f.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def unfinished_trials(exp_dir: Path) -> list[str]:
+    """Trials neither TERMINATED nor ERROR (a search stopped by Ctrl-C leaves some)."""
+    return [t["trial_id"] for t in trial_states(exp_dir) if t["status"] not in ("TERMINATED", "ERROR")]
+
+
+def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
+    """The best reported epoch on validation over every usable trial; errored, diverged and
+    out-of-memory trials are never chosen. Its own checkpoint (kept by CheckpointConfig's
+    best-by-metric rule)."""
+    candidates = []
+    for _, t in trials.iterrows():
+        if t["outcome"] in NEVER_CHOSEN:
+            continue
+        for r in t["results"]:
+            v = r.get(spec.metric)
+            if v is None or not math.isfinite(v) or not r.get("checkpoint_dir_name"):
+                continue
+            ck = Path(t["path"]) / r["checkpoint_dir_name"] / CHECKPOINT_FILE
+            candidates.append((v if spec.mode == "max" else -v, -int(r["epoch"]), t["trial_id"], ck, r))
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    for score, neg_epoch, trial_id, ck, r in candidates:
+        if ck.exists():
+            return Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}))
+    raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")

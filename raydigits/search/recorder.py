@@ -1,0 +1,109 @@
+"""Tune hooks that record each trial's outcome when it happens (see outcomes.py): a `tune.Callback`
+and the time budget as a `TimeoutStopper` that remembers it fired. Public Tune API only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray import tune
+from ray.tune.stopper import TimeoutStopper
+
+from .outcomes import ended_outcome, read_record, write_record
+from .ray_compat import experiment_dir_of
+
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+
+
+class BudgetStopper(TimeoutStopper):
+    """Tune's own time-budget stopper (what `TuneConfig(time_budget_s=...)` builds), which also
+    records in the experiment's outcome file that it ended the run (Tune hands callbacks no
+    reference to the stopper, so the file is where the recorder learns it)."""
+
+    def __init__(self, timeout: float, exp_dir: Path):
+        super().__init__(timeout)
+        self.exp_dir = Path(exp_dir)
+        self.fired = False
+
+    def stop_all(self) -> bool:
+        stop = super().stop_all()
+        if stop and not self.fired:
+            self.fired = True
+            if self.exp_dir.is_dir():
+                record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
+                write_record(self.exp_dir, {**record, "budget_fired": True})
+        return stop
+
+
+class OutcomeRecorder(tune.Callback):
+    """Writes <experiment>/raydigits_outcomes.json (atomically) as trials end: completed,
+    asha_stopped (the scheduler's STOP before the last epoch), early_stopped / diverged / oom (the
+    trial's own stop reason), error (retries exhausted); at the end of a fit, trials it cut:
+    time_budget / not_started when the budget fired (Tune marks those TERMINATED), interrupted
+    for those a Ctrl-C left unfinished. A trial it has no record of is derived by experiment.py."""
+
+    def __init__(self, exp_dir: Path, max_epochs: int):
+        self.exp_dir = Path(exp_dir)
+        self.max_epochs = max_epochs
+        self._record: dict | None = None
+
+    # ------------------------------------------------------------ the file
+    def _locate(self, trials) -> None:
+        for t in trials or ():
+            found = experiment_dir_of(t)
+            if found is not None:  # where the experiment is now (it may have moved since a resume)
+                if found != self.exp_dir:
+                    self.exp_dir, self._record = found, None
+                return
+
+    def _load(self) -> dict:
+        if self._record is None:
+            self._record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
+        return self._record
+
+    def _set(self, trial, outcome: str) -> None:
+        self._locate([trial])
+        epochs = int((trial.last_result or {}).get("epoch") or 0)
+        self._load()["trials"][trial.trial_id] = {"outcome": outcome, "epochs": epochs}
+        self._save()
+
+    def _save(self) -> None:
+        if not self.exp_dir.is_dir():  # remote storage: the final stage derives outcomes instead
+            return
+        try:
+            write_record(self.exp_dir, self._record)
+        except OSError as exc:  # never let bookkeeping end a search
+            print(f"raydigits: could not record trial outcomes in {self.exp_dir}: {exc}", flush=True)
+
+    # ------------------------------------------------------------ Tune's hooks
+    def setup(self, **info) -> None:
+        if self.exp_dir.is_dir():
+            self._load().update(ended=None, budget_fired=False)  # running
+            self._save()
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._set(trial, ended_outcome(trial.last_result, self.max_epochs))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._set(trial, "error")
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self._locate(trials)
+        self._record = None  # re-read: BudgetStopper may have written that it fired
+        record = self._load()
+        budget = bool(record.get("budget_fired"))
+        cut = False
+        for t in trials:
+            known = record["trials"].get(t.trial_id, {}).get("outcome")
+            if known not in (None, "interrupted"):
+                continue
+            epochs = int((t.last_result or {}).get("epoch") or 0)
+            if t.status == "ERROR":
+                outcome = "error"
+            elif budget and t.status in (*UNFINISHED, "TERMINATED"):
+                cut, outcome = True, ("time_budget" if epochs else "not_started")
+            elif t.status in UNFINISHED:
+                cut, outcome = True, "interrupted"
+            else:  # TERMINATED with no record (Tune's cleanup after a Ctrl-C): left to derivation
+                continue
+            record["trials"][t.trial_id] = {"outcome": outcome, "epochs": epochs}
+        record["ended"] = "time_budget" if budget else ("interrupted" if cut else "finished")
+        self._save()
