@@ -76,8 +76,8 @@ def _configs(run: dict) -> list:
 
 def part_fidelity(storage, args, seeds=None):
     """On the GPU: full MNIST. On CPU: the 1,500-image subset (as the asha part's FIFO runs do)."""
-    full = args.gpu
-    fixed = {} if full else {"train_items": 1500, "val_items": 2000}
+    full = args.gpu or args.full
+    fixed = ({} if args.gpu else {"val_items": 2000}) if full else {"train_items": 1500, "val_items": 2000}
     epochs = args.epochs or (4 if full else 8)
     res = {"cpu": 3, "gpu": 0.25} if args.gpu else {"cpu": 1, "gpu": 0}
     for seed in seeds or [0]:
@@ -154,6 +154,7 @@ def main():
     p.add_argument("--epochs", type=int, default=0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--gpu", action="store_true", help="fidelity on full MNIST, four trials per GPU")
+    p.add_argument("--full", action="store_true", help="fidelity on full MNIST on this machine's CPUs")
     p.add_argument("--storage", default=None)
     args = p.parse_args()
     from raydigits.search.runner import start_ray

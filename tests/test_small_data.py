@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, results
+from helpers import REPO, results
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,118 @@
+"""The final stage's parts, fast and without Ray: how a trial's outcome is told (recorded or, for
+older experiments, derived), which (trial, epoch) is chosen, what pre.csv and the metrics hold, and
+that the saved predictor and the exported program agree with the trainer on real digits."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from raydigits.errors import UserError
+from raydigits.evaluation import predictions_frame, split_metrics
+from raydigits.experiment import asha_rungs, choose_best, derive_outcome
+from raydigits.search.outcomes import ended_outcome
+from raydigits.search.spec import parse_spec
+
+from helpers import tiny_cfg
+
+SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 9, "grace_period": 1, "reduction_factor": 3}})
+
+
+def test_asha_rungs_are_grace_times_factor_powers_below_max_t():
+    assert asha_rungs(SPEC) == {1, 3}
+    spec = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 12, "grace_period": 2, "reduction_factor": 2}})
+    assert asha_rungs(spec) == {2, 4, 8}
+    assert asha_rungs(parse_spec({"name": "t", "scheduler": {"type": "fifo", "max_t": 5}})) == set()
+
+
+@pytest.mark.parametrize("status, results, outcome", [
+    ("ERROR", [{"epoch": 1}], "error"),
+    ("TERMINATED", [{"epoch": 1, "diverged": True}], "diverged"),
+    ("TERMINATED", [{"epoch": 1}, {"epoch": 2, "stop_reason": "oom"}], "oom"),
+    ("RUNNING", [{"epoch": 1}], "interrupted"),
+    ("TERMINATED", [{"epoch": 1}, {"epoch": 2, "stop_reason": "early_stop"}], "early_stopped"),
+    ("TERMINATED", [], "not_started"),
+    ("TERMINATED", [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], "asha_stopped"),   # stopped at a rung
+    ("TERMINATED", [{"epoch": 1}, {"epoch": 2}], "time_budget"),                 # between rungs
+    ("TERMINATED", [{"epoch": e} for e in range(1, 10)], "completed"),
+])
+def test_outcome_derived_for_experiments_without_a_record(status, results, outcome):
+    epochs = max((r["epoch"] for r in results), default=0)
+    assert derive_outcome(status, results, epochs, SPEC) == outcome
+
+
+@pytest.mark.parametrize("last, outcome", [
+    ({"epoch": 9}, "completed"), ({"epoch": 3}, "asha_stopped"), ({"epoch": 2, "stop_reason": "early_stop"}, "early_stopped"),
+    ({"epoch": 2, "stop_reason": "oom"}, "oom"), ({"epoch": 1, "diverged": True}, "diverged"), (None, "not_started"),
+])
+def test_outcome_recorded_when_a_trial_ends(last, outcome):
+    assert ended_outcome(last, 9) == outcome
+
+
+def _trials(tmp_path, rows):
+    out = []
+    for trial_id, outcome, vals in rows:
+        results = []
+        for epoch, v in enumerate(vals, 1):
+            ck = tmp_path / trial_id / f"checkpoint_{epoch:06d}"
+            ck.mkdir(parents=True)
+            (ck / "checkpoint.pt").write_bytes(b"x")
+            results.append({"epoch": epoch, "val_acc": v, "checkpoint_dir_name": ck.name, "config": {"id": trial_id}})
+        out.append({"trial_id": trial_id, "outcome": outcome, "path": str(tmp_path / trial_id), "results": results})
+    return pd.DataFrame(out)
+
+
+def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_path):
+    trials = _trials(tmp_path, [("a", "completed", [0.5, 0.9, 0.9]), ("b", "diverged", [0.99]),
+                                ("c", "oom", [0.98]), ("d", "error", [0.97]), ("e", "asha_stopped", [0.8])])
+    c = choose_best(trials, SPEC)
+    assert (c.trial_id, c.epoch, c.value) == ("a", 2, 0.9) and c.checkpoint.name == "checkpoint.pt"
+    assert c.checkpoint.parent.name == "checkpoint_000002" and c.config == {"id": "a"}
+    # a best epoch whose checkpoint was not kept gives way to the next best
+    (tmp_path / "a" / "checkpoint_000002" / "checkpoint.pt").unlink()
+    assert (choose_best(trials, SPEC).trial_id, choose_best(trials, SPEC).epoch) == ("a", 3)
+    loss = parse_spec({"name": "t", "metric": "val_loss"})
+    low = _trials(tmp_path / "l", [("x", "completed", [0.3, 0.1]), ("y", "completed", [0.2])])
+    low = low.assign(results=[[{**r, "val_loss": r["val_acc"]} for r in rs] for rs in low["results"]])
+    assert (choose_best(low, loss).trial_id, choose_best(low, loss).epoch) == ("x", 2)  # min for a loss
+    with pytest.raises(UserError, match="no usable trial"):
+        choose_best(trials[trials["outcome"].isin(["diverged", "oom", "error"])], SPEC)
+
+
+def test_predictions_frame_is_sorted_by_id_with_the_top_class_and_its_probability():
+    probs = np.array([[0.1, 0.9], [0.7, 0.3], [0.2, 0.8]])
+    df = predictions_frame(["02", "00", "01"], probs, ["cat", "dog"])
+    assert df.to_dict("list") == {"image_id": ["00", "01", "02"], "label": ["cat", "dog", "dog"],
+                                  "score": [0.7, 0.8, 0.9]}
+    with pytest.raises(UserError, match="duplicate image ids"):
+        predictions_frame(["a", "a"], probs[:2], ["cat", "dog"])
+
+
+def test_split_metrics_match_scikit_learn_and_name_the_split():
+    from sklearn.metrics import f1_score
+    y_true, y_pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0])
+    m = split_metrics(y_true, y_pred, ["a", "b", "c"], "val")
+    assert m["val_accuracy"] == pytest.approx(4 / 6) and "test_accuracy" not in m
+    assert [m["per_class"][c]["f1"] for c in "abc"] == pytest.approx(list(f1_score(y_true, y_pred, average=None)))
+    assert m["macro"]["f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"]["support"] == 2
+
+
+def test_saved_predictor_and_exported_program_agree_with_the_trainer(small_mnist):
+    from raydigits.inference import export_program, predict_state, predictor_from_state
+    from raydigits.trainer import Trainer
+    t = Trainer(tiny_cfg(epochs=1, aug_strength=1.0), small_mnist)
+    t.fit()
+    state = t.state_dict()
+    imgs = small_mnist.images["val"][:50]
+    ours = t.predict(imgs)
+    assert np.allclose(predict_state(state, imgs), ours, atol=1e-5)
+    program = export_program(predictor_from_state(state), list(imgs.shape[1:]))
+    with torch.no_grad():
+        theirs = program.module()(torch.from_numpy(imgs.copy())).numpy()
+    assert np.allclose(theirs, ours, atol=1e-5)
+    # and validation used the same path: its accuracy is the predictor's on the val split
+    acc = (t.predict(small_mnist.images["val"]).argmax(1) == small_mnist.labels["val"]).mean()
+    assert t.evaluate()["val_acc"] == pytest.approx(acc)
