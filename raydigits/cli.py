@@ -101,6 +101,10 @@ def cmd_search(args) -> int:
         packing = resolve_auto_gpu(spec, data)  # gpu: auto → a measured share, saved with the spec
         if packing is not None:
             print(packing.line(), flush=True)
+    from .search.spec import early_rung_warning
+    warning = early_rung_warning(spec, len(data.labels["train"]))  # said once the search really starts
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     started = time.time()
     try:
         if args.resume is None:

@@ -70,7 +70,11 @@ def save_models(out: Path, state: dict, input_shape: list[int]) -> None:
             "input_shape": list(input_shape), "epoch": state["epoch"]}
     with atomic_path(out / "best_model.pt") as tmp:
         torch.save(best, tmp)
-    program = export_program(predictor_from_state(state, "cpu"), input_shape)
+    predictor = predictor_from_state(state, "cpu")
+    # plain (NCHW) weights: channels_last ones are saved as views, and torch.export's writer warns
+    # "No complete tensor found in the group" for each of them
+    predictor.model.to(memory_format=torch.contiguous_format)
+    program = export_program(predictor, input_shape)
     with atomic_path(out / "best_model.pt2") as tmp:
         torch.export.save(program, tmp)
     write_text(out / "classes.json", json.dumps(state["class_names"]))

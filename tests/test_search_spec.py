@@ -144,3 +144,16 @@ def test_readme_example_is_a_valid_space():
     block = text.split("```yaml\n")[1].split("```")[0]
     spec = parse_spec(yaml.safe_load(block), "README")
     assert spec.target("lr_sgd") == "lr" and spec.parameters["momentum"].when == {"optimizer": "sgd"}
+
+
+def test_a_first_rung_of_a_few_steps_is_warned_about():
+    from raydigits.search.spec import early_rung_warning
+    smoke = load_spec("smoke")  # 1,500 images, batch 32: 46 steps before ASHA's first decision
+    w = early_rung_warning(smoke, 50_000)
+    assert w and "46 optimiser steps on 1,500 training images" in w
+    assert early_rung_warning(load_spec("sgd_vs_adamw"), 50_000) is None  # 2 × 390 steps
+    grid = parse_spec({"name": "g", "method": "grid", "fixed": {"train_items": 3000},
+                       "parameters": {"batch_size": {"values": [16, 64]}}})
+    assert "46 optimiser steps" in early_rung_warning(grid, 50_000)  # the largest batch counts
+    assert early_rung_warning(parse_spec({"name": "f", "scheduler": {"type": "fifo"},
+                                          "fixed": {"train_items": 100}}), 50_000) is None

@@ -218,6 +218,28 @@ def check_spec(spec: SearchSpec, where: str) -> None:
                 raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
 
 
+MIN_RUNG_STEPS = 100  # below this many optimiser steps, a first rung ranks trials on their start
+
+
+def early_rung_warning(spec: SearchSpec, train_size: int) -> str | None:
+    """A warning when ASHA's first rung comes after so few optimiser steps that it would rank trials
+    on how they start rather than how they end (bench/search_bench.py, BENCHMARKS.md: on 1,500
+    training images, 11 steps an epoch, epoch-1 validation ranked trials *against* their final one)."""
+    if spec.scheduler.type != "asha" or train_size <= 0:
+        return None
+    items = int(spec.fixed.get("train_items") or 0)
+    n = min(items, train_size) if items else train_size
+    batches = [int(v) for name, p in spec.parameters.items() if spec.target(name) == "batch_size"
+               for v in (p.values or [p.value if "value" in p.model_fields_set else p.max])]
+    batches = batches or [int(spec.fixed.get("batch_size", TrainConfig.model_fields["batch_size"].default))]
+    steps = max(1, n // max(batches)) * min(spec.scheduler.grace_period, spec.epochs)
+    if steps >= MIN_RUNG_STEPS:
+        return None
+    return (f"warning: scheduler.grace_period {spec.scheduler.grace_period} = {steps} optimiser steps on {n:,} "
+            f"training images: ASHA will stop trials on how they start, not how they end; give a "
+            f"grace_period of at least {MIN_RUNG_STEPS} steps' worth of epochs, or use scheduler type fifo")
+
+
 # ------------------------------------------------------------------ trial config → TrainConfig
 def trial_values(spec: SearchSpec, config: dict) -> dict:
     """A trial's sampled dict (None = condition did not hold) merged over `fixed`."""
