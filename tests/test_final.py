@@ -64,7 +64,7 @@ def _trials(tmp_path, rows):
 
 
 def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_path):
-    trials = _trials(tmp_path, [("a", "completed", [0.5, 0.9, 0.9]), ("b", "diverged", [0.99]),
+    trials = _trials(tmp_path, [("b", "diverged", [0.99]), ("a", "completed", [0.5, 0.9, 0.9]),
                                 ("c", "oom", [0.98]), ("d", "error", [0.97]), ("e", "asha_stopped", [0.8])])
     c = choose_best(trials, SPEC)
     assert (c.trial_id, c.epoch, c.value) == ("a", 2, 0.9) and c.checkpoint.name == "checkpoint.pt"
@@ -76,8 +76,11 @@ def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_
     low = _trials(tmp_path / "l", [("x", "completed", [0.3, 0.1]), ("y", "completed", [0.2])])
     low = low.assign(results=[[{**r, "val_loss": r["val_acc"]} for r in rs] for rs in low["results"]])
     assert (choose_best(low, loss).trial_id, choose_best(low, loss).epoch) == ("x", 2)  # min for a loss
-    with pytest.raises(UserError, match="no usable trial"):
+    with pytest.raises(UserError, match="^no usable trial"):
         choose_best(trials[trials["outcome"].isin(["diverged", "oom", "error"])], SPEC)
+    # a tie across trials goes to the earlier epoch, whichever trial it is
+    tie = _trials(tmp_path / "tie", [("a", "completed", [0.95, 0.9, 0.9]), ("b", "completed", [0.5, 0.6, 0.95])])
+    assert (choose_best(tie, SPEC).trial_id, choose_best(tie, SPEC).epoch) == ("a", 1)
 
 
 def test_predictions_frame_is_sorted_by_id_with_the_top_class_and_its_probability():
@@ -98,6 +101,10 @@ def test_split_metrics_match_scikit_learn_and_name_the_split():
     assert m["macro"]["f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
     assert m["per_class"]["b"]["support"] == 2
+    # a class that never occurs keeps its row (zeros), and every other class its own numbers
+    m4 = split_metrics(y_true, y_pred, ["a", "b", "c", "d"], "test")
+    assert m4["per_class"]["d"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert m4["per_class"]["c"] == m["per_class"]["c"] and len(m4["confusion_matrix"]) == 4
 
 
 def test_saved_predictor_and_exported_program_agree_with_the_trainer(small_mnist):

@@ -118,6 +118,8 @@ def test_focal_loss_matches_ce_at_gamma_zero_and_down_weights_easy_examples():
             fl = optim.FocalLoss(0.0, weight, ls)(logits, y)
             assert fl.item() == pytest.approx(ce.item(), rel=1e-5)
     assert optim.FocalLoss(2.0)(logits, y) < nn.CrossEntropyLoss()(logits, y)
+    few = y % 3  # a batch without the last classes still scores all 10 logits
+    assert optim.FocalLoss(0.0)(logits, few).item() == pytest.approx(nn.CrossEntropyLoss()(logits, few).item(), rel=1e-5)
 
 
 def test_class_weights_change_the_loss_and_must_match_classes():
