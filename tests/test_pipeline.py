@@ -55,3 +55,27 @@ def test_batches_cover_the_split_once_in_a_seeded_order(small_mnist):
     assert torch.equal(seen, again)
     for xb, yb, sel in split.batches(32):
         assert torch.equal(yb, torch.as_tensor(small_mnist.labels["train"][:100])[sel])
+
+
+def _centroid_y(img):
+    w = img.clamp(min=0).sum(dim=(0, 2))
+    return float((w * torch.arange(img.shape[-2])).sum() / w.sum())
+
+
+def test_training_path_is_the_eval_path_under_a_near_identity_warp(small_mnist):
+    """The augmentation's own scaling, resize and normalisation equal evaluation's: with a warp of
+    ~0 strength the two inputs match, at the images' size and when shrinking (antialiased first)."""
+    x = torch.from_numpy(small_mnist.images["val"][:16].copy()).permute(0, 3, 1, 2)
+    for size in (28, 16):
+        pre = Preprocess(make_config({"img_size": size, "aug_strength": 1e-6}), torch.device("cpu"))
+        assert torch.allclose(pre.train(x, torch.Generator().manual_seed(0)), pre.eval(x), atol=2e-3), size
+
+
+def test_shifts_reach_as_far_vertically_as_horizontally(small_mnist):
+    x = torch.from_numpy(small_mnist.images["train"][:256].copy()).permute(0, 3, 1, 2)
+    pre = Preprocess(make_config({"img_size": 28, "aug_shift": 0.2, "aug_rotate": 0, "aug_scale": 0,
+                                  "channels_last": False}), torch.device("cpu"))
+    a, plain = pre.train(x, torch.Generator().manual_seed(3)), pre.eval(x)
+    dx = [abs(_centroid_x(a[i] - a[i].min()) - _centroid_x(plain[i] - plain[i].min())) for i in range(256)]
+    dy = [abs(_centroid_y(a[i] - a[i].min()) - _centroid_y(plain[i] - plain[i].min())) for i in range(256)]
+    assert 0.7 < np.median(dy) / np.median(dx) < 1.4, (np.median(dx), np.median(dy))
