@@ -54,6 +54,11 @@ class OutcomeRecorder(tune.Callback):
                     self.exp_dir, self._record = found, None
                 return
 
+    def __getstate__(self) -> dict:
+        # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on --resume:
+        # the cached record must not travel, or the resumed run would write a stale copy over the file
+        return {**self.__dict__, "_record": None}
+
     def _load(self) -> dict:
         if self._record is None:
             self._record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
@@ -75,6 +80,7 @@ class OutcomeRecorder(tune.Callback):
 
     # ------------------------------------------------------------ Tune's hooks
     def setup(self, **info) -> None:
+        self._record = None  # read what an earlier (interrupted) run of this experiment recorded
         if self.exp_dir.is_dir():
             self._load().update(ended=None, budget_fired=False)  # running
             self._save()
