@@ -71,7 +71,7 @@ def _to_target(run: dict, target: float):
 
 
 def _configs(run: dict) -> list:
-    return sorted(json.dumps({k: v for k, v in t["config"].items()}, sort_keys=True) for t in run["trials"].values())
+    return sorted(json.dumps(t["config"], sort_keys=True) for t in run["trials"].values())
 
 
 def part_fidelity(storage, args, seeds=None):

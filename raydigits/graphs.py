@@ -67,18 +67,17 @@ class DeviceLR:
 class CapturedStep:
     """A graph of `fn(index_tensor)` over a static index buffer of `batch` items."""
 
-    def __init__(self, fn, batch: int, device: torch.device, pool=None):
+    def __init__(self, fn, batch: int, device: torch.device):
         self.fn, self.device = fn, device
         self.index = torch.zeros(batch, dtype=torch.long, device=device)
         self.graph = torch.cuda.CUDAGraph()
-        self.pool = pool
         self.out = None
 
     def capture(self, index: torch.Tensor, context=contextlib.nullcontext) -> None:
         self.index.copy_(index)
         torch.cuda.synchronize(self.device)
         # thread_local: Tune runs the trial in a thread; other threads may touch CUDA meanwhile
-        with context(), torch.cuda.graph(self.graph, pool=self.pool, capture_error_mode="thread_local"):
+        with context(), torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.out = self.fn(self.index)
 
     def __call__(self, index: torch.Tensor):
@@ -87,14 +86,12 @@ class CapturedStep:
         return self.out
 
 
-def warmup_stream(device: torch.device):
-    """Run eager warmup steps on a side stream, as torch's capture recipe asks."""
+@contextlib.contextmanager
+def side_stream(device: torch.device):
+    """Run an eager warmup step on a side stream, as torch's capture recipe asks: the side stream
+    waits for the work queued so far, and the current stream waits for the step."""
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
-
-    @contextlib.contextmanager
-    def ctx():
-        with torch.cuda.stream(side):
-            yield
-        torch.cuda.current_stream(device).wait_stream(side)
-    return ctx
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream(device).wait_stream(side)

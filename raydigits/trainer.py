@@ -17,7 +17,7 @@ from .atomic import atomic_path
 from .config import TrainConfig
 from .data.store import Dataset
 from .errors import UserError
-from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, warmup_stream
+from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, side_stream
 from .models import build_model, head_root, set_frozen, train_mode
 from .optim import build_loss, build_optimizer, build_scheduler, current_lr
 from .pipeline import Predictor, Preprocess, SplitBatches
@@ -165,7 +165,7 @@ class Trainer:
         with quiet_capturable():
             if self._warm.get(key, 0) < WARMUP_STEPS:
                 self._warm[key] = self._warm.get(key, 0) + 1
-                with warmup_stream(self.device)():
+                with side_stream(self.device):
                     return fn(idx)
             graph = CapturedStep(fn, len(idx), self.device)
             try:
