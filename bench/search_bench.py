@@ -40,9 +40,10 @@ def _run(spec: dict, storage: str) -> dict:
     s = parse_spec(spec, spec["name"])
     runner.check_resources(s)
     started = time.time()
-    exp = runner.run_search(s, storage, spec["name"], runner.load_data(s), verbose=0)
+    from raydigits.storage import Location
+    exp = runner.run_search(s, Location.parse(storage) / spec["name"], runner.load_data(s), verbose=0)
     trials = {}
-    for d in sorted(Path(exp).iterdir()):
+    for d in sorted(exp.local.iterdir()):
         f = d / "result.json"
         if f.exists():
             rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]

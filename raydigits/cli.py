@@ -1,8 +1,10 @@
 """The command line behind launch.py:
 
     python launch.py --search-space NAME_OR_PATH [--address auto|HOST:PORT] [overrides...]
-    python launch.py --resume EXPERIMENT_DIR
-    python launch.py export EXPERIMENT_DIR [--images DIR] [--out FILE]
+    python launch.py --resume EXPERIMENT_DIR_OR_URI
+    python launch.py export EXPERIMENT_DIR_OR_URI [--images DIR] [--out FILE] [--force]
+
+Experiments live in a local folder or any storage URI pyarrow understands (s3://, gs://, file://).
 
 User mistakes print one `error:` line and exit 2 (tracebacks only with --debug)."""
 from __future__ import annotations
@@ -15,12 +17,18 @@ from pathlib import Path
 
 from .errors import UserError
 
+DEFAULT_STORAGE = "ray_results"
+# options that shape a new search: --resume continues the saved one as it was and refuses them
+NEW_SEARCH_ONLY = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent",
+                   "cpus_per_trial": "--cpus-per-trial", "gpus_per_trial": "--gpus-per-trial",
+                   "seed": "--seed", "name": "--name", "storage_path": "--storage-path", "overrides": "--set"}
+
 
 def _search_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py", description="Ray Tune hyperparameter search.")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--search-space", help="a YAML path, or a name in search_spaces/ (e.g. smoke)")
-    src.add_argument("--resume", type=Path, metavar="EXPERIMENT_DIR", help="continue an interrupted search")
+    src.add_argument("--resume", metavar="EXPERIMENT", help="continue an interrupted search (a folder or URI)")
     p.add_argument("--address", default=None, help="attach to a running cluster: auto or HOST:PORT")
     p.add_argument("--num-samples", type=int)
     p.add_argument("--max-concurrent", type=int)
@@ -28,8 +36,9 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=_gpu_arg, help="a fraction of a GPU per trial, or auto (pack by memory)")
     p.add_argument("--seed", type=int)
     p.add_argument("--name", help="experiment name (default: <space name>_<timestamp>)")
-    p.add_argument("--storage-path", default="ray_results",
-                   help="where experiments go (default ./ray_results; multi-node: a shared path or s3://)")
+    p.add_argument("--storage-path", default=None,
+                   help=f"where experiments go: a folder or a URI such as s3://bucket/prefix (default "
+                        f"./{DEFAULT_STORAGE}; multi-node: a shared folder or an object store)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fixed trainer value for every trial (repeatable)")
     p.add_argument("--no-final", action="store_true", help="skip the final stage")
@@ -50,9 +59,10 @@ def _gpu_arg(text: str):
 
 def _export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="launch.py export", description="Re-run the final stage of an experiment.")
-    p.add_argument("experiment", type=Path)
+    p.add_argument("experiment", help="the experiment's folder or URI")
     p.add_argument("--images", type=Path, default=None, help="predict every image under DIR instead")
-    p.add_argument("--out", type=Path, default=None, help="pre.csv path (with --images)")
+    p.add_argument("--out", type=Path, default=None, help="pre.csv path (with --images; default DIR/pre.csv)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (reported)")
     p.add_argument("--address", default=None)
     p.add_argument("--debug", action="store_true")
@@ -78,22 +88,35 @@ def _apply_overrides(raw: dict, args) -> dict:
     return raw
 
 
+def _refuse_with_resume(args) -> None:
+    """--resume continues the saved search exactly; options that would change it are refused
+    (Tune restores an experiment as it was: they would be silently ignored)."""
+    given = [flag for key, flag in NEW_SEARCH_ONLY.items() if getattr(args, key) not in (None, [])]
+    if given:
+        raise UserError(f"--resume: {', '.join(given)} cannot change a saved search (it continues as it "
+                        "was started); drop them, or start a new search with --search-space")
+
+
 def cmd_search(args) -> int:
     from .config import load_yaml_file
     from .search import runner
-    from .search.spec import parse_spec, resolve_path
+    from .search.spec import early_rung_warning, parse_spec, resolve_path
+    from .storage import Location, check_name
     if args.resume is None:
         path = resolve_path(args.search_space)
         spec = parse_spec(_apply_overrides(load_yaml_file(path), args), str(path))
-        storage = args.storage_path if "://" in args.storage_path else str(Path(args.storage_path).resolve())
-        name = args.name or f"{spec.name}_{time.strftime('%Y%m%d-%H%M%S')}"
-        check_writable(Path(storage) if "://" not in storage else None, "--storage-path")
+        storage = Location.parse(args.storage_path or DEFAULT_STORAGE, "--storage-path")
+        name = check_name(args.name) if args.name is not None else f"{spec.name}_{time.strftime('%Y%m%d-%H%M%S')}"
+        exp = storage / name
+        storage.check_writable("--storage-path")
+        runner.check_new_experiment(exp)  # before Ray starts: never over an earlier search
     else:
-        spec = runner.read_spec(args.resume)
+        _refuse_with_resume(args)
+        exp = Location.parse(args.resume, "--resume")
+        spec = runner.read_spec(exp)
     data_dir = runner.data_dir_of(spec)  # before Ray starts: a data problem fails in seconds
     data = runner.load_data(spec, data_dir)
-    info = runner.start_ray(args.address, args.dashboard_port,
-                            job_name=name if args.resume is None else Path(args.resume).name)
+    info = runner.start_ray(args.address, args.dashboard_port, job_name=exp.name)
     print_dashboard(info)
     runner.check_resources(spec)
     if args.resume is None:
@@ -101,30 +124,28 @@ def cmd_search(args) -> int:
         packing = resolve_auto_gpu(spec, data)  # gpu: auto → a measured share, saved with the spec
         if packing is not None:
             print(packing.line(), flush=True)
-    from .search.spec import early_rung_warning
     warning = early_rung_warning(spec, len(data.labels["train"]))  # said once the search really starts
     if warning:
         print(warning, file=sys.stderr, flush=True)
     started = time.time()
     try:
         if args.resume is None:
-            exp_dir = runner.run_search(spec, storage, name, data, args.verbose, data_dir=data_dir)
+            runner.run_search(spec, exp, data, args.verbose, data_dir=data_dir)
         else:
-            exp_dir = runner.resume_search(args.resume, spec, data, data_dir)
+            runner.resume_search(exp, spec, data, data_dir)
     except KeyboardInterrupt:
-        exp_dir = args.resume or Path(storage) / name
-        return _interrupted(exp_dir)
-    if _was_interrupted(exp_dir, spec, started):  # Tune handled a Ctrl-C and returned early
-        return _interrupted(exp_dir)
-    print(f"search finished in {time.time() - started:.0f}s: {exp_dir}")
+        return _interrupted(exp)
+    if _was_interrupted(exp, spec, started):  # Tune handled a Ctrl-C and returned early
+        return _interrupted(exp)
+    print(f"search finished in {time.time() - started:.0f}s: {exp}")
     if args.no_final:
         return 0
     from .final import run_final
-    run_final(exp_dir, spec)
+    run_final(exp, spec)
     return 0
 
 
-def _was_interrupted(exp_dir: Path, spec, started: float) -> bool:
+def _was_interrupted(exp_dir, spec, started: float) -> bool:
     """Whether the fit ended early on a Ctrl-C: unfinished trials in Tune's state that the time
     budget did not cut. Whether the budget fired is recorded when it fires (recorder.BudgetStopper);
     experiments written before that was recorded: from the wall clock."""
@@ -142,18 +163,6 @@ def _interrupted(exp_dir) -> int:
     print(f"\ninterrupted; the search state is saved. Resume with: python launch.py --resume {exp_dir}",
           file=sys.stderr)
     return 130
-
-
-def check_writable(folder: Path | None, what: str, shown: Path | None = None) -> None:
-    """Refuse, before any work starts and without creating anything, an output folder that could
-    not be created or written into."""
-    if folder is None:
-        return
-    existing = Path(folder).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {shown or folder}: cannot write there ({existing} is not a writable folder)")
 
 
 def token_source() -> str:
@@ -185,14 +194,16 @@ def print_dashboard(info: dict) -> None:
 def cmd_export(args) -> int:
     from .final import export_images, run_final
     from .search.runner import read_spec, start_ray
-    spec = read_spec(args.experiment)
+    from .storage import Location
+    exp = Location.parse(args.experiment, "experiment")
+    spec = read_spec(exp)
     if args.images is not None:
-        if args.out is not None:
-            check_writable(args.out.resolve().parent, "--out", args.out)
-        export_images(args.experiment, args.images, args.out, args.skip_corrupt)
+        export_images(exp, args.images, args.out, args.skip_corrupt, args.force)
         return 0
+    if args.out is not None or args.force:
+        raise UserError("--out/--force: only with --images (the final stage writes into the experiment's final/)")
     start_ray(args.address)
-    run_final(Path(args.experiment).resolve(), spec)
+    run_final(exp, spec)
     return 0
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -15,6 +14,7 @@ from .search.outcomes import NEVER_CHOSEN, read_record
 from .search.ray_compat import trial_states
 from .search.spec import SearchSpec
 from .search.trainable import CHECKPOINT_FILE
+from .storage import Location, as_location
 
 INTERNAL = ["path", "results"]  # load_trials columns kept out of trials.csv
 UNFINISHED_STATUSES = ("RUNNING", "PENDING", "PAUSED")
@@ -25,11 +25,11 @@ class Choice:
     trial_id: str
     epoch: int
     value: float
-    checkpoint: Path
+    checkpoint: Location
     config: dict
 
 
-def load_trials(exp_dir: Path, spec: SearchSpec) -> pd.DataFrame:
+def load_trials(exp_dir: Location | str, spec: SearchSpec) -> pd.DataFrame:
     """One row per trial: id, status, outcome, epochs, best val, params, path, and its reported
     results (read once here; `INTERNAL` columns are not written to trials.csv)."""
     record = (read_record(exp_dir) or {"trials": {}})["trials"]
@@ -88,13 +88,14 @@ def asha_rungs(spec: SearchSpec) -> set[int]:
     return rungs
 
 
-def read_results(trial_dir: Path) -> list[dict]:
+def read_results(trial_dir: Location | str) -> list[dict]:
     """A trial's reported results (Tune's result.json); a line cut by a crash is skipped."""
-    f = Path(trial_dir) / "result.json"
-    if not f.exists():
+    try:
+        text = (as_location(trial_dir) / "result.json").read_text()
+    except FileNotFoundError:
         return []
     out = []
-    for line in f.read_text().splitlines():
+    for line in text.splitlines():
         try:
             out.append(json.loads(line))
         except json.JSONDecodeError:
@@ -102,7 +103,7 @@ def read_results(trial_dir: Path) -> list[dict]:
     return out
 
 
-def unfinished_trials(exp_dir: Path) -> list[str]:
+def unfinished_trials(exp_dir: Location | str) -> list[str]:
     """Trials neither TERMINATED nor ERROR (a search stopped by Ctrl-C leaves some)."""
     return [t["trial_id"] for t in trial_states(exp_dir) if t["status"] not in ("TERMINATED", "ERROR")]
 
@@ -119,7 +120,7 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
             v = r.get(spec.metric)
             if v is None or not math.isfinite(v) or not r.get("checkpoint_dir_name"):
                 continue
-            ck = Path(t["path"]) / r["checkpoint_dir_name"] / CHECKPOINT_FILE
+            ck = as_location(t["path"]) / r["checkpoint_dir_name"] / CHECKPOINT_FILE
             candidates.append((v if spec.mode == "max" else -v, -int(r["epoch"]), t["trial_id"], ck, r))
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
     for score, neg_epoch, trial_id, ck, r in candidates:

@@ -6,6 +6,7 @@ predict a folder of images with best_model.pt."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +18,9 @@ from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
 from .experiment import INTERNAL, choose_best, load_trials
 from .inference import predict_state, save_models
-from .search.runner import RUN_FILE
+from .search.runner import read_run
 from .search.spec import SearchSpec, trial_values
+from .storage import Location, as_location, staged
 
 FINAL_DIR = "final"
 TASK_CPUS = 1  # the evaluation task's CPUs (and one GPU when the cluster has one)
@@ -32,13 +34,19 @@ def predict_on_cluster(state: dict, images: np.ndarray) -> np.ndarray:
     return ray.get(task.remote(state, images, "cuda" if gpus else "cpu"))
 
 
-def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
-    """Everything in <exp_dir>/final/. Returns metrics.json's content."""
+def run_final(exp_dir: Location | str, spec: SearchSpec) -> dict:
+    """Everything in <exp_dir>/final/ (written locally, then published there when the experiment
+    lives in remote storage). Returns metrics.json's content."""
+    exp_dir = as_location(exp_dir)
+    with staged(exp_dir / FINAL_DIR) as out:
+        metrics = _final(exp_dir, spec, out)
+    print_summary(exp_dir / FINAL_DIR, metrics, spec)
+    return metrics
+
+
+def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     from .report import write_plots
     from .trainer import load_checkpoint
-    exp_dir = Path(exp_dir).resolve()
-    out = exp_dir / FINAL_DIR
-    out.mkdir(parents=True, exist_ok=True)
     trials = load_trials(exp_dir, spec)
     choice = choose_best(trials, spec)
     state = load_checkpoint(choice.checkpoint)
@@ -52,7 +60,7 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
     pre = predictions_frame(data.ids[split], probs, names)
     write_csv(out / "pre.csv", pre)
     metrics = split_metrics(data.labels[split], y_pred, names, split)
-    run = json.loads((exp_dir / RUN_FILE).read_text()) if (exp_dir / RUN_FILE).exists() else {}
+    run = read_run(exp_dir)
     last = max((r.get("timestamp", 0) for rs in trials["results"] for r in rs), default=0)
     counts = trials["outcome"].value_counts().to_dict()
     effective = {spec.target(n) for n in spec.parameters}
@@ -73,11 +81,10 @@ def run_final(exp_dir: Path, spec: SearchSpec) -> dict:
     save_models(out, state, manifest["image_shape"])
     write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
                 metrics["confusion_matrix"])
-    print_summary(out, metrics, spec)
     return metrics
 
 
-def print_summary(out: Path, m: dict, spec: SearchSpec) -> None:
+def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print("\n== raydigits: final ==")
     print(f"best trial {m['best_trial']} (epoch {m['best_epoch']}): {spec.metric} "
           f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m[m['evaluated_split'] + '_accuracy']:.4f}"
@@ -90,26 +97,46 @@ def print_summary(out: Path, m: dict, spec: SearchSpec) -> None:
     print(f"files: {out}/ (pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
-def export_images(exp_dir: Path, images_dir: Path, out_file: Path | None, skip_corrupt: bool) -> Path:
-    """pre.csv for every image under `images_dir`, from final/best_model.pt (on this machine's CPU)."""
+def export_images(exp_dir: Location | str, images_dir: Path, out_file: Path | None, skip_corrupt: bool,
+                  force: bool = False) -> Path:
+    """pre.csv for every image under `images_dir`, from final/best_model.pt (on this machine's CPU).
+    Never writes over one of its input images; over an existing file only with `force`."""
     from .data.sources import list_images, read_images
     from .trainer import load_checkpoint
-    exp_dir, images_dir = Path(exp_dir).resolve(), Path(images_dir)
+    exp_dir, images_dir = as_location(exp_dir), Path(images_dir)
     model_file = exp_dir / FINAL_DIR / "best_model.pt"
     if not model_file.exists():
         raise UserError(f"{model_file}: missing; run `python launch.py export {exp_dir}` first")
-    state = load_checkpoint(model_file)
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir}: no such folder")
-    h, w, c = state["input_shape"]
     files = list_images(images_dir)
     if not files:
         raise UserError(f"--images {images_dir}: no png/jpg/jpeg images")
+    out_file = Path(out_file) if out_file else images_dir / "pre.csv"
+    check_output_file(out_file, "--out", inputs=files, force=force)
+    state = load_checkpoint(model_file)
+    h, w, c = state["input_shape"]
     arrays, ids, skipped = read_images(files, images_dir, h, c, skip_corrupt)
     if not arrays:
         raise UserError(f"--images {images_dir}: no readable images")
     probs = predict_state(state, np.stack(arrays), "cpu")
-    out_file = Path(out_file) if out_file else images_dir / "pre.csv"
     write_csv(out_file, predictions_frame(ids, probs, state["class_names"]))
     print(f"wrote {out_file}: {len(ids)} predictions" + (f"; skipped {len(skipped)} unreadable: {skipped}" if skipped else ""))
     return out_file
+
+
+def check_output_file(out: Path, what: str, inputs=(), force: bool = False) -> None:
+    """Refuse, before any work, an output file that is one of the inputs (even with --force), that
+    is a folder, or that exists (unless --force), or whose folder cannot be written."""
+    target = Path(out).resolve()
+    if any(target == Path(f).resolve() for f in inputs):
+        raise UserError(f"{what} {out}: that is one of the input images; write the predictions elsewhere")
+    if target.is_dir():
+        raise UserError(f"{what} {out}: is a folder; give a file path such as {Path(out) / 'pre.csv'}")
+    if target.exists() and not force:
+        raise UserError(f"{what} {out}: already exists; pass --force to replace it")
+    existing = target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out}: cannot write there ({existing} is not a writable folder)")

@@ -3,6 +3,7 @@ atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import time
 from pathlib import Path
@@ -376,12 +377,17 @@ class Trainer:
         self.load_state_dict(load_checkpoint(path))
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such checkpoint")
+def load_checkpoint(path) -> dict:
+    """A raydigits checkpoint dict from a local path, a URI or a storage.Location (weights only:
+    no pickled code is run)."""
+    from .storage import as_location
+    loc = as_location(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        data = io.BytesIO(loc.read_bytes())
+    except (FileNotFoundError, IsADirectoryError):
+        raise UserError(f"{path}: no such checkpoint") from None
+    try:
+        state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: "
                         f"{type(exc).__name__})") from None

@@ -30,8 +30,11 @@ def _ip(*args: str) -> None:
 
 
 class TwoNodeCluster:
-    def __init__(self, log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1):
+    def __init__(self, log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, extra_env=None):
+        """`extra_env(cluster) -> dict`: more environment for every node and client, computed once
+        the head's IP is known (e.g. an object store's endpoint on the head)."""
         self.log_dir, self.head_cpus, self.worker_cpus = Path(log_dir), head_cpus, worker_cpus
+        self.extra_env = extra_env
         tag = str(os.getpid() % 100000)
         self.ns, self.veth_host, self.veth_ns = f"rdw{tag}", f"rdh{tag}", f"rdn{tag}"
         self.netns = False
@@ -75,7 +78,7 @@ class TwoNodeCluster:
     def env(self) -> dict:
         """For every process that talks to this cluster: token authentication on, as Ray's default."""
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        return {**env, "RAY_AUTH_MODE": "token"}
+        return {**env, "RAY_AUTH_MODE": "token", **(self.extra_env(self) if self.extra_env else {})}
 
     def __enter__(self) -> "TwoNodeCluster":
         try:

@@ -2,11 +2,13 @@
 diverges; Ctrl-C on the driver. Each runs the real CLI in a subprocess against a real Ray."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import yaml
 
 from cluster import TwoNodeCluster
 from helpers import REPO, launch, results
+from s3 import BUCKET, s3_env, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -30,45 +33,84 @@ def _space(tmp_path: Path, **over) -> Path:
     return path
 
 
-def test_search_survives_losing_a_worker_node(tmp_path, mnist_dir):
-    """Two nodes (the worker in its own network namespace where possible), storage both can reach;
-    the worker node is SIGKILLed while one of its trials is mid-run. Its trial is retried from its
-    checkpoint on the surviving node; every trial finishes; the final stage writes its outputs."""
+def _staged_trials(name: str) -> list[Path]:
+    """The driver's local copies of a running experiment's trial folders (Tune stages them under
+    the Ray session's artifacts/ and uploads them to remote storage every sync period)."""
+    root = Path(tempfile.gettempdir()) / "ray"
+    return sorted(root.glob(f"session_*/artifacts/*/{name}/driver_artifacts/cluster_*"))
+
+
+def test_search_on_s3_survives_losing_a_worker_node(tmp_path, mnist_dir, mnist, monkeypatch):
+    """Two nodes (the worker in its own network namespace where possible) and an S3-compatible
+    server both reach; the search writes to s3://; the worker node is SIGKILLed while one of its
+    trials is mid-run. Its trial is retried from its checkpoint (read back from S3) on the surviving
+    node; every trial finishes; the final stage reads the experiment from S3 and writes its outputs
+    there; export predicts a folder with the model it reads from S3. Nothing lands on local disk."""
+    from raydigits.experiment import read_results
+    from raydigits.storage import Location
     space = _space(tmp_path, name="cluster", num_samples=3)
-    storage = tmp_path / "shared"
-    with TwoNodeCluster(tmp_path) as cluster:
-        proc = launch(["--search-space", str(space), "--address", cluster.address, "--storage-path",
-                        str(storage), "--name", "c"], env=cluster.env)
-        exp, victim, deadline = storage / "c", None, time.time() + 300
-        while victim is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            on_worker = cluster.node_pids("worker")
-            for d in exp.glob("cluster_*"):
-                rows = results(d)
-                if rows and rows[-1]["pid"] in on_worker and not rows[-1].get("done"):
-                    victim = (d, rows)
-        assert victim is not None, "no trial ran on the worker node"
-        cluster.kill("worker")
-        assert not cluster.node_pids("worker")  # the whole node is gone
-        out, _ = proc.communicate(timeout=600)
-    assert proc.returncode == 0, out[-5000:]
-    # attached to a cluster: how to reach its dashboard from elsewhere, and how to log in
-    assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" in out
-    assert f"ssh -L {cluster.dashboard_port}:localhost:{cluster.dashboard_port}" in out and "login:" in out
-    from browser import read_token
-    assert read_token() not in out
-    trial_dir, before = victim
-    rows = results(trial_dir)
-    assert rows[:len(before)] == before
-    assert [r["epoch"] for r in rows] == [1, 2, 3]  # continued from its checkpoint, nothing done twice
-    assert rows[-1]["pid"] != before[-1]["pid"]
-    if cluster.netns:  # the two nodes had different IPs: the retry ran on the head
-        assert before[-1]["node_ip"] == cluster.worker_ip and rows[-1]["node_ip"] == cluster.head_ip
-    trials = pd.read_csv(exp / "final" / "trials.csv")
-    assert len(trials) == 3 and (trials["status"] == "TERMINATED").all() and (trials["epochs"] == 3).all()
-    assert trials.set_index("trial_id").loc[trial_dir.name.split("_", 1)[1], "retries"] >= 1
-    pre = pd.read_csv(exp / "final" / "pre.csv")
-    assert len(pre) == 10_000 and json.loads((exp / "final" / "metrics.json").read_text())["n_trials"] == 3
+    name = f"s3c{os.getpid()}"
+    with s3_server() as (port, env, client):
+        def endpoint(cluster):  # the head's address: the worker node (maybe another netns) reaches it
+            return s3_env(cluster.head_ip, port)
+        with TwoNodeCluster(tmp_path, extra_env=endpoint) as cluster:
+            uri = f"s3://{BUCKET}/shared"
+            proc = launch(["--search-space", str(space), "--address", cluster.address, "--storage-path", uri,
+                           "--name", name], env=cluster.env)
+            victim, deadline = None, time.time() + 300
+            while victim is None and time.time() < deadline and proc.poll() is None:
+                time.sleep(0.5)
+                on_worker = cluster.node_pids("worker")
+                for d in _staged_trials(name):
+                    rows = results(d)
+                    if rows and rows[-1]["pid"] in on_worker and not rows[-1].get("done"):
+                        victim = (d.name, rows)
+            assert victim is not None, "no trial ran on the worker node"
+            cluster.kill("worker")
+            assert not cluster.node_pids("worker")  # the whole node is gone
+            out, _ = proc.communicate(timeout=600)
+            s3env = cluster.env
+        assert proc.returncode == 0, out[-5000:]
+        # attached to a cluster: how to reach its dashboard from elsewhere, and how to log in
+        assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" in out
+        assert f"ssh -L {cluster.dashboard_port}:localhost:{cluster.dashboard_port}" in out and "login:" in out
+        from browser import read_token
+        assert read_token() not in out
+        for k, v in env.items():  # this process reads the bucket through the storage layer too
+            monkeypatch.setenv(k, v)
+        exp = Location.parse(f"{uri}/{name}")
+        trial_name, before = victim
+        rows = read_results(exp / trial_name)
+        assert rows[:len(before)] == before
+        assert [r["epoch"] for r in rows] == [1, 2, 3]  # continued from its checkpoint, nothing done twice
+        assert rows[-1]["pid"] != before[-1]["pid"]
+        if cluster.netns:  # the two nodes had different IPs: the retry ran on the head
+            assert before[-1]["node_ip"] == cluster.worker_ip and rows[-1]["node_ip"] == cluster.head_ip
+        final = exp / "final"
+        trials = pd.read_csv(io.StringIO((final / "trials.csv").read_text()))
+        assert len(trials) == 3 and (trials["status"] == "TERMINATED").all() and (trials["epochs"] == 3).all()
+        assert trials.set_index("trial_id").loc[trial_name.split("_", 1)[1], "retries"] >= 1
+        pre = pd.read_csv(io.StringIO((final / "pre.csv").read_text()), dtype=str)
+        metrics = json.loads((final / "metrics.json").read_text())
+        assert len(pre) == 10_000 and metrics["n_trials"] == 3 and metrics["checkpoint"].startswith(uri)
+        assert json.loads((exp / "raydigits_outcomes.json").read_text())["ended"] == "finished"
+        for f in ("best_model.pt", "best_model.pt2", "learning_curves.png", "confusion_matrix.png"):
+            assert (final / f).is_file(), f
+        assert f"files: {uri}/{name}/final/" in out
+        assert not list(REPO.glob("s3*")) and not (REPO / "ray_results" / name).exists()
+        # export reads best_model.pt from S3 and predicts a local folder
+        import cv2
+        folder = tmp_path / "imgs"
+        folder.mkdir()
+        for i in range(4):
+            cv2.imwrite(str(folder / f"d{i}.png"), mnist.images["test"][i, :, :, 0])
+        proc = subprocess.run([sys.executable, "launch.py", "export", str(exp), "--images", str(folder)],
+                              cwd=REPO, capture_output=True, text=True, timeout=300, env=s3env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        exported = pd.read_csv(folder / "pre.csv", dtype=str)
+        assert exported["image_id"].tolist() == [f"d{i}.png" for i in range(4)]
+        best = pre.set_index("image_id").loc[[str(x) for x in mnist.ids["test"][:4]]]
+        assert (exported["label"].to_numpy() == best["label"].to_numpy()).all()
 
 
 def test_diverging_trial_is_marked_and_never_chosen(tmp_path, mnist_dir):
@@ -93,8 +135,9 @@ def test_diverging_trial_is_marked_and_never_chosen(tmp_path, mnist_dir):
 
 def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     """SIGINT to the driver's whole process group, as a terminal's Ctrl-C sends it: the driver says
-    how to resume and exits 130 without a traceback; --resume finishes and re-runs nothing."""
-    proc = launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "ctrlc",
+    how to resume and exits 130 without a traceback; --resume finishes and re-runs nothing. The
+    storage is given as a file:// URI: the experiment is the plain folder it names."""
+    proc = launch(["--search-space", "smoke", "--storage-path", f"file://{tmp_path}", "--name", "ctrlc",
                     "--num-samples", "3", "--max-concurrent", "1", "--no-final",
                     "--set", "train_items=500", "--set", "val_items=200"])
     exp, seen, deadline = tmp_path / "ctrlc", {}, time.time() + 300
@@ -115,3 +158,4 @@ def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     assert len(dirs) == 3 and all(results(d)[-1].get("done") for d in dirs)
     for name, rows in snapshot.items():  # what had been reported is kept, not redone
         assert results(exp / name)[:len(rows)] == rows
+    assert not (REPO / "file:").exists() and (exp / "raydigits_outcomes.json").exists()

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from helpers import REPO, launch, results, stale_cluster_record
+from s3 import BUCKET, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -182,34 +183,48 @@ def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mni
     assert proc.returncode == 2 and "not a raydigits experiment" in proc.stderr
 
 
-def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir):
-    proc = launch(["--search-space", "smoke", "--storage-path", str(tmp_path), "--name", "killme",
-                    "--max-concurrent", "1", "--num-samples", "3", "--no-final",
-                    "--set", "train_items=500", "--set", "val_items=200"])
-    exp = tmp_path / "killme"
-    deadline = time.time() + 300
-    finished = {}
-    while time.time() < deadline and not finished:
-        time.sleep(1)
-        for d in exp.glob("smoke_*"):
-            rows = results(d)
-            if rows and rows[-1].get("done"):
-                finished[d.name] = rows
-    assert finished, "no trial finished before the deadline"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    proc.wait(timeout=30)
-    time.sleep(2)
-    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(exp), "--no-final"], cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    for name, rows in finished.items():
-        assert results(exp / name) == rows  # not re-run: no new reports
-    dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
-    assert len(dirs) == 3 and all(results(d) and results(d)[-1].get("done") for d in dirs)
-    # --max-concurrent 1 held although 2 CPUs were free: no two trials trained at the same time
-    spans = sorted((r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"])
-                   for r in map(results, dirs))
-    assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:])), spans
+def test_killed_search_on_s3_resumes_without_rerunning_finished_trials(tmp_path, mnist_dir, monkeypatch):
+    """A search writing to an S3-compatible server; its driver (and the local Ray it started) is
+    SIGKILLed once storage records a finished trial; `--resume s3://...` finishes the rest without
+    re-running what storage recorded as finished."""
+    from raydigits.experiment import read_results
+    from raydigits.search.ray_compat import trial_states
+    from raydigits.storage import Location
+    with s3_server() as (port, env, client):
+        for k, v in env.items():  # this process reads the bucket through the storage layer too
+            monkeypatch.setenv(k, v)
+        uri = f"s3://{BUCKET}/runs/killme"
+        proc = launch(["--search-space", "smoke", "--storage-path", f"s3://{BUCKET}/runs", "--name", "killme",
+                       "--max-concurrent", "1", "--num-samples", "3", "--no-final",
+                       "--set", "train_items=500", "--set", "val_items=200"], env={**os.environ, **env})
+        exp = Location.parse(uri)
+        deadline = time.time() + 300
+        finished = {}
+        while time.time() < deadline and not finished and proc.poll() is None:
+            time.sleep(1)
+            if not exp.glob("experiment_state-*.json"):
+                continue
+            for t in trial_states(exp):
+                rows = read_results(t["path"])
+                if t["status"] == "TERMINATED" and rows and rows[-1].get("done"):
+                    finished[t["path"].name] = rows
+        assert finished, "storage recorded no finished trial before the deadline"
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait(timeout=30)
+        time.sleep(2)
+        resumed = subprocess.run([sys.executable, "launch.py", "--resume", uri, "--no-final"], cwd=REPO,
+                                 capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+        assert "search finished in" in resumed.stdout and uri in resumed.stdout
+        for name, rows in finished.items():
+            assert read_results(exp / name) == rows  # not re-run: no new reports
+        dirs = exp.glob("smoke_*")
+        runs = [read_results(d) for d in dirs]
+        assert len(dirs) == 3 and all(r and r[-1].get("done") for r in runs)
+        # --max-concurrent 1 held although 2 CPUs were free: no two trials trained at the same time
+        spans = sorted((r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in runs)
+        assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:])), spans
+        assert json.loads((exp / "raydigits_outcomes.json").read_text())["ended"] == "finished"
 
 
 def test_impossible_resources_are_refused_in_seconds(tmp_path):

@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
-import torch
 import yaml
 
 from helpers import REPO, results

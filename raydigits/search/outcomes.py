@@ -7,9 +7,8 @@ driver was killed)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-from ..atomic import write_text
+from ..storage import Location, as_location
 
 OUTCOMES_FILE = "raydigits_outcomes.json"
 OUTCOMES = ("completed", "asha_stopped", "time_budget", "not_started", "early_stopped", "diverged", "oom",
@@ -34,17 +33,14 @@ def ended_outcome(result: dict | None, max_epochs: int) -> str:
     return "completed" if epochs >= max_epochs else "asha_stopped"
 
 
-def read_record(exp_dir: Path) -> dict | None:
+def read_record(exp_dir: Location | str) -> dict | None:
     """The record, or None for an experiment written before outcomes were recorded."""
-    path = Path(exp_dir) / OUTCOMES_FILE
-    if not path.exists():
-        return None
     try:
-        record = json.loads(path.read_text())
-    except ValueError:
+        record = json.loads((as_location(exp_dir) / OUTCOMES_FILE).read_text())
+    except (FileNotFoundError, ValueError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("trials"), dict) else None
 
 
-def write_record(exp_dir: Path, record: dict) -> None:
-    write_text(Path(exp_dir) / OUTCOMES_FILE, json.dumps(record, indent=1, sort_keys=True))
+def write_record(exp_dir: Location | str, record: dict) -> None:
+    (as_location(exp_dir) / OUTCOMES_FILE).write_text(json.dumps(record, indent=1, sort_keys=True))

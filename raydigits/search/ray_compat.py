@@ -24,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ..errors import UserError
+from ..storage import Location, as_location
 
 TESTED_RAY = ((2, 60),)  # (major, minor) releases the suite ran on; pyproject pins the same range
 
@@ -143,12 +144,12 @@ def read_config_key(cfg, key: str):
 
 
 # ------------------------------------------------------------------ Tune's experiment state
-def trial_states(exp_dir: Path) -> list[dict]:
+def trial_states(exp_dir: Location | str) -> list[dict]:
     """[{trial_id, status, config, path, num_failures}] from the newest experiment_state-*.json, as
     plain JSON: Tune's own reader (ExperimentAnalysis) unpickles parts of the state, which the final
     stage and `export` never need."""
-    exp_dir = Path(exp_dir)
-    files = sorted(exp_dir.glob(STATE_GLOB))
+    exp_dir = as_location(exp_dir)
+    files = exp_dir.glob(STATE_GLOB)
     if not files:
         raise UserError(f"{exp_dir}: no Tune experiment state ({STATE_GLOB})")
     try:
@@ -166,8 +167,8 @@ def trial_states(exp_dir: Path) -> list[dict]:
     return trials
 
 
-def experiment_dir_of(trial) -> Path | None:
-    """The experiment folder of a Tune `Trial` on this machine, or None when it lives elsewhere
-    (remote storage)."""
-    path = Path(str(getattr(trial, "remote_experiment_path", "") or ""))
-    return path if path.is_absolute() and path.is_dir() else None
+def experiment_dir_of(trial) -> Location | None:
+    """The experiment folder of a Tune `Trial` on this machine's disk; None on remote storage (Tune
+    keeps that path without its URI scheme, so the caller's own Location stays the truth)."""
+    path = str(getattr(trial, "remote_experiment_path", "") or "")
+    return Location(path) if Path(path).is_absolute() and Path(path).is_dir() else None

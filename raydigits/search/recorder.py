@@ -2,12 +2,11 @@
 and the time budget as a `TimeoutStopper` that remembers it fired. Public Tune API only."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ray import tune
 from ray.tune.stopper import TimeoutStopper
 
 from .outcomes import ended_outcome, read_record, write_record
+from ..storage import Location, as_location
 from .ray_compat import experiment_dir_of
 
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
@@ -18,18 +17,20 @@ class BudgetStopper(TimeoutStopper):
     records in the experiment's outcome file that it ended the run (Tune hands callbacks no
     reference to the stopper, so the file is where the recorder learns it)."""
 
-    def __init__(self, timeout: float, exp_dir: Path):
+    def __init__(self, timeout: float, exp_dir: Location | str):
         super().__init__(timeout)
-        self.exp_dir = Path(exp_dir)
+        self.exp_dir = as_location(exp_dir)
         self.fired = False
 
     def stop_all(self) -> bool:
         stop = super().stop_all()
         if stop and not self.fired:
             self.fired = True
-            if self.exp_dir.is_dir():
-                record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
+            record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
+            try:
                 write_record(self.exp_dir, {**record, "budget_fired": True})
+            except Exception as exc:  # noqa: BLE001 — bookkeeping never ends a search
+                print(f"raydigits: could not record the time budget in {self.exp_dir}: {exc}", flush=True)
         return stop
 
 
@@ -40,8 +41,8 @@ class OutcomeRecorder(tune.Callback):
     time_budget / not_started when the budget fired (Tune marks those TERMINATED), interrupted
     for those a Ctrl-C left unfinished. A trial it has no record of is derived by experiment.py."""
 
-    def __init__(self, exp_dir: Path, max_epochs: int):
-        self.exp_dir = Path(exp_dir)
+    def __init__(self, exp_dir: Location | str, max_epochs: int):
+        self.exp_dir = as_location(exp_dir)
         self.max_epochs = max_epochs
         self._record: dict | None = None
 
@@ -71,19 +72,16 @@ class OutcomeRecorder(tune.Callback):
         self._save()
 
     def _save(self) -> None:
-        if not self.exp_dir.is_dir():  # remote storage: the final stage derives outcomes instead
-            return
         try:
             write_record(self.exp_dir, self._record)
-        except OSError as exc:  # never let bookkeeping end a search
+        except Exception as exc:  # noqa: BLE001 — never let bookkeeping end a search
             print(f"raydigits: could not record trial outcomes in {self.exp_dir}: {exc}", flush=True)
 
     # ------------------------------------------------------------ Tune's hooks
     def setup(self, **info) -> None:
         self._record = None  # read what an earlier (interrupted) run of this experiment recorded
-        if self.exp_dir.is_dir():
-            self._load().update(ended=None, budget_fired=False)  # running
-            self._save()
+        self._load().update(ended=None, budget_fired=False)  # running
+        self._save()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._set(trial, ended_outcome(trial.last_result, self.max_epochs))

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import write_text
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
+from ..storage import Location, as_location
 from . import ray_compat
 from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec
 
@@ -29,6 +29,7 @@ METRIC_COLUMNS = {"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss"
                   "images_per_s": "img/s"}
 PARAMETER_COLUMNS = 8        # the progress table shows at most this many searched parameters
 REPORT_EVERY_S = 15          # the progress table is printed at most this often
+SYNC_PERIOD_S = 30           # remote storage: Tune uploads the experiment's state at least this often
 
 
 def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -106,9 +107,10 @@ def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path):
     return ray_compat.named_trainable(fn, {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu})
 
 
-def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
+def _run_config(spec: SearchSpec, exp: Location, verbose: int):
     """Checkpoints, retries and the progress table; the outcome recorder, and the time budget as a
-    stopper that says when it ended the run (recorder.py)."""
+    stopper that says when it ended the run (recorder.py). Remote storage: Tune uploads the
+    driver's experiment state at least every SYNC_PERIOD_S (and whenever trials checkpoint)."""
     from ray import tune
     from .recorder import BudgetStopper, OutcomeRecorder
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
@@ -116,9 +118,10 @@ def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
                                 max_report_frequency=REPORT_EVERY_S, sort_by_metric=False,
                                 metric=spec.metric, mode=spec.mode)
     return tune.RunConfig(
-        name=name, storage_path=storage, verbose=verbose, progress_reporter=reporter,
-        callbacks=[OutcomeRecorder(Path(storage) / name, spec.epochs)],
-        stop=BudgetStopper(spec.time_budget_s, Path(storage) / name) if spec.time_budget_s else None,
+        name=exp.name, storage_path=exp.parent.tune_path, verbose=verbose, progress_reporter=reporter,
+        callbacks=[OutcomeRecorder(exp, spec.epochs)],
+        stop=BudgetStopper(spec.time_budget_s, exp) if spec.time_budget_s else None,
+        sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep,
                                                 checkpoint_score_attribute=spec.metric,
@@ -144,18 +147,38 @@ def _saved_spec(spec: SearchSpec, data_dir: Path) -> str:
     return yaml.safe_dump(d, sort_keys=False)
 
 
-def run_search(spec: SearchSpec, storage: str, name: str, data: Dataset, verbose: int = 1,
-               data_dir: Path | None = None):
+def check_new_experiment(exp: Location) -> None:
+    """Refuse a place that already holds something: a search (ours or another Tune run's) is
+    never written over; an earlier search is continued with --resume."""
+    if (exp / SPEC_FILE).exists():
+        raise UserError(f"--name {exp.name}: {exp} already holds a search; pick another --name or "
+                        f"continue it with --resume {exp}")
+    if exp.exists() and (not exp.is_dir() or exp.iterdir()):
+        raise UserError(f"--name {exp.name}: {exp} already exists and is not an empty folder; pick another --name")
+
+
+def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
+               data_dir: Path | None = None) -> Location:
     """A fresh search over `data` (from `load_data`; `data_dir` is where it came from, by default
-    the spec's). Returns the experiment dir (experiment.py reads the results from there)."""
-    from ray import tune
+    the spec's) into the experiment folder `exp`. Returns `exp` (experiment.py reads the results
+    from there). A search that fails before Tune wrote any state leaves nothing behind."""
     data_dir = data_dir or data_dir_of(spec)
-    exp_dir = Path(storage) / name
-    if (exp_dir / SPEC_FILE).exists():
-        raise UserError(f"{exp_dir} already holds a search; pick another --name or use --resume {exp_dir}")
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_text(exp_dir / SPEC_FILE, _saved_spec(spec, data_dir))
-    write_text(exp_dir / RUN_FILE, json.dumps({"started": time.time(), "name": name}))
+    check_new_experiment(exp)
+    exp.mkdir()
+    (exp / SPEC_FILE).write_text(_saved_spec(spec, data_dir))
+    (exp / RUN_FILE).write_text(json.dumps({"started": time.time(), "name": exp.name}))
+    try:
+        _fit_new(spec, exp, data, data_dir, verbose)
+    except BaseException:
+        if not exp.glob(ray_compat.STATE_GLOB):  # nothing to resume: do not block the same --name
+            exp.delete()
+        raise
+    _mark_finished(exp)
+    return exp
+
+
+def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, verbose: int) -> None:
+    from ray import tune
     tuner = tune.Tuner(
         _trainable(spec, data, data_dir),
         param_space=param_space(spec),
@@ -164,36 +187,49 @@ def run_search(spec: SearchSpec, storage: str, name: str, data: Dataset, verbose
                                     # time budget: a stopper in _run_config
                                     trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
                                     trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}"),
-        run_config=_run_config(spec, storage, name, verbose))
+        run_config=_run_config(spec, exp, verbose))
     tuner.fit()
-    _mark_finished(exp_dir)
-    return exp_dir
 
 
-def _mark_finished(exp_dir: Path) -> None:
-    path = Path(exp_dir) / RUN_FILE
-    run = json.loads(path.read_text()) if path.exists() else {}
-    write_text(path, json.dumps({**run, "finished": time.time()}))
+def read_run(exp: Location | str) -> dict:
+    """The run record (started, finished, name); {} when missing or unreadable."""
+    try:
+        run = json.loads((as_location(exp) / RUN_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return run if isinstance(run, dict) else {}
 
 
-def read_spec(exp_dir: Path) -> SearchSpec:
-    path = Path(exp_dir) / SPEC_FILE
-    if not path.exists():
-        raise UserError(f"{exp_dir}: not a raydigits experiment (no {SPEC_FILE})")
-    return parse_spec(yaml.safe_load(path.read_text()), str(path))
+def _mark_finished(exp: Location) -> None:
+    (exp / RUN_FILE).write_text(json.dumps({**read_run(exp), "finished": time.time()}))
 
 
-def resume_search(exp_dir: Path, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Path:
+def read_spec(exp: Location | str) -> SearchSpec:
+    """The spec saved beside an experiment; a UserError naming the place when it is not one."""
+    path = as_location(exp) / SPEC_FILE
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise UserError(f"{exp}: not a raydigits experiment (no {SPEC_FILE})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_spec(raw, str(path))
+
+
+def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Location:
     """Continue an experiment whose spec the caller read with `read_spec`."""
     from ray import tune
-    exp_dir = Path(exp_dir).resolve()
-    if not tune.Tuner.can_restore(str(exp_dir)):
-        raise UserError(f"{exp_dir}: no Tune experiment state to resume from")
+    if not tune.Tuner.can_restore(exp.tune_path):
+        raise UserError(f"{exp}: no Tune experiment state to resume from")
     # param_space again: Tune saved its sample_from functions as placeholders, and trials the
     # searcher has yet to generate need the real functions back
-    tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, data, data_dir or data_dir_of(spec)),
+    tuner = tune.Tuner.restore(exp.tune_path, trainable=_trainable(spec, data, data_dir or data_dir_of(spec)),
                                param_space=param_space(spec),
                                resume_unfinished=True, resume_errored=True)
     tuner.fit()
-    _mark_finished(exp_dir)
-    return exp_dir
+    _mark_finished(exp)
+    return exp

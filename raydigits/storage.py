@@ -1,0 +1,263 @@
+"""Where experiments live: a local folder or any URI pyarrow understands (s3://, gs://, file://, ...).
+
+Every read and write of raydigits' own files in an experiment (the spec, the run record, the outcome
+record, Tune's state and results as the final stage reads them, the final stage's outputs, export,
+resume, the "already holds a search" check) goes through a `Location`. Ray Tune is handed the same
+place (`Location.tune_path`) and does its own writing through pyarrow too.
+
+A local location writes atomically (temp file + rename); a remote one writes each file with one PUT,
+which object stores make visible all at once. Credentials and endpoints come from the environment as
+pyarrow reads them (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
+AWS_ENDPOINT_URL for an S3-compatible server); on a cluster every node needs them."""
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import re
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .atomic import write_bytes
+from .errors import UserError
+
+# An experiment name is one folder name: letters, digits and . _ - + = @ , (no separators, no
+# leading dot or dash, so never "..", a hidden folder or something that reads as an option)
+NAME_RE = re.compile(r"[\w+=@,-][\w.+=@,-]{0,199}")
+ERROR_CHARS = 200  # the part of a storage error shown in our one-line message
+
+
+def check_name(name: str, what: str = "--name") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith("-"):
+        raise UserError(f"{what} {name!r}: an experiment name is one folder name (letters, digits and "
+                        "._-+=@, only; no '/', no '..', not starting with '.' or '-', at most 200 characters)")
+    return name
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:ERROR_CHARS]
+
+
+class Location:
+    """A file or folder in local or remote storage, with the small Path-like API raydigits needs.
+    Pickles as its URI (the filesystem object is rebuilt where it is unpickled)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self._fs = None
+
+    # ------------------------------------------------------------ naming
+    @classmethod
+    def parse(cls, text: str | os.PathLike, what: str = "--storage-path") -> "Location":
+        """A user's path or URI, checked: a local path becomes absolute; file:// is local; any other
+        scheme must be one pyarrow knows. Nothing is created or contacted."""
+        text = os.fspath(text)
+        if not text or "\0" in text:
+            raise UserError(f"{what} {text!r}: empty or not a path")
+        if "://" not in text:
+            return cls(str(Path(text).expanduser().absolute()))
+        scheme, rest = text.split("://", 1)
+        if scheme == "file":
+            if not rest.startswith("/"):
+                raise UserError(f"{what} {text}: a file:// URI needs an absolute path (file:///abs/path)")
+            return cls(str(Path(rest).absolute()))
+        import pyarrow.fs as pafs
+        try:
+            pafs.FileSystem.from_uri(text)
+        except (ValueError, OSError, ImportError) as exc:
+            raise UserError(f"{what} {text}: not a storage URI pyarrow can open ({_first_line(exc)})") from None
+        if not rest.strip("/"):
+            raise UserError(f"{what} {text}: the URI names no bucket or folder")
+        return cls(text.rstrip("/"))
+
+    @property
+    def local(self) -> Path | None:
+        """The local path, or None for remote storage."""
+        return None if "://" in self.uri else Path(self.uri)
+
+    @property
+    def tune_path(self) -> str:
+        """What Ray Tune's storage_path / restore take for this place."""
+        return self.uri
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.uri.split("://", 1)[-1]).name
+
+    @property
+    def parent(self) -> "Location":
+        if self.local is not None:
+            return Location(str(self.local.parent))
+        scheme, rest = self.uri.split("://", 1)
+        return Location(f"{scheme}://{PurePosixPath(rest).parent}")
+
+    def __truediv__(self, part: str) -> "Location":
+        part = str(part).strip("/")
+        if self.local is not None:
+            return Location(str(self.local / part))
+        return Location(f"{self.uri}/{part}")
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __repr__(self) -> str:
+        return f"Location({self.uri!r})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Location) and other.uri == self.uri
+
+    def __hash__(self) -> int:
+        return hash(self.uri)
+
+    def __getstate__(self) -> dict:
+        return {"uri": self.uri, "_fs": None}
+
+    # ------------------------------------------------------------ the filesystem
+    @property
+    def _fs_path(self):
+        import pyarrow.fs as pafs
+        if self._fs is None:
+            if self.local is not None:
+                self._fs = (pafs.LocalFileSystem(), str(self.local))
+            else:
+                self._fs = pafs.FileSystem.from_uri(self.uri)
+        return self._fs
+
+    def _info(self):
+        import pyarrow.fs as pafs
+        fs, path = self._fs_path
+        try:
+            return fs.get_file_info(path).type
+        except OSError as exc:
+            raise UserError(f"{self}: storage error ({_first_line(exc)})") from None
+        except Exception:  # noqa: BLE001 — pyarrow's errors for an unreadable path
+            return pafs.FileType.NotFound
+
+    def exists(self) -> bool:
+        import pyarrow.fs as pafs
+        return self._info() != pafs.FileType.NotFound
+
+    def is_dir(self) -> bool:
+        import pyarrow.fs as pafs
+        return self._info() == pafs.FileType.Directory
+
+    def is_file(self) -> bool:
+        import pyarrow.fs as pafs
+        return self._info() == pafs.FileType.File
+
+    def iterdir(self) -> list["Location"]:
+        """The entries directly under this folder ([] when it does not exist)."""
+        import pyarrow.fs as pafs
+        if self.local is not None:
+            return [Location(str(p)) for p in sorted(self.local.iterdir())] if self.local.is_dir() else []
+        fs, path = self._fs_path
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except OSError as exc:
+            raise UserError(f"{self}: storage error ({_first_line(exc)})") from None
+        return [self / PurePosixPath(i.path).name for i in sorted(infos, key=lambda i: i.path)]
+
+    def glob(self, pattern: str) -> list["Location"]:
+        """Entries of this folder whose name matches `pattern` (one level, fnmatch), sorted."""
+        return [c for c in self.iterdir() if fnmatch.fnmatchcase(c.name, pattern)]
+
+    def read_bytes(self) -> bytes:
+        if self.local is not None:
+            return self.local.read_bytes()
+        fs, path = self._fs_path
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if not self.exists():
+                raise FileNotFoundError(str(self)) from None
+            raise UserError(f"{self}: cannot read it ({_first_line(exc)})") from None
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode("utf-8")
+
+    def write_bytes(self, data: bytes) -> None:
+        if self.local is not None:
+            write_bytes(self.local, data)
+            return
+        fs, path = self._fs_path
+        try:
+            with fs.open_output_stream(path) as f:
+                f.write(data)
+        except OSError as exc:
+            raise UserError(f"{self}: cannot write it ({_first_line(exc)})") from None
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode("utf-8"))
+
+    def mkdir(self) -> None:
+        """Create the folder (and its parents) where folders exist: a local disk. Object stores
+        have none to create."""
+        if self.local is not None:
+            self.local.mkdir(parents=True, exist_ok=True)
+
+    def delete(self) -> None:
+        """Remove this file or folder tree (nothing when it does not exist)."""
+        import pyarrow.fs as pafs
+        fs, path = self._fs_path
+        kind = self._info()
+        if kind == pafs.FileType.Directory:
+            fs.delete_dir(path)
+        elif kind == pafs.FileType.File:
+            fs.delete_file(path)
+
+    # ------------------------------------------------------------ whole folders
+    def upload(self, local_dir: Path) -> None:
+        """Copy every file under `local_dir` to the same relative place under this folder."""
+        local_dir = Path(local_dir)
+        for f in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            target = self
+            for part in f.relative_to(local_dir).parts:
+                target = target / part
+            target.write_bytes(f.read_bytes())
+
+    def check_writable(self, what: str = "--storage-path") -> None:
+        """Refuse, before any work starts and without creating anything, a place raydigits could not
+        write into: a local folder's first existing ancestor must be a writable folder; an object
+        store's bucket must exist and answer with these credentials."""
+        if self.local is not None:
+            existing = self.local
+            while not existing.exists():
+                existing = existing.parent
+            if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+                raise UserError(f"{what} {self}: cannot write there ({existing} is not a writable folder)")
+            return
+        import pyarrow.fs as pafs
+        fs, path = self._fs_path
+        bucket = path.split("/", 1)[0]
+        try:
+            kind = fs.get_file_info(bucket).type
+        except OSError as exc:
+            raise UserError(f"{what} {self}: cannot reach the storage ({_first_line(exc)})") from None
+        if kind != pafs.FileType.Directory:
+            raise UserError(f"{what} {self}: no bucket {bucket!r} there (create it first)")
+        try:
+            fs.get_file_info(path)
+        except OSError as exc:
+            raise UserError(f"{what} {self}: cannot reach the storage ({_first_line(exc)})") from None
+
+
+def as_location(place: "Location | str | os.PathLike") -> Location:
+    """A Location for a Location, a local path or a URI (raydigits' own paths: already checked)."""
+    return place if isinstance(place, Location) else Location.parse(place, "path")
+
+
+@contextlib.contextmanager
+def staged(folder: Location):
+    """A local folder to write outputs into, published at `folder` on success: the folder itself
+    when it is local; a temporary one uploaded file by file when it is remote."""
+    if folder.local is not None:
+        folder.local.mkdir(parents=True, exist_ok=True)
+        yield folder.local
+        return
+    with tempfile.TemporaryDirectory(prefix="raydigits-stage-") as tmp:
+        yield Path(tmp)
+        folder.upload(Path(tmp))
