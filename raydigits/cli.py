@@ -42,10 +42,20 @@ def _search_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="fixed trainer value for every trial (repeatable)")
     p.add_argument("--no-final", action="store_true", help="skip the final stage")
-    p.add_argument("--dashboard-port", type=int, default=None)
+    p.add_argument("--dashboard-port", type=_port, default=None)
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Tune verbosity")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
+    return port
 
 
 def _gpu_arg(text: str):

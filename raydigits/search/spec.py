@@ -116,7 +116,7 @@ class SearchSpec(_Strict):
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna take seeds in [0, 2**32)
     max_failures: int = Field(2, ge=0)             # retries of a crashed trial, from its last checkpoint
     checkpoints_to_keep: int = Field(2, ge=1)      # best-by-metric checkpoints kept per trial
     fixed: dict[str, Any] = Field(default_factory=dict)
