@@ -70,3 +70,30 @@ def test_export_out_without_images_is_refused(tmp_path, capsys):
     assert cli.main(["export", str(exp), "--out", str(tmp_path / "x.csv")]) == 2
     assert "--out/--force: only with --images" in capsys.readouterr().err
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_export_never_writes_over_inputs_and_over_outputs_only_with_force(tmp_path, small_mnist, capsys):
+    import cv2
+    from helpers import REPO, tiny_cfg
+    from raydigits.inference import save_models
+    from raydigits.trainer import Trainer
+    exp = tmp_path / "exp"
+    (exp / "final").mkdir(parents=True)
+    (exp / "raydigits_search.yaml").write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
+    save_models(exp / "final", Trainer(tiny_cfg(epochs=1), small_mnist).state_dict(), [28, 28, 1])
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(imgs / f"d{i}.png"), small_mnist.images["val"][i, :, :, 0])
+    image = (imgs / "d1.png").read_bytes()
+    out = tmp_path / "pre.csv"
+    out.write_text("an earlier run's predictions")
+    for argv, words in ([["--out", str(out)], "already exists; pass --force"],
+                        [["--out", str(imgs / "d1.png"), "--force"], "one of the input images"],
+                        [["--out", str(imgs)], "is a folder"]):
+        assert cli.main(["export", str(exp), "--images", str(imgs), *argv]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert out.read_text() == "an earlier run's predictions" and (imgs / "d1.png").read_bytes() == image
+    assert cli.main(["export", str(exp), "--images", str(imgs), "--out", str(out), "--force"]) == 0
+    assert out.read_text().startswith("image_id,label,score")
