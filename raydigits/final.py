@@ -1,8 +1,8 @@
 """The final stage, conducted: read the experiment (experiment.py: trials, outcomes, the best
 (trial, epoch) on validation), evaluate that checkpoint on the test split as a Ray task
 (inference.py), and write final/: pre.csv, metrics.json, trials.csv (evaluation.py), plots
-(report.py), best_model.pt and the `torch.export` program best_model.pt2. Also `export --images`:
-predict a folder of images with best_model.pt."""
+(report.py), report.html (report_html.py), best_model.pt and the `torch.export` program
+best_model.pt2. Also `export --images`: predict a folder of images with best_model.pt."""
 from __future__ import annotations
 
 import json
@@ -46,6 +46,7 @@ def run_final(exp_dir: Location | str, spec: SearchSpec) -> dict:
 
 def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     from .report import write_plots
+    from .report_html import write_report
     from .trainer import load_checkpoint
     trials = load_trials(exp_dir, spec)
     choice = choose_best(trials, spec)
@@ -81,6 +82,7 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     save_models(out, state, manifest["image_shape"])
     write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
                 metrics["confusion_matrix"])
+    write_report(exp_dir, spec, out)
     return metrics
 
 
@@ -94,7 +96,7 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
           f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)")
-    print(f"files: {out}/ (pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
+    print(f"files: {out}/ (report.html, pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
 def export_images(exp_dir: Location | str, images_dir: Path, out_file: Path | None, skip_corrupt: bool,
