@@ -18,6 +18,7 @@ from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
 from .experiment import INTERNAL, choose_best, load_trials
 from .inference import predict_state, save_models
+from .search import eta
 from .search.runner import read_run
 from .search.spec import SearchSpec, trial_values
 from .storage import Location, as_location, staged
@@ -76,6 +77,7 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
         "n_oom": int(counts.get("oom", 0)),
         "n_time_budget": int(counts.get("time_budget", 0) + counts.get("not_started", 0)),
         "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
+        "eta": eta.summary(exp_dir, run.get("started"), run.get("finished")),  # the first estimate vs the actual
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_csv(out / "trials.csv", trials.drop(columns=INTERNAL))
@@ -96,6 +98,8 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
           f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)")
+    if m.get("eta"):
+        print(eta.summary_line(m["eta"]))
     print(f"files: {out}/ (report.html, pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .experiment import asha_rungs
+from .search.spec import asha_rungs
 from .search.outcomes import NEVER_CHOSEN
 from .search.spec import SearchSpec
 
