@@ -175,7 +175,7 @@ def _parcoords(trials, spec: SearchSpec) -> str:
 
 def _importance_section(trials, spec: SearchSpec) -> str:
     imp = importance(trials, spec)
-    text = (f"<p class=trust>Trust: {_e(imp.trust)}</p><p class=note>{_e(imp.why)}. {_e(imp.note)} "
+    text = (f"<p class=trust>Trust: {_e(imp.trust)}</p><p class=note>{_e(imp.why[:1].upper() + imp.why[1:])}. {_e(imp.note)} "
             f"The spread is the standard deviation over {len(IMPORTANCE_SEEDS)} refits of fANOVA's random forest "
             "with different seeds.</p>")
     if imp.left_out:

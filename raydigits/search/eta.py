@@ -11,7 +11,8 @@ The model, and what it assumes:
   r0 + sum_k rf**-(k+1) * (r(k+1) - r(k)) epochs with r(last) = max_t; a running trial at epoch e
   has survived the rungs up to e, and only the rungs after e thin out its remaining epochs. FIFO:
   every trial runs max_t epochs. Trials that end earlier by themselves (early stopping, divergence,
-  out of memory) are not foreseen: the estimate errs long for them;
+  out of memory) are not foreseen: the estimate errs long for them. With few trials ASHA keeps
+  more than 1/rf (the first trial to reach a rung always goes on): the estimate errs short there;
 - the expected trial-epochs left are spread over `concurrency` slots (fewer when fewer trials are
   left than slots) with no idle time between trials;
 - the time budget caps it: the search ends when the budget does, whatever is left.

@@ -28,7 +28,7 @@ class EtaReporter(tune.Callback):
         self._slots = 1
         self._epoch_s: list[float] = []      # Tune's time_this_iter_s, start-up iterations excluded
         self._start_s: list[float] = []      # trial start → its first epoch began
-        self._started: dict[str, float] = {}
+        self._started: dict[str, float] = {}  # trials starting: when a slot was free for them
         self._printed = 0.0
 
     def __getstate__(self) -> dict:
@@ -43,36 +43,50 @@ class EtaReporter(tune.Callback):
         self._budget_end = time.time() + self.budget_left_s if self.budget_left_s is not None else None
         self._slots = eta.concurrency(self.max_concurrent, ray.cluster_resources(), self.cpu, self.gpu)
 
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._started[trial.trial_id] = time.time()
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        # a pending trial starts (actor, imports, data) once a slot is free for it: from then on
+        # until its first epoch begins is its start-up (a trial queueing for a slot is not starting)
+        busy = sum(t.status in RUNNING and t.trial_id not in self._started for t in trials) + len(self._started)
+        for t in trials:
+            if t.status == "PENDING" and t.trial_id not in self._started and busy < self._slots:
+                self._started[t.trial_id] = time.time()
+                busy += 1
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._started.pop(trial.trial_id, None)  # ended before its first epoch (out of memory...)
+
+    on_trial_error = on_trial_complete
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         took = result.get("time_this_iter_s")
-        if took is not None:
+        if took is not None and not result.get("stop_reason") == "oom":  # an OOM'd epoch trained nothing
             if result.get("iterations_since_restore") == 1:  # includes start-up: measured apart
+                epoch = float(result.get("epoch_time_s") or took)
                 began = self._started.pop(trial.trial_id, None)
                 if began is not None:
-                    self._start_s.append(max(0.0, time.time() - began - float(took)))
-                epoch = result.get("epoch_time_s")
-                if epoch is not None:
-                    self._epoch_s.append(float(epoch))
-            else:
+                    self._start_s.append(max(0.0, time.time() - began - epoch))
+                if epoch > 0:
+                    self._epoch_s.append(epoch)
+            elif took > 0:
                 self._epoch_s.append(float(took))
         if self._epoch_s and time.time() - self._printed >= PRINT_EVERY_S:
             self._report(trials)
 
-    def remaining_s(self, trials) -> tuple[float, int, float | None]:
+    def estimate(self, trials) -> dict:
         running = [int((t.last_result or {}).get("epoch") or 0) for t in trials if t.status in RUNNING]
         done = sum(t.status in ENDED for t in trials)
         budget_left = None if self._budget_end is None else max(0.0, self._budget_end - time.time())
-        seconds = eta.estimate_remaining_s(
-            statistics.median(self._epoch_s), running, max(0, self.total - done - len(running)), self._slots,
-            self.schedule, budget_left, statistics.median(self._start_s) if self._start_s else 0.0)
-        return seconds, done, budget_left
+        epoch_s = statistics.median(self._epoch_s)
+        start_s = statistics.median(self._start_s) if self._start_s else 0.0
+        seconds = eta.estimate_remaining_s(epoch_s, running, max(0, self.total - done - len(running)), self._slots,
+                                           self.schedule, budget_left, start_s)
+        return {"at": time.time(), "remaining_s": seconds, "done": done, "total": self.total, "running": running,
+                "epoch_s": epoch_s, "start_s": start_s, "concurrency": self._slots, "budget_left_s": budget_left}
 
     def _report(self, trials) -> None:
         self._printed = time.time()
-        seconds, done, budget_left = self.remaining_s(trials)
+        est = self.estimate(trials)
+        seconds, done, budget_left = est["remaining_s"], est["done"], est["budget_left_s"]
         print(eta.line(seconds, done, self.total, budget_left), flush=True)
         for t in trials:
             found = experiment_dir_of(t)
@@ -82,9 +96,7 @@ class EtaReporter(tune.Callback):
         if not self.exp_dir.is_dir():  # remote storage: nothing recorded
             return
         try:
-            eta.write_estimates(self.exp_dir, [*eta.read_estimates(self.exp_dir),
-                                               {"at": self._printed, "remaining_s": seconds, "done": done,
-                                                "total": self.total}])
+            eta.write_estimates(self.exp_dir, [*eta.read_estimates(self.exp_dir), est])
         except OSError as exc:  # never let bookkeeping end a search
             print(f"raydigits: could not record the ETA in {self.exp_dir}: {exc}", flush=True)
 
