@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from pathlib import Path
-
 from ray import tune
 
+from ..storage import Location, as_location
 from . import eta
 from .ray_compat import experiment_dir_of
 
@@ -18,9 +17,9 @@ ENDED = ("TERMINATED", "ERROR")
 
 
 class EtaReporter(tune.Callback):
-    def __init__(self, exp_dir: Path, schedule: eta.Schedule, total_trials: int, max_concurrent: int | None,
+    def __init__(self, exp_dir: Location | str, schedule: eta.Schedule, total_trials: int, max_concurrent: int | None,
                  cpu: float, gpu: float, time_budget_s: float | None):
-        self.exp_dir = Path(exp_dir)
+        self.exp_dir = as_location(exp_dir)
         self.schedule, self.total = schedule, total_trials
         self.max_concurrent, self.cpu, self.gpu = max_concurrent, cpu, gpu
         self.budget_left_s = time_budget_s   # what is left of the budget (travels with a resume)
@@ -90,18 +89,16 @@ class EtaReporter(tune.Callback):
         print(eta.line(seconds, done, self.total, budget_left), flush=True)
         for t in trials:
             found = experiment_dir_of(t)
-            if found is not None:
+            if found is not None:  # where the experiment is now (it may have moved since a resume)
                 self.exp_dir = found
                 break
-        if not self.exp_dir.is_dir():  # remote storage: nothing recorded
-            return
         try:
             eta.write_estimates(self.exp_dir, [*eta.read_estimates(self.exp_dir), est])
-        except OSError as exc:  # never let bookkeeping end a search
+        except Exception as exc:  # noqa: BLE001 — never let bookkeeping end a search
             print(f"raydigits: could not record the ETA in {self.exp_dir}: {exc}", flush=True)
 
 
-def eta_reporter(spec, exp_dir: Path) -> EtaReporter:
+def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     """The reporter for a search: its trial count (a grid multiplies num_samples by the grid's
     size), scheduler, concurrency limit, per-trial resources and time budget."""
     from .spec import asha_rungs
