@@ -3,6 +3,7 @@
     python launch.py --search-space NAME_OR_PATH [--address auto|HOST:PORT] [overrides...]
     python launch.py --resume EXPERIMENT_DIR_OR_URI
     python launch.py export EXPERIMENT_DIR_OR_URI [--images DIR] [--out FILE] [--force]
+    python launch.py report EXPERIMENT_DIR_OR_URI
 
 Experiments live in a local folder or any storage URI pyarrow understands (s3://, gs://, file://).
 
@@ -77,6 +78,23 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None)
     p.add_argument("--debug", action="store_true")
     return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py report",
+                                description="Rebuild final/report.html from a finished experiment (no training).")
+    p.add_argument("experiment", help="the experiment folder or storage URI")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def cmd_report(args) -> int:
+    from .report_html import build_report
+    from .search.runner import read_spec
+    from .storage import Location
+    exp = Location.parse(args.experiment, "experiment")
+    print(f"wrote {build_report(exp, read_spec(exp))}")
+    return 0
 
 
 def _apply_overrides(raw: dict, args) -> dict:
@@ -219,15 +237,19 @@ def cmd_export(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    export = bool(argv) and argv[0] == "export"
-    args = (_export_parser() if export else _search_parser()).parse_args(argv[1:] if export else argv)
+    sub = argv[0] if argv and argv[0] in SUBCOMMANDS else None
+    parser, command = SUBCOMMANDS.get(sub, (_search_parser, cmd_search))
+    args = parser().parse_args(argv[1:] if sub else argv)
     try:
-        return cmd_export(args) if export else cmd_search(args)
+        return command(args)
     except UserError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+SUBCOMMANDS = {"export": (_export_parser, cmd_export), "report": (_report_parser, cmd_report)}
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pandas as pd
 from .errors import UserError
 from .search.outcomes import NEVER_CHOSEN, read_record
 from .search.ray_compat import trial_states
-from .search.spec import SearchSpec
+from .search.spec import SearchSpec, asha_rungs  # noqa: F401  (asha_rungs: read here too)
 from .search.trainable import CHECKPOINT_FILE
 from .storage import Location, as_location
 
@@ -75,17 +75,6 @@ def derive_outcome(status: str, results: list[dict], epochs: int, spec: SearchSp
         # ASHA stops trials at its rungs only; a stop between rungs was the time budget's
         return "asha_stopped" if epochs in asha_rungs(spec) else "time_budget"
     return "completed"
-
-
-def asha_rungs(spec: SearchSpec) -> set[int]:
-    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
-    if spec.scheduler.type != "asha":
-        return set()
-    rungs, t = set(), float(spec.scheduler.grace_period)
-    while t < spec.epochs:
-        rungs.add(int(t))
-        t *= spec.scheduler.reduction_factor
-    return rungs
 
 
 def read_results(trial_dir: Location | str) -> list[dict]:

@@ -1,8 +1,8 @@
 """The final stage, conducted: read the experiment (experiment.py: trials, outcomes, the best
 (trial, epoch) on validation), evaluate that checkpoint on the test split as a Ray task
 (inference.py), and write final/: pre.csv, metrics.json, trials.csv (evaluation.py), plots
-(report.py), best_model.pt and the `torch.export` program best_model.pt2. Also `export --images`:
-predict a folder of images with best_model.pt."""
+(report.py), report.html (report_html.py), best_model.pt and the `torch.export` program
+best_model.pt2. Also `export --images`: predict a folder of images with best_model.pt."""
 from __future__ import annotations
 
 import json
@@ -18,6 +18,7 @@ from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
 from .experiment import INTERNAL, choose_best, load_trials
 from .inference import predict_state, save_models
+from .search import eta
 from .search.runner import read_run
 from .search.spec import SearchSpec, trial_values
 from .storage import Location, as_location, staged
@@ -46,6 +47,7 @@ def run_final(exp_dir: Location | str, spec: SearchSpec) -> dict:
 
 def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     from .report import write_plots
+    from .report_html import write_report
     from .trainer import load_checkpoint
     trials = load_trials(exp_dir, spec)
     choice = choose_best(trials, spec)
@@ -75,12 +77,14 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
         "n_oom": int(counts.get("oom", 0)),
         "n_time_budget": int(counts.get("time_budget", 0) + counts.get("not_started", 0)),
         "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
+        "eta": eta.summary(exp_dir, run.get("started"), run.get("finished")),  # the first estimate vs the actual
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_csv(out / "trials.csv", trials.drop(columns=INTERNAL))
     save_models(out, state, manifest["image_shape"])
     write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
                 metrics["confusion_matrix"])
+    write_report(exp_dir, spec, out)
     return metrics
 
 
@@ -94,7 +98,9 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
           f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)")
-    print(f"files: {out}/ (pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
+    if m.get("eta"):
+        print(eta.summary_line(m["eta"]))
+    print(f"files: {out}/ (report.html, pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
 def export_images(exp_dir: Location | str, images_dir: Path, out_file: Path | None, skip_corrupt: bool,

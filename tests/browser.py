@@ -115,3 +115,43 @@ def check_dashboard(url: str, node_ip: str, job_name: str) -> dict:
         time.sleep(2)
     out["trial_logs"] = logs
     return out
+
+
+def check_report(report: Path, screenshot: Path) -> dict:
+    """Open a report.html from disk with every network request refused (and counted), wait for its
+    plots, screenshot the whole page. Returns what the test asserts."""
+    from playwright.sync_api import sync_playwright
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    out: dict = {"network_requests": [], "console_errors": []}
+    with sync_playwright() as p:
+        # SwiftShader: parallel coordinates draw their lines with WebGL, and there is no GPU here
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-angle=swiftshader",
+                                                                     "--enable-unsafe-swiftshader"])
+        try:
+            page = browser.new_context(viewport={"width": 1300, "height": 900}, offline=True).new_page()
+
+            def refuse(route):
+                if not route.request.url.startswith(("file:", "data:")):
+                    out["network_requests"].append(route.request.url)
+                    return route.abort()
+                return route.continue_()
+            page.route("**/*", refuse)
+            page.on("console", lambda msg: out["console_errors"].append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: out["console_errors"].append(str(exc)))
+            page.goto(report.resolve().as_uri())
+            page.wait_for_function("[...document.querySelectorAll('.plotly-graph-div')].every("
+                                   "d => d.querySelector('.main-svg'))", timeout=60_000)
+            page.wait_for_timeout(1_000)
+            out["sections"] = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
+            out["plots_drawn"] = page.eval_on_selector_all(
+                ".plotly-graph-div", "els => els.filter(e => e.querySelector('.main-svg')).map(e => e.id)")
+            out["parcoords_lines"] = page.eval_on_selector_all("#plot_parcoords canvas", "els => els.length")
+            out["parcoords_axes"] = page.eval_on_selector_all("#plot_parcoords .y-axis", "els => els.length")
+            out["curve_traces"] = page.eval_on_selector_all("#plot_curves .scatterlayer .trace", "els => els.length")
+            out["images_loaded"] = page.eval_on_selector_all(
+                "img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+            out["text"] = page.inner_text("body")
+            page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            browser.close()
+    return out

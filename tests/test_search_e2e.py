@@ -290,3 +290,88 @@ def test_tensorboard_shows_every_trial(smoke_run):
             assert "ray/tune/train_loss" in scalars, scalars
         got = [e.value for e in acc.Scalars("ray/tune/val_acc")]
         assert got == pytest.approx([r["val_acc"] for r in results(d)], abs=1e-6)
+
+
+def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
+    from raydigits.experiment import load_trials
+    from raydigits.insight import importance
+    from raydigits.search.outcomes import read_record
+    from raydigits.search.runner import read_spec
+    exp = smoke_run["exp"]
+    page = (exp / "final" / "report.html").read_text()   # written by the final stage
+    for anchor in ("best", "trials", "importance", "asha", "curves", "confusion", "mistakes"):
+        assert f"<section id={anchor}>" in page
+    assert not re.search(r"<(script|img|link)[^>]*\s(src|href)=[\"']?https?:", page)  # plotly inlined: nothing fetched
+    assert page.count("<img alt='misclassified images' src='data:image/png;base64,") == 1   # embedded
+    metrics = json.loads((exp / "final" / "metrics.json").read_text())
+    assert f"<td>{metrics['best_trial']}</td>" in page
+    spec = read_spec(exp)
+    imp = importance(load_trials(exp, spec), spec)
+    assert imp.trust == "not meaningful" and "Trust: not meaningful" in page   # 5 scored trials of 6
+    for name, value in imp.mean.items():
+        assert f"<td>{name}</td><td>{value:.3f}</td>" in page
+    # the rung table: every trial recorded as stopped by ASHA is listed in its rung's row, at its value there
+    asha = page[page.index("<section id=asha>"):page.index("<section id=curves>")]
+    rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr><td>epoch (\d+)</td>.*?</tr>", asha)}
+    assert sorted(rows) == [1, 2]
+    record = read_record(exp)["trials"]
+    stopped = {tid: r["epochs"] for tid, r in record.items() if r["outcome"] == "asha_stopped"}
+    assert stopped
+    for tid, epoch in stopped.items():
+        value = next(r["val_acc"] for r in results(next(exp.glob(f"smoke_{tid}"))) if r["epoch"] == epoch)
+        assert f"{tid} ({value:.4f})" in rows[epoch], rows
+        assert all(tid not in row for e, row in rows.items() if e != epoch)
+    oom = next(tid for tid, r in record.items() if r["outcome"] == "oom")
+    assert f"{oom} (oom)" in rows[1]
+
+
+def test_report_renders_offline_in_a_browser(smoke_run):
+    from browser import ARTIFACTS, browser_missing, check_report
+    why = browser_missing()
+    if why:
+        pytest.skip(why)
+    seen = check_report(smoke_run["exp"] / "final" / "report.html", ARTIFACTS / "report.png")
+    assert seen["network_requests"] == [] and seen["console_errors"] == []
+    assert seen["sections"] == ["best", "trials", "importance", "asha", "curves", "confusion", "mistakes"]
+    # plotly (inlined) drew every plot: parallel coordinates, importance, curves, confusion matrix
+    assert seen["plots_drawn"] == ["plot_parcoords", "plot_importance", "plot_curves", "plot_confusion_heatmap"]
+    assert seen["parcoords_axes"] == 3            # optimizer, lr, best val_acc (momentum/nesterov are constants)
+    assert seen["parcoords_lines"] > 0 and seen["curve_traces"] == 6
+    assert seen["images_loaded"] == [True]
+    assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def test_report_command_rebuilds_the_page_without_training(smoke_run, tmp_path):
+    exp = smoke_run["exp"]
+    (exp / "final" / "report.html").unlink()
+    proc = subprocess.run([sys.executable, "launch.py", "report", str(exp)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "<section id=asha>" in (exp / "final" / "report.html").read_text()
+    # an experiment whose final stage never ran: one line saying what to run
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "raydigits_search.yaml").write_text((exp / "raydigits_search.yaml").read_text())
+    proc = subprocess.run([sys.executable, "launch.py", "report", str(bare)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {bare}/final: metrics.json, misclassified.png missing; run `python launch.py export {bare}` first"]
+    assert not (bare / "final").exists()
+
+
+def test_progress_shows_an_eta_and_the_summary_weighs_it(smoke_run):
+    out = smoke_run["out"]
+    lines = re.findall(r"ETA: ~(\d+)m (\d+)s \((\d)/6 trials done\)", out)
+    assert lines, out[-3000:]
+    assert int(lines[0][2]) < 6
+    estimates = json.loads((smoke_run["exp"] / "raydigits_eta.json").read_text())["estimates"]
+    assert estimates[0]["total"] == 6 and estimates[0]["remaining_s"] > 0
+    first = int(lines[0][0]) * 60 + int(lines[0][1])
+    assert first == round(estimates[0]["remaining_s"])
+    metrics = json.loads((smoke_run["exp"] / "final" / "metrics.json").read_text())
+    e = metrics["eta"]
+    assert e["actual_s"] == pytest.approx(metrics["search_wall_time_s"])
+    assert 0 < e["first_estimate_after_s"] < e["actual_s"] and e["first_estimate_total_s"] > e["first_estimate_after_s"]
+    assert re.search(r"ETA: the first estimate \(after \d+m \d+s\) said \d+m \d+s in all; the search took "
+                     r"\d+m \d+s \([+-]\d+%\)", out)

@@ -108,10 +108,11 @@ def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path):
 
 
 def _run_config(spec: SearchSpec, exp: Location, verbose: int):
-    """Checkpoints, retries and the progress table; the outcome recorder, and the time budget as a
-    stopper that says when it ended the run (recorder.py). Remote storage: Tune uploads the
+    """Checkpoints, retries and the progress table (with an ETA line, progress.py); the outcome
+    recorder, and the time budget as a stopper that says when it ended the run (recorder.py). Remote storage: Tune uploads the
     driver's experiment state at least every SYNC_PERIOD_S (and whenever trials checkpoint)."""
     from ray import tune
+    from .progress import eta_reporter
     from .recorder import BudgetStopper, OutcomeRecorder
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
                                 parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
@@ -119,7 +120,7 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
                                 metric=spec.metric, mode=spec.mode)
     return tune.RunConfig(
         name=exp.name, storage_path=exp.parent.tune_path, verbose=verbose, progress_reporter=reporter,
-        callbacks=[OutcomeRecorder(exp, spec.epochs)],
+        callbacks=[OutcomeRecorder(exp, spec.epochs), eta_reporter(spec, exp)],
         stop=BudgetStopper(spec.time_budget_s, exp) if spec.time_budget_s else None,
         sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

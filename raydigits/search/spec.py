@@ -218,6 +218,17 @@ def check_spec(spec: SearchSpec, where: str) -> None:
                 raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
 
 
+def asha_rungs(spec: SearchSpec) -> set[int]:
+    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
+    if spec.scheduler.type != "asha":
+        return set()
+    rungs, t = set(), float(spec.scheduler.grace_period)
+    while t < spec.epochs:
+        rungs.add(int(t))
+        t *= spec.scheduler.reduction_factor
+    return rungs
+
+
 MIN_RUNG_STEPS = 100  # below this many optimiser steps, a first rung ranks trials on their start
 
 

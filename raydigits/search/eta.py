@@ -1,0 +1,116 @@
+"""How long a running search still needs: a pure estimate (no Ray here), its one-line rendering,
+and the record of the estimates made (<experiment>/raydigits_eta.json, written by progress.py's
+Tune callback), read back by the final summary to set the first estimate against the actual time.
+
+The model, and what it assumes:
+- every trial-epoch takes `epoch_s` seconds of wall time (the median so far: measured while trials
+  share the machine, so contention is in it), and each trial not yet started first costs `start_s`
+  (its measured start-up: actor, data, model, until the first epoch begins);
+- ASHA: a trial reaches the first rung; at each rung below max_t a fraction 1/reduction_factor
+  goes on (ASHA's cut-off is the (1 - 1/rf) quantile), so a new trial runs in expectation
+  r0 + sum_k rf**-(k+1) * (r(k+1) - r(k)) epochs with r(last) = max_t; a running trial at epoch e
+  has survived the rungs up to e, and only the rungs after e thin out its remaining epochs. FIFO:
+  every trial runs max_t epochs. Trials that end earlier by themselves (early stopping, divergence,
+  out of memory) are not foreseen: the estimate errs long for them. With few trials ASHA keeps
+  more than 1/rf (the first trial to reach a rung always goes on): the estimate errs short there;
+- the expected trial-epochs left are spread over `concurrency` slots (fewer when fewer trials are
+  left than slots) with no idle time between trials;
+- the time budget caps it: the search ends when the budget does, whatever is left.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+from ..storage import Location, as_location
+
+ETA_FILE = "raydigits_eta.json"
+MAX_KEPT = 400   # estimates kept in the record (the first one always)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    max_t: int                          # epochs a trial may run
+    rungs: tuple[int, ...] = ()         # ASHA's milestones below max_t (experiment.asha_rungs); () = FIFO
+    reduction_factor: float = 2.0
+
+
+def expected_epochs(schedule: Schedule, done: int = 0) -> float:
+    """Expected epochs still to run for a trial that has run `done` epochs and is still going."""
+    left, survive, at = 0.0, 1.0, done
+    for milestone in [*sorted(r for r in schedule.rungs if r < schedule.max_t), schedule.max_t]:
+        if milestone <= at:
+            continue  # a rung it already passed (a running trial at a rung has been kept there)
+        left += survive * (milestone - at)
+        at = milestone
+        if milestone < schedule.max_t:
+            survive /= schedule.reduction_factor
+    return left
+
+
+def estimate_remaining_s(epoch_s: float, running_epochs: list[int], not_started: int, concurrency: int,
+                         schedule: Schedule, budget_left_s: float | None = None, start_s: float = 0.0) -> float:
+    """Seconds until the search ends: `running_epochs` are the epochs each running trial has
+    finished, `not_started` the trials still to run (pending or not yet generated)."""
+    active = min(max(1, concurrency), len(running_epochs) + not_started)
+    if active == 0:
+        return 0.0
+    trial_epochs = sum(expected_epochs(schedule, e) for e in running_epochs) \
+        + not_started * expected_epochs(schedule, 0)
+    seconds = (trial_epochs * epoch_s + not_started * start_s) / active
+    return seconds if budget_left_s is None else max(0.0, min(seconds, budget_left_s))
+
+
+def concurrency(max_concurrent: int | None, cluster: dict, cpu: float, gpu: float) -> int:
+    """Trials that run at once: the search's limit and what the cluster's CPUs and GPUs hold."""
+    slots = [max_concurrent or math.inf, math.floor(cluster.get("CPU", 0) / cpu) if cpu > 0 else math.inf]
+    if gpu > 0:
+        slots.append(math.floor(cluster.get("GPU", 0) / gpu))
+    n = min(slots)
+    return max(1, int(n)) if math.isfinite(n) else 1
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else f"{m}m {s:02d}s"
+
+
+def line(remaining_s: float, done: int, total: int, budget_left_s: float | None) -> str:
+    budget = f", budget ends in {duration(budget_left_s)}" if budget_left_s is not None else ""
+    return f"ETA: ~{duration(remaining_s)} ({done}/{total} trials done{budget})"
+
+
+# ------------------------------------------------------------------ the record
+def read_estimates(exp_dir: Location | str) -> list[dict]:
+    try:
+        return list(json.loads((as_location(exp_dir) / ETA_FILE).read_text())["estimates"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+def write_estimates(exp_dir: Location | str, estimates: list[dict]) -> None:
+    kept = estimates if len(estimates) <= MAX_KEPT else [estimates[0], *estimates[-(MAX_KEPT - 1):]]
+    (as_location(exp_dir) / ETA_FILE).write_text(json.dumps({"estimates": kept}, indent=1))
+
+
+def summary(exp_dir: Location | str, started: float | None, finished: float | None) -> dict | None:
+    """The first estimate against the actual search time (wall clock from `started` to `finished`),
+    or None when no estimate was made."""
+    estimates = read_estimates(exp_dir)
+    if not estimates or not started or not finished:
+        return None
+    first = estimates[0]
+    return {"first_estimate_after_s": first["at"] - started,
+            "first_estimate_total_s": first["at"] + first["remaining_s"] - started,
+            "actual_s": finished - started, "n_estimates": len(estimates)}
+
+
+def summary_line(s: dict) -> str:
+    err = (s["first_estimate_total_s"] - s["actual_s"]) / s["actual_s"] * 100 if s["actual_s"] > 0 else 0.0
+    return (f"ETA: the first estimate (after {duration(s['first_estimate_after_s'])}) said "
+            f"{duration(s['first_estimate_total_s'])} in all; the search took {duration(s['actual_s'])} "
+            f"({err:+.0f}%)")
+
