@@ -187,7 +187,12 @@ def _was_interrupted(exp_dir, spec, started: float) -> bool:
     return bool(unfinished_trials(exp_dir)) and not budget_hit
 
 
-def _interrupted(exp_dir) -> int:
+def _interrupted(exp_dir, extension=None) -> int:
+    if extension is not None:
+        print(f"\ninterrupted; the extension's state is saved. Resume it with: python launch.py --resume "
+              f"{extension} --no-final, then run the final stage over every trial: python launch.py export {exp_dir}",
+              file=sys.stderr)
+        return 130
     print(f"\ninterrupted; the search state is saved. Resume with: python launch.py --resume {exp_dir}",
           file=sys.stderr)
     return 130
@@ -249,7 +254,51 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
 
 
-SUBCOMMANDS = {"export": (_export_parser, cmd_export), "report": (_report_parser, cmd_report)}
+def _extend_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py extend",
+                                description="Continue a finished search with more trials (search/extend.py).")
+    p.add_argument("experiment", help="the experiment folder or storage URI")
+    p.add_argument("--num-samples", type=int, required=True, help="how many more trials")
+    p.add_argument("--max-t", type=int, default=None,
+                   help="let trials train longer: up to this many epochs (re-runs the best finished configs first)")
+    p.add_argument("--promote", type=int, default=2,
+                   help="with --max-t: how many of the best finished configs are re-run first (default 2)")
+    p.add_argument("--address", default=None)
+    p.add_argument("--dashboard-port", type=_port, default=None)
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3])
+    p.add_argument("--no-final", action="store_true")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def cmd_extend(args) -> int:
+    from .search import runner
+    from .search.extend import PREFIX, check_request, extend_search, extension_runs
+    from .storage import Location
+    exp = Location.parse(args.experiment, "experiment")
+    spec = runner.read_spec(exp)
+    check_request(spec, args.num_samples, args.max_t, args.promote)  # before Ray starts
+    data_dir = runner.data_dir_of(spec)
+    data = runner.load_data(spec, data_dir)
+    print_dashboard(runner.start_ray(args.address, args.dashboard_port, job_name=f"{exp.name} (extend)"))
+    runner.check_resources(spec)
+    started = time.time()
+    nxt = exp / f"{PREFIX}{len(extension_runs(exp)) + 1}"
+    try:
+        run = extend_search(exp, spec, data, args.num_samples, args.max_t, args.promote, args.verbose, data_dir)
+    except KeyboardInterrupt:
+        return _interrupted(exp, extension=nxt)
+    if _was_interrupted(run, runner.read_spec(run), started):  # Tune handled a Ctrl-C and returned early
+        return _interrupted(exp, extension=run)
+    print(f"extension finished in {time.time() - started:.0f}s: {run}")
+    if not args.no_final:
+        from .final import run_final
+        run_final(exp, spec)  # over every trial: the search's and each extension's
+    return 0
+
+
+SUBCOMMANDS = {"export": (_export_parser, cmd_export), "report": (_report_parser, cmd_report),
+               "extend": (_extend_parser, cmd_extend)}
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .search.spec import SearchSpec, asha_rungs  # noqa: F401  (asha_rungs: read
 from .search.trainable import CHECKPOINT_FILE
 from .storage import Location, as_location
 
-INTERNAL = ["path", "results"]  # load_trials columns kept out of trials.csv
+INTERNAL = ["path", "results", "config"]  # load_trials columns kept out of trials.csv
 UNFINISHED_STATUSES = ("RUNNING", "PENDING", "PAUSED")
 
 
@@ -30,28 +30,39 @@ class Choice:
 
 
 def load_trials(exp_dir: Location | str, spec: SearchSpec) -> pd.DataFrame:
-    """One row per trial: id, status, outcome, epochs, best val, params, path, and its reported
-    results (read once here; `INTERNAL` columns are not written to trials.csv)."""
-    record = (read_record(exp_dir) or {"trials": {}})["trials"]
+    """One row per trial of the search and of every `extend` run inside it (search/extend.py): run,
+    id, status, outcome, epochs, best val, params, and its path, config and reported results (read
+    once here; `INTERNAL` columns are not written to trials.csv). Each run's outcomes are judged by
+    its own spec (an extension may allow more epochs)."""
+    from .search.extend import run_specs
+    exp_dir = as_location(exp_dir)
     rows = []
-    for trial in trial_states(exp_dir):
-        path = trial["path"]
-        results = read_results(path)
-        epochs = max((int(r["epoch"]) for r in results), default=0)
-        recorded = record.get(trial["trial_id"], {}).get("outcome")
-        if recorded == "interrupted" and trial["status"] not in UNFINISHED_STATUSES:
-            recorded = None  # provisional: the trial ran on after a resume
-        outcome = recorded or derive_outcome(trial["status"], results, epochs, spec)
-        vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
-        best = (max(vals) if spec.mode == "max" else min(vals)) if vals else float("nan")
-        row = {"trial_id": trial["trial_id"], "status": trial["status"], "outcome": outcome, "epochs": epochs,
-               f"best_{spec.metric}": best, "path": str(path), "results": results}
-        row["retries"] = trial["num_failures"]
-        row.update({f"param.{k}": v for k, v in trial["config"].items()})
-        rows.append(row)
+    for order, (run, run_spec) in enumerate(run_specs(exp_dir, spec)):
+        record = (read_record(run) or {"trials": {}})["trials"]
+        for trial in trial_states(run):
+            row = _trial_row(trial, record, run_spec, spec)
+            rows.append({"run": run.name if order else "search", "run_order": order, **row})
     if not rows:
         raise UserError(f"{exp_dir}: the experiment has no trials")
-    return pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
+    df = pd.DataFrame(rows).sort_values(["run_order", "trial_id"]).reset_index(drop=True)
+    return df.drop(columns="run_order")
+
+
+def _trial_row(trial: dict, record: dict, run_spec: SearchSpec, spec: SearchSpec) -> dict:
+    path = trial["path"]
+    results = read_results(path)
+    epochs = max((int(r["epoch"]) for r in results), default=0)
+    recorded = record.get(trial["trial_id"], {}).get("outcome")
+    if recorded == "interrupted" and trial["status"] not in UNFINISHED_STATUSES:
+        recorded = None  # provisional: the trial ran on after a resume
+    outcome = recorded or derive_outcome(trial["status"], results, epochs, run_spec)
+    vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
+    best = (max(vals) if spec.mode == "max" else min(vals)) if vals else float("nan")
+    row = {"trial_id": trial["trial_id"], "status": trial["status"], "outcome": outcome, "epochs": epochs,
+           f"best_{spec.metric}": best, "path": str(path), "results": results, "config": trial["config"]}
+    row["retries"] = trial["num_failures"]
+    row.update({f"param.{k}": v for k, v in trial["config"].items()})
+    return row
 
 
 def derive_outcome(status: str, results: list[dict], epochs: int, spec: SearchSpec) -> str:

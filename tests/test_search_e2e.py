@@ -375,3 +375,41 @@ def test_progress_shows_an_eta_and_the_summary_weighs_it(smoke_run):
     assert 0 < e["first_estimate_after_s"] < e["actual_s"] and e["first_estimate_total_s"] > e["first_estimate_after_s"]
     assert re.search(r"ETA: the first estimate \(after \d+m \d+s\) said \d+m \d+s in all; the search took "
                      r"\d+m \d+s \([+-]\d+%\)", out)
+
+
+def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(smoke_run, tmp_path):
+    """`extend` on a copy of the shared search: 2 more trials in extend_1/ with up to 4 epochs, the
+    best finished config re-run first under that budget, the finished trials untouched, and the
+    final stage choosing among all 8."""
+    import shutil
+    from raydigits.experiment import load_trials
+    from raydigits.search.runner import read_spec
+    exp = tmp_path / "ext"
+    shutil.copytree(smoke_run["exp"], exp)
+    spec = read_spec(exp)
+    before = load_trials(exp, spec)
+    best = before.loc[before["best_val_acc"].idxmax()]
+    proc = subprocess.run([sys.executable, "launch.py", "extend", str(exp), "--num-samples", "2", "--max-t", "4",
+                           "--promote", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "extend: run 1 of ext: 2 more trials" in proc.stdout and "the 1 best finished configs first" in proc.stdout
+    after = load_trials(exp, spec)
+    assert len(after) == len(before) + 2 and (after["run"] == "extend_1").sum() == 2
+    kept = after[after["run"] == "search"].drop(columns=["results", "config"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before.drop(columns=["results", "config"]).assign(run="search")[kept.columns])
+    new = after[after["run"] == "extend_1"]
+    searched = {k: v for k, v in best["config"].items() if k in spec.parameters}
+    promoted = [c for c in new["config"] if {k: c.get(k) for k in searched} == searched]
+    assert promoted, (searched, new["config"].tolist())   # the best finished config, re-run
+    assert new["epochs"].max() <= 4 and (new["outcome"] != "error").all()
+    ext_spec = read_spec(exp / "extend_1")
+    assert ext_spec.epochs == 4 and ext_spec.seed != spec.seed and ext_spec.num_samples == 2
+    metrics = json.loads((exp / "final" / "metrics.json").read_text())
+    assert metrics["n_trials"] == len(after)
+    trials_csv = pd.read_csv(exp / "final" / "trials.csv")
+    assert sorted(trials_csv["run"].unique()) == ["extend_1", "search"] and len(trials_csv) == len(after)
+    # extending again makes extend_2; a grid search or a shorter budget is refused before Ray starts
+    bad = subprocess.run([sys.executable, "launch.py", "extend", str(exp), "--num-samples", "1", "--max-t", "2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--max-t 2: below the search's 3 epochs" in bad.stderr
+    assert "Ray dashboard" not in bad.stdout and not (exp / "extend_2").exists()

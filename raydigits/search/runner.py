@@ -159,7 +159,7 @@ def check_new_experiment(exp: Location) -> None:
 
 
 def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
-               data_dir: Path | None = None) -> Location:
+               data_dir: Path | None = None, search_alg=None, pinned: tuple[dict, ...] = ()) -> Location:
     """A fresh search over `data` (from `load_data`; `data_dir` is where it came from, by default
     the spec's) into the experiment folder `exp`. Returns `exp` (experiment.py reads the results
     from there). A search that fails before Tune wrote any state leaves nothing behind."""
@@ -169,7 +169,7 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
     (exp / SPEC_FILE).write_text(_saved_spec(spec, data_dir))
     (exp / RUN_FILE).write_text(json.dumps({"started": time.time(), "name": exp.name}))
     try:
-        _fit_new(spec, exp, data, data_dir, verbose)
+        _fit_new(spec, exp, data, data_dir, verbose, search_alg or build_search_alg(spec), pinned)
     except BaseException:
         if not exp.glob(ray_compat.STATE_GLOB):  # nothing to resume: do not block the same --name
             exp.delete()
@@ -178,12 +178,13 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
     return exp
 
 
-def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, verbose: int) -> None:
+def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, verbose: int, search_alg,
+             pinned: tuple[dict, ...] = ()) -> None:
     from ray import tune
     tuner = tune.Tuner(
         _trainable(spec, data, data_dir),
-        param_space=param_space(spec),
-        tune_config=tune.TuneConfig(search_alg=build_search_alg(spec), scheduler=build_tune_scheduler(spec),
+        param_space=param_space(spec, pinned),
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=build_tune_scheduler(spec),
                                     num_samples=spec.num_samples,  # concurrency: build_search_alg
                                     # time budget: a stopper in _run_config
                                     trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",

@@ -262,10 +262,12 @@ def trial_values(spec: SearchSpec, config: dict) -> dict:
 
 
 # ------------------------------------------------------------------ Tune objects
-def _conditional(name: str, p: Param, seed: int):
+def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
     """`tune.sample_from` that samples `p` only when its condition holds (else None). Reading the
     condition keys by attribute lets Tune's resolver retry while they are still unsampled. The draw
-    is seeded by the search seed and the trial's already-sampled plain values."""
+    is seeded by the search seed and the trial's already-sampled plain values. `pinned`: full configs
+    to reproduce (a trial whose unconditional values equal one of them takes its value; Tune's
+    points_to_evaluate cannot carry values for sample_from keys)."""
     from ray import tune
     from .ray_compat import read_config_key as get  # Tune retries while a condition key is unsampled
     domain = _domain(p)
@@ -275,6 +277,9 @@ def _conditional(name: str, p: Param, seed: int):
         if not p.condition_holds({k: get(cfg, k) for k in p.when or {} if k in cfg}):
             return None
         plain = {k: v for k, v in dict.items(cfg) if isinstance(v, (str, int, float, bool, list, tuple))}
+        for keys, config in pinned:  # (the unconditional values that identify it, the whole config)
+            if all(k in plain and plain[k] == v for k, v in keys.items()):
+                return config.get(name)
         key = json.dumps(plain, sort_keys=True, default=str)
         rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:SEED_HEX_DIGITS], 16))
         return domain.sample(random_state=rs) if hasattr(domain, "sample") else domain
@@ -300,17 +305,20 @@ def _domain(p: Param):
     return tune.randn(p.mu, p.sigma)
 
 
-def param_space(spec: SearchSpec) -> dict:
-    """Tune param_space for random and grid search; empty for tpe (its space is `OptunaSpace`)."""
+def param_space(spec: SearchSpec, pinned: tuple[dict, ...] = ()) -> dict:
+    """Tune param_space for random and grid search; empty for tpe (its space is `OptunaSpace`).
+    `pinned`: full configs that points_to_evaluate re-runs (see `_conditional`)."""
     from ray import tune
     space = {}
     if spec.method == "tpe":
         return space
+    plain = [k for k, p in spec.parameters.items() if not p.when]
+    pinned = tuple(({k: c.get(k) for k in plain}, c) for c in pinned)
     for name, p in spec.parameters.items():
         if spec.method == "grid" and p.values is not None:
             space[name] = tune.grid_search(p.values)
         elif p.when:
-            space[name] = _conditional(name, p, spec.seed)
+            space[name] = _conditional(name, p, spec.seed, pinned)
         else:
             space[name] = _domain(p)
     return space
@@ -345,19 +353,49 @@ class OptunaSpace:
         return constants
 
 
-def build_search_alg(spec: SearchSpec):
+def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float]] = (), points: list[dict] = ()):
     """The searcher, limiting concurrent trials itself: Tune ignores `max_concurrent_trials` for a
-    BasicVariantGenerator, so that knob is never used."""
+    BasicVariantGenerator, so that knob is never used. `points`: configs to run first (as Tune's
+    `points_to_evaluate`); `warm`: (config, value) of trials run before, which TPE learns from
+    before its first suggestion (`launch.py extend`; random search ignores them)."""
     if spec.method != "tpe":
         from ray.tune.search.basic_variant import BasicVariantGenerator
-        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0)
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0,
+                                     points_to_evaluate=list(points) or None)
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     searcher = OptunaSearch(space=OptunaSpace(spec), metric=spec.metric, mode=spec.mode,
-                            sampler=optuna.samplers.TPESampler(seed=spec.seed))
+                            sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                            points_to_evaluate=list(points) or None, **_warm_study(spec, warm))
     return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
+
+
+WARM_STUDY = "raydigits"
+
+
+def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
+    """OptunaSearch's `storage`/`study_name` for a study that already holds the finished trials
+    (OptunaSearch loads an existing study by name; Ray's own `evaluated_rewards` does not work with a
+    define-by-run space). Each trial's params and distributions come from replaying the space on
+    its config, so they are exactly what TPE would have suggested."""
+    if not warm:
+        return {}
+    import optuna
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=WARM_STUDY,
+                                direction="maximize" if spec.mode == "max" else "minimize")
+    space = OptunaSpace(spec)
+    for config, value in warm:
+        fixed = optuna.trial.FixedTrial(config)
+        try:
+            space(fixed)
+        except ValueError:  # a config from another space (e.g. a conditional the spec no longer has)
+            continue
+        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
+                                                  value=value))
+    return {"storage": storage, "study_name": WARM_STUDY}
 
 
 def build_tune_scheduler(spec: SearchSpec):

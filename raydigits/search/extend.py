@@ -1,0 +1,104 @@
+"""`launch.py extend EXP --num-samples N [--max-t M]`: more trials for a finished search.
+
+Tune cannot add samples to a finished Tuner (a restored one runs what it had), so each extension is
+a Tune run of its own, stored inside the experiment as `EXP/extend_<k>/` with its own spec, run
+record and outcome record. Every finished trial stays where it is; `experiment.load_trials` reads
+the main run and every extension, and the final stage chooses among all of them.
+
+- The extension's spec is the experiment's with `num_samples = N` and a seed of its own (the same
+  seed would sample the same configs again).
+- TPE is warm-started: the study it starts from already holds every finished trial's params and its
+  last reported value (what TPE itself would have recorded). Random search samples fresh configs.
+- `--max-t M` (more epochs than the search allowed) gives the extension's trials up to M epochs, and
+  re-runs the `promote` best finished configs first under that budget (from scratch: the learning
+  rate schedule spans the whole run, so a finished trial cannot simply train on)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..data.store import Dataset
+from ..errors import UserError
+from ..storage import Location
+from .runner import read_spec, run_search
+from .spec import SearchSpec, build_search_alg, parse_spec
+
+PREFIX = "extend_"
+SEED_STEP = 1_000_003        # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+
+
+def extension_runs(exp: Location) -> list[Location]:
+    """The runs `extend` added inside an experiment, in the order they ran."""
+    runs = [r for r in exp.glob(f"{PREFIX}*") if r.name[len(PREFIX):].isdigit()]
+    return sorted(runs, key=lambda r: int(r.name[len(PREFIX):]))
+
+
+def extension_spec(spec: SearchSpec, k: int, num_samples: int, max_t: int | None) -> SearchSpec:
+    d = spec.to_dict()
+    d["num_samples"] = num_samples
+    d["seed"] = (spec.seed + k * SEED_STEP) % 2**32
+    if max_t is not None:
+        d["scheduler"]["max_t"] = max_t
+    return parse_spec(d, f"extension {k} of {spec.name}")
+
+
+def check_request(spec: SearchSpec, num_samples: int, max_t: int | None, promote: int) -> None:
+    if spec.method == "grid":
+        raise UserError("extend: a grid search has no more configs to sample; extend a random or tpe search")
+    if num_samples < 1:
+        raise UserError(f"--num-samples {num_samples}: must be at least 1")
+    if max_t is not None and max_t < spec.epochs:
+        raise UserError(f"--max-t {max_t}: below the search's {spec.epochs} epochs; the finished trials "
+                        "already ran that long")
+    if promote < 0:
+        raise UserError(f"--promote {promote}: must be 0 or more")
+
+
+def finished_scores(trials, spec: SearchSpec) -> list[tuple[dict, float, float]]:
+    """(config, last reported value, best value) of every trial that reported a finite value and
+    neither errored nor diverged."""
+    out = []
+    for _, t in trials.iterrows():
+        vals = [r.get(spec.metric) for r in t["results"] if not r.get("diverged")]
+        vals = [v for v in vals if v is not None and math.isfinite(v)]
+        if t["outcome"] in ("error", "diverged", "oom") or not vals:
+            continue
+        best = max(vals) if spec.mode == "max" else min(vals)
+        out.append((dict(t["config"]), float(vals[-1]), float(best)))
+    return out
+
+
+def extend_search(exp: Location, spec: SearchSpec, data: Dataset, num_samples: int, max_t: int | None,
+                  promote: int, verbose: int = 1, data_dir: Path | None = None) -> Location:
+    """Run the next extension of `exp`; returns its folder."""
+    from ..experiment import load_trials
+    check_request(spec, num_samples, max_t, promote)
+    trials = load_trials(exp, spec)
+    busy = trials[trials["status"].isin(UNFINISHED)]
+    if len(busy):
+        raise UserError(f"{exp}: {len(busy)} trial(s) never finished; continue the search with "
+                        f"`python launch.py --resume {exp}` first")
+    k = len(extension_runs(exp)) + 1
+    ext = extension_spec(spec, k, num_samples, max_t)
+    scored = finished_scores(trials, spec)
+    points = []
+    if max_t is not None and max_t > spec.epochs and promote:
+        ranked = sorted(scored, key=lambda s: s[2], reverse=spec.mode == "max")
+        points = [cfg for cfg, _, _ in ranked[:min(promote, num_samples)]]
+    if ext.method == "tpe":  # Optuna enqueues whole configs, conditional values included
+        starts = [{k: v for k, v in cfg.items() if v is not None} for cfg in points]
+    else:  # Tune's points cannot set sample_from keys: the conditional samplers take them (`pinned`)
+        plain = [k for k, p in ext.parameters.items() if not p.when]
+        starts = [{k: cfg.get(k) for k in plain} for cfg in points]
+    alg = build_search_alg(ext, warm=[(cfg, last) for cfg, last, _ in scored], points=starts)
+    print(f"extend: run {k} of {exp.name}: {num_samples} more trials (seed {ext.seed}, up to {ext.epochs} "
+          f"epochs){f', the {len(points)} best finished configs first' if points else ''}"
+          f"{f'; TPE starts from {len(scored)} finished trials' if ext.method == 'tpe' else ''}", flush=True)
+    return run_search(ext, exp / f"{PREFIX}{k}", data, verbose, data_dir=data_dir, search_alg=alg,
+                      pinned=tuple(points) if ext.method != "tpe" else ())
+
+
+def run_specs(exp: Location, spec: SearchSpec) -> list[tuple[Location, SearchSpec]]:
+    """The main run and every extension, each with its own spec."""
+    return [(exp, spec)] + [(r, read_spec(r)) for r in extension_runs(exp)]
