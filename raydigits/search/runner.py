@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
+from ..config import default_data_dir
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
@@ -20,7 +21,6 @@ from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_spac
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
-DEFAULT_DATA_DIR = "data/mnist"  # a spec without fixed.data_dir
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 PROBE_TIMEOUT_S = 5.0        # a HOST:PORT that does not answer in this long is refused
@@ -128,7 +128,7 @@ def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
 def data_dir_of(spec: SearchSpec) -> Path:
     """The spec's dataset folder, prepared if need be, as an absolute path (trials run in other
     working dirs)."""
-    return ensure_prepared(Path(spec.fixed.get("data_dir", DEFAULT_DATA_DIR))).resolve()
+    return ensure_prepared(Path(spec.fixed.get("data_dir") or default_data_dir())).resolve()
 
 
 def load_data(spec: SearchSpec, data_dir: Path | None = None) -> Dataset:

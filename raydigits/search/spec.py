@@ -19,7 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ..config import TrainConfig, format_validation_error, load_yaml_file
 from ..errors import UserError
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The shipped spaces: the source tree's search_spaces/, installed as the package data
+# raydigits/search_spaces/ (pyproject.toml maps the one onto the other; one copy of each file).
+_SOURCE_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+_PACKAGED_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SEARCH_SPACES_DIR = _PACKAGED_SPACES if _PACKAGED_SPACES.is_dir() else _SOURCE_SPACES
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "normal")
 INDEX_SUFFIX = "__index"
 SEED_HEX_DIGITS = 8  # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
