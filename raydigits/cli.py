@@ -3,6 +3,7 @@
     python launch.py --search-space NAME_OR_PATH [--address auto|HOST:PORT] [overrides...]
     python launch.py --resume EXPERIMENT_DIR
     python launch.py export EXPERIMENT_DIR [--images DIR] [--out FILE]
+    python launch.py reproduce EXPERIMENT_DIR [--trial ID] [--out DIR] [--set KEY=VALUE]
 
 User mistakes print one `error:` line and exit 2 (tracebacks only with --debug)."""
 from __future__ import annotations
@@ -196,12 +197,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _reproduce_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py reproduce",
+                                description="Retrain a trial without Ray and compare its per-epoch validation.")
+    p.add_argument("experiment", type=Path)
+    p.add_argument("--trial", default=None, help="trial id or name (default: the best trial)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default EXPERIMENT/reproduce/<trial id>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a trainer value (a what-if: then it should not reproduce)")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce, summary
+    if args.out is not None:
+        check_writable(args.out.resolve(), "--out", args.out)
+    result = reproduce(args.experiment, args.trial, args.out, args.overrides)
+    print(summary(result), flush=True)
+    return 0 if result.reproduced else 1
+
+
+SUBCOMMANDS = {"export": (_export_parser, cmd_export), "reproduce": (_reproduce_parser, cmd_reproduce)}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    export = bool(argv) and argv[0] == "export"
-    args = (_export_parser() if export else _search_parser()).parse_args(argv[1:] if export else argv)
+    make_parser, command = SUBCOMMANDS.get(argv[0] if argv else "", (_search_parser, cmd_search))
+    args = make_parser().parse_args(argv[1:] if command is not cmd_search else argv)
     try:
-        return cmd_export(args) if export else cmd_search(args)
+        return command(args)
     except UserError as exc:
         if args.debug:
             raise

@@ -286,9 +286,12 @@ class Trainer:
             return value > self.best_metric + delta
         return value < self.best_metric - delta
 
-    def fit(self, callback: Callback | None = None) -> list[dict]:
+    def fit(self, callback: Callback | None = None, stop_after: int | None = None) -> list[dict]:
+        """Train until `cfg.epochs` (or epoch `stop_after`, the schedule still spanning `cfg.epochs`:
+        how a trial that a scheduler stopped early is replayed) or an early stop."""
         cfg = self.cfg
-        while self.epoch < cfg.epochs and self.stop_reason is None:
+        last = min(cfg.epochs, stop_after or cfg.epochs)
+        while self.epoch < last and self.stop_reason is None:
             epoch = self.epoch + 1
             frozen = self.frozen = epoch <= cfg.freeze_epochs
             set_frozen(self.model, frozen)

@@ -17,7 +17,7 @@ from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
 from . import ray_compat
-from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec
+from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec, trial_threads
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
@@ -101,7 +101,7 @@ def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path):
     as a Tune trainable class that asks for the spec's resources and is named after its trial."""
     from ray import tune
     from .trainable import train_trial
-    threads = max(1, int(spec.resources.cpu))
+    threads = trial_threads(spec)
     fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir))
     return ray_compat.named_trainable(fn, {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu})
 

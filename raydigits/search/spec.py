@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import TrainConfig, format_validation_error, load_yaml_file
+from ..config import TrainConfig, format_validation_error, load_yaml_file, make_config
 from ..errors import UserError
 
 # The shipped spaces: the source tree's search_spaces/, installed as the package data
@@ -252,6 +252,18 @@ def trial_values(spec: SearchSpec, config: dict) -> dict:
         if v is not None and not k.endswith(INDEX_SUFFIX):
             values[spec.target(k) if k in spec.parameters else k] = v
     return values
+
+
+def trial_threads(spec: SearchSpec) -> int:
+    """Torch CPU threads of a trial: its CPU share (no oversubscription), unless fixed sets `threads`."""
+    return max(1, int(spec.resources.cpu))
+
+
+def trial_train_config(spec: SearchSpec, config: dict, data_dir: str, where: str) -> TrainConfig:
+    """The TrainConfig a trial trains with (search/trainable.py), and `launch.py reproduce` retrains with."""
+    values = {**trial_values(spec, config), "data_dir": str(data_dir)}
+    values.setdefault("threads", trial_threads(spec))
+    return make_config(values, where=where)
 
 
 # ------------------------------------------------------------------ Tune objects
