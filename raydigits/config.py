@@ -124,6 +124,14 @@ class TrainConfig(BaseModel):
         return self
 
 
+# Knobs that may change between two epochs of one run (population-based training perturbs them): a
+# trainer whose config differs from a loaded checkpoint's in these trains on with its own values
+# (trainer.Trainer.load_state_dict). Everything else (model, img_size, optimizer, batch_size, the
+# lr schedule's shape...) is structural: the weights or the optimiser state would not fit it.
+MUTABLE_KNOBS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "label_smoothing", "focal_gamma",
+                 "clip_grad_norm", "aug_strength", "aug_shift", "aug_rotate", "aug_scale", "dropout", "bn_momentum")
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():

@@ -17,7 +17,7 @@ from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
 from . import ray_compat
-from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec, trial_threads
+from .spec import POPULATION, SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec, trial_threads
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
@@ -110,7 +110,7 @@ def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
     """Checkpoints, retries and the progress table; the outcome recorder, and the time budget as a
     stopper that says when it ended the run (recorder.py)."""
     from ray import tune
-    from .recorder import BudgetStopper, OutcomeRecorder
+    from .recorder import OutcomeRecorder
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
                                 parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
                                 max_report_frequency=REPORT_EVERY_S, sort_by_metric=False,
@@ -118,11 +118,31 @@ def _run_config(spec: SearchSpec, storage: str, name: str, verbose: int):
     return tune.RunConfig(
         name=name, storage_path=storage, verbose=verbose, progress_reporter=reporter,
         callbacks=[OutcomeRecorder(Path(storage) / name, spec.epochs)],
-        stop=BudgetStopper(spec.time_budget_s, Path(storage) / name) if spec.time_budget_s else None,
+        stop=_stopper(spec, Path(storage) / name),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep,
-                                                checkpoint_score_attribute=spec.metric,
-                                                checkpoint_score_order=spec.mode))
+        checkpoint_config=_checkpoint_config(spec))
+
+
+def _stopper(spec: SearchSpec, exp_dir: Path):
+    """The time budget; under PBT / PB2 also the last epoch, so that a trial's last result ends it
+    before the scheduler sees it (PBT would perturb a finished trial and restart it for nothing)."""
+    from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
+    from .recorder import BudgetStopper
+    stoppers = [BudgetStopper(spec.time_budget_s, exp_dir)] if spec.time_budget_s else []
+    if spec.scheduler.type in POPULATION:
+        stoppers.append(MaximumIterationStopper(spec.epochs))  # a trial's iterations are its epochs
+    return stoppers[0] if len(stoppers) == 1 else (CombinedStopper(*stoppers) if stoppers else None)
+
+
+def _checkpoint_config(spec: SearchSpec):
+    """The best `checkpoints_to_keep` per trial by the search metric; under PBT / PB2 every one: a
+    trial may be handed any other trial's latest checkpoint, which a best-by-metric rule may have
+    deleted by the time it starts from it (Tune then fails the trial)."""
+    from ray import tune
+    if spec.scheduler.type in POPULATION:
+        return tune.CheckpointConfig()
+    return tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep, checkpoint_score_attribute=spec.metric,
+                                 checkpoint_score_order=spec.mode)
 
 
 def data_dir_of(spec: SearchSpec) -> Path:

@@ -47,7 +47,8 @@ def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, dat
     if checkpoint:
         with checkpoint.as_directory() as d:
             trainer.resume(Path(d) / CHECKPOINT_FILE)
-        print(f"resumed from epoch {trainer.epoch}", flush=True)
+        changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in trainer.changed_knobs.items())
+        print(f"resumed from epoch {trainer.epoch}" + (f" with {changed}" if changed else ""), flush=True)
 
     def report(metrics: dict, t: Trainer) -> None:
         print(f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
