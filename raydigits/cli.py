@@ -4,6 +4,8 @@
     python launch.py --resume EXPERIMENT_DIR_OR_URI
     python launch.py export EXPERIMENT_DIR_OR_URI [--images DIR] [--out FILE] [--force]
     python launch.py report EXPERIMENT_DIR_OR_URI
+    python launch.py extend EXPERIMENT_DIR_OR_URI --num-samples N [--max-t M]
+    python launch.py reproduce EXPERIMENT_DIR_OR_URI [--trial ID] [--out DIR] [--set KEY=VALUE]
 
 Experiments live in a local folder or any storage URI pyarrow understands (s3://, gs://, file://).
 
@@ -240,6 +242,28 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _reproduce_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="launch.py reproduce",
+                                description="Retrain a trial without Ray and compare its per-epoch validation.")
+    p.add_argument("experiment", help="the experiment folder or storage URI")
+    p.add_argument("--trial", default=None, help="trial id or name (default: the best trial)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default EXPERIMENT/reproduce/<trial id>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a trainer value (a what-if: then it should not reproduce)")
+    p.add_argument("--debug", action="store_true")
+    return p
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce, summary
+    from .storage import Location
+    if args.out is not None:
+        Location.parse(args.out, "--out").check_writable("--out")
+    result = reproduce(args.experiment, args.trial, args.out, args.overrides)
+    print(summary(result), flush=True)
+    return 0 if result.reproduced else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     sub = argv[0] if argv and argv[0] in SUBCOMMANDS else None
@@ -298,7 +322,7 @@ def cmd_extend(args) -> int:
 
 
 SUBCOMMANDS = {"export": (_export_parser, cmd_export), "report": (_report_parser, cmd_report),
-               "extend": (_extend_parser, cmd_extend)}
+               "extend": (_extend_parser, cmd_extend), "reproduce": (_reproduce_parser, cmd_reproduce)}
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ rejected with a message naming the key. Built from YAML, `--set key=value` overr
 trial's sampled dict."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -11,12 +12,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 
+DATA_ENV = "RAYDIGITS_DATA"  # the default dataset folder, when set
+
+
+def default_data_dir() -> str:
+    """Where the dataset is by default: $RAYDIGITS_DATA, else data/mnist under the working dir
+    (prepared there on first use)."""
+    return os.environ.get(DATA_ENV) or "data/mnist"
+
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
     # --- data
-    data_dir: str = "data/mnist"        # prepared store; a folder named 'mnist' is prepared on demand
+    data_dir: str = Field(default_factory=default_data_dir)  # prepared store; a folder named 'mnist' is prepared on demand
     train_items: int = Field(0, ge=0)   # stratified subset of train for quick runs; 0 = all
     val_items: int = Field(0, ge=0)     # stratified subset of val; 0 = all
     img_size: int = Field(32, ge=16, le=1024)  # network input side; MobileNetV3 works from 32 px
@@ -113,6 +122,14 @@ class TrainConfig(BaseModel):
         if sorted(self.milestones) != list(self.milestones):
             raise ValueError("milestones must be increasing")
         return self
+
+
+# Knobs that may change between two epochs of one run (population-based training perturbs them): a
+# trainer whose config differs from a loaded checkpoint's in these trains on with its own values
+# (trainer.Trainer.load_state_dict). Everything else (model, img_size, optimizer, batch_size, the
+# lr schedule's shape...) is structural: the weights or the optimiser state would not fit it.
+MUTABLE_KNOBS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "label_smoothing", "focal_gamma",
+                 "clip_grad_norm", "aug_strength", "aug_shift", "aug_rotate", "aug_scale", "dropout", "bn_momentum")
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:

@@ -116,9 +116,14 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
     for _, t in trials.iterrows():
         if t["outcome"] in NEVER_CHOSEN:
             continue
+        # a trial PBT restarted from another trial's checkpoint numbers its next checkpoints from that
+        # one's index: a folder a later epoch wrote again holds that epoch, not the earlier one
+        last_writer = {r.get("checkpoint_dir_name"): id(r) for r in t["results"]}
         for r in t["results"]:
             v = r.get(spec.metric)
             if v is None or not math.isfinite(v) or not r.get("checkpoint_dir_name"):
+                continue
+            if last_writer[r["checkpoint_dir_name"]] != id(r):
                 continue
             ck = as_location(t["path"]) / r["checkpoint_dir_name"] / CHECKPOINT_FILE
             candidates.append((v if spec.mode == "max" else -v, -int(r["epoch"]), t["trial_id"], ck, r))

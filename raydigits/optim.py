@@ -159,6 +159,17 @@ class LRSchedule:
         if self.is_plateau and self.steps >= self.warmup_steps:
             self.main.step(metric)
 
+    def rescale(self, factor: float) -> None:
+        """Scale the whole schedule by `factor` (the base lr changed mid-run: PBT): the current lr,
+        the warmup target, the main schedule's base and peak lrs. Floors (min_lr) stay."""
+        for g in self.opt.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):  # the last three: OneCycle's group keys
+                if key in g and not (key == "min_lr" and "max_lr" not in g):
+                    g[key] = g[key] * factor
+        self.target = [t * factor for t in self.target]
+        if hasattr(self.main, "base_lrs"):
+            self.main.base_lrs = [b * factor for b in self.main.base_lrs]
+
     def state_dict(self) -> dict:
         return {"steps": self.steps, "main": self.main.state_dict(), "target": self.target}
 

@@ -1,4 +1,4 @@
-"""`python -m raydigits.train --config FILE.yaml [--set key=value ...] [--out DIR] [--resume CKPT]`:
+"""`python -m raydigits.train --config FILE.yaml [--set key=value ...] [--out DIR] [--resume CKPT] [--stop-after N]`:
 one training run, no Ray. Writes config.yaml, last.pt, best.pt and metrics.csv into the output dir."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def format_epoch(m: dict) -> str:
             f"{m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s{flags}")
 
 
-def run(cfg, out_dir: Path, resume: Path | None = None, quiet: bool = False):
+def run(cfg, out_dir: Path, resume: Path | None = None, quiet: bool = False, stop_after: int | None = None):
     from .trainer import Trainer  # torch import kept out of argument parsing
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text(out_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -47,7 +47,7 @@ def run(cfg, out_dir: Path, resume: Path | None = None, quiet: bool = False):
         w.writerows(t.history)
         write_text(out_dir / "metrics.csv", buf.getvalue())
 
-    trainer.fit(on_epoch)
+    trainer.fit(on_epoch, stop_after)
     if trainer.stop_reason and not quiet:
         print(f"stopped: {trainer.stop_reason}")
     return trainer
@@ -60,11 +60,15 @@ def main(argv=None) -> int:
                    help="override a config key (repeatable)")
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="N",
+                   help="stop after epoch N; the lr schedule still spans `epochs` (a trial stopped early, replayed)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     args = p.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error("--stop-after: must be at least 1")
     try:
         cfg = load_config(args.config, args.overrides)
-        trainer = run(cfg, args.out, args.resume)
+        trainer = run(cfg, args.out, args.resume, stop_after=args.stop_after)
     except UserError as exc:
         if args.debug:
             raise

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 
 from .atomic import atomic_path
-from .config import TrainConfig
+from .config import MUTABLE_KNOBS, TrainConfig
 from .data.store import Dataset
 from .errors import UserError
 from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, side_stream
@@ -24,6 +24,7 @@ from .optim import build_loss, build_optimizer, build_scheduler, current_lr
 from .pipeline import Predictor, Preprocess, SplitBatches
 
 CHECKPOINT_FORMAT = 1
+OPTIMIZER_KNOBS = ("weight_decay", "momentum", "nesterov", "betas")  # TrainConfig key = param-group key
 Callback = Callable[[dict, "Trainer"], None]
 
 
@@ -95,6 +96,7 @@ class Trainer:
         self.bad_epochs = 0            # epochs without improvement (early stopping)
         self.history: list[dict] = []
         self.stop_reason: str | None = None
+        self.changed_knobs: dict = {}  # knobs whose value differs from the loaded checkpoint's (PBT)
         self.step_hook: Callable[[int, int], None] | None = None  # (epoch, step) → None; tests inject faults
         self._graphs: dict = {}        # (phase, frozen, batch) → CapturedStep
         self._warm: dict = {}          # eager warmup steps taken per key before its capture
@@ -287,9 +289,12 @@ class Trainer:
             return value > self.best_metric + delta
         return value < self.best_metric - delta
 
-    def fit(self, callback: Callback | None = None) -> list[dict]:
+    def fit(self, callback: Callback | None = None, stop_after: int | None = None) -> list[dict]:
+        """Train until `cfg.epochs` (or epoch `stop_after`, the schedule still spanning `cfg.epochs`:
+        how a trial that a scheduler stopped early is replayed) or an early stop."""
         cfg = self.cfg
-        while self.epoch < cfg.epochs and self.stop_reason is None:
+        last = min(cfg.epochs, stop_after or cfg.epochs)
+        while self.epoch < last and self.stop_reason is None:
             epoch = self.epoch + 1
             frozen = self.frozen = epoch <= cfg.freeze_epochs
             set_frozen(self.model, frozen)
@@ -366,12 +371,31 @@ class Trainer:
         if state.get("class_names") != self.class_names:
             raise UserError(f"checkpoint classes {state.get('class_names')} differ from the data's {self.class_names}")
         self.model.load_state_dict(state["model"])
+        fresh = [{k: g[k] for k in OPTIMIZER_KNOBS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.changed_knobs = self._keep_own_knobs(state.get("config") or {}, fresh)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
         self.history, self.stop_reason = list(state["history"]), state["stop_reason"]
+
+    def _keep_own_knobs(self, saved: dict, fresh: list[dict]) -> dict:
+        """The loaded optimiser state carries the saved run's hyperparameters in its param groups and
+        its lr schedule. Where this trainer's config differs in a `MUTABLE_KNOBS` knob (PBT continued
+        another trial's checkpoint with perturbed values), this config's value is applied: param-group
+        values as this config built them, and a changed `lr` scales the whole schedule. Returns
+        {knob: (saved, now)}."""
+        now = self.cfg.model_dump(mode="json")
+        changed = {k: (saved[k], now[k]) for k in MUTABLE_KNOBS if k in saved and saved[k] != now[k]}
+        for key in OPTIMIZER_KNOBS:
+            if key in changed:
+                for group, built in zip(self.optimizer.param_groups, fresh):
+                    if key in built:
+                        group[key] = built[key]
+        if "lr" in changed:
+            self.scheduler.rescale(now["lr"] / saved["lr"])
+        return changed
 
     def resume(self, path: str | Path) -> None:
         self.load_state_dict(load_checkpoint(path))

@@ -83,6 +83,16 @@ def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_
     assert (choose_best(tie, SPEC).trial_id, choose_best(tie, SPEC).epoch) == ("a", 1)
 
 
+def test_choose_best_skips_an_epoch_whose_checkpoint_folder_a_later_epoch_wrote_again(tmp_path):
+    """PBT: a trial restarted from another trial's checkpoint_000001 writes its next epoch into its
+    own checkpoint_000001 again (Tune numbers on from the donor's index)."""
+    trials = _trials(tmp_path, [("a", "completed", [0.5, 0.9, 0.6]), ("b", "completed", [0.7, 0.8])])
+    reused = trials.loc[0, "results"]
+    reused[2]["checkpoint_dir_name"] = reused[1]["checkpoint_dir_name"]  # epoch 3 overwrote epoch 2's folder
+    c = choose_best(trials, SPEC)
+    assert (c.trial_id, c.epoch) == ("b", 2)
+
+
 def test_predictions_frame_is_sorted_by_id_with_the_top_class_and_its_probability():
     probs = np.array([[0.1, 0.9], [0.7, 0.3], [0.2, 0.8]])
     df = predictions_frame(["02", "00", "01"], probs, ["cat", "dog"])

@@ -53,7 +53,7 @@ CASES = [
                                            d["parameters"].pop("betas")), "parameters.lr: method grid needs `values`"),
     ("two kinds", lambda d: d["parameters"]["lr"].update(values=[1]), "parameters.lr: give exactly one of"),
     ("unknown model", lambda d: d["fixed"].update(model="mobilenetv3"), "fixed.model: unknown model 'mobilenetv3'"),
-    ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'asha' or 'fifo'"),
+    ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'asha', 'fifo', 'pbt' or 'pb2'"),
 ]
 
 
@@ -157,3 +157,76 @@ def test_a_first_rung_of_a_few_steps_is_warned_about():
     assert "46 optimiser steps" in early_rung_warning(grid, 50_000)  # the largest batch counts
     assert early_rung_warning(parse_spec({"name": "f", "scheduler": {"type": "fifo"},
                                           "fixed": {"train_items": 100}}), 50_000) is None
+
+
+# ------------------------------------------------------------------ PBT / PB2
+PBT = {"name": "p", "num_samples": 2, "scheduler": {"type": "pbt", "max_t": 4, "perturbation_interval": 2},
+       "parameters": {"optimizer": {"values": ["sgd", "adamw"]},
+                      "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+                      "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
+                      "label_smoothing": {"values": [0.0, 0.05, 0.1]},
+                      "img_size": {"values": [32, 48]},
+                      "nesterov": {"value": True}}}
+
+
+def _pbt(**scheduler):
+    import copy
+    d = copy.deepcopy(PBT)
+    d["scheduler"].update(scheduler)
+    return d
+
+
+PBT_CASES = [
+    ("structural knob", {"mutate": ["lr", "img_size"]},
+     "scheduler.mutate[1]: 'img_size' cannot change mid-training"),
+    ("optimizer type", {"mutate": ["optimizer"]}, "scheduler.mutate[0]: 'optimizer' cannot change mid-training"),
+    ("not searched", {"mutate": ["weight_decay"]}, "scheduler.mutate[0]: 'weight_decay' is not a searched parameter"),
+    ("conditional", {"mutate": ["momentum"]}, "scheduler.mutate[0]: 'momentum' is conditional"),
+    ("constant", {"mutate": ["nesterov"]}, "scheduler.mutate[0]: 'nesterov' is a constant"),
+    ("pb2 over values", {"type": "pb2", "mutate": ["label_smoothing"]},
+     "scheduler.mutate[0]: pb2 perturbs continuous parameters (min, max) only"),
+    ("interval too long", {"perturbation_interval": 4}, "scheduler.perturbation_interval (4) must be below max_t (4)"),
+    ("mutate without pbt", {"type": "asha", "mutate": ["lr"]}, "scheduler.mutate: only for scheduler type pbt or pb2"),
+]
+
+
+@pytest.mark.parametrize("label,scheduler,message", PBT_CASES, ids=[c[0] for c in PBT_CASES])
+def test_pbt_mistakes_name_the_key(label, scheduler, message):
+    with pytest.raises(UserError) as err:
+        parse_spec(_pbt(**scheduler), "space.yaml")
+    assert message in str(err.value), str(err.value)
+
+
+def test_pbt_refuses_tpe_and_a_space_with_nothing_to_perturb():
+    with pytest.raises(UserError, match="scheduler.type pbt: its trials take their configs from each other"):
+        parse_spec({**_pbt(), "method": "tpe"})
+    nothing = _pbt()
+    nothing["parameters"] = {"img_size": {"values": [32, 48]}}
+    with pytest.raises(UserError, match="no searched parameter can be perturbed"):
+        parse_spec(nothing)
+
+
+def test_pbt_perturbs_what_the_space_searches_within_its_ranges():
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+    from ray.tune.search.sample import Float
+    from raydigits.search.spec import ClipToRange, build_tune_scheduler, mutated
+    spec = parse_spec(_pbt())
+    assert mutated(spec) == ["lr", "label_smoothing"]  # not structural, conditional or constant ones
+    pbt = build_tune_scheduler(spec)
+    assert isinstance(pbt, PopulationBasedTraining) and not isinstance(pbt, PB2)
+    lr = pbt._hyperparam_mutations["lr"]
+    assert isinstance(lr, Float) and (lr.lower, lr.upper) == (1e-4, 1e-2)  # the same distribution
+    assert pbt._hyperparam_mutations["label_smoothing"] == [0.0, 0.05, 0.1]  # the list of choices
+    assert pbt._perturbation_interval == 2 and pbt._metric == "val_acc"
+    clip = ClipToRange({"lr": (1e-4, 1e-2), "batch": (16, 64)})
+    assert clip({"lr": 0.012, "batch": 70, "other": 5.0}) == {"lr": 1e-2, "batch": 64, "other": 5.0}
+    assert clip({"lr": 5e-5, "batch": 20})["lr"] == 1e-4
+    pb2 = build_tune_scheduler(parse_spec(_pbt(type="pb2")))
+    assert isinstance(pb2, PB2) and pb2._hyperparam_bounds == {"lr": [1e-4, 1e-2]}
+
+
+def test_shipped_pbt_space_is_valid():
+    from raydigits.search.spec import mutated
+    spec = load_spec("pbt")
+    assert spec.scheduler.type == "pbt" and mutated(spec) == ["lr", "weight_decay", "label_smoothing"]

@@ -229,3 +229,29 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(small_mnist, tmp_pa
     (tmp_path / "cut.pt").write_bytes(before[: len(before) // 2])
     with pytest.raises(UserError, match="truncated or corrupt"):
         load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_a_checkpoint_continued_with_other_knobs_trains_with_them(small_mnist, tmp_path):
+    """PBT: a trial continues another trial's checkpoint with perturbed values: the weights,
+    optimiser moments and epoch count carry over, the perturbed knobs take effect (the loaded
+    optimiser state would otherwise bring the old lr and weight decay back)."""
+    donor = Trainer(tiny_cfg(epochs=3, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4,
+                             scheduler="cosine"), small_mnist)
+    donor.fit(stop_after=1)
+    donor.save(tmp_path / "donor.pt")
+    lr_now = donor.optimizer.param_groups[0]["lr"]  # cosine moved it below 0.05 during epoch 1
+    clone = Trainer(tiny_cfg(epochs=3, optimizer="sgd", lr=0.1, momentum=0.8, weight_decay=5e-4,
+                             scheduler="cosine", label_smoothing=0.1), small_mnist)
+    clone.resume(tmp_path / "donor.pt")
+    assert clone.epoch == 1 and clone.history == donor.history
+    assert set(clone.changed_knobs) == {"lr", "momentum", "weight_decay", "label_smoothing"}
+    decay, no_decay = clone.optimizer.param_groups
+    assert decay["lr"] == pytest.approx(lr_now * 2) and no_decay["lr"] == pytest.approx(lr_now * 2)
+    assert clone.scheduler.main.base_lrs == pytest.approx([0.1, 0.1])  # the rest of the schedule too
+    assert decay["momentum"] == 0.8 and decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+    assert clone.criterion.label_smoothing == 0.1
+    same = Trainer(donor.cfg, small_mnist)
+    same.resume(tmp_path / "donor.pt")  # an ordinary resume changes nothing
+    assert same.changed_knobs == {} and same.optimizer.state_dict()["param_groups"] == donor.optimizer.state_dict()["param_groups"]
+    history = clone.fit()
+    assert [m["epoch"] for m in history] == [1, 2, 3] and history[1]["lr"] < lr_now * 2

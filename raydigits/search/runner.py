@@ -11,16 +11,16 @@ from pathlib import Path
 
 import yaml
 
+from ..config import default_data_dir
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
 from ..storage import Location, as_location
 from . import ray_compat
-from .spec import SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec
+from .spec import POPULATION, SearchSpec, build_search_alg, build_tune_scheduler, param_space, parse_spec, trial_threads
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
-DEFAULT_DATA_DIR = "data/mnist"  # a spec without fixed.data_dir
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 PROBE_TIMEOUT_S = 5.0        # a HOST:PORT that does not answer in this long is refused
@@ -102,7 +102,7 @@ def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path):
     as a Tune trainable class that asks for the spec's resources and is named after its trial."""
     from ray import tune
     from .trainable import train_trial
-    threads = max(1, int(spec.resources.cpu))
+    threads = trial_threads(spec)
     fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir))
     return ray_compat.named_trainable(fn, {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu})
 
@@ -113,7 +113,7 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
     driver's experiment state at least every SYNC_PERIOD_S (and whenever trials checkpoint)."""
     from ray import tune
     from .progress import eta_reporter
-    from .recorder import BudgetStopper, OutcomeRecorder
+    from .recorder import OutcomeRecorder
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
                                 parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
                                 max_report_frequency=REPORT_EVERY_S, sort_by_metric=False,
@@ -121,18 +121,38 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
     return tune.RunConfig(
         name=exp.name, storage_path=exp.parent.tune_path, verbose=verbose, progress_reporter=reporter,
         callbacks=[OutcomeRecorder(exp, spec.epochs), eta_reporter(spec, exp)],
-        stop=BudgetStopper(spec.time_budget_s, exp) if spec.time_budget_s else None,
+        stop=_stopper(spec, exp),
         sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep,
-                                                checkpoint_score_attribute=spec.metric,
-                                                checkpoint_score_order=spec.mode))
+        checkpoint_config=_checkpoint_config(spec))
+
+
+def _stopper(spec: SearchSpec, exp_dir: Location):
+    """The time budget; under PBT / PB2 also the last epoch, so that a trial's last result ends it
+    before the scheduler sees it (PBT would perturb a finished trial and restart it for nothing)."""
+    from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
+    from .recorder import BudgetStopper
+    stoppers = [BudgetStopper(spec.time_budget_s, exp_dir)] if spec.time_budget_s else []
+    if spec.scheduler.type in POPULATION:
+        stoppers.append(MaximumIterationStopper(spec.epochs))  # a trial's iterations are its epochs
+    return stoppers[0] if len(stoppers) == 1 else (CombinedStopper(*stoppers) if stoppers else None)
+
+
+def _checkpoint_config(spec: SearchSpec):
+    """The best `checkpoints_to_keep` per trial by the search metric; under PBT / PB2 every one: a
+    trial may be handed any other trial's latest checkpoint, which a best-by-metric rule may have
+    deleted by the time it starts from it (Tune then fails the trial)."""
+    from ray import tune
+    if spec.scheduler.type in POPULATION:
+        return tune.CheckpointConfig()
+    return tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep, checkpoint_score_attribute=spec.metric,
+                                 checkpoint_score_order=spec.mode)
 
 
 def data_dir_of(spec: SearchSpec) -> Path:
     """The spec's dataset folder, prepared if need be, as an absolute path (trials run in other
     working dirs)."""
-    return ensure_prepared(Path(spec.fixed.get("data_dir", DEFAULT_DATA_DIR))).resolve()
+    return ensure_prepared(Path(spec.fixed.get("data_dir") or default_data_dir())).resolve()
 
 
 def load_data(spec: SearchSpec, data_dir: Path | None = None) -> Dataset:

@@ -5,6 +5,9 @@ Parameter syntax follows W&B sweeps: `{values: [...]}`, `{value: x}`,
 `{distribution: uniform | log_uniform_values | int_uniform | q_uniform | normal, min, max, q, mu, sigma}`.
 A parameter that only applies to one choice adds `when: {optimizer: sgd}` (or a list of values):
 it is sampled only for trials where the condition holds and otherwise keeps TrainConfig's default.
+
+Schedulers: asha, fifo, pbt and pb2; PBT perturbs searched parameters that may change mid-training
+(config.MUTABLE_KNOBS), with the parameter's own distribution (clipped to its range) or list.
 """
 from __future__ import annotations
 
@@ -16,10 +19,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..config import TrainConfig, format_validation_error, load_yaml_file
+from ..config import MUTABLE_KNOBS, TrainConfig, format_validation_error, load_yaml_file, make_config
 from ..errors import UserError
 
-SEARCH_SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+# The shipped spaces: the source tree's search_spaces/, installed as the package data
+# raydigits/search_spaces/ (pyproject.toml maps the one onto the other; one copy of each file).
+_SOURCE_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
+_PACKAGED_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+SEARCH_SPACES_DIR = _PACKAGED_SPACES if _PACKAGED_SPACES.is_dir() else _SOURCE_SPACES
 DISTRIBUTIONS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform", "normal")
 INDEX_SUFFIX = "__index"
 SEED_HEX_DIGITS = 8  # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
@@ -84,11 +91,19 @@ class Param(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    type: Literal["asha", "fifo"] = "asha"
+    type: Literal["asha", "fifo", "pbt", "pb2"] = "asha"
     max_t: int | None = Field(None, ge=1)          # epochs a trial may run (= TrainConfig.epochs)
     grace_period: int = Field(1, ge=1)             # epochs before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1.0)
     brackets: int = Field(1, ge=1)
+    # pbt / pb2: every `perturbation_interval` epochs a trial in the bottom `quantile_fraction` continues
+    # from a top trial's checkpoint with that trial's config, its `mutate` parameters perturbed
+    perturbation_interval: int = Field(1, ge=1)
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0)  # pbt: resample instead of x1.2 / x0.8 or a neighbour
+    mutate: list[str] | None = None                # searched parameters to perturb (default: every one that may)
+    synch: bool = False  # pbt/pb2: trials wait for each other at every interval (else a trial is compared
+                         # with the others' latest results, and a fast trial may finish before any is in)
 
 
 class Resources(_Strict):
@@ -183,6 +198,7 @@ def check_spec(spec: SearchSpec, where: str) -> None:
         if same and not (spec.parameters[name].when and all(spec.parameters[n].when for n in same)):
             raise UserError(f"{where}: parameters.{name}: sets {target!r} like {same[0]}; parameters "
                             "sharing a key need `when` conditions")
+    check_population(spec, where)
     if "epochs" in spec.fixed and spec.scheduler.max_t and spec.fixed["epochs"] != spec.scheduler.max_t:
         raise UserError(f"{where}: fixed.epochs ({spec.fixed['epochs']}) differs from scheduler.max_t "
                         f"({spec.scheduler.max_t}); give one")
@@ -229,6 +245,53 @@ def asha_rungs(spec: SearchSpec) -> set[int]:
     return rungs
 
 
+POPULATION = ("pbt", "pb2")
+CONTINUOUS = ("uniform", "log_uniform_values", "int_uniform", "q_uniform")  # pb2's bounds: min and max
+
+
+def check_population(spec: SearchSpec, where: str) -> None:
+    """PBT / PB2: the perturbed parameters exist, are unconditional, and can change mid-training."""
+    s = spec.scheduler
+    if s.type not in POPULATION:
+        if s.mutate is not None:
+            raise UserError(f"{where}: scheduler.mutate: only for scheduler type pbt or pb2")
+        return
+    if spec.method == "tpe":
+        raise UserError(f"{where}: scheduler.type {s.type}: its trials take their configs from each other; "
+                        "use method random or grid")
+    if s.perturbation_interval >= spec.epochs:
+        raise UserError(f"{where}: scheduler.perturbation_interval ({s.perturbation_interval}) must be below "
+                        f"max_t ({spec.epochs}) epochs, or no trial is ever perturbed")
+    for i, name in enumerate(s.mutate or []):
+        p = spec.parameters.get(name)
+        if p is None:
+            raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} is not a searched parameter "
+                            f"(parameters: {', '.join(spec.parameters) or 'none'})")
+        if spec.target(name) not in MUTABLE_KNOBS:
+            raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} cannot change mid-training (the weights "
+                            f"or optimiser state would not fit it); perturbable: {', '.join(MUTABLE_KNOBS)}")
+        if p.when:
+            raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} is conditional (when); a trial copying "
+                            "another's config could leave it unset")
+        if "value" in p.model_fields_set:
+            raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} is a constant; nothing to perturb")
+        if s.type == "pb2" and p.distribution not in CONTINUOUS:
+            raise UserError(f"{where}: scheduler.mutate[{i}]: pb2 perturbs continuous parameters (min, max) only; "
+                            f"{name!r} is not one (use scheduler type pbt)")
+    if not mutated(spec):
+        raise UserError(f"{where}: scheduler.type {s.type}: no searched parameter can be perturbed; search one "
+                        f"of {', '.join(MUTABLE_KNOBS)} without `when`" + (" with a distribution" if s.type == "pb2" else ""))
+
+
+def mutated(spec: SearchSpec) -> list[str]:
+    """The parameters PBT / PB2 perturb: scheduler.mutate, or every searched one that may be."""
+    if spec.scheduler.mutate is not None:
+        return list(spec.scheduler.mutate)
+    return [name for name, p in spec.parameters.items()
+            if spec.target(name) in MUTABLE_KNOBS and not p.when and "value" not in p.model_fields_set
+            and (spec.scheduler.type != "pb2" or p.distribution in CONTINUOUS)]
+
+
 MIN_RUNG_STEPS = 100  # below this many optimiser steps, a first rung ranks trials on their start
 
 
@@ -259,6 +322,18 @@ def trial_values(spec: SearchSpec, config: dict) -> dict:
         if v is not None and not k.endswith(INDEX_SUFFIX):
             values[spec.target(k) if k in spec.parameters else k] = v
     return values
+
+
+def trial_threads(spec: SearchSpec) -> int:
+    """Torch CPU threads of a trial: its CPU share (no oversubscription), unless fixed sets `threads`."""
+    return max(1, int(spec.resources.cpu))
+
+
+def trial_train_config(spec: SearchSpec, config: dict, data_dir: str, where: str) -> TrainConfig:
+    """The TrainConfig a trial trains with (search/trainable.py), and `launch.py reproduce` retrains with."""
+    values = {**trial_values(spec, config), "data_dir": str(data_dir)}
+    values.setdefault("threads", trial_threads(spec))
+    return make_config(values, where=where)
 
 
 # ------------------------------------------------------------------ Tune objects
@@ -398,12 +473,46 @@ def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
     return {"storage": storage, "study_name": WARM_STUDY}
 
 
+class ClipToRange:
+    """PBT's explore step multiplies a value by 1.2 or 0.8, which can leave the searched range (a
+    momentum of 1.1 TrainConfig rejects): perturbed values are clipped back into [min, max]."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]):
+        self.bounds = bounds
+
+    def __call__(self, config: dict) -> dict:
+        for key, (lo, hi) in self.bounds.items():
+            if isinstance(config.get(key), (int, float)) and not isinstance(config[key], bool):
+                config[key] = type(config[key])(min(max(config[key], lo), hi))
+        return config
+
+
+def _population_scheduler(spec: SearchSpec):
+    """PBT (perturbed parameters: the same distribution, or the list of values) or PB2 (their bounds)."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+    s, names = spec.scheduler, mutated(spec)
+    bounds = {n: (spec.parameters[n].min, spec.parameters[n].max) for n in names
+              if spec.parameters[n].distribution in CONTINUOUS}
+    common = dict(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
+                  perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
+                  synch=s.synch)
+    if s.type == "pb2":
+        return PB2(hyperparam_bounds={n: list(b) for n, b in bounds.items()}, **common)
+    mutations = {n: list(spec.parameters[n].values) if spec.parameters[n].values is not None
+                 else _domain(spec.parameters[n]) for n in names}
+    return PopulationBasedTraining(hyperparam_mutations=mutations, resample_probability=s.resample_probability,
+                                   custom_explore_fn=ClipToRange(bounds), **common)
+
+
 def build_tune_scheduler(spec: SearchSpec):
-    """Tune's trial scheduler (ASHA or FIFO); optim.build_scheduler is the learning-rate schedule."""
+    """Tune's trial scheduler (ASHA, FIFO, PBT or PB2); optim.build_scheduler is the learning-rate schedule."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     s = spec.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
+    if s.type in POPULATION:
+        return _population_scheduler(spec)
     return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
                          max_t=spec.epochs, grace_period=min(s.grace_period, spec.epochs),
                          reduction_factor=s.reduction_factor, brackets=s.brackets)

@@ -10,11 +10,10 @@ import psutil
 import torch
 from ray import tune
 
-from ..config import make_config
 from ..data.store import Dataset
 from ..trainer import Trainer
 from . import ray_compat
-from .spec import SearchSpec, trial_values
+from .spec import SearchSpec, trial_train_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
@@ -40,9 +39,7 @@ def _fault_hook():
 def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, data_dir: str) -> None:
     """`data_dir`: where `data` came from (absolute), recorded in the trial's TrainConfig."""
     ray_compat.quiet_checkpoint_lines()  # our epoch line already says a checkpoint was taken
-    values = {**trial_values(spec, config), "data_dir": data_dir}
-    values.setdefault("threads", threads)  # the trial's CPU share: no oversubscription
-    cfg = make_config(values, where=f"trial {tune.get_context().get_trial_name()}")
+    cfg = trial_train_config(spec, config, data_dir, where=f"trial {tune.get_context().get_trial_name()}")
     torch.set_num_threads(cfg.threads or threads)
     trainer = Trainer(cfg, data)
     trainer.step_hook = _fault_hook()
@@ -50,7 +47,8 @@ def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, dat
     if checkpoint:
         with checkpoint.as_directory() as d:
             trainer.resume(Path(d) / CHECKPOINT_FILE)
-        print(f"resumed from epoch {trainer.epoch}", flush=True)
+        changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in trainer.changed_knobs.items())
+        print(f"resumed from epoch {trainer.epoch}" + (f" with {changed}" if changed else ""), flush=True)
 
     def report(metrics: dict, t: Trainer) -> None:
         print(f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
@@ -59,6 +57,7 @@ def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, dat
         clean = {k: (float(v) if isinstance(v, (bool, int, float)) and k != "epoch" else v)
                  for k, v in metrics.items()}
         clean["stop_reason"] = t.stop_reason or ""
+        clean["device"] = str(t.device)  # what `launch.py reproduce` compares against (CPU: exactly)
         clean["uss_mb"] = psutil.Process().memory_full_info().uss / 2**20  # memory this trial alone holds
         clean["data_zero_copy"] = float(not data.images["train"].flags.writeable)  # a view of the object store
         if t.stop_reason == "oom":  # no checkpoint of a step that failed half-way

@@ -1,0 +1,173 @@
+"""`launch.py reproduce EXPERIMENT [--trial ID] [--out DIR] [--set key=value]`: retrain one trial of a
+finished search without Ray and compare its per-epoch validation with what the trial reported.
+
+The trial's TrainConfig comes from its stored config through `spec.trial_train_config`, the function
+the trial itself used (same `fixed` values, seed, data folder and thread count), and is written to
+`<out>/config.yaml`; the retraining is then exactly `python -m raydigits.train --config
+<out>/config.yaml --stop-after N --out <out>` (printed), where N is the number of epochs the trial ran
+(a trial stopped early by ASHA stops there; its learning-rate schedule still spans the full epochs).
+
+Determinism: the trainer seeds model init, data order, augmentation, dropout and the precise-BN
+sample from `seed` and the epoch, so a CPU trial reproduces bit for bit: its val_acc must be equal
+every epoch (val_loss's largest difference is reported). The torch thread count changes CPU results
+(reductions split differently), which is why the trial's own count is used. On a GPU (autotuned
+cuDNN kernels, atomics) a stated tolerance applies instead. Exit status 1 when it does not reproduce.
+PBT trials are refused: their weights came from other trials mid-run."""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .atomic import write_text
+from .config import load_config, parse_overrides
+from .errors import UserError
+from .storage import Location, as_location
+
+GPU_VAL_ACC_TOLERANCE = 0.01  # absolute, per epoch, when the trial or the retraining ran on a GPU
+OUT_FOLDER = "reproduce"      # <experiment>/reproduce/<trial id>/ by default
+RESULT_FILE = "reproduce.json"
+
+
+@dataclass
+class Reproduction:
+    trial_id: str
+    recorded_device: str
+    device: str
+    tolerance: float              # on val_acc, absolute per epoch (0: equal)
+    command: str
+    out_dir: str
+    rows: list[dict] = field(default_factory=list)  # epoch, recorded/reproduced val_acc and val_loss
+
+    @property
+    def max_acc_diff(self) -> float:
+        return max((_diff(r["recorded_val_acc"], r["reproduced_val_acc"]) for r in self.rows), default=math.inf)
+
+    @property
+    def max_loss_diff(self) -> float:
+        return max((_diff(r["recorded_val_loss"], r["reproduced_val_loss"]) for r in self.rows), default=math.inf)
+
+    @property
+    def reproduced(self) -> bool:
+        complete = all(r["reproduced_val_acc"] is not None for r in self.rows)
+        return bool(self.rows) and complete and self.max_acc_diff <= self.tolerance
+
+    def table(self) -> str:
+        lines = [f"{'epoch':>5}  {'val_acc recorded':>16}  {'reproduced':>10}  {'val_loss recorded':>17}  "
+                 f"{'reproduced':>10}  {'|diff|':>8}"]
+        for r in self.rows:
+            acc, loss = r["reproduced_val_acc"], r["reproduced_val_loss"]
+            lines.append(f"{r['epoch']:>5}  {r['recorded_val_acc']:>16.4f}  "
+                         f"{'-' if acc is None else f'{acc:.4f}':>10}  {r['recorded_val_loss']:>17.6f}  "
+                         f"{'-' if loss is None else f'{loss:.6f}':>10}  "
+                         f"{_diff(r['recorded_val_loss'], loss):>8.1e}")
+        return "\n".join(lines)
+
+
+def _diff(a, b) -> float:
+    if a is None or b is None:
+        return math.inf
+    if math.isnan(a) and math.isnan(b):
+        return 0.0
+    return abs(a - b)
+
+
+def recorded_epochs(results: list[dict]) -> list[dict]:
+    """The trial's reported epochs in order, the last report of each (a retried trial may report an
+    epoch again); an out-of-memory epoch is left out (it reported nothing to compare)."""
+    by_epoch = {int(r["epoch"]): r for r in results if "epoch" in r and not r.get("oom")}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def recorded_device(spec, epochs: list[dict]) -> str:
+    """Where the trial trained: reported since trials report `device`; before that, a trial without
+    a GPU share or without CUDA graphs (on by default on CUDA) is taken to have run on the CPU."""
+    device = next((r["device"] for r in reversed(epochs) if r.get("device")), None)
+    if device:
+        return str(device)
+    on_gpu = any(r.get("cuda_graphs") for r in epochs) or (spec.resources.gpu not in (0, 0.0) and
+                                                           spec.fixed.get("device") != "cpu")
+    return "cuda" if on_gpu else "cpu"
+
+
+def pick_trial(trials, spec, trial: str | None):
+    """The row of `trials` named by `trial` (its id or its name), or the best trial's."""
+    from .experiment import choose_best
+    if trial is None:
+        trial = choose_best(trials, spec).trial_id
+    rows = trials[(trials["trial_id"] == trial) | trials["path"].map(lambda p: as_location(p).name == trial)]
+    if rows.empty:
+        raise UserError(f"--trial {trial}: no such trial (trials: {', '.join(trials['trial_id'])})")
+    return rows.iloc[0]
+
+
+def reproduce(exp_dir: Location | str, trial: str | None = None, out_dir: Path | None = None,
+              overrides: list[str] | None = None, quiet: bool = False) -> Reproduction:
+    from . import train
+    from .experiment import load_trials
+    from .search.runner import data_dir_of, read_spec
+    from .search.spec import trial_train_config
+    exp_dir = as_location(exp_dir)
+    spec = read_spec(exp_dir)
+    if spec.scheduler.type in ("pbt", "pb2"):
+        raise UserError(f"{exp_dir}: a {spec.scheduler.type} trial continues from other trials' weights "
+                        "mid-run; it cannot be retrained alone from its config")
+    row = pick_trial(load_trials(exp_dir, spec), spec, trial)
+    epochs = recorded_epochs(row["results"])
+    if not epochs:
+        raise UserError(f"trial {row['trial_id']}: it reported no epoch ({row['outcome']}); nothing to reproduce")
+    config = epochs[-1].get("config")  # as Tune gave it to the trial (JSON: no table's type coercion)
+    if config is None:
+        config = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
+        config = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in config.items()}
+    run_spec = read_spec(as_location(row["path"]).parent)  # its run's (an extension may train longer: extend.py)
+    cfg = trial_train_config(run_spec, config, str(data_dir_of(run_spec)), where=f"trial {row['trial_id']}")
+    was = recorded_device(spec, epochs)
+    extra = parse_overrides(overrides)
+    if "device" not in extra and was == "cpu":
+        extra["device"] = "cpu"  # the trial saw no GPU; neither does its retraining
+    values = {**cfg.model_dump(mode="json"), **extra}
+    if out_dir is None:  # beside the experiment; for one in remote storage, under ./reproduce/<name>/
+        local = exp_dir.local
+        out_dir = (local / OUT_FOLDER if local is not None else Path(OUT_FOLDER) / exp_dir.name) / str(row["trial_id"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_file = out_dir / "config.yaml"
+    write_text(config_file, yaml.safe_dump(values, sort_keys=False))
+    cfg = load_config(config_file)  # what the printed command reads
+    stop_after = int(epochs[-1]["epoch"])
+    stop = ["--stop-after", str(stop_after)] if stop_after < cfg.epochs else []
+    command = shlex.join(["python", "-m", "raydigits.train", "--config", str(config_file), *stop,
+                          "--out", str(out_dir)])
+    if not quiet:
+        print(f"reproducing trial {row['trial_id']} ({stop_after} epochs, recorded on {was}):\n  {command}",
+              flush=True)
+    trainer = train.run(cfg, out_dir, quiet=quiet, stop_after=stop_after)
+    now = str(trainer.device)
+    mine = {int(m["epoch"]): m for m in trainer.history}
+    rows = [{"epoch": int(r["epoch"]), "recorded_val_acc": r["val_acc"], "reproduced_val_acc":
+             mine.get(int(r["epoch"]), {}).get("val_acc"), "recorded_val_loss": r["val_loss"],
+             "reproduced_val_loss": mine.get(int(r["epoch"]), {}).get("val_loss")} for r in epochs]
+    cpu_both = was == "cpu" and now == "cpu"
+    result = Reproduction(str(row["trial_id"]), was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command,
+                          str(out_dir), rows)
+    write_text(out_dir / RESULT_FILE, json.dumps({**asdict(result), "reproduced": result.reproduced,
+                                                  "max_val_acc_diff": result.max_acc_diff,
+                                                  "max_val_loss_diff": result.max_loss_diff,
+                                                  "overrides": extra}, indent=2, default=str))
+    return result
+
+
+def summary(r: Reproduction) -> str:
+    rule = "equal every epoch (CPU)" if r.tolerance == 0 else f"within {r.tolerance:g} every epoch (GPU)"
+    rule = f"required val_acc {rule}"
+    verdict = "reproduced" if r.reproduced else "NOT reproduced"
+    return (f"{r.table()}\n"
+            f"trial {r.trial_id}: {verdict} ({rule}); largest val_acc difference {r.max_acc_diff:.2g}, "
+            f"val_loss {r.max_loss_diff:.2g} (recorded on {r.recorded_device}, retrained on {r.device})\n"
+            f"the same run: {r.command}\n"
+            f"outputs: {r.out_dir}")

@@ -1,0 +1,98 @@
+"""`launch.py reproduce`: a small real search, then its best trial retrained without Ray matches the
+recorded validation epoch for epoch (CPU: equal), a trial ASHA stopped early replays only its epochs,
+the printed `python -m raydigits.train` command is the same run, and a changed seed does not match."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from helpers import REPO, launch
+from raydigits.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAYDIGITS_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory, mnist_dir):
+    storage = tmp_path_factory.mktemp("ray_results")
+    proc = launch(["--search-space", "smoke", "--num-samples", "2", "--set", "train_items=300",
+                   "--set", "val_items=200", "--storage-path", str(storage), "--name", "repro", "--no-final",
+                   "--verbose", "0"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return storage / "repro"
+
+
+def _recorded(exp, trial_id):
+    from raydigits.experiment import load_trials
+    from raydigits.search.runner import read_spec
+    trials = load_trials(exp, read_spec(exp))
+    row = trials[trials["trial_id"] == trial_id].iloc[0]
+    return row, [r["val_acc"] for r in row["results"]]
+
+
+def test_best_trial_reproduces_exactly_and_the_printed_command_is_the_same_run(search, tmp_path):
+    done = _cli(["reproduce", str(search)])
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from raydigits.experiment import choose_best, load_trials
+    from raydigits.search.runner import read_spec
+    spec = read_spec(search)
+    best = choose_best(load_trials(search, spec), spec).trial_id
+    out = search / "reproduce" / best
+    result = json.loads((out / "reproduce.json").read_text())
+    row, recorded = _recorded(search, best)
+    assert result["trial_id"] == best and result["reproduced"] and result["recorded_device"] == "cpu"
+    assert [r["reproduced_val_acc"] for r in result["rows"]] == recorded  # equal, not close
+    assert len(recorded) == row["epochs"] and result["max_val_loss_diff"] < 1e-6
+    assert "reproduced (required val_acc equal every epoch" in done.stdout
+    command = next(line for line in done.stdout.splitlines() if line.startswith("the same run: "))
+    argv = shlex.split(command.removeprefix("the same run: "))
+    assert argv[:3] == ["python", "-m", "raydigits.train"]
+    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    again = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "RAYDIGITS_NO_PROGRESS": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert pd.read_csv(tmp_path / "again" / "metrics.csv")["val_acc"].tolist() == recorded
+
+
+def test_a_trial_stopped_early_replays_only_its_epochs(search, capsys):
+    from raydigits.experiment import load_trials
+    from raydigits.search.runner import read_spec
+    spec = read_spec(search)
+    trials = load_trials(search, spec)
+    short = trials[trials["epochs"] < spec.epochs]
+    if short.empty:
+        pytest.skip("ASHA stopped no trial in this search")
+    trial = short.iloc[0]["path"].rsplit("/", 1)[-1]  # by its name this time
+    assert main(["reproduce", str(search), "--trial", trial]) == 0, capsys.readouterr()  # in-process: no imports again
+    result = json.loads((search / "reproduce" / short.iloc[0]["trial_id"] / "reproduce.json").read_text())
+    assert len(result["rows"]) == short.iloc[0]["epochs"] and result["reproduced"]
+    assert f"--stop-after {short.iloc[0]['epochs']}" in result["command"]
+
+
+def test_a_changed_seed_does_not_reproduce(search, tmp_path, capsys):
+    from raydigits.experiment import load_trials
+    from raydigits.search.runner import read_spec
+    shortest = load_trials(search, read_spec(search)).sort_values("epochs").iloc[0]["trial_id"]  # quickest
+    rc = main(["reproduce", str(search), "--trial", shortest, "--set", "seed=7", "--out", str(tmp_path / "seed7")])
+    out = capsys.readouterr().out
+    assert rc == 1 and "NOT reproduced" in out, out[-3000:]
+    result = json.loads((tmp_path / "seed7" / "reproduce.json").read_text())
+    assert not result["reproduced"] and result["max_val_acc_diff"] > 0
+
+
+def test_an_unknown_trial_is_one_error_line(search, capsys):
+    assert main(["reproduce", str(search), "--trial", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --trial nope: no such trial")
