@@ -77,4 +77,4 @@ def test_pbt_trials_end_completed_and_the_best_checkpoint_is_its_epochs(pbt_run)
         for folder, epoch in last_writer.items():
             assert torch.load(pbt_run["exp"] / t["path"] / folder / "checkpoint.pt", weights_only=True)["epoch"] == epoch
     choice = choose_best(trials, spec)
-    assert torch.load(choice.checkpoint, weights_only=True)["epoch"] == choice.epoch
+    assert torch.load(choice.checkpoint.local, weights_only=True)["epoch"] == choice.epoch
