@@ -56,8 +56,8 @@ def run(cfg, out_dir: Path, resume: Path | None = None, quiet: bool = False, sto
         replace: bool = False):
     """Train `cfg` into `out_dir`. The data, the trainer and the checkpoint to resume are all loaded
     (and so validated) before the first file is written; `replace` deletes an earlier run's files."""
-    from .trainer import Trainer  # torch import kept out of argument parsing
     data = load_dataset(ensure_prepared(Path(cfg.data_dir)))
+    from .trainer import Trainer  # torch import kept out of argument parsing and data checks
     trainer = Trainer(cfg, data)
     if resume:
         trainer.resume(resume)

@@ -228,12 +228,12 @@ def read_split(data_dir: Path, name: str, manifest: dict) -> tuple[np.ndarray, n
     rows, shape = len(pixels), info.get("shape")
     if rows != info["count"]:
         raise UserError(f"{where}: {rows:,} rows, the manifest says {info['count']:,}; {REPAIR}")
-    if shape is not None and shape != [info["count"], h, w, c]:
-        raise UserError(f"{where}: the manifest says shape {shape}, but also {info['count']} rows of "
-                        f"{[h, w, c]} images; {REPAIR}")
     if pixels.type.byte_width != width:
         raise UserError(f"{where}: images of {pixels.type.byte_width} bytes, the manifest's image shape "
                         f"{[h, w, c]} needs {width}; {REPAIR}")
+    if shape is not None and shape != [info["count"], h, w, c]:
+        raise UserError(f"{where}: the manifest says shape {shape}, but also {info['count']} rows of "
+                        f"{[h, w, c]} images; {REPAIR}")
     n_classes = len(manifest["class_names"])
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
         raise UserError(f"{where}: label {int(labels.max() if labels.max() >= n_classes else labels.min())} "
