@@ -23,12 +23,6 @@ def check_target(out_dir: Path, source: Path | None = None, what: str = "--out")
     out_dir = Path(out_dir).absolute()
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{what} {out_dir}: is a file, not a store folder")
-    if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir()
-                         if p.name not in STORE_ENTRIES and not p.name.startswith("."))
-        if foreign:
-            raise UserError(f"{what} {out_dir}: holds {foreign[0]!r}, which is not part of a prepared "
-                            "dataset; preparing replaces the whole folder, so give an empty or new one")
     if TMP_TAG in out_dir.name or OLD_TAG in out_dir.name:
         raise UserError(f"{what} {out_dir}: names like *{TMP_TAG}N / *{OLD_TAG}N are kept for stores being written")
     if source is not None:
@@ -36,6 +30,12 @@ def check_target(out_dir: Path, source: Path | None = None, what: str = "--out")
         res = out_dir.resolve()
         if res == src or src in res.parents or res in src.parents:
             raise UserError(f"{what} {out_dir}: overlaps the image folder {src}; put the store elsewhere")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir()
+                         if p.name not in STORE_ENTRIES and not p.name.startswith("."))
+        if foreign:
+            raise UserError(f"{what} {out_dir}: holds {foreign[0]!r}, which is not part of a prepared "
+                            "dataset; preparing replaces the whole folder, so give an empty or new one")
     existing = out_dir.parent
     while not existing.exists():
         existing = existing.parent

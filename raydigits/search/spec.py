@@ -234,17 +234,19 @@ def check_spec(spec: SearchSpec, where: str, semantic: bool = True) -> None:
             raise UserError(f"{where}: parameters.{name}: method grid needs `values` (or `value`)")
         if spec.method == "tpe" and p.distribution == "normal":
             raise UserError(f"{where}: parameters.{name}: method tpe does not support distribution normal")
-    if semantic:
-        check_conditions(spec, where)
-    for name, p in spec.parameters.items():
-        target = targets[name]
-        cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in (p.when or {}).items()}
-        for sub, value in p.candidates():
-            try:
-                TrainConfig(**{**base, **cond, target: value})
-            except ValidationError as exc:
-                msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
+    for conditional in (False, True):  # a bad value first, then a condition it breaks, then the rest
+        if conditional and semantic:
+            check_conditions(spec, where)
+        for name, p in spec.parameters.items():
+            if bool(p.when) != conditional:
+                continue
+            cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in (p.when or {}).items()}
+            for sub, value in p.candidates():
+                try:
+                    TrainConfig(**{**base, **cond, targets[name]: value})
+                except ValidationError as exc:
+                    msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                    raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
     if semantic:
         check_semantics(spec, where)
 

@@ -16,6 +16,7 @@ from ..errors import UserError
 
 CONTINUOUS = ("uniform", "log_uniform_values", "normal")
 ASHA_ONLY = ("grace_period", "reduction_factor", "brackets")
+PBT_ONLY = ("perturbation_interval", "quantile_fraction", "resample_probability", "synch")  # mutate: spec.py
 BEST_MODE = {"val_acc": "max", "val_loss": "min"}
 SUBSET_KEYS = {"train_items": "train", "val_items": "val", "bn_recalibrate": "train"}
 INT_TOLERANCE = 1e-9
@@ -41,10 +42,14 @@ def _check_metric_mode(spec, where: str) -> None:
 
 def _check_scheduler(spec, where: str) -> None:
     s = spec.scheduler
-    if s.type == "fifo":
-        unused = [k for k in ASHA_ONLY if k in s.model_fields_set]
-        if unused:
-            raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type asha (this one is fifo)")
+    given = s.model_fields_set
+    unused = [k for k in ASHA_ONLY if k in given] if s.type != "asha" else []
+    if unused:
+        raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type asha (this one is {s.type})")
+    unused = [k for k in PBT_ONLY if k in given] if s.type not in ("pbt", "pb2") else []
+    if unused:
+        raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type pbt or pb2 (this one is {s.type})")
+    if s.type != "asha":
         return
     epochs = spec.epochs
     source = ("scheduler.max_t" if s.max_t else "fixed.epochs" if "epochs" in spec.fixed
