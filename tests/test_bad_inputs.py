@@ -188,8 +188,8 @@ QUICK = ["--set", "epochs=1", "--set", "train_items=100", "--set", "val_items=10
          "--set", "bn_recalibrate=0", "--set", "threads=2"]
 TRAIN_CASES = {
     # case: (arguments ({name} = a hostile file from _files, {out} = the output folder), words of the one line)
-    "config is binary": (["--config", "{binary}"], ["bin.yaml: not a UTF-8 text file"]),
-    "config is Latin-1": (["--config", "{latin1}"], ["latin.yaml: not a UTF-8 text file (byte 7)"]),
+    "config is binary": (["--config", "{binary}"], ["bin.yaml: not a text file (not UTF-8 at byte 0)"]),
+    "config is Latin-1": (["--config", "{latin1}"], ["latin.yaml: not a text file (not UTF-8 at byte 7)"]),
     "config is a folder": (["--config", "{folder}"], ["is a folder, not a YAML file"]),
     "config gives a key twice": (["--config", "{dup}"], ["dup.yaml: malformed YAML (line 3", "key 'lr' given twice"]),
     "config is a list": (["--config", "{list}"], ["expected a mapping of keys"]),
@@ -344,3 +344,14 @@ def test_data_cli_errors_in_a_real_process(tmp_path):
     ok = subprocess.run(cmd[:-1] + ["16"], cwd=REPO, capture_output=True, text=True)  # spaces and unicode are fine
     assert ok.returncode == 0, ok.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a store ü", "digits ü"]
+
+
+@pytest.mark.parametrize("kind", ["binary", "latin1", "folder", "dup", "list"])
+def test_search_space_that_is_not_a_yaml_mapping(kind, tmp_path, capsys):
+    """A folder, a binary or Latin-1 file, a key given twice, a list: one line before anything starts."""
+    from raydigits.cli import main
+    path = _files(tmp_path)[kind]
+    storage = tmp_path / "out"
+    rc = main(["--search-space", str(path), "--storage-path", str(storage)])
+    _one_line(rc, capsys.readouterr().err, str(path))
+    assert not storage.exists()
