@@ -209,7 +209,7 @@ TRAIN_CASES = {
     "data_dir is not a store": (["--set", "data_dir={folder}"], ["a folder ü: no prepared dataset"]),
     "--out is a file": (["--out", "{file}"], ["--out", "plain.txt: is a file, not a folder"]),
     "--out under a file": (["--out", "{file}/run"], ["--out", "cannot write there"]),
-    "--resume a folder": (["--resume", "{folder}"], ["a folder ü: not a readable checkpoint"]),
+    "--resume a folder": (["--resume", "{folder}"], ["a folder ü: no such checkpoint"]),
     "--resume a text file": (["--resume", "{file}"], ["plain.txt: not a readable checkpoint"]),
     "unknown option": (["--epochs", "3"], ["unrecognized arguments: --epochs 3"]),
     "--set without =": (["--set", "lr"], ["--set 'lr': expected key=value"]),
