@@ -211,6 +211,7 @@ TRAIN_CASES = {
     "--out under a file": (["--out", "{file}/run"], ["--out", "cannot write there"]),
     "--resume a folder": (["--resume", "{folder}"], ["a folder ü: no such checkpoint"]),
     "--resume a text file": (["--resume", "{file}"], ["plain.txt: not a readable checkpoint"]),
+    "--out on a file system that refuses writes": (["--out", "/proc/raydigits_run"], ["error: /proc/raydigits_run: "]),
     "unknown option": (["--epochs", "3"], ["unrecognized arguments: --epochs 3"]),
     "--set without =": (["--set", "lr"], ["--set 'lr': expected key=value"]),
 }
@@ -306,6 +307,8 @@ DATA_CASES = {
     "--raw without IDX files": (["--out", "{out}", "--raw", "{folder}"], ["--raw", "no train-images-idx3-ubyte.gz there"]),
     "--wheel missing": (["--out", "{out}", "--wheel", "{folder}/x.whl"], ["--wheel", "no such file"]),
     "--wheel is a folder": (["--out", "{out}", "--wheel", "{folder}"], ["--wheel", "not a file"]),
+    "--out on a file system that refuses writes": (["--folder", "{digits}", "--out", "/sys/raydigits_store"],
+                                                   ["error: /sys/raydigits_store.tmp-"]),
     "--size without --folder": (["--out", "{out}", "--size", "64"], ["--size: only used with --folder"]),
     "--raw with --folder": (["--folder", "{digits}", "--out", "{out}", "--raw", "{folder}"], ["--raw: an MNIST source"]),
 }
