@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig
+from ..config import TrainConfig, default_data_dir
 from ..errors import UserError
 
 CONTINUOUS = ("uniform", "log_uniform_values", "normal")
@@ -136,7 +136,7 @@ def check_conditions(spec, where: str) -> None:
             if not allowed:
                 raise UserError(f"{path}: an empty list of values never holds")
             if key not in spec.parameters:
-                now = spec.fixed.get(key, TrainConfig.model_fields[key].default)
+                now = spec.fixed.get(key, TrainConfig().model_dump().get(key))
                 raise UserError(f"{path}: {key} is not a searched parameter (every trial has {key} = {now!r}), "
                                 "so the condition never changes; drop it or search that key")
             cond = spec.parameters[key]
@@ -188,7 +188,7 @@ def _check_weights(spec, where: str) -> None:
 def _check_data(spec, where: str) -> None:
     """The dataset folder, and the sizes and weights that must fit it (when it is prepared)."""
     from ..data.store import MANIFEST, is_store, read_manifest
-    data_dir = Path(spec.fixed.get("data_dir", TrainConfig.model_fields["data_dir"].default))
+    data_dir = Path(spec.fixed.get("data_dir") or default_data_dir())
     key = "fixed.data_dir" if "data_dir" in spec.fixed else "data_dir (default)"
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"{where}: {key}: {data_dir}: is a file, not a prepared dataset folder")
