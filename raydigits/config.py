@@ -21,8 +21,13 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_ENV) or "data/mnist"
 
 
+SEED_MAX = 2**32 - 2   # seeds reach numpy / scikit-learn (< 2**32), some as seed + 1
+MAX_THREADS = 1024     # torch crashes (not errors) on absurd thread counts
+
+
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # allow_inf_nan=False: `lr: .inf`, `milestones: [1, .nan]` are mistakes, not values to train with
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
     # --- data
     data_dir: str = Field(default_factory=default_data_dir)  # prepared store; a folder named 'mnist' is prepared on demand
@@ -81,11 +86,11 @@ class TrainConfig(BaseModel):
     monitor: Literal["val_acc", "val_loss"] = "val_acc"  # best checkpoint, plateau and early stopping
     early_stop_patience: int = Field(0, ge=0)            # 0 = off
     early_stop_min_delta: float = Field(0.0, ge=0.0)
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     device: str = "auto"                # auto, cpu, cuda, cuda:N
     cuda_graphs: bool = True            # CUDA: replay the fixed-shape train/eval steps as CUDA graphs (no per-step CPU cost)
     gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0)  # CUDA: cap this process's share of GPU memory (0 = no cap)
-    threads: int = Field(0, ge=0)       # torch CPU threads; 0 = leave torch's choice
+    threads: int = Field(0, ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = leave torch's choice
 
     @field_validator("optimizer", "scheduler", "loss")
     @classmethod
@@ -111,6 +116,20 @@ class TrainConfig(BaseModel):
     def _device(cls, v: str):
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {v!r}")
+        return v
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights(cls, v):
+        if v is not None and (not v or any(w < 0 for w in v) or not any(w > 0 for w in v)):
+            raise ValueError(f"class weights must be >= 0 with at least one > 0, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -165,6 +184,19 @@ def parse_overrides(pairs: list[str] | None) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key given twice in one mapping is an error (safe_load keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -172,17 +204,18 @@ def load_yaml_file(path: str | Path) -> dict:
     if path.is_dir():
         raise UserError(f"{path}: is a folder, not a YAML file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a text file (not UTF-8); expected YAML") from None
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text file (not UTF-8 at byte {exc.start}); expected YAML") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{path}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line, whatever the error
+        raise UserError(f"{path}: malformed YAML{where}: {what}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -118,12 +118,22 @@ def load_matching(model: nn.Module, state: dict, source: str = "", quiet: bool =
         raise UserError(f"pretrained {source}: no tensor matches model {type(model).__name__}")
 
 
+def imagenet_file(name: str) -> Path | None:
+    """Where the torch hub cache keeps `name`'s ImageNet weights (None: torchvision has none)."""
+    try:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
 def _imagenet_state(name: str) -> dict:
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+    file = imagenet_file(name)
+    if file is None:
+        raise UserError(f"pretrained: imagenet: torchvision has no ImageNet weights for {name}")
     if not file.exists():
         raise UserError(f"pretrained: imagenet: no local weights for {name} at {file} (downloads are "
-                        f"not attempted); copy {os.path.basename(weights.url)} there or give a path")
+                        f"not attempted); copy {file.name} there or give a path")
     return strip_prefixes(torch.load(file, map_location="cpu", weights_only=True))
 
 

@@ -50,11 +50,19 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
 
 
-def stratified_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray | None:
-    """Indices of a class-stratified subset of size n (sorted), or None for 'all'."""
+def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items") -> np.ndarray | None:
+    """Indices of a class-stratified subset of size n (sorted), or None for 'all'. A size that
+    cannot be stratified is a UserError naming `key` (the config key that asked for it)."""
     if n <= 0 or n >= len(labels):
         return None
-    idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
+    classes = len(np.unique(labels))
+    if n < classes:
+        raise UserError(f"{key}: {n} is fewer than the {classes} classes present; give 0 (all) or at least {classes}")
+    try:
+        idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
+    except ValueError as exc:  # e.g. a class with a single image, or too few left over
+        raise UserError(f"{key}: {n} of {len(labels)} images cannot be drawn class-stratified "
+                        f"({str(exc).splitlines()[0]}); give 0 (all) or another size") from None
     return np.sort(idx)
 
 
@@ -109,7 +117,7 @@ class Trainer:
 
     def _split(self, data: Dataset, name: str, items: int) -> SplitBatches:
         images, labels = data.images[name], data.labels[name]
-        sub = stratified_subset(labels, items, self.cfg.seed)
+        sub = stratified_subset(labels, items, self.cfg.seed, f"{name}_items")
         if sub is not None:
             images, labels = images[sub], labels[sub]
         return SplitBatches(images, labels, self.device)
@@ -120,7 +128,7 @@ class Trainer:
         if not self.cfg.bn_recalibrate:
             return None
         labels = self.train_set.labels.cpu().numpy()
-        sub = stratified_subset(labels, self.cfg.bn_recalibrate, self.cfg.seed + 1)
+        sub = stratified_subset(labels, self.cfg.bn_recalibrate, self.cfg.seed + 1, "bn_recalibrate")
         idx = np.arange(len(labels)) if sub is None else sub
         order = np.random.default_rng(self.cfg.seed).permutation(len(idx))
         return torch.as_tensor(idx[order], dtype=torch.long, device=self.device)
@@ -398,7 +406,15 @@ class Trainer:
         return changed
 
     def resume(self, path: str | Path) -> None:
-        self.load_state_dict(load_checkpoint(path))
+        state = load_checkpoint(path)
+        try:
+            self.load_state_dict(state)
+        except (RuntimeError, KeyError, ValueError) as exc:  # another model, optimiser or scheduler
+            was = state.get("config") or {}
+            diff = [f"{k} {was[k]!r} (now {v!r})" for k, v in self.cfg.model_dump(mode="json").items()
+                    if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v]
+            why = f"it was trained with {', '.join(diff)}" if diff else str(exc).strip().splitlines()[0][:160]
+            raise UserError(f"{path}: this checkpoint does not fit the config: {why}") from None
 
 
 def load_checkpoint(path) -> dict:

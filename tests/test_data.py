@@ -145,3 +145,137 @@ def test_class_sets_must_agree(folder, tmp_path):
 def test_colour_folder_keeps_three_channels(folder, tmp_path):
     prepare_folder(folder, tmp_path / "rgb", size=24)  # auto: a colour image is present
     assert load_dataset(tmp_path / "rgb").images["train"].shape == (12, 24, 24, 3)
+
+
+# ---------------------------------------------------------------- the store checks itself
+def _small_store(path, mnist, n=200):
+    """A real store of the first n MNIST digits per split (write_store, as prepare does)."""
+    from raydigits.data.sources import Split
+    from raydigits.data.store import write_store
+    splits = {s: Split(mnist.images[s][:n], mnist.labels[s][:n], mnist.ids[s][:n]) for s in ("train", "val", "test")}
+    write_store(path, splits, mnist.class_names, "test")
+    return path
+
+
+def _edit_manifest(store, edit):
+    manifest = json.loads((store / "manifest.json").read_text())
+    edit(manifest)
+    (store / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _flip_byte(path):
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+
+
+DAMAGE = {
+    # case: (damage done to a store, words the one-line error must contain)
+    "a byte changed": (lambda s: _flip_byte(s / "val.parquet"),
+                       ["split val: val.parquet: sha256", "differs from the manifest's"]),
+    "a split truncated": (lambda s: (s / "train.parquet").write_bytes((s / "train.parquet").read_bytes()[:5000]),
+                          ["split train: train.parquet: 5,000 bytes, the manifest says", "truncated"]),
+    "a split missing": (lambda s: (s / "test.parquet").unlink(), ["split test: test.parquet: missing"]),
+    "manifest row count changed": (lambda s: _edit_manifest(s, lambda m: m["splits"]["train"].update(count=199)),
+                                   ["split train: train.parquet: 200 rows, the manifest says 199"]),
+    "manifest shape changed": (lambda s: _edit_manifest(s, lambda m: m["splits"]["val"].update(shape=[200, 32, 32, 1])),
+                               ["split val: val.parquet: the manifest says shape [200, 32, 32, 1]"]),
+    "manifest image shape changed": (lambda s: _edit_manifest(s, lambda m: m.update(image_shape=[32, 32, 1])),
+                                     ["split train: train.parquet: images of 784 bytes", "needs 1024"]),
+    "manifest class counts changed": (lambda s: _edit_manifest(s, lambda m: m["splits"]["train"]["class_counts"].reverse()),
+                                      ["split train: train.parquet: per-class counts"]),
+    "manifest not JSON": (lambda s: (s / "manifest.json").write_text("{not json"), ["manifest.json: not valid JSON"]),
+    "manifest without splits": (lambda s: _edit_manifest(s, lambda m: m.pop("splits")), ["manifest.json: splits: Field required"]),
+    "split file from another store": (lambda s: shutil.copy(s / "val.parquet", s / "test.parquet"),
+                                      ["split test: test.parquet"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_store_is_refused_naming_the_split(case, mnist, tmp_path):
+    store = _small_store(tmp_path / "store", mnist)
+    assert load_dataset(store).images["train"].shape == (200, 28, 28, 1)  # intact: loads
+    damage, needles = DAMAGE[case]
+    damage(store)
+    with pytest.raises(UserError) as err:
+        load_dataset(store)
+    msg = str(err.value)
+    assert "\n" not in msg and "prepare --force" in msg, msg
+    for needle in needles:
+        assert needle in msg, msg
+
+
+def test_damaged_store_through_the_cli(mnist, tmp_path):
+    """`prepare` (no --force) verifies an existing store; training refuses it: one line each, exit 2."""
+    store = _small_store(tmp_path / "store", mnist)
+    _flip_byte(store / "train.parquet")
+    for cmd in (["-m", "raydigits.data", "prepare", "--out", str(store)],
+                ["-m", "raydigits.train", "--set", f"data_dir={store}", "--out", str(tmp_path / "run")]):
+        proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "split train: train.parquet: sha256" in lines[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_store_written_before_format_2_is_verified_too(mnist, tmp_path):
+    """Older manifests lack `format`, `bytes` and per-split `shape`, but always had count, image_shape
+    and sha256: they load, and damage is still found (by checksum)."""
+    store = _small_store(tmp_path / "store", mnist)
+    _edit_manifest(store, lambda m: (m.pop("format"), [(i.pop("bytes"), i.pop("shape")) for i in m["splits"].values()]))
+    assert len(load_dataset(store).labels["val"]) == 200
+    (store / "train.parquet").write_bytes((store / "train.parquet").read_bytes()[:5000])
+    with pytest.raises(UserError, match="split train: train.parquet: sha256"):
+        load_dataset(store)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_swap_interrupted_between_renames_names_the_store_left_aside(mnist, tmp_path):
+    store = _small_store(tmp_path / "store", mnist)
+    aside = tmp_path / f"store.old-{_dead_pid()}"
+    store.rename(aside)  # killed after moving the old store aside, before moving the new one in
+    with pytest.raises(UserError) as err:
+        load_dataset(store)
+    assert str(aside) in str(err.value) and "rename it back" in str(err.value)
+
+
+def _kill_when(proc, ready, timeout=120.0):
+    import os
+    import signal
+    import time
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, "prepare ended before the kill point"
+        assert time.time() < deadline, "kill point never reached"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def test_prepare_killed_mid_way_leaves_the_old_store(hub_wheel, mnist, tmp_path):
+    """kill -9 a real `prepare --force` (MNIST over a small store) mid-way, twice: the old store still
+    loads, unchanged; a later prepare clears the half-written temp folder and replaces the store whole."""
+    store = _small_store(tmp_path / "store", mnist)
+    before = json.loads((store / "manifest.json").read_text())
+    cmd = [sys.executable, "-m", "raydigits.data", "prepare", "--force", "--wheel", str(hub_wheel), "--out", str(store)]
+    left = []
+    for kill_point in ("temp store created", "first split written"):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        tmp = tmp_path / f"store.tmp-{proc.pid}"
+        ready = {"temp store created": tmp.is_dir,
+                 "first split written": lambda: (tmp / "train.parquet").exists()}[kill_point]
+        _kill_when(proc, ready)
+        assert json.loads((store / "manifest.json").read_text()) == before, kill_point
+        ds = load_dataset(store)
+        assert len(ds.labels["train"]) == 200 and ds.ids["val"][:2] == mnist.ids["val"][:2], kill_point
+        left.append(tmp)
+    assert not left[0].exists() and left[1].exists()  # each start clears what a killed one left beside the store
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(load_dataset(store).labels["train"]) == 50_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]

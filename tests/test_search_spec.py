@@ -230,3 +230,145 @@ def test_shipped_pbt_space_is_valid():
     from raydigits.search.spec import mutated
     spec = load_spec("pbt")
     assert spec.scheduler.type == "pbt" and mutated(spec) == ["lr", "weight_decay", "label_smoothing"]
+
+
+# ---------------------------------------------------------------- semantic checks: valid keys that could not work
+SEMANTIC = [
+    ("when: a value its parameter never takes", lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"}),
+     "parameters.momentum.when.optimizer: 'sgdd' can never hold: parameters.optimizer takes only ['sgd', 'adamw']"),
+    ("when: an empty list", lambda d: d["parameters"]["momentum"].update(when={"optimizer": []}),
+     "parameters.momentum.when.optimizer: an empty list of values never holds"),
+    ("when: a key that is not searched", lambda d: d["parameters"]["momentum"].update(when={"scheduler": "step"}),
+     "parameters.momentum.when.scheduler: scheduler is not a searched parameter (every trial has scheduler = 'cosine')"),
+    ("when: an exact value of a continuous draw", lambda d: d["parameters"]["momentum"].update(when={"lr": 0.001}),
+     "parameters.momentum.when.lr: 0.001 can never hold: parameters.lr is drawn from log_uniform_values [0.0001, 0.01]"),
+    ("when: an int_uniform value out of range",
+     lambda d: (d["parameters"].update(plateau_patience={"distribution": "int_uniform", "min": 1, "max": 3}),
+                d["parameters"]["momentum"].update(when={"plateau_patience": 7})),
+     "parameters.momentum.when.plateau_patience: 7 can never hold"),
+    ("normal over a bound", lambda d: d["parameters"].update(lr={"distribution": "normal", "mu": 0.01, "sigma": 0.005}),
+     "parameters.lr.normal: samples can be <= 0 (lr must be > 0)"),
+    ("normal over a lower bound of 0", lambda d: d["parameters"].update(
+        weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 1e-4}),
+     "parameters.weight_decay.normal: samples can be < 0 (weight_decay must be >= 0)"),
+    ("uniform reaching an exclusive bound", lambda d: d["parameters"].update(
+        dropout={"distribution": "uniform", "min": 0.1, "max": 1.0}),
+     "parameters.dropout.max: 1.0 rejected: Input should be less than 1"),
+    ("uniform crossing a bound", lambda d: d["parameters"]["lr"].update(distribution="uniform", min=-0.01),
+     "parameters.lr.min: -0.01 rejected: Input should be greater than 0"),
+    ("fractional samples of an integer key", lambda d: d["parameters"].update(
+        batch_size={"distribution": "uniform", "min": 16, "max": 64}),
+     "parameters.batch_size.uniform: samples are fractional (batch_size takes integers); use int_uniform"),
+    ("fractional q for an integer key", lambda d: d["parameters"].update(
+        batch_size={"distribution": "q_uniform", "min": 16, "max": 64, "q": 0.5}),
+     "parameters.batch_size.q_uniform: q=0.5 gives fractional samples"),
+    ("q_uniform with no grid point", lambda d: d["parameters"].update(
+        dropout={"distribution": "q_uniform", "min": 0.11, "max": 0.19, "q": 0.1}),
+     "parameters.dropout.q_uniform: no multiple of q=0.1 lies between min 0.11 and max 0.19"),
+    ("inf in a range", lambda d: d["parameters"]["lr"].update(max=float("inf")), "parameters.lr.max: Input should be a finite number"),
+    ("epochs searched", lambda d: d["parameters"].update(epochs={"values": [2, 4]}),
+     "parameters.epochs: epochs cannot be searched"),
+    ("data_dir searched through key", lambda d: d["parameters"].update(dd={"key": "data_dir", "values": ["a", "b"]}),
+     "parameters.dd: data_dir cannot be searched"),
+    ("grace_period beyond max_t", lambda d: d.update(scheduler={"max_t": 3, "grace_period": 5}),
+     "scheduler.grace_period: 5 epochs exceeds the 3 a trial runs (scheduler.max_t)"),
+    ("grace_period beyond default epochs", lambda d: d.update(scheduler={"grace_period": 9}),
+     "exceeds the 5 a trial runs (TrainConfig's default epochs)"),
+    ("fifo with ASHA settings", lambda d: d.update(scheduler={"type": "fifo", "reduction_factor": 3}),
+     "scheduler.reduction_factor: only used by scheduler type asha (this one is fifo)"),
+    ("reduction_factor 1", lambda d: d.update(scheduler={"reduction_factor": 1}),
+     "scheduler.reduction_factor: Input should be greater than 1"),
+    ("time budget 0", lambda d: d.update(time_budget_s=0), "time_budget_s: Input should be greater than 0"),
+    ("time budget inf", lambda d: d.update(time_budget_s=float("inf")), "time_budget_s: Input should be a finite number"),
+    ("num_samples 0", lambda d: d.update(num_samples=0), "num_samples: Input should be greater than or equal to 1"),
+    ("negative seed", lambda d: d.update(seed=-1), "seed: Input should be greater than or equal to 0"),
+    ("mode against metric", lambda d: d.update(metric="val_loss", mode="max"),
+     "mode: max with metric val_loss would pick the worst trial"),
+    ("train_items below the classes", lambda d: d["fixed"].update(train_items=5),
+     "fixed.train_items: 5 is fewer than the 10 classes in the train split"),
+    ("searched val_items below the classes", lambda d: d["parameters"].update(val_items={"values": [200, 4]}),
+     "parameters.val_items.values[1]: 4 is fewer than the 10 classes in the val split"),
+    ("class weights for other classes", lambda d: d["fixed"].update(class_weights=[1.0, 2.0]),
+     "fixed.class_weights: 2 weights for the 10 classes"),
+]
+
+
+@pytest.mark.parametrize("label,mutate,message", SEMANTIC, ids=[c[0] for c in SEMANTIC])
+def test_semantic_mistakes_are_named(label, mutate, message, mnist_dir):
+    with pytest.raises(UserError) as err:
+        parse_spec(_bad(mutate), "space.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def _weights_files(tmp_path):
+    import torch
+    import torchvision
+    files = {"missing": tmp_path / "none.pt", "folder": tmp_path / "a folder", "text": tmp_path / "notes.txt",
+             "resnet": tmp_path / "resnet18.pt", "store_file": tmp_path / "store.txt", "not_store": tmp_path / "imgs"}
+    files["folder"].mkdir()
+    files["text"].write_text("not torch")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), files["resnet"])
+    files["store_file"].write_text("x")
+    files["not_store"].mkdir()
+    return files
+
+
+FILE_CASES = {
+    "weights file missing": ("pretrained", "missing", "fixed.pretrained: {path}: no such file"),
+    "weights path a folder": ("pretrained", "folder", "fixed.pretrained: {path}: not a loadable state dict"),
+    "weights not a torch file": ("pretrained", "text", "fixed.pretrained: {path}: not a loadable state dict"),
+    "weights of another architecture": ("pretrained", "resnet", "{path}: no tensor matches model mobilenet_v3_small"),
+    "data_dir a file": ("data_dir", "store_file", "fixed.data_dir: {path}: is a file, not a prepared dataset folder"),
+    "data_dir not a store": ("data_dir", "not_store", "fixed.data_dir: {path}: no prepared dataset (no manifest.json)"),
+    "data_dir missing": ("data_dir", "missing", "fixed.data_dir: {path}: no such folder"),
+}
+
+
+@pytest.mark.parametrize("case", list(FILE_CASES))
+def test_unusable_files_named_in_fixed(case, tmp_path):
+    key, name, message = FILE_CASES[case]
+    path = _weights_files(tmp_path)[name]
+    with pytest.raises(UserError) as err:
+        parse_spec(_bad(lambda d: d["fixed"].update({key: str(path)})), "space.yaml")
+    assert message.format(path=path) in str(err.value), str(err.value)
+
+
+def test_usable_weights_pass(tmp_path, small_mnist):
+    from raydigits.trainer import Trainer
+    from helpers import tiny_cfg
+    ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "last.pt")
+    assert parse_spec(_bad(lambda d: d["fixed"].update(pretrained=str(ckpt)))).fixed["pretrained"] == str(ckpt)
+
+
+def test_a_saved_spec_is_read_without_the_semantic_checks(tmp_path):
+    """An experiment stays readable (resume, export) when its weights file has gone or a check was added."""
+    from raydigits.search.runner import SPEC_FILE, read_spec
+    saved = _bad(lambda d: (d["fixed"].update(pretrained=str(tmp_path / "gone.pt")),
+                            d.update(scheduler={"max_t": 2, "grace_period": 4})))
+    (tmp_path / SPEC_FILE).write_text(yaml.safe_dump(saved))
+    assert read_spec(tmp_path).scheduler.grace_period == 4
+    with pytest.raises(UserError, match="scheduler.grace_period: 4 epochs exceeds"):
+        parse_spec(saved)  # a new search with it is refused
+
+
+def test_semantic_mistakes_stop_launch_before_ray(tmp_path):
+    """Through the real CLI: one line naming the key path, exit 2, in seconds, no experiment folder."""
+    import time
+    cases = {"normal.yaml": (_bad(lambda d: d["parameters"].update(lr={"distribution": "normal", "mu": 0.01, "sigma": 0.005})),
+                             "parameters.lr.normal: samples can be <= 0 (lr must be > 0)"),
+             "when.yaml": (_bad(lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"})),
+                           "parameters.momentum.when.optimizer: 'sgdd' can never hold"),
+             "weights.yaml": (_bad(lambda d: d["fixed"].update(pretrained=str(tmp_path / "none.pt"))),
+                              f"fixed.pretrained: {tmp_path / 'none.pt'}: no such file")}
+    storage = tmp_path / "results"
+    for fname, (content, message) in cases.items():
+        (tmp_path / fname).write_text(yaml.safe_dump(content))
+        start = time.time()
+        proc = subprocess.run([sys.executable, "launch.py", "--search-space", str(tmp_path / fname),
+                               "--storage-path", str(storage), "--name", "n"], capture_output=True, text=True, cwd=REPO)
+        took = time.time() - start
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert lines[0].startswith(f"error: {tmp_path / fname}: {message}"), lines[0]
+        assert took < 20, took  # no Ray was started (that alone takes longer)
+    assert not storage.exists()

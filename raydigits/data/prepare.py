@@ -11,8 +11,38 @@ from tqdm import tqdm
 from ..config import default_data_dir
 from ..errors import UserError
 from . import sources
-from .store import MANIFEST, read_manifest, write_store
+from .store import MANIFEST, OLD_TAG, TMP_TAG, read_manifest, verify_store, write_store
 
+MIN_SIZE, MAX_SIZE = 1, 1024  # folder images are resized to SIZE x SIZE (TrainConfig.img_size tops out at 1024)
+STORE_ENTRIES = {MANIFEST, "images", *(f"{s}.parquet" for s in ("train", "val", "test"))}
+
+
+def check_target(out_dir: Path, source: Path | None = None, what: str = "--out") -> None:
+    """Refuse, before reading any image, a store folder that could not be written or whose
+    replacement would destroy something that is not a store (preparing replaces it as a whole)."""
+    out_dir = Path(out_dir).absolute()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{what} {out_dir}: is a file, not a store folder")
+    if TMP_TAG in out_dir.name or OLD_TAG in out_dir.name:
+        raise UserError(f"{what} {out_dir}: names like *{TMP_TAG}N / *{OLD_TAG}N are kept for stores being written")
+    if source is not None:
+        src = Path(source).resolve()
+        res = out_dir.resolve()
+        if res == src or src in res.parents or res in src.parents:
+            raise UserError(f"{what} {out_dir}: overlaps the image folder {src}; put the store elsewhere")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir()
+                         if p.name not in STORE_ENTRIES and not p.name.startswith("."))
+        if foreign:
+            raise UserError(f"{what} {out_dir}: holds {foreign[0]!r}, which is not part of a prepared "
+                            "dataset; preparing replaces the whole folder, so give an empty or new one")
+    existing = out_dir.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out_dir}: cannot write there ({existing} is not a writable folder)")
+    if out_dir.exists() and not os.access(out_dir.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {out_dir}: cannot replace it ({out_dir.parent} is not writable)")
 
 
 def _bar(total, desc):
@@ -20,11 +50,20 @@ def _bar(total, desc):
 
 
 def prepare_mnist(out_dir: Path | None = None, raw_dir: Path | None = None,
-                  wheel: Path | None = None, force: bool = False, export_images: bool = False) -> dict:
+                  wheel: Path | None = None, force: bool = False, export_images: bool = False,
+                  what: str = "--out") -> dict:
     out_dir = Path(out_dir or default_data_dir()).resolve()
     if (out_dir / MANIFEST).exists() and not force:
-        manifest = read_manifest(out_dir)
+        manifest = verify_store(out_dir)
     else:
+        check_target(out_dir, what=what)
+        if raw_dir is not None and wheel is not None:
+            raise UserError("--raw and --wheel: give one source")
+        if raw_dir is not None and not sources.idx_present(Path(raw_dir)):
+            missing = [n for n, _ in sources.IDX_FILES.values() if not (Path(raw_dir) / n).is_file()]
+            raise UserError(f"--raw {raw_dir}: no {missing[0]} there (needs the four official MNIST IDX .gz files)")
+        if wheel is not None and not Path(wheel).is_file():
+            raise UserError(f"--wheel {wheel}: {'not a file' if Path(wheel).exists() else 'no such file'}")
         raw_dir = Path(raw_dir) if raw_dir else out_dir.parent / "raw"
         with _bar(3, "prepare MNIST") as bar:
             if wheel is None and sources.idx_present(raw_dir):
@@ -52,10 +91,15 @@ def prepare_folder(root: Path, out_dir: Path, size: int = 32, channels: int | No
                    skip_corrupt: bool = False, force: bool = False) -> dict:
     out_dir = Path(out_dir).resolve()
     if (out_dir / MANIFEST).exists() and not force:
-        return read_manifest(out_dir)
+        return verify_store(out_dir)
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"{root}: no such folder")
+        raise UserError(f"--folder {root}: {'not a folder' if root.exists() else 'no such folder'}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise UserError(f"--size {size}: must be between {MIN_SIZE} and {MAX_SIZE}")
+    if channels not in (None, 1, 3):
+        raise UserError(f"--channels {channels}: must be 1 or 3")
+    check_target(out_dir, root)
     files = sources.list_images(root)
     if channels is None:  # colour if any (readable) image is colour
         channels = 1
@@ -78,8 +122,10 @@ def ensure_prepared(data_dir: Path) -> Path:
     data_dir = Path(data_dir).resolve()
     if (data_dir / MANIFEST).exists():
         return data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"data_dir {data_dir}: is a file, not a prepared dataset folder")
     if data_dir.name == "mnist":
-        prepare_mnist(data_dir)
+        prepare_mnist(data_dir, what="data_dir")
         return data_dir
     raise UserError(f"data_dir {data_dir}: no prepared dataset; run `python -m raydigits.data prepare "
                     f"--folder ROOT --out {data_dir}` (or use a folder named 'mnist' for MNIST)")

@@ -201,8 +201,9 @@ def load_image_folder(root: Path, size: int, channels: int, skip_corrupt: bool =
     class_sets = {s: sorted((d.name for d in (root / s).iterdir() if d.is_dir()), key=natural_key)
                   for s in split_names}
     classes = class_sets["train"]
-    if not classes:
-        raise UserError(f"{root / 'train'}: no class folders")
+    if len(classes) < 2:
+        raise UserError(f"{root / 'train'}: {len(classes)} class folder(s) {classes}; a classifier needs at "
+                        "least 2 (one subfolder of images per class)")
     for s, names in class_sets.items():
         if names != classes:
             extra, missing = set(names) - set(classes), set(classes) - set(names)

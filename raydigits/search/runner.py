@@ -239,7 +239,7 @@ def read_spec(exp: Location | str) -> SearchSpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_spec(raw, str(path))
+    return parse_spec(raw, str(path), saved=True)
 
 
 def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Location:

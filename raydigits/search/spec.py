@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..config import MUTABLE_KNOBS, TrainConfig, format_validation_error, load_yaml_file, make_config
 from ..errors import UserError
+from .spec_checks import check_conditions, check_semantics
 
 # The shipped spaces: the source tree's search_spaces/, installed as the package data
 # raydigits/search_spaces/ (pyproject.toml maps the one onto the other; one copy of each file).
@@ -33,7 +34,7 @@ SEED_HEX_DIGITS = 8  # a conditional draw's seed: 8 hex digits = 32 bits, what R
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class Param(_Strict):
@@ -175,21 +176,29 @@ def load_spec(arg: str | Path) -> SearchSpec:
     return parse_spec(load_yaml_file(path), str(path))
 
 
-def parse_spec(data: dict, where: str = "search space") -> SearchSpec:
+def parse_spec(data: dict, where: str = "search space", saved: bool = False) -> SearchSpec:
+    """A validated spec. `saved`: the copy an experiment keeps (resume, export): the semantic
+    checks, which read the world (weights files, the dataset) and grew over time, are skipped,
+    so an experiment stays readable after its weights file moved or a check was added."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: expected a mapping of keys at the top level")
     try:
         spec = SearchSpec(**data)
     except ValidationError as exc:
         raise UserError(f"{where}: {format_validation_error(exc)}") from None
-    check_spec(spec, where)
+    check_spec(spec, where, semantic=not saved)
     return spec
 
 
-def check_spec(spec: SearchSpec, where: str) -> None:
-    """Everything TrainConfig would reject, found before any trial starts."""
-    for key in ("data_dir",):
-        if key in spec.parameters:
-            raise UserError(f"{where}: parameters.{key}: cannot be searched (the dataset is loaded once)")
+def check_spec(spec: SearchSpec, where: str, semantic: bool = True) -> None:
+    """Everything TrainConfig would reject, found before any trial starts; with `semantic`, also
+    what would validate but not work (spec_checks.py)."""
     targets = {name: spec.target(name) for name in spec.parameters}
+    for name, target in targets.items():
+        why = {"data_dir": "the dataset is loaded once",
+               "epochs": "scheduler.max_t or fixed.epochs sets every trial's epochs"}.get(target)
+        if why:
+            raise UserError(f"{where}: parameters.{name}: {target} cannot be searched ({why})")
     both = sorted(set(spec.fixed) & set(targets.values()))
     if both:
         raise UserError(f"{where}: {both[0]} is in both fixed and parameters")
@@ -225,13 +234,21 @@ def check_spec(spec: SearchSpec, where: str) -> None:
             raise UserError(f"{where}: parameters.{name}: method grid needs `values` (or `value`)")
         if spec.method == "tpe" and p.distribution == "normal":
             raise UserError(f"{where}: parameters.{name}: method tpe does not support distribution normal")
-        cond = {k: (v[0] if isinstance(v, list) else v) for k, v in (p.when or {}).items()}
-        for sub, value in p.candidates():
-            try:
-                TrainConfig(**{**base, **cond, target: value})
-            except ValidationError as exc:
-                msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-                raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
+    for conditional in (False, True):  # a bad value first, then a condition it breaks, then the rest
+        if conditional and semantic:
+            check_conditions(spec, where)
+        for name, p in spec.parameters.items():
+            if bool(p.when) != conditional:
+                continue
+            cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in (p.when or {}).items()}
+            for sub, value in p.candidates():
+                try:
+                    TrainConfig(**{**base, **cond, targets[name]: value})
+                except ValidationError as exc:
+                    msg = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                    raise UserError(f"{where}: parameters.{name}.{sub}: {value!r} rejected: {msg}") from None
+    if semantic:
+        check_semantics(spec, where)
 
 
 def asha_rungs(spec: SearchSpec) -> set[int]:
