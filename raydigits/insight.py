@@ -100,13 +100,20 @@ def importance(trials: pd.DataFrame, spec: SearchSpec, seeds=IMPORTANCE_SEEDS) -
         result.why = (f"{len(scored)} scored trial(s)" if len(scored) < 2 else "no parameter is searched in every trial") \
             + ": nothing to compare"
         return result
+    if scored[score].nunique() < 2:  # fANOVA divides by the scores' variance
+        result.why = f"every scored trial has the same {score}: no parameter explains a difference"
+        return result
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
     dists = {n: _distribution(spec, n, scored[f"param.{n}"]) for n in unconditional}
     for _, t in scored.iterrows():
         params = {n: _encode(spec, n, t[f"param.{n}"]) for n in unconditional}
         study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=float(t[score])))
-    runs = [get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=s)) for s in seeds]
+    try:
+        runs = [get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=s)) for s in seeds]
+    except RuntimeError as exc:  # e.g. "zero total variance in all trees": the forest found no split
+        result.why = f"fANOVA could not be computed on these trials ({str(exc).strip()[:120]})"
+        return result
     for n in unconditional:
         vals = np.array([float(r.get(n, 0.0)) for r in runs])
         result.mean[n], result.spread[n] = float(vals.mean()), float(vals.std())

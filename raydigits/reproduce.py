@@ -141,8 +141,9 @@ def reproduce(exp_dir: Location | str, trial: str | None = None, out_dir: Path |
     cfg = load_config(config_file)  # what the printed command reads
     stop_after = int(epochs[-1]["epoch"])
     stop = ["--stop-after", str(stop_after)] if stop_after < cfg.epochs else []
+    # --force: once this retraining has run, its folder holds a run that the printed command replaces
     command = shlex.join(["python", "-m", "raydigits.train", "--config", str(config_file), *stop,
-                          "--out", str(out_dir)])
+                          "--out", str(out_dir), "--force"])
     if not quiet:
         print(f"reproducing trial {row['trial_id']} ({stop_after} epochs, recorded on {was}):\n  {command}",
               flush=True)

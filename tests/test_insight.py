@@ -75,3 +75,13 @@ def test_fanova_finds_the_parameter_that_drives_the_score():
     assert sum(imp.mean.values()) == pytest.approx(1.0) and all(s >= 0 for s in imp.spread.values())
     few = importance(_frame(rows[:1]), SPEC)
     assert not few.mean and "nothing to compare" in few.why
+
+
+def test_equal_scores_give_no_importance_instead_of_an_error():
+    """Every trial at the same score (a tiny dataset): fANOVA's forest has zero variance; the report
+    says so instead of failing the final stage."""
+    rng = np.random.default_rng(1)
+    rows = [(f"t{i}", "completed", [0.5], {"optimizer": ["sgd", "adamw"][i % 2], "lr": float(10 ** rng.uniform(-4, -1)),
+                                            "wd": 0.0, "momentum": None}) for i in range(6)]
+    imp = importance(_frame(rows), SPEC, seeds=(0,))
+    assert not imp.mean and "same best_val_acc" in imp.why

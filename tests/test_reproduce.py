@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+from pathlib import Path
 import subprocess
 import sys
 
@@ -60,11 +61,12 @@ def test_best_trial_reproduces_exactly_and_the_printed_command_is_the_same_run(s
     command = next(line for line in done.stdout.splitlines() if line.startswith("the same run: "))
     argv = shlex.split(command.removeprefix("the same run: "))
     assert argv[:3] == ["python", "-m", "raydigits.train"]
-    argv[argv.index("--out") + 1] = str(tmp_path / "again")
+    out = Path(argv[argv.index("--out") + 1])  # run verbatim: over the retraining's own folder (--force)
+    (out / "metrics.csv").unlink()
     again = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
                            env={**os.environ, "RAYDIGITS_NO_PROGRESS": "1"})
     assert again.returncode == 0, again.stderr[-2000:]
-    assert pd.read_csv(tmp_path / "again" / "metrics.csv")["val_acc"].tolist() == recorded
+    assert pd.read_csv(out / "metrics.csv")["val_acc"].tolist() == recorded
 
 
 def test_a_trial_stopped_early_replays_only_its_epochs(search, capsys):

@@ -372,3 +372,13 @@ def test_semantic_mistakes_stop_launch_before_ray(tmp_path):
         assert lines[0].startswith(f"error: {tmp_path / fname}: {message}"), lines[0]
         assert took < 20, took  # no Ray was started (that alone takes longer)
     assert not storage.exists()
+
+
+@pytest.mark.parametrize("name", ["smoke", "sgd_vs_adamw", "gpu_headline", "gpu_large", "pbt"])
+def test_every_shipped_space_round_trips_through_to_dict_with_its_checks(name):
+    """to_dict → parse_spec (with the semantic checks) gives the same spec: what `extend` and the
+    saved copy beside an experiment rely on."""
+    from raydigits.search.spec import load_spec
+    spec = load_spec(name)
+    again = parse_spec(spec.to_dict(), name)
+    assert again == spec

@@ -145,8 +145,10 @@ class SearchSpec(_Strict):
         return self
 
     def to_dict(self) -> dict:
-        """Round-trips through `parse_spec` (parameters keep only the keys that were given)."""
+        """Round-trips through `parse_spec` (parameters and the scheduler keep only the keys that were
+        given: a scheduler-specific default written out would read as a setting for another type)."""
         d = self.model_dump(mode="json")
+        d["scheduler"] = self.scheduler.model_dump(mode="json", exclude_unset=True)
         d["parameters"] = {k: p.model_dump(mode="json", exclude_unset=True) for k, p in self.parameters.items()}
         return d
 
