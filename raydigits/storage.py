@@ -25,6 +25,9 @@ from .errors import UserError
 # leading dot or dash, so never "..", a hidden folder or something that reads as an option)
 NAME_RE = re.compile(r"[\w+=@,-][\w.+=@,-]{0,199}")
 ERROR_CHARS = 200  # the part of a storage error shown in our one-line message
+# URI schemes pyarrow.fs.FileSystem.from_uri opens (besides file://); the filesystem itself is made at
+# first use, since making one may already contact the store (S3 asks a bucket for its region)
+SCHEMES = {"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock"}
 
 
 def check_name(name: str, what: str = "--name") -> str:
@@ -62,11 +65,9 @@ class Location:
             if not rest.startswith("/"):
                 raise UserError(f"{what} {text}: a file:// URI needs an absolute path (file:///abs/path)")
             return cls(str(Path(rest).absolute()))
-        import pyarrow.fs as pafs
-        try:
-            pafs.FileSystem.from_uri(text)
-        except (ValueError, OSError, ImportError) as exc:
-            raise UserError(f"{what} {text}: not a storage URI pyarrow can open ({_first_line(exc)})") from None
+        if scheme not in SCHEMES:
+            raise UserError(f"{what} {text}: not a storage URI pyarrow can open (scheme {scheme!r}; "
+                            f"use a local path or one of {', '.join(s + '://' for s in sorted(SCHEMES))})")
         if not rest.strip("/"):
             raise UserError(f"{what} {text}: the URI names no bucket or folder")
         return cls(text.rstrip("/"))
@@ -121,7 +122,10 @@ class Location:
             if self.local is not None:
                 self._fs = (pafs.LocalFileSystem(), str(self.local))
             else:
-                self._fs = pafs.FileSystem.from_uri(self.uri)
+                try:
+                    self._fs = pafs.FileSystem.from_uri(self.uri)
+                except (ValueError, OSError, ImportError) as exc:
+                    raise UserError(f"{self}: cannot open this storage ({_first_line(exc)})") from None
         return self._fs
 
     def _info(self):

@@ -68,3 +68,10 @@ def test_pinned_configs_keep_their_conditional_values():
     assert other != 0.8765 and 0.8 <= other <= 0.99
     assert momentum({"config": {"lr": 0.0123, "optimizer": "adamw"}}) is None  # condition does not hold
     assert param_space(spec)["momentum"].func({"config": {"lr": 0.0123, "optimizer": "sgd"}}) != 0.8765
+
+
+def test_extension_seeds_stay_in_range_and_edge_requests_pass():
+    top = parse_spec({**SPACE, "seed": 2**32 - 1}, "t")
+    assert 0 <= extension_spec(top, 1, 2, None).seed < 2**32   # parse_spec would refuse otherwise
+    spec = parse_spec(SPACE, "t")
+    check_request(spec, 1, spec.epochs, 0)   # the same epochs, and promoting none, are allowed

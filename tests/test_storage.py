@@ -185,3 +185,27 @@ def test_launch_refuses_names_places_and_resume_options_before_ray(tmp_path, s3)
     _one_error(_cli(["--search-space", "smoke", "--storage-path", "gopher://x/y"]), "--storage-path gopher://x/y")
     _one_error(_cli(["--resume", f"s3://{BUCKET}/nothing/here"], env), "not a raydigits experiment")
     assert keys(client, "nothing/") == []
+
+
+def test_location_identity_joining_and_coercion(tmp_path):
+    from raydigits.storage import as_location
+    a, b = Location.parse(tmp_path / "a"), Location.parse(tmp_path / "b")
+    assert a != b and a == Location.parse(str(tmp_path / "a")) and len({a, Location(a.uri)}) == 1
+    assert a != str(a)  # a Location never equals a plain string
+    assert a / "/x/" == a / "x" and str(Location.parse("s3://bkt/p") / "/x/") == "s3://bkt/p/x"
+    assert as_location(str(tmp_path / "a")) == a and as_location(a) is a
+    assert as_location("s3://bkt/p/") == Location("s3://bkt/p")
+    with pytest.raises(UserError, match="names no bucket"):
+        Location.parse("s3:///")
+    (a / "deep" / "er").mkdir()
+    (a / "deep" / "er").mkdir()  # again: a folder that exists is fine
+    assert (a / "deep" / "er").is_dir()
+
+
+def test_local_check_writable_climbs_to_the_first_existing_folder(tmp_path):
+    Location.parse(tmp_path / "new" / "deeper").check_writable()   # created later: fine
+    Location.parse(tmp_path).check_writable()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is not a writable folder"):
+        Location.parse(tmp_path / "f" / "sub").check_writable("--storage-path")
+    assert not (tmp_path / "new").exists()  # nothing created
