@@ -8,7 +8,8 @@ import pytest
 
 from raydigits.errors import UserError
 from raydigits.search.extend import check_request, extension_spec
-from raydigits.search.spec import build_search_alg, parse_spec
+from raydigits.search.spec import parse_spec
+from raydigits.search.tune_space import build_search_alg
 
 SPACE = {"name": "t", "method": "tpe", "num_samples": 4, "seed": 3, "scheduler": {"type": "asha", "max_t": 3},
          "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
@@ -59,7 +60,7 @@ def test_tpe_starts_from_the_finished_trials():
 def test_pinned_configs_keep_their_conditional_values():
     """Random search re-runs a promoted config through points_to_evaluate (its unconditional values)
     and the conditional samplers, which give a trial with exactly those values the config's own."""
-    from raydigits.search.spec import param_space
+    from raydigits.search.tune_space import param_space
     spec = parse_spec({**SPACE, "method": "random"}, "t")
     best = {"lr": 0.0123, "optimizer": "sgd", "momentum": 0.8765}
     momentum = param_space(spec, pinned=(best,))["momentum"].func

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from raydigits.errors import UserError
-from raydigits.search.spec import OptunaSpace, load_spec, param_space, parse_spec, trial_values
+from raydigits.search.spec import load_spec, parse_spec, trial_values
+from raydigits.search.tune_space import OptunaSpace, param_space
 
 from helpers import REPO
 
@@ -210,7 +211,8 @@ def test_pbt_perturbs_what_the_space_searches_within_its_ranges():
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers.pb2 import PB2
     from ray.tune.search.sample import Float
-    from raydigits.search.spec import ClipToRange, build_tune_scheduler, mutated
+    from raydigits.search.spec import mutated
+    from raydigits.search.tune_space import ClipToRange, build_tune_scheduler
     spec = parse_spec(_pbt())
     assert mutated(spec) == ["lr", "label_smoothing"]  # not structural, conditional or constant ones
     pbt = build_tune_scheduler(spec)

@@ -21,7 +21,8 @@ from ..data.store import Dataset
 from ..errors import UserError
 from ..storage import Location
 from .runner import read_spec, run_search
-from .spec import POPULATION, SearchSpec, build_search_alg, parse_spec
+from .spec import POPULATION, SearchSpec, parse_spec
+from .tune_space import build_search_alg
 
 PREFIX = "extend_"
 SEED_STEP = 1_000_003        # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs

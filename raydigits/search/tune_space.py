@@ -1,0 +1,193 @@
+"""The validated `SearchSpec` as Ray Tune objects: the param_space (random and grid search, with
+conditional parameters as seeded `sample_from`s), the Optuna define-by-run space (tpe), the search
+algorithm (optionally warm-started, with configs to run first) and the trial scheduler (ASHA, FIFO,
+PBT, PB2). Ray is imported only inside the builders."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from .spec import CONTINUOUS, INDEX_SUFFIX, POPULATION, SEED_HEX_DIGITS, Param, SearchSpec, mutated
+
+
+def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
+    """`tune.sample_from` that samples `p` only when its condition holds (else None). Reading the
+    condition keys by attribute lets Tune's resolver retry while they are still unsampled. The draw
+    is seeded by the search seed and the trial's already-sampled plain values. `pinned`: full configs
+    to reproduce (a trial whose unconditional values equal one of them takes its value; Tune's
+    points_to_evaluate cannot carry values for sample_from keys)."""
+    from ray import tune
+    from .ray_compat import read_config_key as get  # Tune retries while a condition key is unsampled
+    domain = _domain(p)
+
+    def sample(spec):
+        cfg = get(spec, "config") if "config" in spec else spec
+        if not p.condition_holds({k: get(cfg, k) for k in p.when or {} if k in cfg}):
+            return None
+        plain = {k: v for k, v in dict.items(cfg) if isinstance(v, (str, int, float, bool, list, tuple))}
+        for keys, config in pinned:  # (the unconditional values that identify it, the whole config)
+            if all(k in plain and plain[k] == v for k, v in keys.items()):
+                return config.get(name)
+        key = json.dumps(plain, sort_keys=True, default=str)
+        rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:SEED_HEX_DIGITS], 16))
+        return domain.sample(random_state=rs) if hasattr(domain, "sample") else domain
+
+    return tune.sample_from(sample)
+
+
+def _domain(p: Param):
+    from ray import tune
+    if p.values is not None:
+        return tune.choice(p.values)
+    if "value" in p.model_fields_set:
+        return p.value
+    d = p.distribution
+    if d == "uniform":
+        return tune.uniform(p.min, p.max)
+    if d == "log_uniform_values":
+        return tune.loguniform(p.min, p.max)
+    if d == "int_uniform":
+        return tune.randint(int(p.min), int(p.max) + 1)  # W&B's int_uniform includes max
+    if d == "q_uniform":
+        return tune.quniform(p.min, p.max, p.q or 1.0)
+    return tune.randn(p.mu, p.sigma)
+
+
+def param_space(spec: SearchSpec, pinned: tuple[dict, ...] = ()) -> dict:
+    """Tune param_space for random and grid search; empty for tpe (its space is `OptunaSpace`).
+    `pinned`: full configs that points_to_evaluate re-runs (see `_conditional`)."""
+    from ray import tune
+    space = {}
+    if spec.method == "tpe":
+        return space
+    plain = [k for k, p in spec.parameters.items() if not p.when]
+    pinned = tuple(({k: c.get(k) for k in plain}, c) for c in pinned)
+    for name, p in spec.parameters.items():
+        if spec.method == "grid" and p.values is not None:
+            space[name] = tune.grid_search(p.values)
+        elif p.when:
+            space[name] = _conditional(name, p, spec.seed, pinned)
+        else:
+            space[name] = _domain(p)
+    return space
+
+
+class OptunaSpace:
+    """Define-by-run space for Ray's OptunaSearch: conditional parameters are only suggested when
+    their condition holds, so TPE never models values that were not used."""
+
+    def __init__(self, spec: SearchSpec):
+        self.params = sorted(spec.parameters.items(), key=lambda kv: bool(kv[1].when))
+        self.fixed = dict(spec.fixed)
+
+    def __call__(self, trial):
+        chosen, constants = {}, {}
+        for name, p in self.params:
+            if not p.condition_holds({**self.fixed, **chosen, **constants}):
+                continue
+            if "value" in p.model_fields_set:
+                constants[name] = p.value
+            elif p.values is not None and all(isinstance(v, (str, int, float, bool)) for v in p.values):
+                chosen[name] = trial.suggest_categorical(name, p.values)
+            elif p.values is not None:  # lists etc.: Optuna picks an index
+                idx = trial.suggest_categorical(f"{name}{INDEX_SUFFIX}", list(range(len(p.values))))
+                constants[name] = p.values[idx]
+            elif p.distribution == "int_uniform":
+                chosen[name] = trial.suggest_int(name, int(p.min), int(p.max))
+            elif p.distribution == "q_uniform":
+                chosen[name] = trial.suggest_float(name, p.min, p.max, step=p.q or 1.0)
+            else:
+                chosen[name] = trial.suggest_float(name, p.min, p.max, log=p.distribution == "log_uniform_values")
+        return constants
+
+
+def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float]] = (), points: list[dict] = ()):
+    """The searcher, limiting concurrent trials itself: Tune ignores `max_concurrent_trials` for a
+    BasicVariantGenerator, so that knob is never used. `points`: configs to run first (as Tune's
+    `points_to_evaluate`); `warm`: (config, value) of trials run before, which TPE learns from
+    before its first suggestion (`launch.py extend`; random search ignores them)."""
+    if spec.method != "tpe":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0,
+                                     points_to_evaluate=list(points) or None)
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    searcher = OptunaSearch(space=OptunaSpace(spec), metric=spec.metric, mode=spec.mode,
+                            sampler=optuna.samplers.TPESampler(seed=spec.seed),
+                            points_to_evaluate=list(points) or None, **_warm_study(spec, warm))
+    return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
+
+
+WARM_STUDY = "raydigits"
+
+
+def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
+    """OptunaSearch's `storage`/`study_name` for a study that already holds the finished trials
+    (OptunaSearch loads an existing study by name; Ray's own `evaluated_rewards` does not work with a
+    define-by-run space). Each trial's params and distributions come from replaying the space on
+    its config, so they are exactly what TPE would have suggested."""
+    if not warm:
+        return {}
+    import optuna
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name=WARM_STUDY,
+                                direction="maximize" if spec.mode == "max" else "minimize")
+    space = OptunaSpace(spec)
+    for config, value in warm:
+        fixed = optuna.trial.FixedTrial(config)
+        try:
+            space(fixed)
+        except ValueError:  # a config from another space (e.g. a conditional the spec no longer has)
+            continue
+        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
+                                                  value=value))
+    return {"storage": storage, "study_name": WARM_STUDY}
+
+
+class ClipToRange:
+    """PBT's explore step multiplies a value by 1.2 or 0.8, which can leave the searched range (a
+    momentum of 1.1 TrainConfig rejects): perturbed values are clipped back into [min, max]."""
+
+    def __init__(self, bounds: dict[str, tuple[float, float]]):
+        self.bounds = bounds
+
+    def __call__(self, config: dict) -> dict:
+        for key, (lo, hi) in self.bounds.items():
+            if isinstance(config.get(key), (int, float)) and not isinstance(config[key], bool):
+                config[key] = type(config[key])(min(max(config[key], lo), hi))
+        return config
+
+
+def _population_scheduler(spec: SearchSpec):
+    """PBT (perturbed parameters: the same distribution, or the list of values) or PB2 (their bounds)."""
+    from ray.tune.schedulers import PopulationBasedTraining
+    from ray.tune.schedulers.pb2 import PB2
+    s, names = spec.scheduler, mutated(spec)
+    bounds = {n: (spec.parameters[n].min, spec.parameters[n].max) for n in names
+              if spec.parameters[n].distribution in CONTINUOUS}
+    common = dict(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
+                  perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
+                  synch=s.synch)
+    if s.type == "pb2":
+        return PB2(hyperparam_bounds={n: list(b) for n, b in bounds.items()}, **common)
+    mutations = {n: list(spec.parameters[n].values) if spec.parameters[n].values is not None
+                 else _domain(spec.parameters[n]) for n in names}
+    return PopulationBasedTraining(hyperparam_mutations=mutations, resample_probability=s.resample_probability,
+                                   custom_explore_fn=ClipToRange(bounds), **common)
+
+
+def build_tune_scheduler(spec: SearchSpec):
+    """Tune's trial scheduler (ASHA, FIFO, PBT or PB2); optim.build_scheduler is the learning-rate schedule."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    s = spec.scheduler
+    if s.type == "fifo":
+        return FIFOScheduler()
+    if s.type in POPULATION:
+        return _population_scheduler(spec)
+    return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
+                         max_t=spec.epochs, grace_period=min(s.grace_period, spec.epochs),
+                         reduction_factor=s.reduction_factor, brackets=s.brackets)
