@@ -2,12 +2,15 @@
 # The one prepared GPU check, for a lent GPU machine (no package registry there), in one device call
 # of about 8 minutes (measured: 552 s before the trims noted in BENCHMARKS.md). Here, first:
 #   bash ../shared/gpu/make_payload.sh          # → .gpu-payload/ (Ray without its jar, + missing wheels)
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform any -d .gpu-payload/whl plotly narwhals   # report.html (10 MB; payload + data ≈ 62 MB)
 #   python -m raydigits.data prepare            # → data/mnist
 # then: device run  command "bash bench/gpu_check.sh"  carry [".gpu-payload", "data/mnist"]
 # In order of importance, each step capped in time, logs under $OUT:
 #   1. GPU tests: AMP bf16 (graphs) / fp16 with defaults, graphs vs eager, an OOM run, a gpu:auto search
 #   2. trainer bench at 32, 64, 224 px (graphs vs eager vs bare loop) and 4 trainers sharing the GPU
-#   3. the GPU headline search (search_spaces/gpu_headline.yaml): wall time and test accuracy
+#   3. the GPU headline search (search_spaces/gpu_headline.yaml): wall time and test accuracy;
+#      3b. its best trial retrained by `launch.py reproduce` on the GPU (the tolerance, measured)
 #   4. if time is left: ranking fidelity on full MNIST (bench/search_bench.py --part fidelity)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,10 @@ echo "wall $(( $(date +%s) - H0 )) s (launch.py start to final summary, Ray star
 grep -E "wall |== raydigits|best trial|params:|trials:|gpu:|search finished" "$OUT/headline.log" | tee "$OUT/headline.txt"
 cp /tmp/ray_results/gpu_headline/final/metrics.json "$OUT/headline_metrics.json" 2>/dev/null
 cp /tmp/ray_results/gpu_headline/final/trials.csv "$OUT/headline_trials.csv" 2>/dev/null
+echo "== 3b. reproduce the headline's best trial on the GPU ($(left 590)s left): its per-epoch val_acc"
+echo "   against the recorded one (reproduce.py's GPU tolerance, 0.01, was never measured)"
+timeout 90 python3 launch.py reproduce /tmp/ray_results/gpu_headline --out /tmp/gpu_repro 2>&1 | tail -22 \
+  | tee "$OUT/reproduce.txt"
 L=$(left 590)
 echo "== 4. ranking fidelity, full MNIST (${L}s left)"
 if [ "$L" -gt 60 ]; then
