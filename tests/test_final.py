@@ -130,6 +130,13 @@ def test_saved_predictor_and_exported_program_agree_with_the_trainer(small_mnist
     with torch.no_grad():
         theirs = program.module()(torch.from_numpy(imgs.copy())).numpy()
     assert np.allclose(theirs, ours, atol=1e-5)
+    with torch.no_grad():  # one image (torch.export would specialise a traced batch of 1) and 300
+        one = program.module()(torch.from_numpy(imgs[:1].copy())).numpy()
+        many = program.module()(torch.from_numpy(np.concatenate([imgs] * 6))).numpy()
+    assert np.allclose(one, ours[:1], atol=1e-5) and np.allclose(many[-50:], ours, atol=1e-5)
+    # the weights are the program's parameters (inspectable, replaceable), not baked-in constants
+    weights = {k for k, _ in t.model.named_parameters()}
+    assert weights <= {k.removeprefix("model.") for k in program.state_dict}
     # and validation used the same path: its accuracy is the predictor's on the val split
     acc = (t.predict(small_mnist.images["val"]).argmax(1) == small_mnist.labels["val"]).mean()
     assert t.evaluate()["val_acc"] == pytest.approx(acc)
