@@ -255,3 +255,20 @@ def test_a_checkpoint_continued_with_other_knobs_trains_with_them(small_mnist, t
     assert same.changed_knobs == {} and same.optimizer.state_dict()["param_groups"] == donor.optimizer.state_dict()["param_groups"]
     history = clone.fit()
     assert [m["epoch"] for m in history] == [1, 2, 3] and history[1]["lr"] < lr_now * 2
+
+
+def test_stratified_subset_edges():
+    """All images at n = 0 and n = len; exactly one per class at n = classes; fewer is refused
+    naming the key; every class kept in proportion otherwise."""
+    from raydigits.errors import UserError
+    from raydigits.trainer import stratified_subset
+    labels = np.repeat(np.arange(4), 25)  # 100 images, grouped by class as image folders store them
+    assert stratified_subset(labels, 0, 0) is None and stratified_subset(labels, 100, 0) is None
+    one_each = stratified_subset(labels, 4, 0)
+    assert sorted(labels[one_each]) == [0, 1, 2, 3]
+    for n in (1, 3):
+        with pytest.raises(UserError, match=f"train_items: {n} is fewer than the 4 classes"):
+            stratified_subset(labels, n, 0, key="train_items")
+    half = stratified_subset(labels, 40, 7)
+    assert np.bincount(labels[half]).tolist() == [10, 10, 10, 10] and (np.diff(half) > 0).all()
+    assert not np.array_equal(half, stratified_subset(labels, 40, 8))  # seeded
