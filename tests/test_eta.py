@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from raydigits.search import eta
@@ -68,3 +69,28 @@ def test_line_and_the_first_estimate_against_the_actual_time(tmp_path):
     eta.write_estimates(tmp_path, [{"at": float(i), "remaining_s": 1.0} for i in range(eta.MAX_KEPT + 50)])
     kept = json.loads((tmp_path / eta.ETA_FILE).read_text())["estimates"]
     assert len(kept) == eta.MAX_KEPT and kept[0]["at"] == 0.0 and kept[-1]["at"] == eta.MAX_KEPT + 49
+
+
+@pytest.mark.parametrize("n, rf", [(1, 3), (2, 3), (3, 3), (8, 3), (6, 2), (30, 3)])
+def test_asha_survival_matches_ashas_rule_on_random_arrivals(n, rf):
+    """The expected fraction kept at a rung equals a simulation of ASHA's rule (each arrival against
+    the (1 - 1/rf) quantile of those recorded before it; the first always goes on)."""
+    rng = np.random.default_rng(n)
+    kept = []
+    for _ in range(3000):
+        recorded, going_on = [], 0
+        for v in rng.random(n):
+            going_on += not recorded or v >= np.percentile(recorded, (1 - 1 / rf) * 100)
+            recorded.append(v)
+        kept.append(going_on / n)
+    assert eta.asha_survival(n, rf) == pytest.approx(np.mean(kept), abs=0.015)
+
+
+def test_a_small_search_keeps_more_than_one_in_rf():
+    """8 trials at rf 3 (the CPU headline's ASHA): more trial-epochs than the 1/rf model says, and
+    the size's effect fades for a large search."""
+    small = eta.Schedule(12, (2, 6), 3, n_trials=8)
+    assert eta.rung_fractions(small)[0] == pytest.approx(eta.asha_survival(8, 3))
+    assert eta.expected_epochs(small) > 1.3 * eta.expected_epochs(eta.Schedule(12, (2, 6), 3))
+    big = eta.Schedule(12, (2, 6), 3, n_trials=2000)
+    assert eta.expected_epochs(big) == pytest.approx(eta.expected_epochs(eta.Schedule(12, (2, 6), 3)), rel=0.02)

@@ -6,13 +6,16 @@ The model, and what it assumes:
 - every trial-epoch takes `epoch_s` seconds of wall time (the median so far: measured while trials
   share the machine, so contention is in it), and each trial not yet started first costs `start_s`
   (its measured start-up: actor, data, model, until the first epoch begins);
-- ASHA: a trial reaches the first rung; at each rung below max_t a fraction 1/reduction_factor
-  goes on (ASHA's cut-off is the (1 - 1/rf) quantile), so a new trial runs in expectation
-  r0 + sum_k rf**-(k+1) * (r(k+1) - r(k)) epochs with r(last) = max_t; a running trial at epoch e
-  has survived the rungs up to e, and only the rungs after e thin out its remaining epochs. FIFO:
-  every trial runs max_t epochs. Trials that end earlier by themselves (early stopping, divergence,
-  out of memory) are not foreseen: the estimate errs long for them. With few trials ASHA keeps
-  more than 1/rf (the first trial to reach a rung always goes on): the estimate errs short there;
+- ASHA: a trial reaches the first rung; at each rung below max_t a fraction of the trials that
+  reach it goes on. ASHA compares each arrival with the (1 - 1/rf) quantile of the values recorded
+  there before it (the first always goes on), so among n arrivals in random order the expected
+  fraction kept is `asha_survival(n, rf)`: 1 for one trial, about 0.48 for 8 trials at rf 3, tending
+  to 1/rf for many. The search's size gives n at the first rung, and each rung's survivors the next
+  one's (without the size: 1/rf everywhere). A running trial at epoch e has survived the rungs up to
+  e, and only the rungs after e thin out its remaining epochs. FIFO: every trial runs max_t epochs.
+  Trials that end earlier by themselves (early stopping, divergence, out of memory) are not
+  foreseen: the estimate errs long for them. Measured on the CPU headline (8 trials, rf 3) with
+  1/rf: the first estimate said 7 min, the search took 13.7 min;
 - the expected trial-epochs left are spread over `concurrency` slots (fewer when fewer trials are
   left than slots) with no idle time between trials;
 - the time budget caps it: the search ends when the budget does, whatever is left.
@@ -34,18 +37,48 @@ class Schedule:
     max_t: int                          # epochs a trial may run
     rungs: tuple[int, ...] = ()         # ASHA's milestones below max_t (experiment.asha_rungs); () = FIFO
     reduction_factor: float = 2.0
+    n_trials: int | None = None         # the search's size (None: 1/rf at every rung, the large-search limit)
+
+
+def asha_survival(n: int, rf: float) -> float:
+    """Expected fraction of `n` trials reaching a rung in random order that ASHA lets go on: the
+    k-th arrival goes on when its value is at least the (1 - 1/rf) quantile (numpy's linear
+    interpolation) of the k - 1 values recorded before it; the first always does."""
+    q, kept = 1.0 - 1.0 / rf, 1.0
+    for k in range(2, n + 1):
+        p = q * (k - 2)                     # the cut-off's position among the k - 1 earlier values
+        lo = math.floor(p)
+        above = (k - 1) - (lo + 1)          # ranks strictly above the cut-off's upper neighbour
+        between = (1.0 - (p - lo)) if p != lo else 0.0  # between its two neighbours: linear share
+        kept += (above + between + (1.0 if p == lo else 0.0)) / k
+    return kept / max(1, n)
+
+
+def rung_fractions(schedule: Schedule) -> list[float]:
+    """The expected fraction kept at each rung below max_t, in order."""
+    rungs = [r for r in schedule.rungs if r < schedule.max_t]
+    if not schedule.n_trials:
+        return [1.0 / schedule.reduction_factor] * len(rungs)
+    out, arriving = [], float(schedule.n_trials)
+    for _ in rungs:
+        out.append(asha_survival(max(1, round(arriving)), schedule.reduction_factor))
+        arriving *= out[-1]
+    return out
 
 
 def expected_epochs(schedule: Schedule, done: int = 0) -> float:
     """Expected epochs still to run for a trial that has run `done` epochs and is still going."""
     left, survive, at = 0.0, 1.0, done
-    for milestone in [*sorted(r for r in schedule.rungs if r < schedule.max_t), schedule.max_t]:
+    rungs = sorted(r for r in schedule.rungs if r < schedule.max_t)
+    kept = dict(zip(rungs, rung_fractions(Schedule(schedule.max_t, tuple(rungs), schedule.reduction_factor,
+                                                   schedule.n_trials))))
+    for milestone in [*rungs, schedule.max_t]:
         if milestone <= at:
             continue  # a rung it already passed (a running trial at a rung has been kept there)
         left += survive * (milestone - at)
         at = milestone
         if milestone < schedule.max_t:
-            survive /= schedule.reduction_factor
+            survive *= kept[milestone]
     return left
 
 
