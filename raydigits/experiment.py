@@ -10,14 +10,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .errors import UserError
-from .search.outcomes import NEVER_CHOSEN, read_record
+from .search.outcomes import NEVER_CHOSEN, UNFINISHED, read_record
 from .search.ray_compat import trial_states
 from .search.spec import SearchSpec, asha_rungs  # noqa: F401  (asha_rungs: read here too)
 from .search.trainable import CHECKPOINT_FILE
 from .storage import Location, as_location
 
 INTERNAL = ["path", "results", "config"]  # load_trials columns kept out of trials.csv
-UNFINISHED_STATUSES = ("RUNNING", "PENDING", "PAUSED")
 
 
 @dataclass
@@ -53,7 +52,7 @@ def _trial_row(trial: dict, record: dict, run_spec: SearchSpec, spec: SearchSpec
     results = read_results(path)
     epochs = max((int(r["epoch"]) for r in results), default=0)
     recorded = record.get(trial["trial_id"], {}).get("outcome")
-    if recorded == "interrupted" and trial["status"] not in UNFINISHED_STATUSES:
+    if recorded == "interrupted" and trial["status"] not in UNFINISHED:
         recorded = None  # provisional: the trial ran on after a resume
     outcome = recorded or derive_outcome(trial["status"], results, epochs, run_spec)
     vals = [r[spec.metric] for r in results if r.get(spec.metric) is not None and not r.get("diverged")]
@@ -76,7 +75,7 @@ def derive_outcome(status: str, results: list[dict], epochs: int, spec: SearchSp
         return "diverged"
     if stop == "oom":
         return "oom"  # out of GPU memory: ended cleanly, never a candidate
-    if status in UNFINISHED_STATUSES:
+    if status in UNFINISHED:
         return "interrupted"
     if stop == "early_stop":
         return "early_stopped"

@@ -6,7 +6,6 @@ best_model.pt2. Also `export --images`: predict a folder of images with best_mod
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -145,8 +144,4 @@ def check_output_file(out: Path, what: str, inputs=(), force: bool = False) -> N
         raise UserError(f"{what} {out}: is a folder; give a file path such as {Path(out) / 'pre.csv'}")
     if target.exists() and not force:
         raise UserError(f"{what} {out}: already exists; pass --force to replace it")
-    existing = target.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{what} {out}: cannot write there ({existing} is not a writable folder)")
+    Location.parse(target.parent).check_writable(what, shown=out)

@@ -223,7 +223,7 @@ class Location:
                 target = target / part
             target.write_bytes(f.read_bytes())
 
-    def check_writable(self, what: str = "--storage-path") -> None:
+    def check_writable(self, what: str = "--storage-path", shown=None) -> None:
         """Refuse, before any work starts and without creating anything, a place raydigits could not
         write into: a local folder's first existing ancestor must be a writable folder; an object
         store's bucket must exist and answer with these credentials."""
@@ -232,7 +232,7 @@ class Location:
             while not existing.exists():
                 existing = existing.parent
             if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-                raise UserError(f"{what} {self}: cannot write there ({existing} is not a writable folder)")
+                raise UserError(f"{what} {shown or self}: cannot write there ({existing} is not a writable folder)")
             return
         import pyarrow.fs as pafs
         fs, path = self._fs_path

@@ -20,13 +20,13 @@ from pathlib import Path
 from ..data.store import Dataset
 from ..errors import UserError
 from ..storage import Location
+from .outcomes import NEVER_CHOSEN, UNFINISHED
 from .runner import read_spec, run_search
 from .spec import POPULATION, SearchSpec, parse_spec
 from .tune_space import build_search_alg
 
 PREFIX = "extend_"
 SEED_STEP = 1_000_003        # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 
 
 def extension_runs(exp: Location) -> list[Location]:
@@ -65,7 +65,7 @@ def finished_scores(trials, spec: SearchSpec) -> list[tuple[dict, float, float]]
     for _, t in trials.iterrows():
         vals = [r.get(spec.metric) for r in t["results"] if not r.get("diverged")]
         vals = [v for v in vals if v is not None and math.isfinite(v)]
-        if t["outcome"] in ("error", "diverged", "oom") or not vals:
+        if t["outcome"] in NEVER_CHOSEN or not vals:
             continue
         best = max(vals) if spec.mode == "max" else min(vals)
         out.append((dict(t["config"]), float(vals[-1]), float(best)))

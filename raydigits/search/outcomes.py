@@ -14,6 +14,7 @@ OUTCOMES_FILE = "raydigits_outcomes.json"
 OUTCOMES = ("completed", "asha_stopped", "time_budget", "not_started", "early_stopped", "diverged", "oom",
             "error", "interrupted")
 NEVER_CHOSEN = ("error", "diverged", "oom")
+UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # Tune statuses of a trial that has not ended
 # a trial's own reason to stop (Trainer.stop_reason) → its outcome
 STOP_REASONS = {"early_stop": "early_stopped", "oom": "oom", "diverged": "diverged"}
 

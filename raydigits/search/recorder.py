@@ -5,11 +5,9 @@ from __future__ import annotations
 from ray import tune
 from ray.tune.stopper import TimeoutStopper
 
-from .outcomes import ended_outcome, read_record, write_record
+from .outcomes import UNFINISHED, ended_outcome, read_record, write_record
 from ..storage import Location, as_location
 from .ray_compat import experiment_dir_of
-
-UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
 
 
 class BudgetStopper(TimeoutStopper):
