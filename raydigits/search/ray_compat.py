@@ -10,7 +10,8 @@ test in tests/test_ray_compat.py that fails loudly when a Ray upgrade breaks it:
   `wrap_function`'s class with its `__qualname__` set: no public API names a trial actor;
 - Tune's resolver guard for `sample_from` (`read_config_key`);
 - the schema of Tune's `experiment_state-*.json` (`trial_states`), read without unpickling;
-- where a trial's experiment folder is (`experiment_dir_of`).
+- where a trial's experiment folder is (`experiment_dir_of`);
+- Tune's JSON and CSV result loggers' restore step (`KeepDriverResults`).
 
 Nothing here imports Ray at module level, so importing it sets no Ray state. The Ray version the
 tests ran on is checked at import (a warning, not an error, for any other)."""
@@ -172,3 +173,22 @@ def experiment_dir_of(trial) -> Location | None:
     keeps that path without its URI scheme, so the caller's own Location stays the truth)."""
     path = str(getattr(trial, "remote_experiment_path", "") or "")
     return Location(path) if Path(path).is_absolute() and Path(path).is_dir() else None
+
+
+
+# ------------------------------------------------------------------ result loggers
+class KeepDriverResults:
+    """Mixin for Tune's JSON and CSV result loggers (result.json, progress.csv; the classes are
+    recorder.py's): a trial restarted within the same run keeps the driver's own file. Tune's
+    loggers copy the file back from storage (the private `LoggerCallback._restore_from_remote`)
+    whenever a trial with a checkpoint starts. That is right after a driver restart (--resume: the
+    driver's staging folder is new and empty) but wrong when PBT pauses and restarts a trial or a
+    failed trial is retried: storage is synced only every SYNC_PERIOD_S, so its copy can be stale
+    and the epochs reported since the last sync vanish from the trial's results (seen under load
+    in the PBT test: a trial left with epochs [3, 4], another with [1, 2, 3])."""
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        local = Path(trial.local_path, file_name)
+        if local.is_file() and local.stat().st_size > 0:
+            return  # this driver wrote it and has every line; storage may lag behind
+        super()._restore_from_remote(file_name, trial)

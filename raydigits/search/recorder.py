@@ -1,13 +1,15 @@
 """Tune hooks that record each trial's outcome when it happens (see outcomes.py): a `tune.Callback`
-and the time budget as a `TimeoutStopper` that remembers it fired. Public Tune API only."""
+and the time budget as a `TimeoutStopper` that remembers it fired; and Tune's result loggers with
+their restore step fixed (ray_compat.KeepDriverResults), which replace Tune's defaults."""
 from __future__ import annotations
 
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.stopper import TimeoutStopper
 
 from .outcomes import UNFINISHED, ended_outcome, read_record, write_record
 from ..storage import Location, as_location
-from .ray_compat import experiment_dir_of
+from .ray_compat import KeepDriverResults, experiment_dir_of
 
 
 class BudgetStopper(TimeoutStopper):
@@ -30,6 +32,19 @@ class BudgetStopper(TimeoutStopper):
             except Exception as exc:  # noqa: BLE001 — bookkeeping never ends a search
                 print(f"raydigits: could not record the time budget in {self.exp_dir}: {exc}", flush=True)
         return stop
+
+
+class JsonResults(KeepDriverResults, JsonLoggerCallback):
+    """result.json, the trial history every raydigits reader uses (given as a callback, it replaces
+    Tune's default: Tune adds a logger only where none of its class is present)."""
+
+
+class CsvResults(KeepDriverResults, CSVLoggerCallback):
+    """progress.csv, for users' own tools."""
+
+
+def result_loggers() -> list:
+    return [JsonResults(), CsvResults()]
 
 
 class OutcomeRecorder(tune.Callback):

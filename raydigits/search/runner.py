@@ -114,14 +114,14 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
     driver's experiment state at least every SYNC_PERIOD_S (and whenever trials checkpoint)."""
     from ray import tune
     from .progress import eta_reporter
-    from .recorder import OutcomeRecorder
+    from .recorder import OutcomeRecorder, result_loggers
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
                                 parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
                                 max_report_frequency=REPORT_EVERY_S, sort_by_metric=False,
                                 metric=spec.metric, mode=spec.mode)
     return tune.RunConfig(
         name=exp.name, storage_path=exp.parent.tune_path, verbose=verbose, progress_reporter=reporter,
-        callbacks=[OutcomeRecorder(exp, spec.epochs), eta_reporter(spec, exp)],
+        callbacks=[OutcomeRecorder(exp, spec.epochs), eta_reporter(spec, exp), *result_loggers()],
         stop=_stopper(spec, exp),
         sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
