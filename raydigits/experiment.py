@@ -88,17 +88,24 @@ def derive_outcome(status: str, results: list[dict], epochs: int, spec: SearchSp
 
 
 def read_results(trial_dir: Location | str) -> list[dict]:
-    """A trial's reported results (Tune's result.json); a line cut by a crash is skipped."""
+    """A trial's reported results (Tune's result.json), epoch by epoch of the weights it ended with: a
+    line cut by a crash is skipped, and an epoch reported again (the trial went on from an earlier
+    checkpoint: a retry, or PBT handing it another trial's) replaces that epoch and every later one
+    of the abandoned run."""
     try:
         text = (as_location(trial_dir) / "result.json").read_text()
     except FileNotFoundError:
         return []
-    out = []
+    out: list[dict] = []
     for line in text.splitlines():
         try:
-            out.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
             continue
+        epoch = row.get("epoch")
+        while epoch is not None and out and (out[-1].get("epoch") or 0) >= epoch:
+            out.pop()
+        out.append(row)
     return out
 
 

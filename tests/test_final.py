@@ -3,6 +3,8 @@ older experiments, derived), which (trial, epoch) is chosen, what pre.csv and th
 that the saved predictor and the exported program agree with the trainer on real digits."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ import torch
 
 from raydigits.errors import UserError
 from raydigits.evaluation import predictions_frame, split_metrics
-from raydigits.experiment import asha_rungs, choose_best, derive_outcome
+from raydigits.experiment import asha_rungs, choose_best, derive_outcome, read_results
 from raydigits.search.outcomes import ended_outcome
 from raydigits.search.spec import parse_spec
 
@@ -91,6 +93,21 @@ def test_choose_best_skips_an_epoch_whose_checkpoint_folder_a_later_epoch_wrote_
     reused[2]["checkpoint_dir_name"] = reused[1]["checkpoint_dir_name"]  # epoch 3 overwrote epoch 2's folder
     c = choose_best(trials, SPEC)
     assert (c.trial_id, c.epoch) == ("b", 2)
+
+
+@pytest.mark.parametrize("reported, kept", [
+    ([1, 2, 3], [1, 2, 3]),
+    ([1, 2, 3, 4, 3, 4], [1, 2, 3, 4]),            # went on from its epoch-2 checkpoint: the re-run counts
+    ([1, 2, 3, 4, 2, 3], [1, 2, 3]),               # from epoch 1: the abandoned epoch 4 goes too
+    ([1, 2, 5, 6], [1, 2, 5, 6]),                  # PBT: continued from a donor further on
+])
+def test_read_results_keeps_the_run_the_trial_ended_with(tmp_path, reported, kept):
+    lines = [json.dumps({"epoch": e, "val_acc": e / 10 + 0.01 * i}) for i, e in enumerate(reported)]
+    (tmp_path / "result.json").write_text("\n".join(lines) + "\n{\"epoch\": 9, \"val_a")  # cut by a crash
+    rows = read_results(tmp_path)
+    assert [r["epoch"] for r in rows] == kept
+    last_of = {e: i for i, e in enumerate(reported)}  # each kept epoch is its last report
+    assert [r["val_acc"] for r in rows] == [pytest.approx(e / 10 + 0.01 * last_of[e]) for e in kept]
 
 
 def test_predictions_frame_is_sorted_by_id_with_the_top_class_and_its_probability():
