@@ -3,7 +3,9 @@
 # of about 8 minutes (measured: 552 s before the trims noted in BENCHMARKS.md). Here, first:
 #   bash ../shared/gpu/make_payload.sh          # → .gpu-payload/ (Ray without its jar, + missing wheels)
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       --platform any -d .gpu-payload/whl plotly narwhals   # report.html (10 MB; payload + data ≈ 62 MB)
+#       --platform any -d .gpu-payload/whl plotly narwhals   # report.html (10 MB)
+#   (measured 2026-11-28: payload 53.1 MB + data/mnist 11.7 MB + tracked tree 1.1 MB = 62.9 MiB of
+#   the call's 64 MiB: check with `du -cb .gpu-payload data/mnist` before the call)
 #   python -m raydigits.data prepare            # → data/mnist
 # then: device run  command "bash bench/gpu_check.sh"  carry [".gpu-payload", "data/mnist"]
 # In order of importance, each step capped in time, logs under $OUT:
