@@ -16,6 +16,7 @@ import fnmatch
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path, PurePosixPath
 
 from .atomic import write_bytes
@@ -28,6 +29,9 @@ ERROR_CHARS = 200  # the part of a storage error shown in our one-line message
 # URI schemes pyarrow.fs.FileSystem.from_uri opens (besides file://); the filesystem itself is made at
 # first use, since making one may already contact the store (S3 asks a bucket for its region)
 SCHEMES = {"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock"}
+# how long the check before a search waits for an object store's first answer: without credentials
+# pyarrow's GCS client retries for 15 minutes, silently (RAYDIGITS_STORAGE_PROBE_S overrides it)
+PROBE_ENV, PROBE_S = "RAYDIGITS_STORAGE_PROBE_S", 30.0
 
 
 def check_name(name: str, what: str = "--name") -> str:
@@ -235,18 +239,44 @@ class Location:
                 raise UserError(f"{what} {shown or self}: cannot write there ({existing} is not a writable folder)")
             return
         import pyarrow.fs as pafs
-        fs, path = self._fs_path
-        bucket = path.split("/", 1)[0]
-        try:
+
+        def probe():  # making the filesystem may contact the store already (S3 asks for the region)
+            fs, path = self._fs_path
+            bucket = path.split("/", 1)[0]
             kind = fs.get_file_info(bucket).type
-        except OSError as exc:
-            raise UserError(f"{what} {self}: cannot reach the storage ({_first_line(exc)})") from None
+            fs.get_file_info(path)
+            return bucket, kind
+        bucket, kind = _within_probe_time(probe, f"{what} {self}")
         if kind != pafs.FileType.Directory:
             raise UserError(f"{what} {self}: no bucket {bucket!r} there (create it first)")
+
+
+def _within_probe_time(fn, shown: str):
+    """fn() (a storage request), or a UserError when it fails or gives no answer within the probe
+    time. The request runs in a daemon thread: one that never returns does not keep the CLI alive."""
+    try:
+        wait = float(os.environ.get(PROBE_ENV) or PROBE_S)
+    except ValueError:
+        raise UserError(f"{PROBE_ENV}={os.environ[PROBE_ENV]!r}: not a number of seconds") from None
+    box: dict = {}
+
+    def run():
         try:
-            fs.get_file_info(path)
-        except OSError as exc:
-            raise UserError(f"{what} {self}: cannot reach the storage ({_first_line(exc)})") from None
+            box["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 — reported below, in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="raydigits-storage-probe", daemon=True)
+    thread.start()
+    thread.join(wait)
+    if thread.is_alive():
+        raise UserError(f"{shown}: no answer from the storage in {wait:g} s (check its credentials and the "
+                        f"network; {PROBE_ENV} sets the wait)")
+    if "error" in box:
+        if isinstance(box["error"], OSError):
+            raise UserError(f"{shown}: cannot reach the storage ({_first_line(box['error'])})") from None
+        raise box["error"]
+    return box["value"]
 
 
 def as_location(place: "Location | str | os.PathLike") -> Location:

@@ -134,6 +134,23 @@ def test_missing_bucket_and_unreachable_store_are_refused(s3, monkeypatch):
         Location.parse(f"s3://{BUCKET}/x").check_writable()
 
 
+def test_a_store_that_does_not_answer_is_refused_within_the_probe_time(monkeypatch, capsys):
+    """gs:// without credentials (and without a network, as here): pyarrow's GCS client would retry
+    silently for 15 minutes; launch.py gives up after the probe time with one line."""
+    from raydigits import cli
+    from raydigits.storage import PROBE_ENV
+    monkeypatch.setenv(PROBE_ENV, "2")
+    started = time.monotonic()
+    code = cli.main(["--search-space", "smoke", "--storage-path", "gs://raydigits-no-such-bucket/r"])
+    took = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --storage-path gs://raydigits-no-such-bucket/r: ")
+    assert "no answer from the storage in 2 s" in err[0] or "cannot reach the storage" in err[0], err[0]
+    assert took < 10
+    monkeypatch.setenv(PROBE_ENV, "soon")
+    with pytest.raises(UserError, match=f"{PROBE_ENV}='soon': not a number"):
+        Location.parse("gs://raydigits-no-such-bucket/r").check_writable()
+
 @pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a\\b", "-rf", ".hidden", "", "x" * 201,
                                   "a\0b", "tab\there", "new\nline"])
 def test_experiment_names_are_one_folder_name(name):
