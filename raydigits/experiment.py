@@ -26,6 +26,7 @@ class Choice:
     value: float
     checkpoint: Location
     config: dict
+    note: str = ""  # why this epoch rather than the trial's best one (select_epoch: within_se)
 
 
 def load_trials(exp_dir: Location | str, spec: SearchSpec) -> pd.DataFrame:
@@ -115,9 +116,10 @@ def unfinished_trials(exp_dir: Location | str) -> list[str]:
 
 
 def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
-    """The best reported epoch on validation over every usable trial; errored, diverged and
-    out-of-memory trials are never chosen. Its own checkpoint (kept by CheckpointConfig's
-    best-by-metric rule)."""
+    """The trial with the best reported epoch on validation over every usable trial (errored,
+    diverged and out-of-memory trials are never chosen), and of it, by `spec.select_epoch`, that
+    epoch or the latest kept one within one standard error of it. Its own checkpoint (kept by
+    CheckpointConfig's best-by-metric rule, which always keeps the latest too)."""
     candidates = []
     for _, t in trials.iterrows():
         if t["outcome"] in NEVER_CHOSEN:
@@ -134,7 +136,17 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
             ck = as_location(t["path"]) / r["checkpoint_dir_name"] / CHECKPOINT_FILE
             candidates.append((v if spec.mode == "max" else -v, -int(r["epoch"]), t["trial_id"], ck, r))
     candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    for score, neg_epoch, trial_id, ck, r in candidates:
-        if ck.exists():
-            return Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}))
-    raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
+    kept = [c for c in candidates if c[3].exists()]
+    if not kept:
+        raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
+    _, neg_epoch, trial_id, ck, r = kept[0]
+    best = Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}))
+    if spec.select_epoch == "within_se" and spec.metric == "val_acc" and r.get("val_n"):
+        se = math.sqrt(best.value * (1 - best.value) / r["val_n"])
+        _, neg_epoch, _, ck, r = max((c for c in kept if c[2] == trial_id and c[4][spec.metric] >= best.value - se),
+                                     key=lambda c: -c[1])
+        if -neg_epoch != best.epoch:
+            note = (f"epoch {-neg_epoch} ({spec.metric} {r[spec.metric]:.4f}), the latest within one standard error "
+                    f"({se:.4f} on {int(r['val_n']):,} images) of the trial's best, {best.value:.4f} at epoch {best.epoch}")
+            return Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}), note)
+    return best

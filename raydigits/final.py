@@ -66,7 +66,7 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     counts = trials["outcome"].value_counts().to_dict()
     effective = {spec.target(n) for n in spec.parameters}
     metrics.update({
-        "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch,
+        "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch, "epoch_note": choice.note,
         f"best_{spec.metric}": choice.value, "best_config": state["config"],
         "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
         "checkpoint": str(choice.checkpoint),
@@ -97,6 +97,8 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
           f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m[m['evaluated_split'] + '_accuracy']:.4f}"
           + ("" if m["evaluated_split"] == "test" else " (the dataset has no test split: this is the validation "
                                                        "split the best trial was chosen on, not an unbiased test)"))
+    if m.get("epoch_note"):
+        print(f"epoch: {m['epoch_note']}")
     print(f"params: {json.dumps(m['best_params'], default=str)}")
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "

@@ -114,7 +114,8 @@ def _fmt(v) -> str:
 
 def _best_section(m: dict, spec: SearchSpec) -> str:
     split = m.get("evaluated_split", "test")
-    rows = [("trial", _e(m["best_trial"])), ("epoch", _e(m["best_epoch"])),
+    epoch = f"{m['best_epoch']}: {m['epoch_note']}" if m.get("epoch_note") else m["best_epoch"]
+    rows = [("trial", _e(m["best_trial"])), ("epoch", _e(epoch)),
             (spec.metric, _fmt(m[f"best_{spec.metric}"])), (f"{split} accuracy", _fmt(m[f"{split}_accuracy"])),
             ("trials", _e(f"{m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA)"))]
     if m.get("search_wall_time_s"):

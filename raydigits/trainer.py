@@ -328,6 +328,7 @@ class Trainer:
                 self.bad_epochs += 1
             self.epoch = epoch
             metrics = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_acc")}, **ev,
+                       "val_n": len(self.val_set),  # how many images val_acc is over (its noise)
                        "lr": current_lr(self.optimizer), "epoch_time_s": time.perf_counter() - t0,
                        "images_per_s": tr["images_per_s"], "data_time_s": tr["data_time_s"],
                        "train_time_s": tr["train_time_s"], "bn_recalibrate_s": bn_time, "frozen": frozen,

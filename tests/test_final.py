@@ -85,6 +85,26 @@ def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_
     assert (choose_best(tie, SPEC).trial_id, choose_best(tie, SPEC).epoch) == ("a", 1)
 
 
+def test_choose_best_takes_the_latest_epoch_within_one_standard_error_of_the_trials_best(tmp_path):
+    """Epochs of the best trial closer than the validation's noise are not told apart: the latest
+    kept one wins (SE of 0.99 on 10,000 images is 0.000995). Trials are still ranked by their best."""
+    vals = {"a": [0.5, 0.9900, 0.9892, 0.9891, 0.9880], "b": [0.9899, 0.9899]}
+    trials = _trials(tmp_path, [(k, "completed", v) for k, v in vals.items()])
+    trials = trials.assign(results=[[{**r, "val_n": 10_000} for r in rs] for rs in trials["results"]])
+    c = choose_best(trials, SPEC)  # epoch 4 (0.9891) is within 0.000995 of 0.99; epoch 5 is not
+    assert (c.trial_id, c.epoch, c.value, c.checkpoint.parent.name) == ("a", 4, 0.9891, "checkpoint_000004")
+    assert c.note == ("epoch 4 (val_acc 0.9891), the latest within one standard error (0.0010 on 10,000 "
+                      "images) of the trial's best, 0.9900 at epoch 2")
+    (tmp_path / "a" / "checkpoint_000004" / "checkpoint.pt").unlink()  # not kept: the next latest
+    assert choose_best(trials, SPEC).epoch == 3
+    small = trials.assign(results=[[{**r, "val_n": 100_000_000} for r in rs] for rs in trials["results"]])
+    assert (choose_best(small, SPEC).epoch, choose_best(small, SPEC).note) == (2, "")  # an exact validation
+    best = parse_spec({"name": "t", "select_epoch": "best"})
+    assert (choose_best(trials, best).trial_id, choose_best(trials, best).epoch) == ("a", 2)
+    unsized = _trials(tmp_path / "old", [(k, "completed", v) for k, v in vals.items()])  # older runs: no val_n
+    assert choose_best(unsized, SPEC).epoch == 2
+
+
 def test_choose_best_skips_an_epoch_whose_checkpoint_folder_a_later_epoch_wrote_again(tmp_path):
     """PBT: a trial restarted from another trial's checkpoint_000001 writes its next epoch into its
     own checkpoint_000001 again (Tune numbers on from the donor's index)."""

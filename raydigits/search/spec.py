@@ -132,6 +132,11 @@ class SearchSpec(_Strict):
     seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna take seeds in [0, 2**32)
     max_failures: int = Field(2, ge=0)             # retries of a crashed trial, from its last checkpoint
     checkpoints_to_keep: int = Field(2, ge=1)      # best-by-metric checkpoints kept per trial
+    # the final stage's epoch of the best trial: 'within_se' = the latest kept epoch whose val_acc is
+    # within one standard error (binomial, on the validation's size) of the trial's best, since epochs
+    # closer than the validation's own noise cannot be told apart and the schedule's end is the model
+    # the config meant; 'best' = the best epoch itself (always so for val_loss)
+    select_epoch: Literal["within_se", "best"] = "within_se"
     fixed: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Param] = Field(default_factory=dict)
 
