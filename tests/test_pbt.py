@@ -2,7 +2,8 @@
 down to 2 trials of 4 epochs (one exploit step after epoch 2, synchronous so that both trials are
 in). The bottom trial continues from the top trial's checkpoint (Tune's PBT log says so, its config
 changed, its epochs go on from 2 rather than from 0, and its checkpoint's history is the donor's),
-with the perturbed values in effect (its reported lr is the new one)."""
+with the perturbed values in effect (its reported lr is the new one); both trials keep their processes
+across the exploit (reuse_actors)."""
 from __future__ import annotations
 
 import json
@@ -59,6 +60,9 @@ def test_a_trial_continues_from_another_trials_weights_with_perturbed_values(pbt
     assert [h["val_acc"] for h in history[:2]] == [r["val_acc"] for r in theirs[:2]]  # the donor's epochs
     assert [h["val_acc"] for h in history[2:]] == [r["val_acc"] for r in mine[2:]]
     assert f"resumed from epoch 2 with lr {donor_config['lr']} -> {new_config['lr']}" in pbt_run["out"]
+    # the exploit restarted both trials in the two processes they ran in (reuse_actors), not in new ones
+    assert len({r["pid"] for r in mine + theirs}) == 2
+    assert "reuse_actors" not in pbt_run["out"]  # Tune's hint to enable it is no longer printed
 
 
 def test_pbt_trials_end_completed_and_the_best_checkpoint_is_its_epochs(pbt_run):

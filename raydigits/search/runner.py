@@ -209,7 +209,10 @@ def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, ver
                                     num_samples=spec.num_samples,  # concurrency: build_search_alg
                                     # time budget: a stopper in _run_config
                                     trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
-                                    trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}"),
+                                    trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}",
+                                    # PBT / PB2 pause and restart trials at every perturbation: keep
+                                    # their processes (torch loaded, the dataset mapped) instead of new ones
+                                    reuse_actors=spec.scheduler.type in POPULATION),
         run_config=_run_config(spec, exp, verbose))
     tuner.fit()
 
