@@ -55,6 +55,27 @@ CASES = [
     ("two kinds", lambda d: d["parameters"]["lr"].update(values=[1]), "parameters.lr: give exactly one of"),
     ("unknown model", lambda d: d["fixed"].update(model="mobilenetv3"), "fixed.model: unknown model 'mobilenetv3'"),
     ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'asha', 'fifo', 'pbt' or 'pb2'"),
+    ("uniform without max", lambda d: d["parameters"]["momentum"].pop("max"),
+     "parameters.momentum: distribution uniform needs min and max"),
+    ("int_uniform without min", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "max": 64}),
+     "parameters.batch_size: distribution int_uniform needs min and max"),
+    ("q_uniform without either", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "q": 0.1}),
+     "parameters.dropout: distribution q_uniform needs min and max"),
+    ("uniform min > max", lambda d: d["parameters"]["momentum"].update(min=0.95, max=0.8),
+     "parameters.momentum: min (0.95) > max (0.8)"),
+    ("int_uniform min > max", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "min": 64, "max": 16}),
+     "parameters.batch_size: min (64) > max (16)"),
+    ("q_uniform min > max", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.5, "max": 0.1}),
+     "parameters.dropout: min (0.5) > max (0.1)"),
+    ("q_uniform q 0", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0}),
+     "parameters.dropout: q must be > 0"),
+    ("normal without sigma", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4}),
+     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    ("normal without mu", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "sigma": 1e-4}),
+     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    ("normal sigma 0", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 0}),
+     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    ("negative gpu", lambda d: d.update(resources={"gpu": -1}), "resources: gpu must be >= 0 or auto, got -1"),
 ]
 
 
@@ -94,11 +115,20 @@ def test_each_check_names_the_file_then_the_key(label, mutate, message, mnist_di
 
 
 def test_what_the_checks_let_through():
-    """Equal fixed.epochs and max_t; a condition on a one-element list."""
+    """Equal fixed.epochs and max_t; a condition on a one-element list; fixed.epochs without max_t;
+    mode from the metric; gpu auto; a range of one value."""
     ok = parse_spec(_bad(lambda d: (d["fixed"].update(epochs=3), d.update(scheduler={"max_t": 3}))))
     assert ok.epochs == 3
     one = parse_spec(_bad(lambda d: d["parameters"]["momentum"].update(when={"optimizer": ["sgd"]})))
     assert one.parameters["momentum"].when == {"optimizer": ["sgd"]}
+    fixed = parse_spec(_bad(lambda d: d["fixed"].update(epochs=3)))  # no max_t: fixed.epochs counts
+    assert fixed.epochs == 3 and trial_values(fixed, {"optimizer": "adamw", "lr": 1e-3})["epochs"] == 3
+    assert parse_spec(_bad(lambda d: d.update(metric="val_loss"))).mode == "min"  # the best is the lowest
+    assert parse_spec(GOOD).mode == "max"
+    assert parse_spec(_bad(lambda d: d.update(resources={"gpu": "auto"}))).resources.gpu == "auto"
+    single = parse_spec(_bad(lambda d: d["parameters"].update(
+        batch_size={"distribution": "int_uniform", "min": 32, "max": 32})))  # a one-value range
+    assert single.parameters["batch_size"].min == single.parameters["batch_size"].max == 32
 
 
 def test_cli_reports_yaml_mistakes_in_one_line_exit_2(tmp_path):
