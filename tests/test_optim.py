@@ -68,6 +68,22 @@ def test_every_scheduler_runs_with_and_without_warmup(name, warmup):
     assert sched2.steps == sched.steps
 
 
+def test_onecycle_peaks_at_pct_start_and_spans_the_steps_after_warmup():
+    """OneCycle rises from lr/25 to lr at `onecycle_pct_start` of the steps that follow the warmup, then
+    anneals to lr/25e4 at the run's last step, in every parameter group; one step past the run is
+    refused (the cycle is exactly as long as the run)."""
+    for pct, warmup in ((0.3, 0.0), (0.5, 1.0)):
+        cfg = make_config({"scheduler": "onecycle", "lr": 0.1, "epochs": 6, "onecycle_pct_start": pct,
+                           "warmup_epochs": warmup})
+        lrs, opt, sched = _lrs(cfg)  # 10 steps an epoch
+        main = lrs[round(warmup * 10):]
+        assert max(main) == pytest.approx(0.1) and main.index(max(main)) == round(pct * len(main)) - 1
+        assert main[0] == pytest.approx(0.1 / 25) and main[-1] == pytest.approx(0.1 / 25 / 1e4)
+        assert len({g["lr"] for g in opt.param_groups}) == 1
+        with pytest.raises(ValueError, match="Tried to step"):
+            sched.step_batch()
+
+
 def test_warmup_lrs_are_what_they_claim():
     cfg = make_config({"scheduler": "none", "lr": 0.1, "epochs": 3, "warmup_epochs": 1,
                        "warmup_start_factor": 0.2})

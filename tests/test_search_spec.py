@@ -55,6 +55,27 @@ CASES = [
     ("two kinds", lambda d: d["parameters"]["lr"].update(values=[1]), "parameters.lr: give exactly one of"),
     ("unknown model", lambda d: d["fixed"].update(model="mobilenetv3"), "fixed.model: unknown model 'mobilenetv3'"),
     ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'asha', 'fifo', 'pbt' or 'pb2'"),
+    ("uniform without max", lambda d: d["parameters"]["momentum"].pop("max"),
+     "parameters.momentum: distribution uniform needs min and max"),
+    ("int_uniform without min", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "max": 64}),
+     "parameters.batch_size: distribution int_uniform needs min and max"),
+    ("q_uniform without either", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "q": 0.1}),
+     "parameters.dropout: distribution q_uniform needs min and max"),
+    ("uniform min > max", lambda d: d["parameters"]["momentum"].update(min=0.95, max=0.8),
+     "parameters.momentum: min (0.95) > max (0.8)"),
+    ("int_uniform min > max", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "min": 64, "max": 16}),
+     "parameters.batch_size: min (64) > max (16)"),
+    ("q_uniform min > max", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.5, "max": 0.1}),
+     "parameters.dropout: min (0.5) > max (0.1)"),
+    ("q_uniform q 0", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0}),
+     "parameters.dropout: q must be > 0"),
+    ("normal without sigma", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4}),
+     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    ("normal without mu", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "sigma": 1e-4}),
+     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    ("normal sigma 0", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 0}),
+     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    ("negative gpu", lambda d: d.update(resources={"gpu": -1}), "resources: gpu must be >= 0 or auto, got -1"),
 ]
 
 
@@ -63,6 +84,51 @@ def test_each_mistake_names_its_key(label, mutate, message):
     with pytest.raises(UserError) as err:
         parse_spec(_bad(mutate), "space.yaml")
     assert message in str(err.value), str(err.value)
+
+
+ANCHORED = [  # the whole start of the line: the file, then the key path
+    ("a key shared with an unconditional parameter",
+     lambda d: d["parameters"].update(lr_sgd={"key": "lr", "values": [0.1], "when": {"optimizer": "sgd"}}),
+     "space.yaml: parameters.lr: sets 'lr' like lr_sgd; parameters sharing a key need `when` conditions"),
+    ("fixed.epochs against max_t", lambda d: (d["fixed"].update(epochs=4), d.update(scheduler={"max_t": 3})),
+     "space.yaml: fixed.epochs (4) differs from scheduler.max_t (3); give one"),
+    ("an unknown key through key", lambda d: d["parameters"].update(lr_x={"key": "learning_rate", "values": [1]}),
+     "space.yaml: parameters.lr_x: unknown key 'learning_rate' (not a TrainConfig key)"),
+    ("grid over a conditional", lambda d: (d.update(method="grid"), d["parameters"].update(lr={"values": [0.1]})),
+     "space.yaml: parameters.momentum.when: method grid does not take conditional parameters"),
+    ("tpe over normal", lambda d: (d.update(method="tpe"), d["parameters"].update(
+        weight_decay={"distribution": "normal", "mu": 0.1, "sigma": 0.01})),
+     "space.yaml: parameters.weight_decay: method tpe does not support distribution normal"),
+    ("population check", lambda d: d.update(scheduler={"type": "pbt", "max_t": 4, "mutate": ["weight_decay"]}),
+     "space.yaml: scheduler.mutate[0]: 'weight_decay' is not a searched parameter"),
+    ("condition check", lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"}),
+     "space.yaml: parameters.momentum.when.optimizer: 'sgdd' can never hold"),
+    ("semantic check", lambda d: d["fixed"].update(train_items=5), "space.yaml: fixed.train_items: 5 is fewer"),
+]
+
+
+@pytest.mark.parametrize("label,mutate,message", ANCHORED, ids=[c[0] for c in ANCHORED])
+def test_each_check_names_the_file_then_the_key(label, mutate, message, mnist_dir):
+    with pytest.raises(UserError) as err:
+        parse_spec(_bad(mutate), "space.yaml")
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_what_the_checks_let_through():
+    """Equal fixed.epochs and max_t; a condition on a one-element list; fixed.epochs without max_t;
+    mode from the metric; gpu auto; a range of one value."""
+    ok = parse_spec(_bad(lambda d: (d["fixed"].update(epochs=3), d.update(scheduler={"max_t": 3}))))
+    assert ok.epochs == 3
+    one = parse_spec(_bad(lambda d: d["parameters"]["momentum"].update(when={"optimizer": ["sgd"]})))
+    assert one.parameters["momentum"].when == {"optimizer": ["sgd"]}
+    fixed = parse_spec(_bad(lambda d: d["fixed"].update(epochs=3)))  # no max_t: fixed.epochs counts
+    assert fixed.epochs == 3 and trial_values(fixed, {"optimizer": "adamw", "lr": 1e-3})["epochs"] == 3
+    assert parse_spec(_bad(lambda d: d.update(metric="val_loss"))).mode == "min"  # the best is the lowest
+    assert parse_spec(GOOD).mode == "max"
+    assert parse_spec(_bad(lambda d: d.update(resources={"gpu": "auto"}))).resources.gpu == "auto"
+    single = parse_spec(_bad(lambda d: d["parameters"].update(
+        batch_size={"distribution": "int_uniform", "min": 32, "max": 32})))  # a one-value range
+    assert single.parameters["batch_size"].min == single.parameters["batch_size"].max == 32
 
 
 def test_cli_reports_yaml_mistakes_in_one_line_exit_2(tmp_path):
@@ -133,6 +199,148 @@ def test_tpe_space_is_define_by_run_and_seeded():
         study.tell(trial, 0.5)
 
 
+def test_load_spec_names_the_file_and_lists_the_shipped_spaces(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(_bad(lambda d: d["parameters"]["lr"].update(min=0.1, max=0.01))))
+    with pytest.raises(UserError) as err:
+        load_spec(bad)
+    assert str(err.value).startswith(f"{bad}: parameters.lr: min (0.1)"), str(err.value)
+    shipped = ", ".join(sorted(f.stem for f in (REPO / "search_spaces").glob("*.yaml")))
+    with pytest.raises(UserError, match=f"no such file \\(shipped spaces: {shipped}\\)"):
+        load_spec("no_such_space")
+
+
+def test_trial_config_runs_the_spec_epochs_and_sets_each_target():
+    from raydigits.search.spec import trial_train_config
+    spec = load_spec("sgd_vs_adamw")
+    config = {"optimizer": "sgd", "lr_sgd": 0.1, "lr_adamw": None}
+    cfg = trial_train_config(spec, config, "data/mnist", "trial t")
+    assert cfg.epochs == spec.epochs and spec.epochs != type(cfg)().epochs  # not TrainConfig's default
+    assert cfg.optimizer == "sgd" and cfg.lr == 0.1 and cfg.data_dir == "data/mnist"
+    short = parse_spec({**GOOD, "scheduler": {"max_t": 3}})
+    assert trial_values(short, {"optimizer": "adamw", "lr": 0.001})["epochs"] == 3
+
+
+def _momentum_sampler(seed=0, param=None):
+    param = param or GOOD["parameters"]["momentum"]
+    spec = parse_spec({**GOOD, "seed": seed, "parameters": {**GOOD["parameters"], "momentum": param}})
+    return param_space(spec)["momentum"].func
+
+
+def test_conditional_draws_are_seeded_by_the_search_seed_and_the_trial_values():
+    """A conditional value is the same for the same trial values and search seed (a resumed or
+    reproduced search draws it again), in whatever order Tune resolved the keys, and differs between
+    trials and between seeds (not one value for every trial)."""
+    sample = _momentum_sampler()
+    trial = {"optimizer": "sgd", "lr": 0.001}
+    first = sample({"config": dict(trial)})
+    assert 0.8 <= first <= 0.95
+    assert sample({"config": dict(trial)}) == first == _momentum_sampler()({"config": dict(trial)})
+    assert sample({"config": dict(reversed(list(trial.items())))}) == first
+    others = {sample({"config": {"optimizer": "sgd", "lr": lr}}) for lr in (0.002, 0.003, 0.004, 0.005)}
+    assert len(others | {first}) == 5
+    assert _momentum_sampler(seed=1)({"config": dict(trial)}) != first
+    constant = _momentum_sampler(param={"value": 0.9, "when": {"optimizer": "sgd"}})
+    assert constant({"config": dict(trial)}) == 0.9
+    assert constant({"config": {"optimizer": "adamw", "lr": 0.001}}) is None
+
+
+def test_tpe_space_gives_each_kind_of_parameter_its_values():
+    """Constants, lists (Optuna picks an index), int_uniform (ints), q_uniform (multiples of q) and a
+    conditional listed before the key it depends on."""
+    import optuna
+    params = {"momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
+              "optimizer": {"values": ["sgd", "adamw"]},
+              "betas": {"values": [[0.9, 0.999], [0.9, 0.99]], "when": {"optimizer": "adamw"}},
+              "batch_size": {"distribution": "int_uniform", "min": 16, "max": 64},
+              "dropout": {"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0.1},
+              "nesterov": {"value": True}}
+    spec = parse_spec({"name": "k", "method": "tpe", "parameters": params})
+    assert param_space(spec) == {}  # Tune gets no param_space to resolve: the searcher owns the space
+    space = OptunaSpace(spec)
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    seen = set()
+    for _ in range(16):
+        trial = study.ask()
+        constants = space(trial)
+        values = trial_values(spec, {**trial.params, **constants})
+        seen.add(values["optimizer"])
+        assert ("momentum" in values) == (values["optimizer"] == "sgd")
+        assert values.get("betas", [0.9, 0.99]) in ([0.9, 0.999], [0.9, 0.99])
+        assert ("betas" in values) == (values["optimizer"] == "adamw")
+        assert isinstance(values["batch_size"], int) and 16 <= values["batch_size"] <= 64
+        assert values["dropout"] == pytest.approx(round(values["dropout"], 1)) and 0.1 <= values["dropout"] <= 0.5
+        assert values["nesterov"] is True
+        study.tell(trial, 0.5)
+    assert seen == {"sgd", "adamw"}
+
+
+TPE = {"name": "s", "method": "tpe", "seed": 3, "num_samples": 8,
+       "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+                      "optimizer": {"values": ["sgd", "adamw"]}}}
+
+
+def _tpe_searcher(spec, **kwargs):
+    """The searcher as Tune sets it up (TuneConfig passes neither metric nor mode)."""
+    from raydigits.search.tune_space import build_search_alg
+    alg = build_search_alg(spec, **kwargs)
+    alg.set_search_properties(None, None, param_space(spec))
+    return alg
+
+
+def test_tpe_searcher_is_seeded_runs_given_points_first_and_limits_concurrency():
+    spec = parse_spec(TPE)
+    suggest = lambda alg, n: [alg.suggest(f"t{i}") for i in range(n)]  # noqa: E731
+    first = suggest(_tpe_searcher(spec), 4)
+    assert first == suggest(_tpe_searcher(spec), 4)
+    assert first != suggest(_tpe_searcher(parse_spec({**TPE, "seed": 4})), 4)
+    point = {"lr": 0.0123, "optimizer": "sgd"}
+    assert suggest(_tpe_searcher(spec, points=[point]), 1) == [point]
+    limited = suggest(_tpe_searcher(parse_spec({**TPE, "max_concurrent": 2})), 3)
+    assert limited[0] and limited[1] and limited[2] is None  # two running: the third waits
+
+
+def test_tpe_minimises_val_loss_from_its_own_and_from_finished_trials():
+    """With metric val_loss TPE moves towards the lowest loss, both from the results Tune reports to
+    it and from finished trials it is warm-started with (`extend`)."""
+    import numpy as np
+    spec = parse_spec({**TPE, "metric": "val_loss", "parameters": {"lr": TPE["parameters"]["lr"]}})
+    loss = lambda lr: abs(np.log10(lr) - np.log10(3e-2))  # noqa: E731  best near lr = 3e-2
+    dist = lambda lrs: float(np.median([loss(lr) for lr in lrs]))  # noqa: E731
+    alg = _tpe_searcher(spec)
+    for i in range(30):
+        lr = alg.suggest(f"r{i}")["lr"]
+        alg.on_trial_complete(f"r{i}", {"val_loss": loss(lr)})
+    assert dist([alg.suggest(f"n{i}")["lr"] for i in range(12)]) < 0.5
+    rng = np.random.default_rng(0)
+    warm = [({"lr": float(lr)}, loss(lr)) for lr in np.exp(rng.uniform(np.log(1e-4), np.log(1e-1), 40))]
+    hot = _tpe_searcher(spec, warm=warm)
+    assert dist([hot.suggest(f"w{i}")["lr"] for i in range(12)]) < 0.5
+
+
+def test_rejected_values_name_the_key_that_holds_them():
+    """A value TrainConfig rejects is named by where it is in the parameter: value, min / max, mu."""
+    cases = [("batch_size", {"value": 0}, "parameters.batch_size.value: 0 rejected"),
+             ("batch_size", {"distribution": "int_uniform", "min": 0, "max": 64}, "parameters.batch_size.min: 0 rejected"),
+             ("img_size", {"distribution": "int_uniform", "min": 32, "max": 2048}, "parameters.img_size.max: 2048 rejected"),
+             ("batch_size", {"distribution": "normal", "mu": -16, "sigma": 4}, "parameters.batch_size.mu: -16.0 rejected")]
+    for name, param, message in cases:
+        with pytest.raises(UserError) as err:
+            parse_spec({"name": "r", "parameters": {name: param}}, "space.yaml")
+        assert message in str(err.value), str(err.value)
+
+
+def test_a_condition_matches_whole_values_only():
+    from raydigits.search.spec import Param
+    adamw = Param(values=[[0.9, 0.99]], when={"optimizer": "adamw"})
+    assert adamw.condition_holds({"optimizer": "adamw"})
+    assert not adamw.condition_holds({"optimizer": "adam"})  # not a substring match
+    assert not adamw.condition_holds({})  # a key not (yet) sampled
+    either = Param(value=0.9, when={"optimizer": ["sgd", "adam"], "nesterov": True})
+    assert either.condition_holds({"optimizer": "adam", "nesterov": True})
+    assert not either.condition_holds({"optimizer": "adam", "nesterov": False})
+
+
 def test_grid_expands_values():
     spec = parse_spec({"name": "g", "method": "grid", "parameters": {"optimizer": {"values": ["sgd", "adam"]},
                                                                     "lr": {"values": [0.1, 0.01]}}})
@@ -158,6 +366,27 @@ def test_a_first_rung_of_a_few_steps_is_warned_about():
     assert "46 optimiser steps" in early_rung_warning(grid, 50_000)  # the largest batch counts
     assert early_rung_warning(parse_spec({"name": "f", "scheduler": {"type": "fifo"},
                                           "fixed": {"train_items": 100}}), 50_000) is None
+
+
+def test_the_first_rung_warning_counts_steps_as_the_trainer_takes_them():
+    """Steps an epoch = images // the largest batch (one step when the split is smaller than a batch,
+    as the trainer does), with the batch size from a constant, a range's max or TrainConfig's default."""
+    from raydigits.search.spec import MIN_RUNG_STEPS, early_rung_warning
+
+    def warning(fixed, batch=None, train_size=50_000):
+        d = {"name": "w", "scheduler": {"max_t": 2, "grace_period": 1}, "fixed": fixed}
+        if batch is not None:
+            d["parameters"] = {"batch_size": batch}
+        return early_rung_warning(parse_spec(d), train_size)
+    assert "23 optimiser steps on 3,000" in warning({"train_items": 3000})  # default batch 128
+    assert "46 optimiser steps on 3,000" in warning({"train_items": 3000}, {"value": 64})
+    assert "30 optimiser steps on 3,000" in warning({"train_items": 3000},
+                                                    {"distribution": "int_uniform", "min": 16, "max": 100})
+    assert "1 optimiser steps on 100 " in warning({"train_items": 100})  # fewer images than a batch
+    assert "25 optimiser steps on 3,200" in warning({}, train_size=3200)  # the whole split
+    assert warning({"train_items": 128 * MIN_RUNG_STEPS}) is None  # exactly enough steps
+    assert "99 optimiser steps" in warning({"train_items": 128 * MIN_RUNG_STEPS - 1})
+    assert warning({}, train_size=0) is None  # the split's size is not known
 
 
 # ------------------------------------------------------------------ PBT / PB2
@@ -226,6 +455,60 @@ def test_pbt_perturbs_what_the_space_searches_within_its_ranges():
     assert clip({"lr": 5e-5, "batch": 20})["lr"] == 1e-4
     pb2 = build_tune_scheduler(parse_spec(_pbt(type="pb2")))
     assert isinstance(pb2, PB2) and pb2._hyperparam_bounds == {"lr": [1e-4, 1e-2]}
+
+
+def test_population_schedulers_take_the_spec_settings_in_epochs():
+    """PBT and PB2 count `perturbation_interval` in epochs (Tune's default would be seconds), rank on
+    the spec's metric and mode, and take its quantile, resample probability and synch; PBT's explore
+    step is clipped into the searched range."""
+    from ray.tune.schedulers.pb2 import PB2
+    from raydigits.search.tune_space import build_tune_scheduler
+    d = {**_pbt(quantile_fraction=0.5, resample_probability=0.5, synch=True), "metric": "val_loss"}
+    pbt = build_tune_scheduler(parse_spec(d))
+    assert (pbt._time_attr, pbt._metric, pbt._mode) == ("training_iteration", "val_loss", "min")
+    assert (pbt._quantile_fraction, pbt._resample_probability, pbt._synch) == (0.5, 0.5, True)
+    assert pbt._custom_explore_fn({"lr": 1.2e-2, "label_smoothing": 0.1})["lr"] == 1e-2
+    d["scheduler"]["type"] = "pb2"
+    d["scheduler"].pop("resample_probability")
+    pb2 = build_tune_scheduler(parse_spec(d))
+    assert isinstance(pb2, PB2) and (pb2._time_attr, pb2._metric, pb2._mode) == ("training_iteration", "val_loss", "min")
+    assert (pb2._quantile_fraction, pb2._synch, pb2._perturbation_interval) == (0.5, True, 2)
+
+
+def test_fifo_never_stops_a_trial_early_and_asha_takes_its_settings():
+    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from raydigits.search.tune_space import build_tune_scheduler
+    fifo = build_tune_scheduler(parse_spec({**GOOD, "scheduler": {"type": "fifo"}}))
+    assert isinstance(fifo, FIFOScheduler) and not isinstance(fifo, AsyncHyperBandScheduler)
+    assert isinstance(build_tune_scheduler(parse_spec(GOOD)), AsyncHyperBandScheduler)
+
+
+def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
+    """PBT perturbs lists as well as distributions (only PB2 needs a range); the messages list the
+    searched parameters and the perturbable keys."""
+    from raydigits.config import MUTABLE_KNOBS
+    from raydigits.search.spec import mutated
+    assert mutated(parse_spec(_pbt(mutate=["label_smoothing", "lr"]))) == ["label_smoothing", "lr"]
+    assert mutated(parse_spec(_pbt(type="pb2"))) == ["lr"]  # a list has no range for PB2
+    hint = f"no searched parameter can be perturbed; search one of {', '.join(MUTABLE_KNOBS)} without `when`"
+    only_lists = _pbt(type="pb2")
+    only_lists["parameters"] = {"label_smoothing": {"values": [0.0, 0.1]}}
+    with pytest.raises(UserError) as err:
+        parse_spec(only_lists)
+    assert str(err.value).endswith(hint + " with a distribution"), str(err.value)
+    only_structural = _pbt()
+    only_structural["parameters"] = {"img_size": {"values": [32, 48]}}
+    with pytest.raises(UserError) as err:
+        parse_spec(only_structural)
+    assert str(err.value).endswith(hint), str(err.value)  # PBT perturbs lists too
+    with pytest.raises(UserError) as err:
+        parse_spec(_pbt(mutate=["weight_decay"]))
+    assert f"(parameters: {', '.join(PBT['parameters'])})" in str(err.value), str(err.value)
+    with pytest.raises(UserError) as err:
+        parse_spec(_pbt(mutate=["img_size"]))
+    assert str(err.value).endswith(f"perturbable: {', '.join(MUTABLE_KNOBS)}"), str(err.value)
+    with pytest.raises(UserError, match=r"'lr' is not a searched parameter \(parameters: none\)"):
+        parse_spec({**_pbt(mutate=["lr"]), "parameters": {}})
 
 
 def test_shipped_pbt_space_is_valid():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import warnings
 
 import numpy as np
@@ -84,6 +85,66 @@ def test_same_seed_same_metrics_and_resume_is_identical(small_mnist, tmp_path):
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _strip_times(resumed.history) == _strip_times(straight.history)
+
+
+def test_onecycle_resumes_mid_cycle_from_a_checkpoint(small_mnist, tmp_path):
+    """OneCycle's position and shape come back from a checkpoint: a run resumed after epoch 1 goes on
+    with the same lrs and metrics as one that never stopped."""
+    cfg = tiny_cfg(epochs=2, scheduler="onecycle")
+    straight = Trainer(cfg, small_mnist)
+    straight.fit()
+    first = Trainer(cfg, small_mnist)
+    first.fit(stop_after=1)
+    first.save(tmp_path / "last.pt")
+    resumed = Trainer(cfg, small_mnist)
+    resumed.resume(tmp_path / "last.pt")
+    resumed.fit()
+    assert _strip_times(resumed.history) == _strip_times(straight.history)
+    assert len({m["lr"] for m in straight.history}) == 2
+
+
+def _batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def test_precise_bn_is_the_exact_average_over_equal_batches_of_its_sample(small_mnist):
+    """Whatever the running statistics were, each BatchNorm ends with the plain average of its batch
+    statistics over the sample's full batches (in the sample's order, un-augmented); the layers keep
+    their momentum for training and the model is left in eval mode. Product defaults but the sample
+    and batch sizes (300 images in batches of 128: two full batches, 44 left out)."""
+    from raydigits.config import make_config
+    t = Trainer(make_config({"bn_recalibrate": 300, "eval_batch_size": 128}), small_mnist)
+    bns = _batch_norms(t.model)
+    inputs, bn_inputs = [], []
+    hooks = [t.model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone())),
+             bns[0].register_forward_pre_hook(lambda m, a: bn_inputs.append(a[0].double()))]
+    for m in bns:  # stale statistics, as after some training, must not leak into the new ones
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(7.0)
+        m.num_batches_tracked.fill_(1000)
+    t.model.train()
+    start = time.perf_counter()
+    took = t.recalibrate_bn()
+    elapsed = time.perf_counter() - start
+    for h in hooks:
+        h.remove()
+    assert [len(x) for x in inputs] == [128, 128]
+    for k, x in enumerate(inputs):
+        assert torch.equal(x, t.pre.eval(t.train_set.images.index_select(0, t.bn_index[128 * k:128 * (k + 1)])))
+    mean = sum(x.mean(dim=(0, 2, 3)) for x in bn_inputs) / 2
+    var = sum(x.var(dim=(0, 2, 3)) for x in bn_inputs) / 2  # unbiased, as BatchNorm keeps it
+    assert torch.allclose(bns[0].running_mean.double(), mean, rtol=1e-3, atol=1e-3)  # float32 sums
+    assert torch.allclose(bns[0].running_var.double(), var, rtol=1e-3, atol=1e-3)
+    assert {m.momentum for m in bns} == {t.cfg.bn_momentum} and not t.model.training
+    assert 0 < took <= elapsed
+
+
+def test_precise_bn_off_leaves_the_running_statistics_alone(small_mnist):
+    from raydigits.config import make_config
+    t = Trainer(make_config({"bn_recalibrate": 0}), small_mnist)
+    before = {k: v.clone() for k, v in t.model.state_dict().items() if "running" in k}
+    assert t.recalibrate_bn() == 0.0
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
 
 
 def test_every_epoch_reports_the_metrics(small_mnist):
