@@ -146,7 +146,7 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
         _, neg_epoch, _, ck, r = max((c for c in kept if c[2] == trial_id and c[4][spec.metric] >= best.value - se),
                                      key=lambda c: -c[1])
         if -neg_epoch != best.epoch:
-            note = (f"epoch {-neg_epoch} ({spec.metric} {r[spec.metric]:.4f}), the latest within one standard error "
+            note = (f"{spec.metric} {r[spec.metric]:.4f}, the latest epoch within one standard error "
                     f"({se:.4f} on {int(r['val_n']):,} images) of the trial's best, {best.value:.4f} at epoch {best.epoch}")
             return Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}), note)
     return best

@@ -98,7 +98,7 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
           + ("" if m["evaluated_split"] == "test" else " (the dataset has no test split: this is the validation "
                                                        "split the best trial was chosen on, not an unbiased test)"))
     if m.get("epoch_note"):
-        print(f"epoch: {m['epoch_note']}")
+        print(f"epoch {m['best_epoch']}: {m['epoch_note']}")
     print(f"params: {json.dumps(m['best_params'], default=str)}")
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "

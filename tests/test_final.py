@@ -93,7 +93,7 @@ def test_choose_best_takes_the_latest_epoch_within_one_standard_error_of_the_tri
     trials = trials.assign(results=[[{**r, "val_n": 10_000} for r in rs] for rs in trials["results"]])
     c = choose_best(trials, SPEC)  # epoch 4 (0.9891) is within 0.000995 of 0.99; epoch 5 is not
     assert (c.trial_id, c.epoch, c.value, c.checkpoint.parent.name) == ("a", 4, 0.9891, "checkpoint_000004")
-    assert c.note == ("epoch 4 (val_acc 0.9891), the latest within one standard error (0.0010 on 10,000 "
+    assert c.note == ("val_acc 0.9891, the latest epoch within one standard error (0.0010 on 10,000 "
                       "images) of the trial's best, 0.9900 at epoch 2")
     (tmp_path / "a" / "checkpoint_000004" / "checkpoint.pt").unlink()  # not kept: the next latest
     assert choose_best(trials, SPEC).epoch == 3
