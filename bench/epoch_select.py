@@ -1,12 +1,11 @@
 """Which epoch of a trial to ship: the best on validation, or the latest kept one within one standard
-error of it (the final stage's `select_epoch: within_se`)? For every trial of finished experiments,
-both epochs' checkpoints are evaluated on the test split (the checkpoints as saved, precise-BN
-statistics included). Not a test: a measurement for BENCHMARKS.md.
-Usage: python bench/epoch_select.py EXP:VAL_N [EXP:VAL_N ...]   (VAL_N: the validation's size)"""
+error of it (the final stage's `select_epoch: within_se`)? Both of `experiment.choose_best`'s rules
+are applied to every usable trial of finished experiments, and each chosen checkpoint (as saved,
+precise-BN statistics included) is evaluated on the test split. Not a test: a measurement for
+BENCHMARKS.md. VAL_N, the validation's size, is given for results older than the trainer's `val_n`.
+Usage: python bench/epoch_select.py EXP:VAL_N [EXP:VAL_N ...]"""
 from __future__ import annotations
 
-import json
-import math
 import sys
 from pathlib import Path
 
@@ -14,7 +13,10 @@ import torch
 
 from raydigits.config import TrainConfig, default_data_dir
 from raydigits.data import load_dataset
+from raydigits.errors import UserError
+from raydigits.experiment import choose_best, load_trials
 from raydigits.pipeline import SplitBatches
+from raydigits.search.runner import read_spec
 from raydigits.trainer import Trainer, load_checkpoint
 
 
@@ -22,32 +24,32 @@ def main(args: list[str]) -> None:
     data = load_dataset(Path(default_data_dir()))
     test = SplitBatches(data.images["test"], data.labels["test"], torch.device("cpu"))
     trainer = None
+
+    def test_acc(choice) -> float:
+        nonlocal trainer
+        state = load_checkpoint(choice.checkpoint.local)
+        if trainer is None:
+            trainer = Trainer(TrainConfig(**{**state["config"], "data_dir": default_data_dir(), "device": "cpu"}), data)
+        trainer.model.load_state_dict(state["model"])
+        return 100 * trainer.evaluate(test)["val_acc"]
+
     for arg in args:
         exp, n = arg.rsplit(":", 1)
+        spec = read_spec(exp)
+        rules = {rule: spec.model_copy(update={"select_epoch": rule}) for rule in ("best", "within_se")}
+        trials = load_trials(exp, spec)
+        trials["results"] = [[{"val_n": int(n), **r} for r in rs] for rs in trials["results"]]
         changed = []
-        for d in sorted(p for p in Path(exp).iterdir() if (p / "result.json").exists()):
-            rows = [json.loads(line) for line in (d / "result.json").read_text().splitlines()]
-            last_writer = {r["checkpoint_dir_name"]: r["epoch"] for r in rows}
-            kept = {r["epoch"]: d / r["checkpoint_dir_name"] / "checkpoint.pt" for r in rows
-                    if (d / r["checkpoint_dir_name"]).exists() and last_writer[r["checkpoint_dir_name"]] == r["epoch"]}
-            cand = [r for r in rows if r["epoch"] in kept]
-            best = max(cand, key=lambda r: (r["val_acc"], -r["epoch"]))
-            se = math.sqrt(best["val_acc"] * (1 - best["val_acc"]) / int(n))
-            pick = max((r for r in cand if r["val_acc"] >= best["val_acc"] - se), key=lambda r: r["epoch"])
-            acc = {}
-            for e in sorted({best["epoch"], pick["epoch"]}):
-                state = load_checkpoint(kept[e])
-                if trainer is None:
-                    trainer = Trainer(TrainConfig(**{**state["config"], "data_dir": default_data_dir(),
-                                                     "device": "cpu"}), data)
-                trainer.model.load_state_dict(state["model"])
-                acc[e] = 100 * trainer.evaluate(test)["val_acc"]
-            line = (f"{d.name[-5:]}: best val epoch {best['epoch']} ({100 * best['val_acc']:.2f}) test "
-                    f"{acc[best['epoch']]:.2f}; within-SE epoch {pick['epoch']} ({100 * pick['val_acc']:.2f}) "
-                    f"test {acc[pick['epoch']]:.2f}")
-            print(line, flush=True)
-            if pick["epoch"] != best["epoch"]:
-                changed.append(acc[pick["epoch"]] - acc[best["epoch"]])
+        for i in range(len(trials)):
+            try:
+                best, pick = (choose_best(trials.iloc[[i]], rules[rule]) for rule in rules)
+            except UserError:  # errored, diverged, out of memory or no checkpoint: never chosen
+                continue
+            acc = {c.epoch: test_acc(c) for c in (best, pick)}
+            print(f"{best.trial_id}: best val epoch {best.epoch} ({100 * best.value:.2f}) test {acc[best.epoch]:.2f}; "
+                  f"within-SE epoch {pick.epoch} ({100 * pick.value:.2f}) test {acc[pick.epoch]:.2f}", flush=True)
+            if pick.epoch != best.epoch:
+                changed.append(acc[pick.epoch] - acc[best.epoch])
         print(f"{exp}: SE rule changed {len(changed)} trials' epoch; test accuracy change "
               f"{', '.join(f'{c:+.2f}' for c in changed) or '-'} pp")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 
@@ -120,7 +120,7 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
     diverged and out-of-memory trials are never chosen), and of it, by `spec.select_epoch`, that
     epoch or the latest kept one within one standard error of it. Its own checkpoint (kept by
     CheckpointConfig's best-by-metric rule, which always keeps the latest too)."""
-    candidates = []
+    candidates = []  # (Choice, validation size)
     for _, t in trials.iterrows():
         if t["outcome"] in NEVER_CHOSEN:
             continue
@@ -134,19 +134,19 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
             if last_writer[r["checkpoint_dir_name"]] != id(r):
                 continue
             ck = as_location(t["path"]) / r["checkpoint_dir_name"] / CHECKPOINT_FILE
-            candidates.append((v if spec.mode == "max" else -v, -int(r["epoch"]), t["trial_id"], ck, r))
-    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
-    kept = [c for c in candidates if c[3].exists()]
-    if not kept:
+            candidates.append((Choice(t["trial_id"], int(r["epoch"]), v, ck, r.get("config", {})), r.get("val_n")))
+    sign = 1 if spec.mode == "max" else -1
+    candidates.sort(key=lambda c: (sign * c[0].value, -c[0].epoch), reverse=True)  # ties: the earlier epoch
+    best, val_n = next(((c, n) for c, n in candidates if c.checkpoint.exists()), (None, None))
+    if best is None:
         raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
-    _, neg_epoch, trial_id, ck, r = kept[0]
-    best = Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}))
-    if spec.select_epoch == "within_se" and spec.metric == "val_acc" and r.get("val_n"):
-        se = math.sqrt(best.value * (1 - best.value) / r["val_n"])
-        _, neg_epoch, _, ck, r = max((c for c in kept if c[2] == trial_id and c[4][spec.metric] >= best.value - se),
-                                     key=lambda c: -c[1])
-        if -neg_epoch != best.epoch:
-            note = (f"{spec.metric} {r[spec.metric]:.4f}, the latest epoch within one standard error "
-                    f"({se:.4f} on {int(r['val_n']):,} images) of the trial's best, {best.value:.4f} at epoch {best.epoch}")
-            return Choice(trial_id, -neg_epoch, r[spec.metric], ck, r.get("config", {}), note)
+    if spec.select_epoch == "within_se" and spec.metric == "val_acc" and val_n:
+        se = math.sqrt(best.value * (1 - best.value) / val_n)
+        later = sorted((c for c, _ in candidates if c.trial_id == best.trial_id and c.epoch > best.epoch
+                        and c.value >= best.value - se), key=lambda c: c.epoch, reverse=True)
+        pick = next((c for c in later if c.checkpoint.exists()), None)  # only this trial's folders are asked
+        if pick is not None:
+            return replace(pick, note=f"{spec.metric} {pick.value:.4f}, the latest epoch within one standard error "
+                                      f"({se:.4f} on {int(val_n):,} images) of the trial's best, {best.value:.4f} "
+                                      f"at epoch {best.epoch}")
     return best

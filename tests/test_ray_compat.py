@@ -132,7 +132,7 @@ def test_resolver_guard_retries_an_unsampled_key():
         assert cfg["config"]["a"] == cfg["config"]["z"] * 10
 
 
-def _logger_run(cls, tmp_path, local_lines: int | None, remote_lines: int) -> list[int]:
+def _logger_run(cls, name: str, tmp_path, local_lines: int | None, remote_lines: int) -> list[int]:
     """A trial that had reported `local_lines` results on this driver (None: a fresh driver, after
     --resume) and `remote_lines` in storage (synced earlier) starts again from a checkpoint, then
     reports one more result; the iterations its results file ends with."""
@@ -140,7 +140,6 @@ def _logger_run(cls, tmp_path, local_lines: int | None, remote_lines: int) -> li
     local, remote = tmp_path / "driver" / "t0", tmp_path / "storage" / "t0"
     remote.mkdir(parents=True)
     logger = cls()
-    name = "result.json" if "json" in cls.__module__ or "Json" in cls.__name__ else "progress.csv"
     shadow = cls()  # writes the files as Tune would have, through the same logger class
 
     class Trial:  # what the loggers read of Tune's Trial (hashable: they key their files by it)
@@ -153,16 +152,15 @@ def _logger_run(cls, tmp_path, local_lines: int | None, remote_lines: int) -> li
         def init_local_path(self):
             Path(self.local_path).mkdir(parents=True, exist_ok=True)
 
-    trial_at = Trial
     for path, n in ((remote, remote_lines), (local, local_lines)):
         if n is not None:
-            t = trial_at(path)
+            t = Trial(path)
             t.checkpoint = None  # first start: nothing to restore
             shadow.log_trial_start(t)
             for i in range(1, n + 1):
                 shadow.log_trial_result(i, t, {"training_iteration": i})
             shadow.log_trial_end(t)
-    trial = trial_at(local)
+    trial = Trial(local)
     logger.log_trial_start(trial)
     logger.log_trial_result(9, trial, {"training_iteration": 9})
     logger.log_trial_end(trial)
@@ -181,11 +179,12 @@ def test_result_loggers_keep_the_drivers_results_when_a_trial_restarts(tmp_path)
     from raydigits.search.recorder import CsvResults, JsonResults, result_loggers
     assert [type(c) for c in result_loggers()] == [JsonResults, CsvResults]
     assert "def _restore_from_remote(self, file_name" in _source("ray.tune.logger.logger")
-    for ours, theirs in ((JsonResults, JsonLoggerCallback), (CsvResults, CSVLoggerCallback)):
+    for ours, theirs, name in ((JsonResults, JsonLoggerCallback, "result.json"),
+                               (CsvResults, CSVLoggerCallback, "progress.csv")):
         assert issubclass(ours, theirs)  # so Tune adds no default logger of that class beside ours
-        assert _logger_run(theirs, tmp_path / theirs.__name__, 3, 1) == [1, 9]  # Tune's: lines lost
-        assert _logger_run(ours, tmp_path / ours.__name__, 3, 1) == [1, 2, 3, 9]
-        assert _logger_run(ours, tmp_path / (ours.__name__ + "-resume"), None, 2) == [1, 2, 9]
+        assert _logger_run(theirs, name, tmp_path / theirs.__name__, 3, 1) == [1, 9]  # Tune's: lines lost
+        assert _logger_run(ours, name, tmp_path / ours.__name__, 3, 1) == [1, 2, 3, 9]
+        assert _logger_run(ours, name, tmp_path / (ours.__name__ + "-resume"), None, 2) == [1, 2, 9]
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def asha_survival(n: int, rf: float) -> float:
 
 def rung_fractions(schedule: Schedule) -> list[float]:
     """The expected fraction kept at each rung below max_t, in order."""
-    rungs = [r for r in schedule.rungs if r < schedule.max_t]
+    rungs = sorted(r for r in schedule.rungs if r < schedule.max_t)
     if not schedule.n_trials:
         return [1.0 / schedule.reduction_factor] * len(rungs)
     out, arriving = [], float(schedule.n_trials)
@@ -70,8 +70,7 @@ def expected_epochs(schedule: Schedule, done: int = 0) -> float:
     """Expected epochs still to run for a trial that has run `done` epochs and is still going."""
     left, survive, at = 0.0, 1.0, done
     rungs = sorted(r for r in schedule.rungs if r < schedule.max_t)
-    kept = dict(zip(rungs, rung_fractions(Schedule(schedule.max_t, tuple(rungs), schedule.reduction_factor,
-                                                   schedule.n_trials))))
+    kept = dict(zip(rungs, rung_fractions(schedule)))
     for milestone in [*rungs, schedule.max_t]:
         if milestone <= at:
             continue  # a rung it already passed (a running trial at a rung has been kept there)

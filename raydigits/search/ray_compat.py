@@ -175,7 +175,6 @@ def experiment_dir_of(trial) -> Location | None:
     return Location(path) if Path(path).is_absolute() and Path(path).is_dir() else None
 
 
-
 # ------------------------------------------------------------------ result loggers
 class KeepDriverResults:
     """Mixin for Tune's JSON and CSV result loggers (result.json, progress.csv; the classes are
