@@ -119,6 +119,23 @@ def test_trial_class_is_named_asks_for_resources_and_shows_its_trial():
     assert repr(obj) == "smoke_00003"
 
 
+@pytest.mark.parametrize("grace, rf, max_t, brackets", [
+    (1, 2, 8, 1), (2, 3, 12, 1), (1, 3, 9, 1), (1, 2.5, 10, 1), (2, 1.5, 20, 1), (1, 2, 16, 3), (3, 4, 5, 1)])
+def test_asha_rungs_are_the_epochs_rays_brackets_compare_at(grace, rf, max_t, brackets):
+    """spec.asha_rungs (the outcome of a stopped trial, the report's rung table, the ETA) computes
+    ASHA's milestones itself; Ray keeps them in its private brackets. A trial is compared at the first
+    epoch >= a milestone, so a fractional one counts at its ceiling."""
+    import math
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from raydigits.search.spec import asha_rungs, parse_spec
+    sched = AsyncHyperBandScheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=max_t,
+                                    grace_period=grace, reduction_factor=rf, brackets=brackets)
+    rays = {math.ceil(m - 1e-9) for b in sched._brackets for m, _ in b._rungs} - set(range(max_t, 10 * max_t))
+    ours = asha_rungs(parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": max_t, "grace_period": grace,
+                                                            "reduction_factor": rf, "brackets": brackets}}))
+    assert ours == rays
+
+
 def test_resolver_guard_retries_an_unsampled_key():
     """A sample_from reading a key that is sampled later still sees its value: Tune's guard raises
     on the unresolved key and the resolver comes back to it."""

@@ -11,6 +11,8 @@ Schedulers: asha, fifo, pbt and pb2; PBT perturbs searched parameters that may c
 """
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any, Literal
 
@@ -256,14 +258,17 @@ def check_spec(spec: SearchSpec, where: str, semantic: bool = True) -> None:
 
 
 def asha_rungs(spec: SearchSpec) -> set[int]:
-    """Epochs at which ASHA compares trials: grace_period * reduction_factor**k below max_t."""
+    """Epochs at which ASHA compares trials. Its milestones are grace_period * reduction_factor**k
+    below max_t, and a trial is compared at the first epoch that reaches one: a fractional milestone
+    (reduction_factor 2.5 from 1: 2.5, 6.25) at its ceiling, 3 and 7 (tests/test_ray_compat.py checks
+    this against Ray's own brackets; every bracket's milestones are among the first one's)."""
     if spec.scheduler.type != "asha":
         return set()
     rungs, t = set(), float(spec.scheduler.grace_period)
     while t < spec.epochs:
-        rungs.add(int(t))
+        rungs.add(math.ceil(t - 1e-9))
         t *= spec.scheduler.reduction_factor
-    return rungs
+    return {r for r in rungs if r < spec.epochs}
 
 
 POPULATION = ("pbt", "pb2")
