@@ -213,6 +213,11 @@ def _asha_section(trials, spec: SearchSpec) -> str:
             "trained past it, what it took to continue as observed. ASHA is asynchronous: a trial that arrived "
             "early met a different cut-off than one that arrived late, so a stopped trial can hold a value above "
             "that bar.")
+    if s.brackets > 1:
+        rule += (f" With {s.brackets} brackets Tune puts each trial in one of them at random; bracket k compares "
+                 f"its trials only from epoch {s.grace_period} × {s.reduction_factor:g}<sup>k</sup> on, and only "
+                 "against its own. Tune does not record a trial's bracket, so this table pools them: a trial "
+                 "that went on past a rung with a weak value there may simply have been in a later bracket.")
     rows = []
     for r in rungs:
         stopped = ", ".join(f"{_e(t)} ({v:.4f})" for t, v in sorted(r.stopped.items(), key=lambda kv: kv[1])) or "—"

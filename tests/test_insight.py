@@ -85,3 +85,12 @@ def test_equal_scores_give_no_importance_instead_of_an_error():
                                             "wd": 0.0, "momentum": None}) for i in range(6)]
     imp = importance(_frame(rows), SPEC, seeds=(0,))
     assert not imp.mean and "same best_val_acc" in imp.why
+
+
+def test_the_rung_table_says_it_pools_brackets():
+    from raydigits.report_html import _asha_section
+    p = {"optimizer": "adamw", "lr": 1e-3, "wd": 0.0, "momentum": None}
+    trials = _frame([("a", "completed", [0.5, 0.7, 0.8, 0.9], p), ("b", "asha_stopped", [0.4], p)])
+    two = parse_spec({**SPEC.to_dict(), "scheduler": {**SPEC.to_dict()["scheduler"], "brackets": 2}})
+    assert "pools them" in _asha_section(trials, two) and "2 brackets" in _asha_section(trials, two)
+    assert "pools them" not in _asha_section(trials, SPEC)
