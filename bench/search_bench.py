@@ -1,16 +1,22 @@
 """Search quality and overheads, measured side by side in one run (not a test). Parts:
  fidelity  does an early rung rank trials as their end does? Spearman between each trial's validation
-           after epoch 1 (and 2) and after its last epoch, FIFO so every trial runs to the end
-           (goal ≥ 0.8); on a 1,500-image subset (CPU) and on full MNIST (--gpu)
+           at ASHA's rungs (and at every epoch) and at its last epoch, FIFO so every trial runs to the end
+           (goal >= 0.8 at rungs 1 and 2)
  asha      ASHA vs FIFO on the *same* sampled configs, per seed: trial-epochs and wall time until the
            side's own best-so-far validation (in time order) comes within 0.3 pp of FIFO's final best;
-           ratio ASHA ÷ FIFO of the same measure, mean and spread over seeds (goal ≤ 0.35). The FIFO
+           ratio ASHA / FIFO of the same measure, mean and spread over seeds (goal <= 0.35). The FIFO
            runs also give a fidelity figure per seed.
- overhead  epoch time of a trial under Tune (report + checkpoint) ÷ the same epoch in the standalone
-           trainer, interleaved rounds, medians (goal ≤ 1.10)
+ overhead  epoch time of a trial under Tune (report + checkpoint) / the same epoch in the standalone
+           trainer, interleaved rounds, medians (goal <= 1.10)
  mem       per-trial unique memory of concurrent trials on the full dataset (zero-copy check)
 Every search here uses the shipped defaults (precise BN included) and the headline's parameters.
-Usage: python bench/search_bench.py [--part fidelity,asha,overhead,mem] [--seeds 0,1,2] [--gpu]"""
+Two settings: by default a 1,500-image training subset (validation on 2,000 images), 8 epochs, ASHA
+grace 1 / factor 2 (--epochs, --grace, --rf change them); --full is the headline search as shipped
+(search_spaces/sgd_vs_adamw.yaml: full MNIST, full validation, its ASHA's max_t / grace / factor and
+so its rungs), without its time budget so that every FIFO trial ends.
+Usage: python bench/search_bench.py [--part fidelity,asha,overhead,mem] [--seeds 0,1,2] [--full] [--gpu]
+       python bench/search_bench.py --analyse DIR [DIR ...]   (fidelity of kept FIFO runs, --storage's)
+"""
 from __future__ import annotations
 
 import argparse
@@ -27,14 +33,42 @@ REPO = Path(__file__).resolve().parents[1]
 HEADLINE = yaml.safe_load((REPO / "search_spaces" / "sgd_vs_adamw.yaml").read_text())
 
 
+def _setting(args) -> tuple[dict, dict]:
+    """(fixed overrides, ASHA scheduler) of the chosen setting; the FIFO side uses the same max_t."""
+    if args.full or args.gpu:
+        sched = dict(HEADLINE["scheduler"])
+        if args.epochs:
+            sched["max_t"] = args.epochs
+        return {}, {k: sched[k] for k in ("type", "max_t", "grace_period", "reduction_factor")}
+    return {"train_items": 1500, "val_items": 2000}, {"type": "asha", "max_t": args.epochs or 8,
+                                                      "grace_period": args.grace, "reduction_factor": args.rf}
+
+
 def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, resources: dict, concurrent: int) -> dict:
     return {"name": name, "seed": seed, "num_samples": samples, "method": "random", "metric": "val_acc",
             "scheduler": scheduler, "resources": resources, "max_concurrent": concurrent,
             "fixed": {**HEADLINE["fixed"], **fixed}, "parameters": HEADLINE["parameters"]}
 
 
+def _rungs(asha: dict) -> list[int]:
+    from raydigits.search.spec import asha_rungs, parse_spec
+    return sorted(asha_rungs(parse_spec({"name": "r", "scheduler": asha})))
+
+
+def _trials(exp_dir: Path) -> dict:
+    """{trial_id: {"config": ..., "results": [...]}} from a run's result.json files."""
+    trials = {}
+    for d in sorted(exp_dir.iterdir()):
+        f = d / "result.json"
+        if f.exists():
+            rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            if rows:
+                trials[rows[0]["trial_id"]] = {"config": rows[0]["config"], "results": rows}
+    return trials
+
+
 def _run(spec: dict, storage: str) -> dict:
-    """Run a search; {trial_id: {"config": ..., "results": [...]}} and the search's start time."""
+    """Run a search; its trials (`_trials`) and the search's start time."""
     from raydigits.search import runner
     from raydigits.search.spec import parse_spec
     s = parse_spec(spec, spec["name"])
@@ -42,24 +76,29 @@ def _run(spec: dict, storage: str) -> dict:
     started = time.time()
     from raydigits.storage import Location
     exp = runner.run_search(s, Location.parse(storage) / spec["name"], runner.load_data(s), verbose=0)
-    trials = {}
-    for d in sorted(exp.local.iterdir()):
-        f = d / "result.json"
-        if f.exists():
-            rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-            if rows:
-                trials[rows[0]["trial_id"]] = {"config": rows[0]["config"], "results": rows}
-    return {"trials": trials, "started": started}
+    return {"trials": _trials(exp.local), "started": started}
 
 
-def fidelity(run: dict, epochs: int) -> dict:
-    """Spearman of validation at epochs 1 and 2 against the last epoch, over trials that finished."""
+def fidelity(run: dict, epochs: int, rungs=(1, 2)) -> dict:
+    """Spearman of validation at each rung, and at every epoch, against the last epoch, over the
+    trials that finished."""
     done = [t["results"] for t in run["trials"].values() if len(t["results"]) == epochs]
     final = [r[-1]["val_acc"] for r in done]
-    out = {"n": len(done), "final_range": (min(final), max(final)) if final else (0, 0)}
-    for rung in (1, 2):
-        out[rung] = spearmanr([r[rung - 1]["val_acc"] for r in done], final).statistic if len(done) > 2 else float("nan")
+    out = {"n": len(done), "final_range": (min(final), max(final)) if final else (0, 0), "rungs": {},
+           "by_epoch": []}
+    for e in range(1, epochs):
+        rho = spearmanr([r[e - 1]["val_acc"] for r in done], final).statistic if len(done) > 2 else float("nan")
+        out["by_epoch"].append(rho)
+        if e in rungs:
+            out["rungs"][e] = rho
     return out
+
+
+def _say_fidelity(f: dict, what: str, epochs: int) -> str:
+    rungs = ", ".join(f"rung {i} (epoch {e}) {rho:.3f}" for i, (e, rho) in enumerate(f["rungs"].items(), 1))
+    return (f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch at {rungs or 'no rung'}"
+            f"   (goal >= 0.8); at epochs 1..{epochs - 1}: {' '.join(f'{x:.2f}' for x in f['by_epoch'])}; "
+            f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}")
 
 
 def _to_target(run: dict, target: float):
@@ -75,44 +114,59 @@ def _configs(run: dict) -> list:
     return sorted(json.dumps(t["config"], sort_keys=True) for t in run["trials"].values())
 
 
-def part_fidelity(storage, args, seeds=None):
-    """On the GPU: full MNIST. On CPU: the 1,500-image subset (as the asha part's FIFO runs do)."""
-    full = args.gpu or args.full
-    fixed = ({} if args.gpu else {"val_items": 2000}) if full else {"train_items": 1500, "val_items": 2000}
-    epochs = args.epochs or (4 if full else 8)
-    res = {"cpu": 3, "gpu": 0.25} if args.gpu else {"cpu": 1, "gpu": 0}
-    for seed in seeds or [0]:
-        run = _run(_space(f"fid_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res,
-                          4 if args.gpu else 2), storage)
-        f = fidelity(run, epochs)
-        print(f"fidelity, {'full MNIST' if full else '1,500 training images'}, seed {seed}: {f['n']} trials × "
-              f"{epochs} epochs; Spearman(val@1, val@{epochs}) = {f[1]:.3f}, Spearman(val@2, val@{epochs}) = "
-              f"{f[2]:.3f}; final val {f['final_range'][0]:.4f}–{f['final_range'][1]:.4f}   (goal ≥ 0.8)", flush=True)
+def _what(args) -> str:
+    return "full MNIST, the headline as shipped" if args.full or args.gpu else "1,500 training images"
+
+
+def _resources(args) -> tuple[dict, int]:
+    return ({"cpu": 3, "gpu": 0.25}, 4) if args.gpu else ({"cpu": 1, "gpu": 0}, 2)
+
+
+def part_fidelity(storage, args):
+    fixed, asha = _setting(args)
+    res, concurrent = _resources(args)
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        run = _run(_space(f"fid_{seed}", seed, {"type": "fifo", "max_t": asha["max_t"]}, fixed, args.samples, res,
+                          concurrent), storage)
+        print(_say_fidelity(fidelity(run, asha["max_t"], _rungs(asha)), f"{_what(args)}, seed {seed}",
+                            asha["max_t"]), flush=True)
 
 
 def part_asha(storage, args):
-    epochs = args.epochs or 8
-    fixed = {"train_items": 1500, "val_items": 2000}
-    res = {"cpu": 1, "gpu": 0}
-    rows = []
+    fixed, asha = _setting(args)
+    res, concurrent = _resources(args)
+    epochs, rows = asha["max_t"], []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        fifo = _run(_space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res, 2), storage)
-        asha = _run(_space(f"asha_{seed}", seed, {"type": "asha", "max_t": epochs, "grace_period": 1,
-                                                  "reduction_factor": 2}, fixed, args.samples, res, 2), storage)
-        same = _configs(fifo) == _configs(asha)
-        f = fidelity(fifo, epochs)
+        fifo = _run(_space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res,
+                           concurrent), storage)
+        ash = _run(_space(f"asha_{seed}", seed, asha, fixed, args.samples, res, concurrent), storage)
+        same = _configs(fifo) == _configs(ash)
         target = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"]) - 0.003
         fe, fs, _ = _to_target(fifo, target)
-        ae, as_, reached = _to_target(asha, target)
+        ae, as_, reached = _to_target(ash, target)
         rows.append((ae / fe, as_ / fs, reached))
-        print(f"seed {seed}: same {len(fifo['trials'])} configs on both sides: {same}; FIFO best {target + 0.003:.4f}; "
-              f"to within 0.3 pp: FIFO {fe} trial-epochs / {fs:.0f}s, ASHA {ae} / {as_:.0f}s"
+        print(f"seed {seed} ({_what(args)}, ASHA grace {asha['grace_period']} / factor {asha['reduction_factor']:g} / "
+              f"max_t {epochs}): same {len(fifo['trials'])} configs on both sides: {same}; FIFO best "
+              f"{target + 0.003:.4f}; to within 0.3 pp: FIFO {fe} trial-epochs / {fs:.0f}s, ASHA {ae} / {as_:.0f}s"
               f"{'' if reached else ' (ASHA never got there: its whole run counted)'}; ratios {ae / fe:.3f} epochs, "
-              f"{as_ / fs:.3f} time; fidelity Spearman@1 {f[1]:.3f} @2 {f[2]:.3f} ({f['n']} trials)", flush=True)
+              f"{as_ / fs:.3f} time; ASHA ran {sum(len(t['results']) for t in ash['trials'].values())} trial-epochs "
+              f"in all, FIFO {sum(len(t['results']) for t in fifo['trials'].values())}", flush=True)
+        print("    " + _say_fidelity(fidelity(fifo, epochs, _rungs(asha)), f"seed {seed}'s FIFO run", epochs), flush=True)
     for i, what in ((0, "trial-epochs"), (1, "wall time")):
         vals = [r[i] for r in rows]
-        print(f"ASHA ÷ FIFO, {what} to FIFO's best − 0.3 pp over {len(vals)} seeds: mean {statistics.mean(vals):.3f}, "
-              f"min {min(vals):.3f}, max {max(vals):.3f}   (goal ≤ 0.35)", flush=True)
+        print(f"ASHA / FIFO, {what} to FIFO's best - 0.3 pp over {len(vals)} seeds: mean {statistics.mean(vals):.3f}, "
+              f"min {min(vals):.3f}, max {max(vals):.3f}   (goal <= 0.35)", flush=True)
+
+
+def analyse(dirs, args):
+    """Fidelity of kept FIFO runs (a --storage folder's fid_*/fifo_* experiments), at the chosen
+    setting's rungs, without running anything."""
+    _, asha = _setting(args)
+    for d in dirs:
+        run = {"trials": _trials(Path(d))}
+        epochs = max(len(t["results"]) for t in run["trials"].values())
+        asha = {**asha, "max_t": epochs}
+        print(_say_fidelity(fidelity(run, epochs, _rungs(asha)), str(d), epochs))
 
 
 def part_overhead(storage, args):
@@ -152,12 +206,17 @@ def main():
     p.add_argument("--part", default="asha,overhead,mem")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--samples", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=0, help="max_t (default: 8 on the subset, the headline's with --full)")
+    p.add_argument("--grace", type=int, default=1, help="ASHA grace period on the subset")
+    p.add_argument("--rf", type=float, default=2.0, help="ASHA reduction factor on the subset")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--gpu", action="store_true", help="fidelity on full MNIST, four trials per GPU")
-    p.add_argument("--full", action="store_true", help="fidelity on full MNIST on this machine's CPUs")
-    p.add_argument("--storage", default=None)
+    p.add_argument("--gpu", action="store_true", help="--full with four trials per GPU")
+    p.add_argument("--full", action="store_true", help="the headline search as shipped, on this machine's CPUs")
+    p.add_argument("--storage", default=None, help="keep the runs here (for --analyse)")
+    p.add_argument("--analyse", nargs="+", default=None, metavar="DIR", help="fidelity of kept FIFO runs")
     args = p.parse_args()
+    if args.analyse:
+        return analyse(args.analyse, args)
     from raydigits.search.runner import start_ray
     start_ray(None)
     with tempfile.TemporaryDirectory() as tmp:
