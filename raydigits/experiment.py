@@ -150,3 +150,46 @@ def choose_best(trials: pd.DataFrame, spec: SearchSpec) -> Choice:
                                       f"({se:.4f} on {int(val_n):,} images) of the trial's best, {best.value:.4f} "
                                       f"at epoch {best.epoch}")
     return best
+
+
+TIE_SE = 2.0  # trials within this many standard errors of the winner's best cannot be ranked apart
+
+
+@dataclass
+class Ties:
+    margin: float                # TIE_SE binomial standard errors of the winner's best, on val_n images
+    val_n: int
+    best: float                  # the winner's best value
+    trials: list[tuple[str, float]]  # other usable trials within the margin, best first
+
+
+def statistical_ties(trials: pd.DataFrame, spec: SearchSpec, winner: str) -> Ties | None:
+    """The other usable trials whose best val_acc lies within TIE_SE binomial standard errors
+    (√(p(1−p)/n), p the winner's best, n its validation size) of the winner's best: on a validation
+    of that size the search cannot tell them from the winner, so its ranking among them is noise.
+    None for a metric without a binomial error (val_loss) or results without `val_n`."""
+    if spec.metric != "val_acc":
+        return None
+    best: dict[str, tuple[float, int | None]] = {}
+    for _, t in trials.iterrows():
+        rows = [r for r in t["results"] if r.get(spec.metric) is not None and math.isfinite(r[spec.metric])]
+        if t["outcome"] not in NEVER_CHOSEN and rows:
+            top = max(rows, key=lambda r: r[spec.metric])
+            best[t["trial_id"]] = (top[spec.metric], top.get("val_n"))
+    if winner not in best or not best[winner][1]:
+        return None
+    p, n = best[winner]
+    margin = TIE_SE * math.sqrt(p * (1 - p) / n)
+    close = sorted(((tid, v) for tid, (v, _) in best.items() if tid != winner and v >= p - margin),
+                   key=lambda tv: -tv[1])
+    return Ties(margin, int(n), p, close)
+
+
+def ties_line(t: Ties, metric: str) -> str:
+    """The summary's and report's sentence about `statistical_ties`."""
+    within = f"within {TIE_SE:g} standard errors ({t.margin:.4f} on {t.val_n:,} validation images) of its best {metric} {t.best:.4f}"
+    if not t.trials:
+        return f"no other trial is {within}: the validation ranks it first"
+    listed = ", ".join(f"{tid} {v:.4f}" for tid, v in t.trials)
+    return (f"{len(t.trials)} other trial{'s are' if len(t.trials) > 1 else ' is'} {within}: {listed}; "
+            "the validation cannot rank these apart, so any of them is as good a pick")

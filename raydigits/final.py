@@ -15,7 +15,7 @@ from .data import load_dataset
 from .data.store import read_manifest
 from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
-from .experiment import INTERNAL, choose_best, load_trials
+from .experiment import INTERNAL, choose_best, load_trials, statistical_ties, ties_line
 from .inference import predict_state, save_models
 from .search import eta
 from .search.runner import read_run
@@ -64,6 +64,7 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     run = read_run(exp_dir)
     last = max((r.get("timestamp", 0) for rs in trials["results"] for r in rs), default=0)
     counts = trials["outcome"].value_counts().to_dict()
+    ties = statistical_ties(trials, spec, choice.trial_id)
     effective = {spec.target(n) for n in spec.parameters}
     metrics.update({
         "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch, "epoch_note": choice.note,
@@ -77,6 +78,8 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
         "n_time_budget": int(counts.get("time_budget", 0) + counts.get("not_started", 0)),
         "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
         "eta": eta.summary(exp_dir, run.get("started"), run.get("finished")),  # the first estimate vs the actual
+        "ties": ties_line(ties, spec.metric) if ties else None,
+        "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_csv(out / "trials.csv", trials.drop(columns=INTERNAL))
@@ -99,6 +102,8 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
                                                        "split the best trial was chosen on, not an unbiased test)"))
     if m.get("epoch_note"):
         print(f"epoch {m['best_epoch']}: {m['epoch_note']}")
+    if m.get("ties"):
+        print(f"ties: {m['ties']}")
     print(f"params: {json.dumps(m['best_params'], default=str)}")
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "

@@ -12,7 +12,8 @@ import torch
 
 from raydigits.errors import UserError
 from raydigits.evaluation import predictions_frame, split_metrics
-from raydigits.experiment import asha_rungs, choose_best, derive_outcome, read_results
+from raydigits.experiment import (asha_rungs, choose_best, derive_outcome, read_results, statistical_ties,
+                                  ties_line)
 from raydigits.search.outcomes import ended_outcome
 from raydigits.search.spec import parse_spec
 
@@ -103,6 +104,26 @@ def test_choose_best_takes_the_latest_epoch_within_one_standard_error_of_the_tri
     assert (choose_best(trials, best).trial_id, choose_best(trials, best).epoch) == ("a", 2)
     unsized = _trials(tmp_path / "old", [(k, "completed", v) for k, v in vals.items()])  # older runs: no val_n
     assert choose_best(unsized, SPEC).epoch == 2
+
+
+def test_statistical_ties_are_the_usable_trials_within_two_standard_errors_of_the_winners_best(tmp_path):
+    """2 SE of 0.99 on 10,000 images is 0.00199: b (0.9882 at its best epoch) and c are within it,
+    d is not; a diverged or errored trial never counts, however high it validated."""
+    vals = {"a": [0.5, 0.9900, 0.985], "b": [0.9882, 0.97], "c": [0.9890], "d": [0.9880], "x": [0.995], "y": [0.9899]}
+    outcome = {"x": "diverged", "y": "error"}
+    trials = _trials(tmp_path, [(k, outcome.get(k, "completed"), v) for k, v in vals.items()])
+    trials = trials.assign(results=[[{**r, "val_n": 10_000} for r in rs] for rs in trials["results"]])
+    t = statistical_ties(trials, SPEC, choose_best(trials, SPEC).trial_id)
+    assert (t.best, t.val_n, t.trials) == (0.99, 10_000, [("c", 0.989), ("b", 0.9882)])
+    assert t.margin == pytest.approx(2 * (0.99 * 0.01 / 10_000) ** 0.5)
+    assert ties_line(t, "val_acc") == ("2 other trials are within 2 standard errors (0.0020 on 10,000 validation "
+                                       "images) of its best val_acc 0.9900: c 0.9890, b 0.9882; the validation "
+                                       "cannot rank these apart, so any of them is as good a pick")
+    big = trials.assign(results=[[{**r, "val_n": 1_000_000} for r in rs] for rs in trials["results"]])
+    alone = statistical_ties(big, SPEC, "a")
+    assert alone.trials == [] and ties_line(alone, "val_acc").startswith("no other trial is within 2 standard errors")
+    assert statistical_ties(_trials(tmp_path / "old", [("a", "completed", [0.9])]), SPEC, "a") is None  # no val_n
+    assert statistical_ties(trials, parse_spec({"name": "t", "metric": "val_loss"}), "a") is None
 
 
 def test_choose_best_skips_an_epoch_whose_checkpoint_folder_a_later_epoch_wrote_again(tmp_path):

@@ -139,6 +139,13 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
         assert f"of the trial's best, {best:.4f} at epoch" in metrics["epoch_note"] and metrics["best_val_acc"] < best
     else:
         assert metrics["best_val_acc"] == pytest.approx(best)
+    # the statistical ties: the usable trials within 2 SE of the winner's best (README: Outputs)
+    trials = pd.read_csv(final / "trials.csv", dtype={"trial_id": str})
+    usable = trials[~trials["outcome"].isin(["diverged", "oom", "error"])].set_index("trial_id")["best_val_acc"]
+    p = usable[metrics["best_trial"]]
+    n = results(next(smoke_run["exp"].glob(f"smoke_{metrics['best_trial']}*")))[0]["val_n"]
+    tied = sorted(t for t, v in usable.items() if t != metrics["best_trial"] and v >= p - 2 * (p * (1 - p) / n) ** 0.5)
+    assert sorted(metrics["tied_trials"]) == tied and f"ties: {metrics['ties']}" in smoke_run["out"]
     for png in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
         assert (final / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # best_model.pt loads with weights_only and the self-contained export agrees with it
