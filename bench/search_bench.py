@@ -85,7 +85,7 @@ def fidelity(run: dict, epochs: int, rungs=(1, 2)) -> dict:
     done = [t["results"] for t in run["trials"].values() if len(t["results"]) == epochs]
     final = [r[-1]["val_acc"] for r in done]
     out = {"n": len(done), "final_range": (min(final), max(final)) if final else (0, 0), "rungs": {},
-           "by_epoch": []}
+           "by_epoch": [], "ceiling": _noise_ceiling(done)}
     for e in range(1, epochs):
         rho = spearmanr([r[e - 1]["val_acc"] for r in done], final).statistic if len(done) > 2 else float("nan")
         out["by_epoch"].append(rho)
@@ -94,11 +94,23 @@ def fidelity(run: dict, epochs: int, rungs=(1, 2)) -> dict:
     return out
 
 
+def _noise_ceiling(done: list) -> float:
+    """How well anything can correlate with the final validations, given their own binomial noise:
+    sqrt(reliability), reliability = 1 - mean(p(1-p)/n) / var(final) (the share of the finals' spread
+    between trials that is not measurement noise); nan without `val_n`."""
+    if len(done) < 3 or not all(r[-1].get("val_n") for r in done):
+        return float("nan")
+    final = [r[-1]["val_acc"] for r in done]
+    noise = statistics.mean(p * (1 - p) / r[-1]["val_n"] for p, r in zip(final, done))
+    return max(0.0, 1 - noise / statistics.variance(final)) ** 0.5
+
+
 def _say_fidelity(f: dict, what: str, epochs: int) -> str:
     rungs = ", ".join(f"rung {i} (epoch {e}) {rho:.3f}" for i, (e, rho) in enumerate(f["rungs"].items(), 1))
     return (f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch at {rungs or 'no rung'}"
             f"   (goal >= 0.8); at epochs 1..{epochs - 1}: {' '.join(f'{x:.2f}' for x in f['by_epoch'])}; "
-            f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}")
+            f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}, whose own noise caps any correlation "
+            f"with them near {f['ceiling']:.2f}")
 
 
 def _to_target(run: dict, target: float):
@@ -164,6 +176,8 @@ def analyse(dirs, args):
     _, asha = _setting(args)
     for d in dirs:
         run = {"trials": _trials(Path(d))}
+        for t in run["trials"].values():  # runs from before the trainer reported val_n
+            t["results"] = [{"val_n": args.val_n, **r} if args.val_n else r for r in t["results"]]
         epochs = max(len(t["results"]) for t in run["trials"].values())
         asha = {**asha, "max_t": epochs}
         print(_say_fidelity(fidelity(run, epochs, _rungs(asha)), str(d), epochs))
@@ -214,6 +228,7 @@ def main():
     p.add_argument("--full", action="store_true", help="the headline search as shipped, on this machine's CPUs")
     p.add_argument("--storage", default=None, help="keep the runs here (for --analyse)")
     p.add_argument("--analyse", nargs="+", default=None, metavar="DIR", help="fidelity of kept FIFO runs")
+    p.add_argument("--val-n", type=int, default=0, help="--analyse: validation size of runs that did not report it")
     args = p.parse_args()
     if args.analyse:
         return analyse(args.analyse, args)
