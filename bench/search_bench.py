@@ -9,7 +9,8 @@
  overhead  epoch time of a trial under Tune (report + checkpoint) / the same epoch in the standalone
            trainer, interleaved rounds, medians (goal <= 1.10)
  mem       per-trial unique memory of concurrent trials on the full dataset (zero-copy check)
-Every search here uses the shipped defaults (precise BN included) and the headline's parameters.
+Every search here uses the shipped defaults (precise BN included) and the headline's parameters
+(--space first: sgd or adamw and a wide lr, every other knob at its default, as issue 10 tried it).
 Two settings: by default a 1,500-image training subset (validation on 2,000 images), 8 epochs, ASHA
 grace 1 / factor 2 (--epochs, --grace, --rf change them); --full is the headline search as shipped
 (search_spaces/sgd_vs_adamw.yaml: full MNIST, full validation, its ASHA's max_t / grace / factor and
@@ -44,10 +45,19 @@ def _setting(args) -> tuple[dict, dict]:
                                                       "grace_period": args.grace, "reduction_factor": args.rf}
 
 
+# the parameters searched: the headline's (a space already narrowed to good values), or a user's first
+# search as issue 10 tried it (tests/test_small_data.py): sgd or adamw and a wide lr, every other knob default
+SPACES = {"headline": (HEADLINE["fixed"], HEADLINE["parameters"]),
+          "first": ({}, {"optimizer": {"values": ["sgd", "adamw"]},
+                         "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1}})}
+SPACE = "headline"
+
+
 def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, resources: dict, concurrent: int) -> dict:
+    base, parameters = SPACES[SPACE]
     return {"name": name, "seed": seed, "num_samples": samples, "method": "random", "metric": "val_acc",
             "scheduler": scheduler, "resources": resources, "max_concurrent": concurrent,
-            "fixed": {**HEADLINE["fixed"], **fixed}, "parameters": HEADLINE["parameters"]}
+            "fixed": {**base, **fixed}, "parameters": parameters}
 
 
 def _rungs(asha: dict) -> list[int]:
@@ -109,8 +119,8 @@ def _say_fidelity(f: dict, what: str, epochs: int) -> str:
     rungs = ", ".join(f"rung {i} (epoch {e}) {rho:.3f}" for i, (e, rho) in enumerate(f["rungs"].items(), 1))
     return (f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch at {rungs or 'no rung'}"
             f"   (goal >= 0.8); at epochs 1..{epochs - 1}: {' '.join(f'{x:.2f}' for x in f['by_epoch'])}; "
-            f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}, whose own noise caps any correlation "
-            f"with them near {f['ceiling']:.2f}")
+            f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}, whose own noise (binomial, as if "
+            f"independent) caps any correlation with them near {f['ceiling']:.2f}")
 
 
 def _to_target(run: dict, target: float):
@@ -229,7 +239,10 @@ def main():
     p.add_argument("--storage", default=None, help="keep the runs here (for --analyse)")
     p.add_argument("--analyse", nargs="+", default=None, metavar="DIR", help="fidelity of kept FIFO runs")
     p.add_argument("--val-n", type=int, default=0, help="--analyse: validation size of runs that did not report it")
+    p.add_argument("--space", choices=sorted(SPACES), default="headline", help="the parameters searched")
     args = p.parse_args()
+    global SPACE
+    SPACE = args.space
     if args.analyse:
         return analyse(args.analyse, args)
     from raydigits.search.runner import start_ray
