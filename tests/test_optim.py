@@ -208,8 +208,8 @@ def test_step_multistep_and_restarts_count_epochs_in_steps():
     assert step(epochs=4, step_size=1.5) == pytest.approx([1.0] * 6 + [0.5] * 6 + [0.25] * 4)
     assert step(epochs=1, step_size=0.25) == pytest.approx([1.0, 0.5, 0.25, 0.125])
     assert step(epochs=1, step_size=0.1) == pytest.approx([1.0, 0.5, 0.25, 0.125])  # 0.4 steps → 1
-    cfg = make_config({"scheduler": "multistep", "lr": 1.0, "gamma": 0.1, "epochs": 2, "milestones": [0.25, 1.25]})
-    assert _lrs(cfg, spe=4)[0] == pytest.approx([1.0] + [0.1] * 4 + [0.01] * 3)
+    cfg = make_config({"scheduler": "multistep", "lr": 1.0, "gamma": 0.5, "epochs": 2, "milestones": [0.25, 1.25]})
+    assert _lrs(cfg, spe=4)[0] == pytest.approx([1.0] + [0.5] * 4 + [0.25] * 3)
     # cosine_restarts: first cycle restart_epochs long (here 1 step), each next restart_mult times longer,
     # annealing to min_lr
     cfg = make_config({"scheduler": "cosine_restarts", "lr": 1.0, "min_lr": 0.01, "epochs": 4,
