@@ -163,3 +163,101 @@ def test_unknown_and_bad_config_keys_are_named():
         make_config({"lr": -1})
     with pytest.raises(UserError, match="warmup_epochs"):
         make_config({"epochs": 2, "warmup_epochs": 2})
+
+
+@pytest.mark.parametrize("name", optim.list_optimizers())
+def test_each_optimizer_takes_the_configured_hyperparameters(name):
+    """Each builder hands its optimiser the configured lr, weight decay (none on norms and biases),
+    betas (adam family) or momentum and nesterov (sgd); torch's fused kernel where there is one; the
+    capturable step exactly when the trainer asks for it."""
+    model, _, _ = _toy()
+    cfg = make_config({"optimizer": name, "lr": 0.037, "weight_decay": 0.0123, "momentum": 0.77,
+                       "nesterov": True, "betas": (0.81, 0.977)})
+    for capturable in (False, True):
+        opt = optim.build_optimizer(model, cfg, capturable=capturable)
+        assert type(opt).__name__.lower() == name  # SGD, Adam, AdamW, AdaBelief, Ranger
+        decay, no_decay = opt.param_groups
+        assert [p.ndim for p in decay["params"]] == [2, 2] and [p.ndim for p in no_decay["params"]] == [1] * 4
+        assert decay["weight_decay"] == 0.0123 and no_decay["weight_decay"] == 0.0
+        for g in opt.param_groups:
+            assert g["lr"] == 0.037
+            if name == "sgd":
+                assert (g["momentum"], g["nesterov"]) == (0.77, True)
+            else:
+                assert tuple(g["betas"]) == (0.81, 0.977)
+            assert g.get("fused") is (True if name in optim.FUSED_OPTIMIZERS else None)
+            if name in ("adam", "adamw"):
+                assert g["capturable"] is capturable
+            if name in ("adabelief", "ranger"):
+                assert g["weight_decouple"] is True  # AdamW-style decay
+    if name == "sgd":  # nesterov only when asked, and dropped (not refused) without momentum
+        for momentum, nesterov in ((0.9, False), (0.0, True)):
+            cfg = make_config({"optimizer": "sgd", "momentum": momentum, "nesterov": nesterov})
+            assert optim.build_optimizer(model, cfg).param_groups[0]["nesterov"] is False
+
+
+def _cosine_at(t, lr, floor, period):
+    return floor + (lr - floor) * (1 + math.cos(math.pi * t / period)) / 2
+
+
+def test_step_multistep_and_restarts_count_epochs_in_steps():
+    """step_size, milestones and restart_epochs are epochs (fractions too), turned into optimiser
+    steps at `steps_per_epoch`; never less than one step."""
+    step = lambda **kw: _lrs(make_config({"scheduler": "step", "lr": 1.0, "gamma": 0.5, **kw}), spe=4)[0]
+    assert step(epochs=4, step_size=1.5) == pytest.approx([1.0] * 6 + [0.5] * 6 + [0.25] * 4)
+    assert step(epochs=1, step_size=0.25) == pytest.approx([1.0, 0.5, 0.25, 0.125])
+    assert step(epochs=1, step_size=0.1) == pytest.approx([1.0, 0.5, 0.25, 0.125])  # 0.4 steps → 1
+    cfg = make_config({"scheduler": "multistep", "lr": 1.0, "gamma": 0.5, "epochs": 2, "milestones": [0.25, 1.25]})
+    assert _lrs(cfg, spe=4)[0] == pytest.approx([1.0] + [0.5] * 4 + [0.25] * 3)
+    # cosine_restarts: first cycle restart_epochs long (here 1 step), each next restart_mult times longer,
+    # annealing to min_lr
+    cfg = make_config({"scheduler": "cosine_restarts", "lr": 1.0, "min_lr": 0.01, "epochs": 4,
+                       "restart_epochs": 0.25, "restart_mult": 2})
+    expect, t, period = [], 0, 1
+    for _ in range(16):
+        expect.append(_cosine_at(t, 1.0, 0.01, period))
+        t += 1
+        if t == period:
+            t, period = 0, period * 2
+    lrs = _lrs(cfg, spe=4)[0]
+    assert lrs == pytest.approx(expect) and [i for i, v in enumerate(lrs) if v == pytest.approx(1.0)] == [0, 1, 3, 7, 15]
+    cfg = make_config({"scheduler": "cosine_restarts", "lr": 1.0, "epochs": 2, "restart_epochs": 0.75,
+                       "restart_mult": 1})
+    assert _lrs(cfg, spe=4)[0] == pytest.approx([_cosine_at(i % 3, 1.0, 0.0, 3) for i in range(8)])
+
+
+def test_cosine_anneals_to_min_lr_over_the_steps_after_warmup():
+    cfg = make_config({"scheduler": "cosine", "lr": 1.0, "min_lr": 0.05, "epochs": 3, "warmup_epochs": 1})
+    lrs = _lrs(cfg, spe=4)[0]
+    assert lrs[4:] == pytest.approx([_cosine_at(t, 1.0, 0.05, 8) for t in range(8)])
+
+
+@pytest.mark.parametrize("monitor", ["val_acc", "val_loss"])
+def test_plateau_follows_the_monitored_metric_direction_patience_factor_and_floor(monitor):
+    """plateau cuts the lr by plateau_factor once the monitored metric has not improved for more than
+    plateau_patience epochs (improving = rising for val_acc, falling for val_loss), never below min_lr."""
+    cfg = make_config({"scheduler": "plateau", "lr": 1.0, "epochs": 9, "monitor": monitor,
+                       "plateau_factor": 0.5, "plateau_patience": 1, "min_lr": 0.2})
+    better, worse = (lambda e: 0.5 + e / 100), (lambda e: 0.5 - e / 100)
+    if monitor == "val_loss":
+        better, worse = worse, better
+    assert _lrs(cfg, spe=1, metric=better)[0] == [1.0] * 9
+    assert _lrs(cfg, spe=1, metric=worse)[0] == pytest.approx([1.0] * 3 + [0.5] * 2 + [0.25] * 2 + [0.2] * 2)
+
+
+def test_each_loss_takes_the_configured_smoothing_weights_and_gamma():
+    """ce is torch's cross-entropy and focal the focal loss, each with the configured label smoothing
+    and class weights; focal with the configured focal_gamma (at 0 it is that same cross-entropy)."""
+    torch.manual_seed(0)
+    logits, y = torch.randn(48, 3) * 3, torch.randint(0, 3, (48,))
+    w = [0.5, 2.0, 1.0]
+    ce = nn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.15)(logits, y).item()
+    for loss, gamma in (("ce", 2.0), ("focal", 0.0)):
+        fn = optim.build_loss(make_config({"loss": loss, "label_smoothing": 0.15, "class_weights": w,
+                                           "focal_gamma": gamma}), 3)
+        assert fn(logits, y).item() == pytest.approx(ce, rel=1e-5), loss
+    fn = optim.build_loss(make_config({"loss": "focal", "label_smoothing": 0.15, "class_weights": w,
+                                       "focal_gamma": 1.5}), 3)
+    assert isinstance(fn, optim.FocalLoss) and (fn.gamma, fn.label_smoothing) == (1.5, 0.15)
+    assert torch.equal(fn.weight, torch.tensor(w))
+    assert fn(logits, y).item() == pytest.approx(optim.FocalLoss(1.5, torch.tensor(w), 0.15)(logits, y).item())

@@ -84,6 +84,9 @@ def test_staged_folder_is_published_whole_and_only_on_success(root):
             raise RuntimeError("the stage failed")
     if other.local is None:  # remote: nothing was uploaded (locally the folder is written in place)
         assert not (other / "half.csv").exists()
+    with staged(final) as out:  # staging again into a folder that exists: rewritten in place
+        (out / "pre.csv").write_text("id,label\n1,7\n")
+    assert (final / "pre.csv").read_text() == "id,label\n1,7\n"
 
 
 def test_location_pickles_as_its_uri_and_works_after(root):
@@ -226,3 +229,22 @@ def test_local_check_writable_climbs_to_the_first_existing_folder(tmp_path):
     with pytest.raises(UserError, match="is not a writable folder"):
         Location.parse(tmp_path / "f" / "sub").check_writable("--storage-path")
     assert not (tmp_path / "new").exists()  # nothing created
+
+
+def test_names_and_parents_keep_spaces_and_stay_in_their_store(tmp_path):
+    """A file name with a space is one name (not the part after the space); a parent stays in its store."""
+    loc = Location.parse(tmp_path / "my runs" / "best model.pt")
+    assert loc.name == "best model.pt" and loc.parent.name == "my runs" and loc.parent.parent == Location.parse(tmp_path)
+    remote = Location.parse("s3://bkt/my runs/best model.pt")
+    assert remote.name == "best model.pt" and remote.parent == Location("s3://bkt/my runs")
+    assert remote.parent.parent == Location("s3://bkt") and remote.parent.parent.name == "bkt"
+
+
+def test_a_store_that_cannot_be_opened_is_one_clear_error():
+    """pyarrow cannot open this HDFS (no JVM / libhdfs here, or no such host): a UserError naming the URI
+    and pyarrow's reason."""
+    with pytest.raises(UserError) as err:
+        Location.parse("hdfs://nohost:1/x").exists()
+    cause = err.value.__context__  # pyarrow's error (hidden from the user's traceback by `from None`)
+    assert isinstance(cause, (ValueError, OSError, ImportError))
+    assert str(err.value) == f"hdfs://nohost:1/x: cannot open this storage ({str(cause).strip().splitlines()[0]})"

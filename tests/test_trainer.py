@@ -185,6 +185,31 @@ def test_predict_keeps_input_order(small_mnist):
     assert np.allclose(p, p_rev[::-1], atol=1e-5)
 
 
+def test_predict_batches_gives_eval_mode_logits_of_the_whole_split_in_order(small_mnist):
+    """What evaluate (and so ASHA, early stopping and the best checkpoint) reads: every image of the
+    split once, in the split's order, eval_batch_size at a time with a short last batch, each batch's
+    float32 logits in eval mode (no dropout, BatchNorm statistics untouched) with its labels and
+    indices, whatever mode training left the model in."""
+    t = Trainer(tiny_cfg(epochs=1, eval_batch_size=100, dropout=0.5), small_mnist)
+    for split in (t.val_set, t.train_set):
+        t.model.train()  # as training leaves it
+        stats = [b.clone() for b in t.model.buffers()]
+        outs, labels, idxs = [], [], []
+        for out, yb, idx in t.predict_batches(split):
+            assert out.dtype == torch.float32 and not out.requires_grad
+            outs.append(out.clone()), labels.append(yb.clone()), idxs.append(idx.clone())
+        n = len(split)
+        assert [len(i) for i in idxs] == [100] * (n // 100) + [n % 100]
+        assert torch.equal(torch.cat(idxs), torch.arange(n)) and torch.equal(torch.cat(labels), split.labels)
+        assert not t.model.training and all(torch.equal(a, b) for a, b in zip(stats, t.model.buffers()))
+        ref = t.predictor.logits(split.images).float()
+        assert torch.allclose(torch.cat(outs), ref, atol=1e-4)
+    ev = t.evaluate()
+    ref = t.predictor.logits(t.val_set.images).float()
+    assert ev["val_acc"] == pytest.approx((ref.argmax(1) == t.val_set.labels).double().mean().item())
+    assert ev["val_loss"] == pytest.approx(torch.nn.functional.cross_entropy(ref, t.val_set.labels).item(), rel=1e-5)
+
+
 def test_pretrained_from_local_files(small_mnist, tmp_path, monkeypatch, capsys):
     from raydigits.models import build_model
     src = build_model(tiny_cfg(), 5)  # a 5-class model saved by someone else, DataParallel-style keys
