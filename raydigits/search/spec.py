@@ -12,7 +12,6 @@ Schedulers: asha, fifo, pbt and pb2; PBT perturbs searched parameters that may c
 from __future__ import annotations
 
 import math
-
 from pathlib import Path
 from typing import Any, Literal
 
