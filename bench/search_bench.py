@@ -61,7 +61,7 @@ def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, res
 
 
 def _rungs(asha: dict) -> list[int]:
-    from raydigits.search.spec import asha_rungs, parse_spec
+    from raydigits.spec import asha_rungs, parse_spec
     return sorted(asha_rungs(parse_spec({"name": "r", "scheduler": asha})))
 
 
@@ -80,7 +80,7 @@ def _trials(exp_dir: Path) -> dict:
 def _run(spec: dict, storage: str) -> dict:
     """Run a search; its trials (`_trials`) and the search's start time."""
     from raydigits.search import runner
-    from raydigits.search.spec import parse_spec
+    from raydigits.spec import parse_spec
     s = parse_spec(spec, spec["name"])
     runner.check_resources(s)
     started = time.time()

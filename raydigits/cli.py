@@ -130,7 +130,7 @@ def _refuse_with_resume(args) -> None:
 def cmd_search(args) -> int:
     from .config import load_yaml_file
     from .search import runner
-    from .search.spec import early_rung_warning, parse_spec, resolve_path
+    from .spec import early_rung_warning, parse_spec, resolve_path
     from .storage import Location, check_name
     if args.resume is None:
         path = resolve_path(args.search_space)

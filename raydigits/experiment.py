@@ -12,7 +12,7 @@ import pandas as pd
 from .errors import UserError
 from .search.outcomes import NEVER_CHOSEN, UNFINISHED, read_record
 from .search.ray_compat import trial_states
-from .search.spec import SearchSpec, asha_rungs  # noqa: F401  (asha_rungs: read here too)
+from .spec import SearchSpec, asha_rungs  # noqa: F401  (asha_rungs: read here too)
 from .search.trainable import CHECKPOINT_FILE
 from .storage import Location, as_location
 

@@ -19,7 +19,7 @@ from .experiment import INTERNAL, choose_best, load_trials, statistical_ties, ti
 from .inference import predict_state, save_models
 from .search import eta
 from .search.runner import read_run
-from .search.spec import SearchSpec, trial_values
+from .spec import SearchSpec, trial_values
 from .storage import Location, as_location, staged
 
 FINAL_DIR = "final"

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .search.spec import asha_rungs
 from .search.outcomes import NEVER_CHOSEN
-from .search.spec import SearchSpec
+from .spec import SearchSpec, asha_rungs
 
 IMPORTANCE_SEEDS = (0, 1, 2, 3, 4)   # fANOVA's random forest, refitted with each: the spread shown
 # (fewest trials, verdict): below the first, fANOVA is not computed at all
@@ -30,14 +29,7 @@ STOPPED_NOTE = ("Each trial's score is its best validation over the epochs it ra
 # ------------------------------------------------------------------ the searched parameters
 def searched(spec: SearchSpec) -> list[str]:
     """The parameters that vary between trials (a `value:` constant or a single `values` is not searched)."""
-    out = []
-    for name, p in spec.parameters.items():
-        if "value" in p.model_fields_set or (p.values is not None and len(p.values) < 2):
-            continue
-        if p.distribution in ("uniform", "log_uniform_values", "int_uniform", "q_uniform") and p.min == p.max:
-            continue
-        out.append(name)
-    return out
+    return [name for name, p in spec.parameters.items() if p.varies()]
 
 
 def category(value) -> str:
@@ -46,22 +38,19 @@ def category(value) -> str:
 
 
 def _distribution(spec: SearchSpec, name: str, observed: pd.Series):
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    """The optuna distribution of a parameter (its kind's entry names the class)."""
+    import optuna.distributions as od
     p = spec.parameters[name]
     if p.values is not None:
-        return CategoricalDistribution([category(v) for v in p.values])
-    if p.distribution == "int_uniform":
-        return IntDistribution(int(p.min), int(p.max))
-    if p.distribution == "normal":  # unbounded: the range the trials drew
-        return FloatDistribution(float(observed.min()), float(observed.max()))
-    return FloatDistribution(float(p.min), float(p.max), log=p.distribution == "log_uniform_values")
+        return od.CategoricalDistribution([category(v) for v in p.values])
+    return getattr(od, p.kind.optuna_distribution)(**p.kind.distribution_kwargs(p, observed))
 
 
 def _encode(spec: SearchSpec, name: str, value):
     p = spec.parameters[name]
     if p.values is not None:
         return category(value)
-    return int(value) if p.distribution == "int_uniform" else float(value)
+    return int(value) if p.kind.integer else float(value)
 
 
 @dataclass

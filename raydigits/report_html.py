@@ -18,7 +18,7 @@ from .errors import UserError
 from .experiment import load_trials
 from .insight import IMPORTANCE_SEEDS, category, importance, rung_decisions, searched
 from .search.outcomes import OUTCOMES
-from .search.spec import SearchSpec
+from .spec import SearchSpec
 from .storage import Location, as_location
 
 REPORT_FILE = "report.html"

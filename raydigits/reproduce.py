@@ -110,7 +110,7 @@ def reproduce(exp_dir: Location | str, trial: str | None = None, out_dir: Path |
     from . import train
     from .experiment import load_trials
     from .search.runner import data_dir_of, read_spec
-    from .search.spec import trial_train_config
+    from .spec import trial_train_config
     exp_dir = as_location(exp_dir)
     spec = read_spec(exp_dir)
     if spec.scheduler.type in ("pbt", "pb2"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from raydigits.search import eta
-from raydigits.search.spec import asha_rungs, parse_spec
+from raydigits.spec import asha_rungs, parse_spec
 
 ASHA = eta.Schedule(max_t=4, rungs=(1, 2), reduction_factor=2)   # grace 1, rf 2, max_t 4
 FIFO = eta.Schedule(max_t=4)

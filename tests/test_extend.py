@@ -8,7 +8,7 @@ import pytest
 
 from raydigits.errors import UserError
 from raydigits.search.extend import check_request, extension_spec
-from raydigits.search.spec import parse_spec
+from raydigits.spec import parse_spec
 from raydigits.search.tune_space import build_search_alg
 
 SPACE = {"name": "t", "method": "tpe", "num_samples": 4, "seed": 3, "scheduler": {"type": "asha", "max_t": 3},

@@ -15,7 +15,7 @@ from raydigits.evaluation import predictions_frame, split_metrics
 from raydigits.experiment import (asha_rungs, choose_best, derive_outcome, read_results, statistical_ties,
                                   ties_line)
 from raydigits.search.outcomes import ended_outcome
-from raydigits.search.spec import parse_spec
+from raydigits.spec import parse_spec
 
 from helpers import tiny_cfg
 

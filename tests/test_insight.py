@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from raydigits.insight import importance, rung_decisions, searched, trust_level
-from raydigits.search.spec import parse_spec
+from raydigits.spec import parse_spec
 
 SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
                    "parameters": {"optimizer": {"values": ["sgd", "adamw"]},

@@ -61,7 +61,7 @@ def test_console_script_runs_a_shipped_space_outside_the_source_tree(installed, 
     work = installed["root"] / "work"
     (work / "data").mkdir(parents=True)
     (work / "data" / "mnist").symlink_to(mnist_dir)  # the default place: ./data/mnist
-    where = _run([installed["python"], "-c", "import raydigits.search.spec as s; print(s.__file__); "
+    where = _run([installed["python"], "-c", "import raydigits.spec as s; print(s.__file__); "
                   "print(s.resolve_path('smoke'))"], cwd=work)
     module, smoke = where.stdout.split()
     assert module.startswith(str(installed["root"] / "venv")), where.stdout + where.stderr

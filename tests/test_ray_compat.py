@@ -127,7 +127,7 @@ def test_asha_rungs_are_the_epochs_rays_brackets_compare_at(grace, rf, max_t, br
     epoch >= a milestone, so a fractional one counts at its ceiling."""
     import math
     from ray.tune.schedulers import AsyncHyperBandScheduler
-    from raydigits.search.spec import asha_rungs, parse_spec
+    from raydigits.spec import asha_rungs, parse_spec
     sched = AsyncHyperBandScheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=max_t,
                                     grace_period=grace, reduction_factor=rf, brackets=brackets)
     rays = {math.ceil(m - 1e-9) for b in sched._brackets for m, _ in b._rungs} - set(range(max_t, 10 * max_t))

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from raydigits.errors import UserError
-from raydigits.search.spec import load_spec, parse_spec, trial_values
+from raydigits.spec import load_spec, parse_spec, trial_values
 from raydigits.search.tune_space import OptunaSpace, param_space
 
 from helpers import REPO
@@ -211,7 +211,7 @@ def test_load_spec_names_the_file_and_lists_the_shipped_spaces(tmp_path):
 
 
 def test_trial_config_runs_the_spec_epochs_and_sets_each_target():
-    from raydigits.search.spec import trial_train_config
+    from raydigits.spec import trial_train_config
     spec = load_spec("sgd_vs_adamw")
     config = {"optimizer": "sgd", "lr_sgd": 0.1, "lr_adamw": None}
     cfg = trial_train_config(spec, config, "data/mnist", "trial t")
@@ -331,7 +331,7 @@ def test_rejected_values_name_the_key_that_holds_them():
 
 
 def test_a_condition_matches_whole_values_only():
-    from raydigits.search.spec import Param
+    from raydigits.spec import Param
     adamw = Param(values=[[0.9, 0.99]], when={"optimizer": "adamw"})
     assert adamw.condition_holds({"optimizer": "adamw"})
     assert not adamw.condition_holds({"optimizer": "adam"})  # not a substring match
@@ -356,7 +356,7 @@ def test_readme_example_is_a_valid_space():
 
 
 def test_a_first_rung_of_a_few_steps_is_warned_about():
-    from raydigits.search.spec import early_rung_warning
+    from raydigits.spec import early_rung_warning
     smoke = load_spec("smoke")  # 1,500 images, batch 32: 46 steps before ASHA's first decision
     w = early_rung_warning(smoke, 50_000)
     assert w and "46 optimiser steps on 1,500 training images" in w
@@ -371,7 +371,7 @@ def test_a_first_rung_of_a_few_steps_is_warned_about():
 def test_the_first_rung_warning_counts_steps_as_the_trainer_takes_them():
     """Steps an epoch = images // the largest batch (one step when the split is smaller than a batch,
     as the trainer does), with the batch size from a constant, a range's max or TrainConfig's default."""
-    from raydigits.search.spec import MIN_RUNG_STEPS, early_rung_warning
+    from raydigits.spec import MIN_RUNG_STEPS, early_rung_warning
 
     def warning(fixed, batch=None, train_size=50_000):
         d = {"name": "w", "scheduler": {"max_t": 2, "grace_period": 1}, "fixed": fixed}
@@ -440,7 +440,7 @@ def test_pbt_perturbs_what_the_space_searches_within_its_ranges():
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers.pb2 import PB2
     from ray.tune.search.sample import Float
-    from raydigits.search.spec import mutated
+    from raydigits.spec import mutated
     from raydigits.search.tune_space import ClipToRange, build_tune_scheduler
     spec = parse_spec(_pbt())
     assert mutated(spec) == ["lr", "label_smoothing"]  # not structural, conditional or constant ones
@@ -487,7 +487,7 @@ def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
     """PBT perturbs lists as well as distributions (only PB2 needs a range); the messages list the
     searched parameters and the perturbable keys."""
     from raydigits.config import MUTABLE_KNOBS
-    from raydigits.search.spec import mutated
+    from raydigits.spec import mutated
     assert mutated(parse_spec(_pbt(mutate=["label_smoothing", "lr"]))) == ["label_smoothing", "lr"]
     assert mutated(parse_spec(_pbt(type="pb2"))) == ["lr"]  # a list has no range for PB2
     hint = f"no searched parameter can be perturbed; search one of {', '.join(MUTABLE_KNOBS)} without `when`"
@@ -512,7 +512,7 @@ def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
 
 
 def test_shipped_pbt_space_is_valid():
-    from raydigits.search.spec import mutated
+    from raydigits.spec import mutated
     spec = load_spec("pbt")
     assert spec.scheduler.type == "pbt" and mutated(spec) == ["lr", "weight_decay", "label_smoothing"]
 
@@ -663,7 +663,7 @@ def test_semantic_mistakes_stop_launch_before_ray(tmp_path):
 def test_every_shipped_space_round_trips_through_to_dict_with_its_checks(name):
     """to_dict → parse_spec (with the semantic checks) gives the same spec: what `extend` and the
     saved copy beside an experiment rely on."""
-    from raydigits.search.spec import load_spec
+    from raydigits.spec import load_spec
     spec = load_spec(name)
     again = parse_spec(spec.to_dict(), name)
     assert again == spec

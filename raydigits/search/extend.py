@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..storage import Location
 from .outcomes import NEVER_CHOSEN, UNFINISHED
 from .runner import read_spec, run_search
-from .spec import POPULATION, SearchSpec, parse_spec
+from ..spec import POPULATION, SearchSpec, parse_spec
 from .tune_space import build_search_alg
 
 PREFIX = "extend_"

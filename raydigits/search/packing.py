@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from .spec import SearchSpec
+from ..spec import SearchSpec
 
 MEMORY_KEYS = ("model", "img_size", "batch_size", "eval_batch_size")  # what sets a trial's peak memory
 PROBE_STEPS = 6  # train steps: WARMUP_STEPS eager, then capture and replays

@@ -101,7 +101,7 @@ class EtaReporter(tune.Callback):
 def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     """The reporter for a search: its trial count (a grid multiplies num_samples by the grid's
     size), scheduler, concurrency limit, per-trial resources and time budget."""
-    from .spec import asha_rungs
+    from ..spec import asha_rungs
     total = spec.num_samples
     if spec.method == "grid":
         for p in spec.parameters.values():

@@ -17,7 +17,7 @@ from ..data.store import Dataset
 from ..errors import UserError
 from ..storage import Location, as_location
 from . import ray_compat
-from .spec import POPULATION, SearchSpec, parse_spec, trial_threads
+from ..spec import POPULATION, SearchSpec, parse_spec, trial_threads
 from .tune_space import build_search_alg, build_tune_scheduler, param_space
 
 SPEC_FILE = "raydigits_search.yaml"

@@ -13,7 +13,7 @@ from ray import tune
 from ..data.store import Dataset
 from ..trainer import Trainer
 from . import ray_compat
-from .spec import SearchSpec, trial_train_config
+from ..spec import SearchSpec, trial_train_config
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FAULT_ENV = "RAYDIGITS_INJECT_FAULT"

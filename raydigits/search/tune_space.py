@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 
-from .spec import CONTINUOUS, INDEX_SUFFIX, POPULATION, SEED_HEX_DIGITS, Param, SearchSpec, mutated
+from ..spec import INDEX_SUFFIX, POPULATION, SEED_HEX_DIGITS, Param, SearchSpec, mutated
 
 
 def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
@@ -38,21 +38,13 @@ def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
 
 
 def _domain(p: Param):
+    """The parameter as a Tune domain (its kind's entry names the `ray.tune` function), or its constant."""
     from ray import tune
     if p.values is not None:
         return tune.choice(p.values)
-    if "value" in p.model_fields_set:
+    if p.is_constant:
         return p.value
-    d = p.distribution
-    if d == "uniform":
-        return tune.uniform(p.min, p.max)
-    if d == "log_uniform_values":
-        return tune.loguniform(p.min, p.max)
-    if d == "int_uniform":
-        return tune.randint(int(p.min), int(p.max) + 1)  # W&B's int_uniform includes max
-    if d == "q_uniform":
-        return tune.quniform(p.min, p.max, p.q or 1.0)
-    return tune.randn(p.mu, p.sigma)
+    return getattr(tune, p.kind.tune)(*p.kind.tune_args(p))
 
 
 def param_space(spec: SearchSpec, pinned: tuple[dict, ...] = ()) -> dict:
@@ -87,19 +79,15 @@ class OptunaSpace:
         for name, p in self.params:
             if not p.condition_holds({**self.fixed, **chosen, **constants}):
                 continue
-            if "value" in p.model_fields_set:
+            if p.is_constant:
                 constants[name] = p.value
             elif p.values is not None and all(isinstance(v, (str, int, float, bool)) for v in p.values):
                 chosen[name] = trial.suggest_categorical(name, p.values)
             elif p.values is not None:  # lists etc.: Optuna picks an index
                 idx = trial.suggest_categorical(f"{name}{INDEX_SUFFIX}", list(range(len(p.values))))
                 constants[name] = p.values[idx]
-            elif p.distribution == "int_uniform":
-                chosen[name] = trial.suggest_int(name, int(p.min), int(p.max))
-            elif p.distribution == "q_uniform":
-                chosen[name] = trial.suggest_float(name, p.min, p.max, step=p.q or 1.0)
             else:
-                chosen[name] = trial.suggest_float(name, p.min, p.max, log=p.distribution == "log_uniform_values")
+                chosen[name] = getattr(trial, p.kind.suggest)(name, **p.kind.suggest_kwargs(p))
         return constants
 
 
@@ -168,7 +156,7 @@ def _population_scheduler(spec: SearchSpec):
     from ray.tune.schedulers.pb2 import PB2
     s, names = spec.scheduler, mutated(spec)
     bounds = {n: (spec.parameters[n].min, spec.parameters[n].max) for n in names
-              if spec.parameters[n].distribution in CONTINUOUS}
+              if spec.parameters[n].kind is not None and spec.parameters[n].kind.bounded}
     common = dict(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
                   perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
                   synch=s.synch)
