@@ -1,5 +1,5 @@
 """Which epoch of a trial to ship: the best on validation, or the latest kept one within one standard
-error of it (the final stage's `select_epoch: within_se`)? Both of `experiment.choose_best`'s rules
+error of it (the final stage's `select_epoch: within_se`)? Both of `experiment.selection.choose_best`'s rules
 are applied to every usable trial of finished experiments, and each chosen checkpoint (as saved,
 precise-BN statistics included) is evaluated on the test split. Not a test: a measurement for
 BENCHMARKS.md. VAL_N, the validation's size, is given for results older than the trainer's `val_n`.
@@ -14,9 +14,10 @@ import torch
 from raydigits.config import TrainConfig, default_data_dir
 from raydigits.data import load_dataset
 from raydigits.errors import UserError
-from raydigits.experiment import choose_best, load_trials
+from dataclasses import replace
+
+from raydigits.experiment import Experiment, choose_best
 from raydigits.pipeline import SplitBatches
-from raydigits.search.runner import read_spec
 from raydigits.trainer import Trainer, load_checkpoint
 
 
@@ -35,14 +36,14 @@ def main(args: list[str]) -> None:
 
     for arg in args:
         exp, n = arg.rsplit(":", 1)
-        spec = read_spec(exp)
+        experiment = Experiment.open(exp)
+        spec = experiment.spec
         rules = {rule: spec.model_copy(update={"select_epoch": rule}) for rule in ("best", "within_se")}
-        trials = load_trials(exp, spec)
-        trials["results"] = [[{"val_n": int(n), **r} for r in rs] for rs in trials["results"]]
+        trials = [replace(t, results=tuple({"val_n": int(n), **r} for r in t.results)) for t in experiment.trials]
         changed = []
-        for i in range(len(trials)):
+        for trial in trials:
             try:
-                best, pick = (choose_best(trials.iloc[[i]], rules[rule]) for rule in rules)
+                best, pick = (choose_best([trial], rules[rule]) for rule in rules)
             except UserError:  # errored, diverged, out of memory or no checkpoint: never chosen
                 continue
             acc = {c.epoch: test_acc(c) for c in (best, pick)}

@@ -1,4 +1,4 @@
-"""The final stage, conducted: read the experiment (experiment.py: trials, outcomes, the best
+"""The final stage, conducted: read the experiment (experiment/: trials, outcomes, the best
 (trial, epoch) on validation), evaluate that checkpoint on the test split as a Ray task
 (inference.py), and write final/: pre.csv, metrics.json, trials.csv (evaluation.py), plots
 (report.py), report.html (report_html.py), best_model.pt and the `torch.export` program
@@ -6,6 +6,7 @@ best_model.pt2. Also `export --images`: predict a folder of images with best_mod
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,12 @@ from .data import load_dataset
 from .data.store import read_manifest
 from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
-from .experiment import INTERNAL, choose_best, load_trials, statistical_ties, ties_line
+from .experiment import Experiment, ties_line
 from .inference import predict_state, save_models
 from .search import eta
-from .search.runner import read_run
 from .spec import SearchSpec, trial_values
-from .storage import Location, as_location, staged
+from .storage import Location, staged
 
-FINAL_DIR = "final"
 TASK_CPUS = 1  # the evaluation task's CPUs (and one GPU when the cluster has one)
 
 
@@ -34,22 +33,21 @@ def predict_on_cluster(state: dict, images: np.ndarray) -> np.ndarray:
     return ray.get(task.remote(state, images, "cuda" if gpus else "cpu"))
 
 
-def run_final(exp_dir: Location | str, spec: SearchSpec) -> dict:
-    """Everything in <exp_dir>/final/ (written locally, then published there when the experiment
+def run_final(exp: Experiment) -> dict:
+    """Everything in <experiment>/final/ (written locally, then published there when the experiment
     lives in remote storage). Returns metrics.json's content."""
-    exp_dir = as_location(exp_dir)
-    with staged(exp_dir / FINAL_DIR) as out:
-        metrics = _final(exp_dir, spec, out)
-    print_summary(exp_dir / FINAL_DIR, metrics, spec)
+    with staged(exp.final) as out:
+        metrics = _final(exp, out)
+    print_summary(exp.final, metrics, exp.spec)
     return metrics
 
 
-def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
+def _final(exp: Experiment, out: Path) -> dict:
     from .report import write_plots
     from .report_html import write_report
     from .trainer import load_checkpoint
-    trials = load_trials(exp_dir, spec)
-    choice = choose_best(trials, spec)
+    spec, trials = exp.spec, exp.trials
+    choice = exp.best()
     state = load_checkpoint(choice.checkpoint)
     data_dir = Path(state["config"]["data_dir"])
     manifest = read_manifest(data_dir)
@@ -61,35 +59,34 @@ def _final(exp_dir: Location, spec: SearchSpec, out: Path) -> dict:
     pre = predictions_frame(data.ids[split], probs, names)
     write_csv(out / "pre.csv", pre)
     metrics = split_metrics(data.labels[split], y_pred, names, split)
-    run = read_run(exp_dir)
-    last = max((r.get("timestamp", 0) for rs in trials["results"] for r in rs), default=0)
-    counts = trials["outcome"].value_counts().to_dict()
-    ties = statistical_ties(trials, spec, choice.trial_id)
+    run = exp.run_record
+    last = max((r.get("timestamp", 0) for t in trials for r in t.results), default=0)
+    counts = Counter(t.outcome for t in trials)
+    ties = exp.ties(choice.trial_id)
     effective = {spec.target(n) for n in spec.parameters}
     metrics.update({
         "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch, "epoch_note": choice.note,
         f"best_{spec.metric}": choice.value, "best_config": state["config"],
         "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
         "checkpoint": str(choice.checkpoint),
-        "n_trials": int(len(trials)), "n_asha_stopped": int(counts.get("asha_stopped", 0)),
-        "n_early_stopped": int(counts.get("early_stopped", 0)), "n_failed": int(counts.get("error", 0)),
-        "n_diverged": int(counts.get("diverged", 0)), "n_completed": int(counts.get("completed", 0)),
-        "n_oom": int(counts.get("oom", 0)),
-        "n_time_budget": int(counts.get("time_budget", 0) + counts.get("not_started", 0)),
-        "search_wall_time_s": float(run.get("finished", last) - run["started"]) if run.get("started") else None,
-        "eta": eta.summary(exp_dir, run.get("started"), run.get("finished")),  # the first estimate vs the actual
+        "n_trials": len(trials), "n_asha_stopped": counts["asha_stopped"],
+        "n_early_stopped": counts["early_stopped"], "n_failed": counts["error"],
+        "n_diverged": counts["diverged"], "n_completed": counts["completed"], "n_oom": counts["oom"],
+        "n_time_budget": counts["time_budget"] + counts["not_started"],
+        "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
+        "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
         "ties": ties_line(ties, spec.metric) if ties else None,
         "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_csv(out / "trials.csv", trials.drop(columns=INTERNAL))
+    write_csv(out / "trials.csv", exp.frame())
     save_models(out, state, manifest["image_shape"])
     write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
                 metrics["confusion_matrix"])
     try:
-        write_report(exp_dir, spec, out)
+        write_report(exp, out)
     except ModuleNotFoundError as exc:  # a machine without plotly still gets every result above
-        print(f"raydigits: final/report.html skipped ({exc}); `python launch.py report {exp_dir}` builds it "
+        print(f"raydigits: final/report.html skipped ({exc}); `python launch.py report {exp.location}` builds it "
               "where plotly is installed", flush=True)
     return metrics
 
@@ -113,16 +110,16 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print(f"files: {out}/ (report.html, pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
-def export_images(exp_dir: Location | str, images_dir: Path, out_file: Path | None, skip_corrupt: bool,
+def export_images(exp: Experiment, images_dir: Path, out_file: Path | None, skip_corrupt: bool,
                   force: bool = False) -> Path:
     """pre.csv for every image under `images_dir`, from final/best_model.pt (on this machine's CPU).
     Never writes over one of its input images; over an existing file only with `force`."""
     from .data.sources import list_images, read_images
     from .trainer import load_checkpoint
-    exp_dir, images_dir = as_location(exp_dir), Path(images_dir)
-    model_file = exp_dir / FINAL_DIR / "best_model.pt"
+    images_dir = Path(images_dir)
+    model_file = exp.final / "best_model.pt"
     if not model_file.exists():
-        raise UserError(f"{model_file}: missing; run `python launch.py export {exp_dir}` first")
+        raise UserError(f"{model_file}: missing; run `python launch.py export {exp.location}` first")
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir}: no such folder")
     files = list_images(images_dir)

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .search.outcomes import NEVER_CHOSEN
+from .experiment import Trial
+from .experiment.records import NEVER_CHOSEN
 from .spec import SearchSpec, asha_rungs
 
 IMPORTANCE_SEEDS = (0, 1, 2, 3, 4)   # fANOVA's random forest, refitted with each: the spread shown
@@ -130,8 +131,8 @@ def _value_at(results: list[dict], epoch: int, metric: str) -> float | None:
     return None
 
 
-def rung_decisions(trials: pd.DataFrame, spec: SearchSpec) -> list[Rung]:
-    """ASHA's decisions at each rung milestone (`experiment.asha_rungs`: grace_period *
+def rung_decisions(trials: tuple[Trial, ...] | list[Trial], spec: SearchSpec) -> list[Rung]:
+    """ASHA's decisions at each rung milestone (`spec.asha_rungs`: grace_period *
     reduction_factor**k below max_t). A trial counts as stopped at a rung when its recorded outcome
     is `asha_stopped` and it ran exactly that many epochs (what the outcome recorder wrote when Tune
     ended it); as continued when it ran more epochs. `bar` is the weakest value at the milestone among
@@ -144,18 +145,17 @@ def rung_decisions(trials: pd.DataFrame, spec: SearchSpec) -> list[Rung]:
     out = []
     for m in sorted(asha_rungs(spec)):
         reached, stopped, continued, other = {}, {}, {}, {}
-        for _, t in trials.iterrows():
-            v = _value_at(t["results"], m, spec.metric)
+        for t in trials:
+            v = _value_at(list(t.results), m, spec.metric)
             if v is None:
                 continue
-            tid = t["trial_id"]
-            reached[tid] = v
-            if t["epochs"] > m:
-                continued[tid] = v
-            elif t["outcome"] == "asha_stopped":
-                stopped[tid] = v
+            reached[t.trial_id] = v
+            if t.epochs > m:
+                continued[t.trial_id] = v
+            elif t.outcome == "asha_stopped":
+                stopped[t.trial_id] = v
             else:
-                other[tid] = t["outcome"]
+                other[t.trial_id] = t.outcome
         out.append(Rung(m, reached, stopped, continued, other, 1 - 1 / spec.scheduler.reduction_factor,
                         worse(continued.values()) if continued else None,
                         better(stopped.values()) if stopped else None))

@@ -30,15 +30,15 @@ def _save(fig, path: Path) -> None:
 def learning_curves(path: Path, trials, choice, spec) -> None:
     fig, ax = _pyplot().subplots(figsize=(8, 5))
     styles = {"asha_stopped": ":", "early_stopped": "--", "error": "-.", "diverged": "-."}
-    for _, t in trials.iterrows():
-        rows = [r for r in t["results"] if r.get(spec.metric) is not None]
+    for t in trials:
+        rows = [r for r in t.results if r.get(spec.metric) is not None]
         if not rows:
             continue
-        best = t["trial_id"] == choice.trial_id
+        best = t.trial_id == choice.trial_id
         ax.plot([r["epoch"] for r in rows], [r[spec.metric] for r in rows], marker="o", ms=3,
-                lw=3 if best else 1, alpha=1 if best else 0.6, ls=styles.get(t["outcome"], "-"),
+                lw=3 if best else 1, alpha=1 if best else 0.6, ls=styles.get(t.outcome, "-"),
                 color="crimson" if best else None,
-                label=f"{t['trial_id']} ({t['outcome']})" + (" BEST" if best else ""))
+                label=f"{t.trial_id} ({t.outcome})" + (" BEST" if best else ""))
     ax.axvline(choice.epoch, color="crimson", lw=0.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel(spec.metric)

@@ -1,6 +1,6 @@
 """final/report.html: one self-contained page about a finished search (plotly's JavaScript and the
 images inlined: it opens with no network). Built from the experiment's stored results
-(experiment.py), the analyses in insight.py and the final stage's outputs (metrics.json,
+(experiment/), the analyses in insight.py and the final stage's outputs (metrics.json,
 misclassified.png); written by the final stage and rebuilt by `launch.py report EXP` (an
 experiment in remote storage is read and written through storage.Location)."""
 from __future__ import annotations
@@ -15,11 +15,11 @@ import numpy as np
 
 from .atomic import write_text
 from .errors import UserError
-from .experiment import load_trials
+from .experiment import Experiment, Trial
+from .experiment.records import OUTCOMES
 from .insight import IMPORTANCE_SEEDS, category, importance, rung_decisions, searched
-from .search.outcomes import OUTCOMES
 from .spec import SearchSpec
-from .storage import Location, as_location
+from .storage import Location
 
 REPORT_FILE = "report.html"
 NEEDED = ("metrics.json", "misclassified.png")   # final/ files the page is built from
@@ -35,36 +35,35 @@ vertical-align:top}th{background:#f4f4f4}.note{color:#555;font-size:.92em;max-wi
 .trust{font-weight:bold}code{background:#f4f4f4;padding:0 .2em}img{max-width:100%}"""
 
 
-def write_report(exp_dir: Location | str, spec: SearchSpec, final: Path) -> Path:
+def write_report(exp: Experiment, final: Path) -> Path:
     """The final stage's call: the page from the outputs it just wrote into the local folder `final`."""
     out = final / REPORT_FILE
-    write_text(out, render(exp_dir, spec, json.loads((final / "metrics.json").read_text()),
+    write_text(out, render(exp, json.loads((final / "metrics.json").read_text()),
                            (final / "misclassified.png").read_bytes()))
     return out
 
 
-def build_report(exp_dir: Location | str, spec: SearchSpec) -> Location:
+def build_report(exp: Experiment) -> Location:
     """`launch.py report`: the page rebuilt from what the experiment and its final stage stored."""
-    final = as_location(exp_dir) / "final"
+    final = exp.final
     missing = [name for name in NEEDED if not (final / name).exists()]
     if missing:
-        raise UserError(f"{final}: {', '.join(missing)} missing; run `python launch.py export {exp_dir}` first")
-    page = render(exp_dir, spec, json.loads((final / "metrics.json").read_text()),
-                  (final / "misclassified.png").read_bytes())
+        raise UserError(f"{final}: {', '.join(missing)} missing; run `python launch.py export {exp.location}` first")
+    page = render(exp, json.loads((final / "metrics.json").read_text()), (final / "misclassified.png").read_bytes())
     (final / REPORT_FILE).write_text(page)
     return final / REPORT_FILE
 
 
-def render(exp_dir: Location | str, spec: SearchSpec, metrics: dict, mistakes_png: bytes) -> str:
-    """The page: the experiment's trials (read through experiment.py) and the final stage's metrics."""
-    trials = load_trials(as_location(exp_dir), spec)
+def render(exp: Experiment, metrics: dict, mistakes_png: bytes) -> str:
+    """The page: the experiment's trials and the final stage's metrics."""
+    spec, trials, table = exp.spec, exp.trials, exp.frame()
     body = [
-        f"<h1>raydigits: {_e(spec.name)}</h1><p class=note>{_e(str(exp_dir))}</p>",
+        f"<h1>raydigits: {_e(spec.name)}</h1><p class=note>{_e(str(exp.location))}</p>",
         _best_section(metrics, spec),
-        _section("trials", "Every trial", _parcoords(trials, spec),
+        _section("trials", "Every trial", _parcoords(table, spec),
                  f"One line per trial: its searched parameters and its best {spec.metric} over the epochs it ran, "
                  "coloured by how it ended. Drag along an axis to filter."),
-        _importance_section(trials, spec),
+        _importance_section(table, spec),
         _asha_section(trials, spec),
         _section("curves", "Learning curves", _curves(trials, spec, metrics),
                  "Click a legend entry to hide a trial, double-click to show it alone."),
@@ -198,7 +197,7 @@ def _importance_section(trials, spec: SearchSpec) -> str:
                     f"(errored, diverged and out-of-memory trials left out).")
 
 
-def _asha_section(trials, spec: SearchSpec) -> str:
+def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
     title = "ASHA, rung by rung"
     if spec.scheduler.type != "asha":
         return _section("asha", title, f"<p>This search used the {_e(spec.scheduler.type)} scheduler: no trial "
@@ -231,21 +230,20 @@ def _asha_section(trials, spec: SearchSpec) -> str:
     return _section("asha", title, f"<p class=note>{rule}</p>" + table)
 
 
-def _curves(trials, spec: SearchSpec, m: dict) -> str:
+def _curves(trials: tuple[Trial, ...], spec: SearchSpec, m: dict) -> str:
     import plotly.graph_objects as go
     fig = go.Figure()
-    for _, t in trials.iterrows():
-        rows = [r for r in t["results"] if r.get(spec.metric) is not None]
+    for t in trials:
+        rows = [r for r in t.results if r.get(spec.metric) is not None]
         if not rows:
             continue
-        best = t["trial_id"] == m["best_trial"]
-        params = ", ".join(f"{n}={t[f'param.{n}']}" for n in searched(spec)
-                           if f"param.{n}" in t and t[f"param.{n}"] is not None and t[f"param.{n}"] == t[f"param.{n}"])
+        best = t.trial_id == m["best_trial"]
+        params = ", ".join(f"{n}={t.config[n]}" for n in searched(spec) if t.config.get(n) is not None)
         fig.add_trace(go.Scatter(
             x=[r["epoch"] for r in rows], y=[r[spec.metric] for r in rows], mode="lines+markers",
-            name=f"{t['trial_id']} ({t['outcome']})" + (" BEST" if best else ""), hovertext=params,
-            line=dict(width=4 if best else 1.5, dash=DASH.get(t["outcome"], "dashdot"),
-                      color=OUTCOME_COLOURS.get(t["outcome"]) if not best else "crimson")))
+            name=f"{t.trial_id} ({t.outcome})" + (" BEST" if best else ""), hovertext=params,
+            line=dict(width=4 if best else 1.5, dash=DASH.get(t.outcome, "dashdot"),
+                      color=OUTCOME_COLOURS.get(t.outcome) if not best else "crimson")))
     fig.update_layout(height=480, xaxis_title="epoch", yaxis_title=spec.metric, hovermode="closest")
     return _fig_html(fig, "curves")
 

@@ -26,7 +26,8 @@ import yaml
 from .atomic import write_text
 from .config import load_config, parse_overrides
 from .errors import UserError
-from .storage import Location, as_location
+from .experiment import Experiment, Trial
+from .spec import POPULATION, trial_train_config
 
 GPU_VAL_ACC_TOLERANCE = 0.01  # absolute, per epoch, when the trial or the retraining ran on a GPU
 OUT_FOLDER = "reproduce"      # <experiment>/reproduce/<trial id>/ by default
@@ -94,46 +95,41 @@ def recorded_device(spec, epochs: list[dict]) -> str:
     return "cuda" if on_gpu else "cpu"
 
 
-def pick_trial(trials, spec, trial: str | None):
-    """The row of `trials` named by `trial` (its id or its name), or the best trial's."""
-    from .experiment import choose_best
+def pick_trial(exp: Experiment, trial: str | None) -> Trial:
+    """The trial named by `trial` (its id or its name), or the best trial."""
     if trial is None:
-        trial = choose_best(trials, spec).trial_id
-    rows = trials[(trials["trial_id"] == trial) | trials["path"].map(lambda p: as_location(p).name == trial)]
-    if rows.empty:
-        raise UserError(f"--trial {trial}: no such trial (trials: {', '.join(trials['trial_id'])})")
-    return rows.iloc[0]
+        trial = exp.best().trial_id
+    found = [t for t in exp.trials if t.trial_id == trial or t.path.name == trial]
+    if not found:
+        raise UserError(f"--trial {trial}: no such trial (trials: {', '.join(t.trial_id for t in exp.trials)})")
+    return found[0]
 
 
-def reproduce(exp_dir: Location | str, trial: str | None = None, out_dir: Path | None = None,
+def reproduce(exp: Experiment, trial: str | None = None, out_dir: Path | None = None,
               overrides: list[str] | None = None, quiet: bool = False) -> Reproduction:
     from . import train
-    from .experiment import load_trials
-    from .search.runner import data_dir_of, read_spec
-    from .spec import trial_train_config
-    exp_dir = as_location(exp_dir)
-    spec = read_spec(exp_dir)
-    if spec.scheduler.type in ("pbt", "pb2"):
-        raise UserError(f"{exp_dir}: a {spec.scheduler.type} trial continues from other trials' weights "
+    from .search.runner import data_dir_of
+    spec = exp.spec
+    if spec.scheduler.type in POPULATION:
+        raise UserError(f"{exp.location}: a {spec.scheduler.type} trial continues from other trials' weights "
                         "mid-run; it cannot be retrained alone from its config")
-    row = pick_trial(load_trials(exp_dir, spec), spec, trial)
-    epochs = recorded_epochs(row["results"])
+    t = pick_trial(exp, trial)
+    epochs = recorded_epochs(list(t.results))
     if not epochs:
-        raise UserError(f"trial {row['trial_id']}: it reported no epoch ({row['outcome']}); nothing to reproduce")
+        raise UserError(f"trial {t.trial_id}: it reported no epoch ({t.outcome}); nothing to reproduce")
     config = epochs[-1].get("config")  # as Tune gave it to the trial (JSON: no table's type coercion)
     if config is None:
-        config = {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")}
-        config = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in config.items()}
-    run_spec = read_spec(as_location(row["path"]).parent)  # its run's (an extension may train longer: extend.py)
-    cfg = trial_train_config(run_spec, config, str(data_dir_of(run_spec)), where=f"trial {row['trial_id']}")
+        config = dict(t.config)
+    run_spec = next(r.spec for r in exp.runs if r.name == t.run)  # its run's (an extension may train longer)
+    cfg = trial_train_config(run_spec, config, str(data_dir_of(run_spec)), where=f"trial {t.trial_id}")
     was = recorded_device(spec, epochs)
     extra = parse_overrides(overrides)
     if "device" not in extra and was == "cpu":
         extra["device"] = "cpu"  # the trial saw no GPU; neither does its retraining
     values = {**cfg.model_dump(mode="json"), **extra}
     if out_dir is None:  # beside the experiment; for one in remote storage, under ./reproduce/<name>/
-        local = exp_dir.local
-        out_dir = (local / OUT_FOLDER if local is not None else Path(OUT_FOLDER) / exp_dir.name) / str(row["trial_id"])
+        local = exp.location.local
+        out_dir = (local / OUT_FOLDER if local is not None else Path(OUT_FOLDER) / exp.name) / t.trial_id
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_file = out_dir / "config.yaml"
@@ -145,7 +141,7 @@ def reproduce(exp_dir: Location | str, trial: str | None = None, out_dir: Path |
     command = shlex.join(["python", "-m", "raydigits.train", "--config", str(config_file), *stop,
                           "--out", str(out_dir), "--force"])
     if not quiet:
-        print(f"reproducing trial {row['trial_id']} ({stop_after} epochs, recorded on {was}):\n  {command}",
+        print(f"reproducing trial {t.trial_id} ({stop_after} epochs, recorded on {was}):\n  {command}",
               flush=True)
     trainer = train.run(cfg, out_dir, quiet=quiet, stop_after=stop_after)
     now = str(trainer.device)
@@ -154,7 +150,7 @@ def reproduce(exp_dir: Location | str, trial: str | None = None, out_dir: Path |
              mine.get(int(r["epoch"]), {}).get("val_acc"), "recorded_val_loss": r["val_loss"],
              "reproduced_val_loss": mine.get(int(r["epoch"]), {}).get("val_loss")} for r in epochs]
     cpu_both = was == "cpu" and now == "cpu"
-    result = Reproduction(str(row["trial_id"]), was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command,
+    result = Reproduction(t.trial_id, was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command,
                           str(out_dir), rows)
     write_text(out_dir / RESULT_FILE, json.dumps({**asdict(result), "reproduced": result.reproduced,
                                                   "max_val_acc_diff": result.max_acc_diff,

@@ -3,7 +3,6 @@ config, the CLI in a subprocess, a trial's reported results, a stale `ray start`
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -30,9 +29,9 @@ def launch(args: list[str], env: dict | None = None) -> subprocess.Popen:
 
 
 def results(trial_dir: Path) -> list[dict]:
-    """A trial's reported results (Tune's result.json), [] before its first report."""
-    f = trial_dir / "result.json"
-    return [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.exists() else []
+    """Every line of a trial's result.json as Tune wrote it, [] before its first report."""
+    from raydigits.experiment import read_results
+    return read_results(trial_dir, keep_reruns=True)
 
 
 @contextlib.contextmanager

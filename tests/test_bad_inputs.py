@@ -119,7 +119,7 @@ def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
 def fake_experiment(tmp_path, small_mnist):
     """An experiment folder with a real best_model.pt (from an untrained trainer) and its spec."""
     from raydigits.inference import save_models
-    from raydigits.search.runner import SPEC_FILE
+    from raydigits.experiment.layout import SPEC_FILE
     from raydigits.trainer import Trainer
     from helpers import tiny_cfg
     exp = tmp_path / "exp"

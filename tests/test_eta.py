@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from raydigits.search import eta
+from raydigits.experiment.records import ETA_FILE, MAX_ESTIMATES, Estimate, read_estimates, write_estimates
 from raydigits.spec import asha_rungs, parse_spec
 
 ASHA = eta.Schedule(max_t=4, rungs=(1, 2), reduction_factor=2)   # grace 1, rf 2, max_t 4
@@ -61,14 +62,14 @@ def test_line_and_the_first_estimate_against_the_actual_time(tmp_path):
     assert eta.line(125, 3, 6, 900) == "ETA: ~2m 05s (3/6 trials done, budget ends in 15m 00s)"
     assert eta.line(3725, 0, 6, None) == "ETA: ~1h 02m (0/6 trials done)"
     assert eta.summary(tmp_path, 100.0, 200.0) is None
-    eta.write_estimates(tmp_path, [{"at": 110.0, "remaining_s": 80.0, "done": 0, "total": 6},
-                                   {"at": 150.0, "remaining_s": 45.0, "done": 3, "total": 6}])
+    write_estimates(tmp_path, [Estimate(110.0, 80.0, 0, 6), Estimate(150.0, 45.0, 3, 6)])
     s = eta.summary(tmp_path, 100.0, 200.0)
     assert s == {"first_estimate_after_s": 10.0, "first_estimate_total_s": 90.0, "actual_s": 100.0, "n_estimates": 2}
     assert eta.summary_line(s) == "ETA: the first estimate (after 0m 10s) said 1m 30s in all; the search took 1m 40s (-10%)"
-    eta.write_estimates(tmp_path, [{"at": float(i), "remaining_s": 1.0} for i in range(eta.MAX_KEPT + 50)])
-    kept = json.loads((tmp_path / eta.ETA_FILE).read_text())["estimates"]
-    assert len(kept) == eta.MAX_KEPT and kept[0]["at"] == 0.0 and kept[-1]["at"] == eta.MAX_KEPT + 49
+    write_estimates(tmp_path, [Estimate(float(i), 1.0) for i in range(MAX_ESTIMATES + 50)])
+    kept = json.loads((tmp_path / ETA_FILE).read_text())["estimates"]
+    assert len(kept) == MAX_ESTIMATES and kept[0]["at"] == 0.0 and kept[-1]["at"] == MAX_ESTIMATES + 49
+    assert read_estimates(tmp_path)[-1] == Estimate(MAX_ESTIMATES + 49.0, 1.0)
 
 
 @pytest.mark.parametrize("n, rf", [(1, 3), (2, 3), (3, 3), (8, 3), (6, 2), (30, 3)])

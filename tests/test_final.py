@@ -4,18 +4,18 @@ that the saved predictor and the exported program agree with the trainer on real
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
 from raydigits.errors import UserError
 from raydigits.evaluation import predictions_frame, split_metrics
-from raydigits.experiment import (asha_rungs, choose_best, derive_outcome, read_results, statistical_ties,
-                                  ties_line)
-from raydigits.search.outcomes import ended_outcome
-from raydigits.spec import parse_spec
+from raydigits.experiment import Trial, choose_best, read_results, statistical_ties, ties_line
+from raydigits.experiment.records import derive_outcome, ended_outcome
+from raydigits.spec import asha_rungs, parse_spec
+from raydigits.storage import as_location
 
 from helpers import tiny_cfg
 
@@ -62,8 +62,14 @@ def _trials(tmp_path, rows):
             ck.mkdir(parents=True)
             (ck / "checkpoint.pt").write_bytes(b"x")
             results.append({"epoch": epoch, "val_acc": v, "checkpoint_dir_name": ck.name, "config": {"id": trial_id}})
-        out.append({"trial_id": trial_id, "outcome": outcome, "path": str(tmp_path / trial_id), "results": results})
-    return pd.DataFrame(out)
+        out.append(Trial("search", trial_id, "TERMINATED", outcome, len(vals), {"id": trial_id}, tuple(results),
+                         as_location(tmp_path / trial_id)))
+    return out
+
+
+def _with(trials, **extra):
+    """The same trials, every report carrying `extra` (e.g. val_n)."""
+    return [replace(t, results=tuple({**r, **extra} for r in t.results)) for t in trials]
 
 
 def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_path):
@@ -77,10 +83,10 @@ def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_
     assert (choose_best(trials, SPEC).trial_id, choose_best(trials, SPEC).epoch) == ("a", 3)
     loss = parse_spec({"name": "t", "metric": "val_loss"})
     low = _trials(tmp_path / "l", [("x", "completed", [0.3, 0.1]), ("y", "completed", [0.2])])
-    low = low.assign(results=[[{**r, "val_loss": r["val_acc"]} for r in rs] for rs in low["results"]])
+    low = [replace(t, results=tuple({**r, "val_loss": r["val_acc"]} for r in t.results)) for t in low]
     assert (choose_best(low, loss).trial_id, choose_best(low, loss).epoch) == ("x", 2)  # min for a loss
     with pytest.raises(UserError, match="^no usable trial"):
-        choose_best(trials[trials["outcome"].isin(["diverged", "oom", "error"])], SPEC)
+        choose_best([t for t in trials if t.outcome in ("diverged", "oom", "error")], SPEC)
     # a tie across trials goes to the earlier epoch, whichever trial it is
     tie = _trials(tmp_path / "tie", [("a", "completed", [0.95, 0.9, 0.9]), ("b", "completed", [0.5, 0.6, 0.95])])
     assert (choose_best(tie, SPEC).trial_id, choose_best(tie, SPEC).epoch) == ("a", 1)
@@ -91,14 +97,14 @@ def test_choose_best_takes_the_latest_epoch_within_one_standard_error_of_the_tri
     kept one wins (SE of 0.99 on 10,000 images is 0.000995). Trials are still ranked by their best."""
     vals = {"a": [0.5, 0.9900, 0.9892, 0.9891, 0.9880], "b": [0.9899, 0.9899]}
     trials = _trials(tmp_path, [(k, "completed", v) for k, v in vals.items()])
-    trials = trials.assign(results=[[{**r, "val_n": 10_000} for r in rs] for rs in trials["results"]])
+    trials = _with(trials, val_n=10_000)
     c = choose_best(trials, SPEC)  # epoch 4 (0.9891) is within 0.000995 of 0.99; epoch 5 is not
     assert (c.trial_id, c.epoch, c.value, c.checkpoint.parent.name) == ("a", 4, 0.9891, "checkpoint_000004")
     assert c.note == ("val_acc 0.9891, the latest epoch within one standard error (0.0010 on 10,000 "
                       "images) of the trial's best, 0.9900 at epoch 2")
     (tmp_path / "a" / "checkpoint_000004" / "checkpoint.pt").unlink()  # not kept: the next latest
     assert choose_best(trials, SPEC).epoch == 3
-    small = trials.assign(results=[[{**r, "val_n": 100_000_000} for r in rs] for rs in trials["results"]])
+    small = _with(trials, val_n=100_000_000)
     assert (choose_best(small, SPEC).epoch, choose_best(small, SPEC).note) == (2, "")  # an exact validation
     best = parse_spec({"name": "t", "select_epoch": "best"})
     assert (choose_best(trials, best).trial_id, choose_best(trials, best).epoch) == ("a", 2)
@@ -112,14 +118,14 @@ def test_statistical_ties_are_the_usable_trials_within_two_standard_errors_of_th
     vals = {"a": [0.5, 0.9900, 0.985], "b": [0.9882, 0.97], "c": [0.9890], "d": [0.9880], "x": [0.995], "y": [0.9899]}
     outcome = {"x": "diverged", "y": "error"}
     trials = _trials(tmp_path, [(k, outcome.get(k, "completed"), v) for k, v in vals.items()])
-    trials = trials.assign(results=[[{**r, "val_n": 10_000} for r in rs] for rs in trials["results"]])
+    trials = _with(trials, val_n=10_000)
     t = statistical_ties(trials, SPEC, choose_best(trials, SPEC).trial_id)
     assert (t.best, t.val_n, t.trials) == (0.99, 10_000, [("c", 0.989), ("b", 0.9882)])
     assert t.margin == pytest.approx(2 * (0.99 * 0.01 / 10_000) ** 0.5)
     assert ties_line(t, "val_acc") == ("2 other trials are within 2 standard errors (0.0020 on 10,000 validation "
                                        "images) of its best val_acc 0.9900: c 0.9890, b 0.9882; the validation "
                                        "cannot rank these apart, so any of them is as good a pick")
-    big = trials.assign(results=[[{**r, "val_n": 1_000_000} for r in rs] for rs in trials["results"]])
+    big = _with(trials, val_n=1_000_000)
     alone = statistical_ties(big, SPEC, "a")
     assert alone.trials == [] and ties_line(alone, "val_acc").startswith("no other trial is within 2 standard errors")
     assert statistical_ties(_trials(tmp_path / "old", [("a", "completed", [0.9])]), SPEC, "a") is None  # no val_n
@@ -130,7 +136,7 @@ def test_choose_best_skips_an_epoch_whose_checkpoint_folder_a_later_epoch_wrote_
     """PBT: a trial restarted from another trial's checkpoint_000001 writes its next epoch into its
     own checkpoint_000001 again (Tune numbers on from the donor's index)."""
     trials = _trials(tmp_path, [("a", "completed", [0.5, 0.9, 0.6]), ("b", "completed", [0.7, 0.8])])
-    reused = trials.loc[0, "results"]
+    reused = trials[0].results
     reused[2]["checkpoint_dir_name"] = reused[1]["checkpoint_dir_name"]  # epoch 3 overwrote epoch 2's folder
     c = choose_best(trials, SPEC)
     assert (c.trial_id, c.epoch) == ("b", 2)

@@ -2,10 +2,14 @@
 fANOVA importance with its trust level."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
-import pandas as pd
 import pytest
 
+from raydigits.experiment import Trial
+from raydigits.experiment.trials import frame
+from raydigits.storage import as_location
 from raydigits.insight import importance, rung_decisions, searched, trust_level
 from raydigits.spec import parse_spec
 
@@ -18,19 +22,19 @@ SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 4, "grace
                                   "nesterov": {"value": True, "when": {"optimizer": "sgd"}}}})
 
 
+def _trials(rows):
+    return [Trial("search", tid, "TERMINATED", outcome, len(vals), dict(params),
+                  tuple({"epoch": e, "val_acc": v} for e, v in enumerate(vals, 1)), as_location("/nowhere") / tid)
+            for tid, outcome, vals, params in rows]
+
+
 def _frame(rows):
-    out = []
-    for tid, outcome, vals, params in rows:
-        results = [{"epoch": e, "val_acc": v} for e, v in enumerate(vals, 1)]
-        out.append({"trial_id": tid, "outcome": outcome, "epochs": len(vals),
-                    "best_val_acc": max(vals) if vals else float("nan"), "results": results,
-                    **{f"param.{k}": v for k, v in params.items()}})
-    return pd.DataFrame(out)
+    return frame(_trials(rows), SPEC)
 
 
 def test_rung_table_comes_from_the_recorded_outcomes():
     p = {"optimizer": "adamw", "lr": 1e-3, "wd": 0.0, "momentum": None}
-    trials = _frame([("a", "completed", [0.5, 0.7, 0.8, 0.9], p), ("b", "asha_stopped", [0.4], p),
+    trials = _trials([("a", "completed", [0.5, 0.7, 0.8, 0.9], p), ("b", "asha_stopped", [0.4], p),
                      ("c", "asha_stopped", [0.6, 0.65], p), ("d", "early_stopped", [0.3], p),
                      ("e", "completed", [0.55, 0.6, 0.7, 0.8], p), ("f", "oom", [], p)])
     r1, r2 = rung_decisions(trials, SPEC)
@@ -42,7 +46,7 @@ def test_rung_table_comes_from_the_recorded_outcomes():
     assert r2.quantile == 0.5
     # a loss is minimised: the weakest that went on is the highest
     loss = parse_spec({**SPEC.to_dict(), "metric": "val_loss", "mode": None})
-    lt = trials.assign(results=[[{**r, "val_loss": 1 - r["val_acc"]} for r in rs] for rs in trials["results"]])
+    lt = [replace(t, results=tuple({**r, "val_loss": 1 - r["val_acc"]} for r in t.results)) for t in trials]
     assert rung_decisions(lt, loss)[0].bar == pytest.approx(0.5)
     assert rung_decisions(trials, parse_spec({"name": "t", "scheduler": {"type": "fifo", "max_t": 4}})) == []
 
@@ -90,7 +94,7 @@ def test_equal_scores_give_no_importance_instead_of_an_error():
 def test_the_rung_table_says_it_pools_brackets():
     from raydigits.report_html import _asha_section
     p = {"optimizer": "adamw", "lr": 1e-3, "wd": 0.0, "momentum": None}
-    trials = _frame([("a", "completed", [0.5, 0.7, 0.8, 0.9], p), ("b", "asha_stopped", [0.4], p)])
+    trials = _trials([("a", "completed", [0.5, 0.7, 0.8, 0.9], p), ("b", "asha_stopped", [0.4], p)])
     two = parse_spec({**SPEC.to_dict(), "scheduler": {**SPEC.to_dict()["scheduler"], "brackets": 2}})
     assert "pools them" in _asha_section(trials, two) and "2 brackets" in _asha_section(trials, two)
     assert "pools them" not in _asha_section(trials, SPEC)

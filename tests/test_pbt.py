@@ -66,19 +66,18 @@ def test_a_trial_continues_from_another_trials_weights_with_perturbed_values(pbt
 
 
 def test_pbt_trials_end_completed_and_the_best_checkpoint_is_its_epochs(pbt_run):
-    from raydigits.experiment import choose_best, load_trials
-    from raydigits.search.runner import read_spec
-    spec = read_spec(pbt_run["exp"])
-    trials = load_trials(pbt_run["exp"], spec)
-    assert list(trials["outcome"]) == ["completed", "completed"] and list(trials["epochs"]) == [4, 4]
-    for _, t in trials.iterrows():  # every checkpoint kept (any may be handed to another trial)
-        last = t["results"][-1]["checkpoint_dir_name"]
-        assert torch.load(pbt_run["exp"] / t["path"] / last / "checkpoint.pt", weights_only=True)["epoch"] == 4
+    from raydigits.experiment import Experiment
+    exp = Experiment.open(pbt_run["exp"])
+    trials = exp.trials
+    assert [t.outcome for t in trials] == ["completed", "completed"] and [t.epochs for t in trials] == [4, 4]
+    for t in trials:  # every checkpoint kept (any may be handed to another trial)
+        last = t.results[-1]["checkpoint_dir_name"]
+        assert torch.load(t.path.local / last / "checkpoint.pt", weights_only=True)["epoch"] == 4
     # the exploiting trial may write its epoch-3 checkpoint into the folder its epoch 2 reported (Tune
     # numbers on from the donor's checkpoint): a folder holds the last epoch that reported it
-    for _, t in trials.iterrows():
-        last_writer = {r["checkpoint_dir_name"]: r["epoch"] for r in t["results"]}
+    for t in trials:
+        last_writer = {r["checkpoint_dir_name"]: r["epoch"] for r in t.results}
         for folder, epoch in last_writer.items():
-            assert torch.load(pbt_run["exp"] / t["path"] / folder / "checkpoint.pt", weights_only=True)["epoch"] == epoch
-    choice = choose_best(trials, spec)
+            assert torch.load(t.path.local / folder / "checkpoint.pt", weights_only=True)["epoch"] == epoch
+    choice = exp.best()
     assert torch.load(choice.checkpoint.local, weights_only=True)["epoch"] == choice.epoch

@@ -1,4 +1,4 @@
-"""One test per place raydigits relies on Ray beyond its public API (raydigits/search/ray_compat.py),
+"""One test per place raydigits relies on Ray beyond its public API (raydigits/ray_compat.py),
 plus the outcome recorder on a tiny real Tune run. Each fails loudly when a Ray upgrade moves or
 changes what we rely on: read these failures before changing the pinned Ray version."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from raydigits.search import ray_compat
+from raydigits import ray_compat
 
 from helpers import REPO
 
@@ -56,7 +56,7 @@ def test_env_defaults_are_read_where_we_assume():
     # set before Ray's first import, they take effect (RAY_DEDUP_LOGS is read at import)
     env = {k: v for k, v in os.environ.items() if k not in where}
     proc = subprocess.run([sys.executable, "-c", (
-        "from raydigits.search import ray_compat; ray_compat.set_env_defaults()\n"
+        "from raydigits import ray_compat; ray_compat.set_env_defaults()\n"
         "from ray._private import ray_constants as c\n"
         "from ray.tune.experimental.output import get_air_verbosity\n"
         "from ray.tune.execution.experiment_state import _ExperimentCheckpointManager\n"
@@ -95,7 +95,7 @@ def test_noise_filters_drop_only_those_lines():
 
 def test_token_auth_probe_follows_rays_auth_mode():
     assert callable(getattr(importlib.import_module(ray_compat.TOKEN_AUTH_MODULE), "is_token_auth_enabled"))
-    code = "from raydigits.search.ray_compat import token_auth_enabled; print(token_auth_enabled())"
+    code = "from raydigits.ray_compat import token_auth_enabled; print(token_auth_enabled())"
     assert _python(code, RAY_AUTH_MODE="token") == "True"
     assert _python(code, RAY_AUTH_MODE="disabled") == "False"
 
@@ -211,7 +211,7 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
     import json
     import ray
     from ray import tune
-    from raydigits.search.outcomes import OUTCOMES_FILE, read_record
+    from raydigits.experiment.records import OUTCOMES_FILE, read_record
     from raydigits.search.recorder import BudgetStopper, OutcomeRecorder
 
     def trial(config):
@@ -255,6 +255,6 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
     # outcomes, recorded when they happened
     assert (exp / OUTCOMES_FILE).exists()
     record = read_record(exp)
-    got = {kind: record["trials"][t["trial_id"]]["outcome"] for kind, t in trials.items()}
+    got = {kind: record.outcome(t["trial_id"]) for kind, t in trials.items()}
     assert got == {"complete": "completed", "early": "early_stopped", "error": "error", "slow": "time_budget"}
-    assert record["ended"] == "time_budget" and record["budget_fired"]
+    assert record.ended == "time_budget" and record.budget_fired

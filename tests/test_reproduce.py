@@ -37,26 +37,22 @@ def search(tmp_path_factory, mnist_dir):
 
 
 def _recorded(exp, trial_id):
-    from raydigits.experiment import load_trials
-    from raydigits.search.runner import read_spec
-    trials = load_trials(exp, read_spec(exp))
-    row = trials[trials["trial_id"] == trial_id].iloc[0]
-    return row, [r["val_acc"] for r in row["results"]]
+    from raydigits.experiment import Experiment
+    trial = Experiment.open(exp).trial(trial_id)
+    return trial, [r["val_acc"] for r in trial.results]
 
 
 def test_best_trial_reproduces_exactly_and_the_printed_command_is_the_same_run(search, tmp_path):
     done = _cli(["reproduce", str(search)])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    from raydigits.experiment import choose_best, load_trials
-    from raydigits.search.runner import read_spec
-    spec = read_spec(search)
-    best = choose_best(load_trials(search, spec), spec).trial_id
+    from raydigits.experiment import Experiment
+    best = Experiment.open(search).best().trial_id
     out = search / "reproduce" / best
     result = json.loads((out / "reproduce.json").read_text())
     row, recorded = _recorded(search, best)
     assert result["trial_id"] == best and result["reproduced"] and result["recorded_device"] == "cpu"
     assert [r["reproduced_val_acc"] for r in result["rows"]] == recorded  # equal, not close
-    assert len(recorded) == row["epochs"] and result["max_val_loss_diff"] < 1e-6
+    assert len(recorded) == row.epochs and result["max_val_loss_diff"] < 1e-6
     assert "reproduced (required val_acc equal every epoch" in done.stdout
     command = next(line for line in done.stdout.splitlines() if line.startswith("the same run: "))
     argv = shlex.split(command.removeprefix("the same run: "))
@@ -70,24 +66,21 @@ def test_best_trial_reproduces_exactly_and_the_printed_command_is_the_same_run(s
 
 
 def test_a_trial_stopped_early_replays_only_its_epochs(search, capsys):
-    from raydigits.experiment import load_trials
-    from raydigits.search.runner import read_spec
-    spec = read_spec(search)
-    trials = load_trials(search, spec)
-    short = trials[trials["epochs"] < spec.epochs]
-    if short.empty:
+    from raydigits.experiment import Experiment
+    exp = Experiment.open(search)
+    short = [t for t in exp.trials if t.epochs < exp.spec.epochs]
+    if not short:
         pytest.skip("ASHA stopped no trial in this search")
-    trial = short.iloc[0]["path"].rsplit("/", 1)[-1]  # by its name this time
+    trial = short[0].path.name  # by its name this time
     assert main(["reproduce", str(search), "--trial", trial]) == 0, capsys.readouterr()  # in-process: no imports again
-    result = json.loads((search / "reproduce" / short.iloc[0]["trial_id"] / "reproduce.json").read_text())
-    assert len(result["rows"]) == short.iloc[0]["epochs"] and result["reproduced"]
-    assert f"--stop-after {short.iloc[0]['epochs']}" in result["command"]
+    result = json.loads((search / "reproduce" / short[0].trial_id / "reproduce.json").read_text())
+    assert len(result["rows"]) == short[0].epochs and result["reproduced"]
+    assert f"--stop-after {short[0].epochs}" in result["command"]
 
 
 def test_a_changed_seed_does_not_reproduce(search, tmp_path, capsys):
-    from raydigits.experiment import load_trials
-    from raydigits.search.runner import read_spec
-    shortest = load_trials(search, read_spec(search)).sort_values("epochs").iloc[0]["trial_id"]  # quickest
+    from raydigits.experiment import Experiment
+    shortest = min(Experiment.open(search).trials, key=lambda t: t.epochs).trial_id  # quickest
     rc = main(["reproduce", str(search), "--trial", shortest, "--set", "seed=7", "--out", str(tmp_path / "seed7")])
     out = capsys.readouterr().out
     assert rc == 1 and "NOT reproduced" in out, out[-3000:]

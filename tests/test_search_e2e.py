@@ -198,7 +198,7 @@ def test_killed_search_on_s3_resumes_without_rerunning_finished_trials(tmp_path,
     SIGKILLed once storage records a finished trial; `--resume s3://...` finishes the rest without
     re-running what storage recorded as finished."""
     from raydigits.experiment import read_results
-    from raydigits.search.ray_compat import trial_states
+    from raydigits.ray_compat import trial_states
     from raydigits.storage import Location
     with s3_server() as (port, env, client):
         for k, v in env.items():  # this process reads the bucket through the storage layer too
@@ -303,10 +303,8 @@ def test_tensorboard_shows_every_trial(smoke_run):
 
 
 def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
-    from raydigits.experiment import load_trials
+    from raydigits.experiment import Experiment
     from raydigits.insight import importance
-    from raydigits.search.outcomes import read_record
-    from raydigits.search.runner import read_spec
     exp = smoke_run["exp"]
     page = (exp / "final" / "report.html").read_text()   # written by the final stage
     for anchor in ("best", "trials", "importance", "asha", "curves", "confusion", "mistakes"):
@@ -315,8 +313,8 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
     assert page.count("<img alt='misclassified images' src='data:image/png;base64,") == 1   # embedded
     metrics = json.loads((exp / "final" / "metrics.json").read_text())
     assert f"<td>{metrics['best_trial']}</td>" in page
-    spec = read_spec(exp)
-    imp = importance(load_trials(exp, spec), spec)
+    experiment = Experiment.open(exp)
+    imp = importance(experiment.frame(), experiment.spec)
     assert imp.trust == "not meaningful" and "Trust: not meaningful" in page   # 5 scored trials of 6
     for name, value in imp.mean.items():
         assert f"<td>{name}</td><td>{value:.3f}</td>" in page
@@ -324,8 +322,8 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
     asha = page[page.index("<section id=asha>"):page.index("<section id=curves>")]
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr><td>epoch (\d+)</td>.*?</tr>", asha)}
     assert sorted(rows) == [1, 2]
-    record = read_record(exp)["trials"]
-    stopped = {tid: r["epochs"] for tid, r in record.items() if r["outcome"] == "asha_stopped"}
+    record = experiment.outcomes.trials
+    stopped = {tid: r.epochs for tid, r in record.items() if r.outcome == "asha_stopped"}
     assert stopped
     for tid, epoch in stopped.items():
         value = next(r["val_acc"] for r in results(next(exp.glob(f"smoke_{tid}"))) if r["epoch"] == epoch)
@@ -392,27 +390,27 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     best finished config re-run first under that budget, the finished trials untouched, and the
     final stage choosing among all 8."""
     import shutil
-    from raydigits.experiment import load_trials
-    from raydigits.search.runner import read_spec
+    from raydigits.experiment import Experiment
     exp = tmp_path / "ext"
     shutil.copytree(smoke_run["exp"], exp)
-    spec = read_spec(exp)
-    before = load_trials(exp, spec)
-    best = before.loc[before["best_val_acc"].idxmax()]
+    spec = Experiment.open(exp).spec
+    before = Experiment.open(exp).frame()
+    best = max(Experiment.open(exp).trials, key=lambda t: t.best("val_acc", "max"))
     proc = subprocess.run([sys.executable, "launch.py", "extend", str(exp), "--num-samples", "2", "--max-t", "4",
                            "--promote", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "extend: run 1 of ext: 2 more trials" in proc.stdout and "the 1 best finished configs first" in proc.stdout
-    after = load_trials(exp, spec)
+    extended = Experiment.open(exp)
+    after = extended.frame()
     assert len(after) == len(before) + 2 and (after["run"] == "extend_1").sum() == 2
-    kept = after[after["run"] == "search"].drop(columns=["results", "config"]).reset_index(drop=True)
-    pd.testing.assert_frame_equal(kept, before.drop(columns=["results", "config"]).assign(run="search")[kept.columns])
-    new = after[after["run"] == "extend_1"]
-    searched = {k: v for k, v in best["config"].items() if k in spec.parameters}
-    promoted = [c for c in new["config"] if {k: c.get(k) for k in searched} == searched]
-    assert promoted, (searched, new["config"].tolist())   # the best finished config, re-run
-    assert new["epochs"].max() <= 4 and (new["outcome"] != "error").all()
-    ext_spec = read_spec(exp / "extend_1")
+    kept = after[after["run"] == "search"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(kept, before.assign(run="search")[kept.columns])
+    new = [t for t in extended.trials if t.run == "extend_1"]
+    searched = {k: v for k, v in best.config.items() if k in spec.parameters}
+    promoted = [t.config for t in new if {k: t.config.get(k) for k in searched} == searched]
+    assert promoted, (searched, [t.config for t in new])   # the best finished config, re-run
+    assert max(t.epochs for t in new) <= 4 and all(t.outcome != "error" for t in new)
+    ext_spec = extended.runs[1].spec
     assert ext_spec.epochs == 4 and ext_spec.seed != spec.seed and ext_spec.num_samples == 2
     metrics = json.loads((exp / "final" / "metrics.json").read_text())
     assert metrics["n_trials"] == len(after)

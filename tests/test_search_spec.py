@@ -627,7 +627,7 @@ def test_usable_weights_pass(tmp_path, small_mnist):
 
 def test_a_saved_spec_is_read_without_the_semantic_checks(tmp_path):
     """An experiment stays readable (resume, export) when its weights file has gone or a check was added."""
-    from raydigits.search.runner import SPEC_FILE, read_spec
+    from raydigits.experiment.layout import SPEC_FILE, read_spec
     saved = _bad(lambda d: (d["fixed"].update(pretrained=str(tmp_path / "gone.pt")),
                             d.update(scheduler={"max_t": 2, "grace_period": 4})))
     (tmp_path / SPEC_FILE).write_text(yaml.safe_dump(saved))

@@ -22,14 +22,11 @@ The model, and what it assumes:
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 
-from ..storage import Location, as_location
-
-ETA_FILE = "raydigits_eta.json"
-MAX_KEPT = 400   # estimates kept in the record (the first one always)
+from ..experiment.records import read_estimates
+from ..storage import Location
 
 
 @dataclass(frozen=True)
@@ -115,19 +112,7 @@ def line(remaining_s: float, done: int, total: int, budget_left_s: float | None)
     return f"ETA: ~{duration(remaining_s)} ({done}/{total} trials done{budget})"
 
 
-# ------------------------------------------------------------------ the record
-def read_estimates(exp_dir: Location | str) -> list[dict]:
-    try:
-        return list(json.loads((as_location(exp_dir) / ETA_FILE).read_text())["estimates"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def write_estimates(exp_dir: Location | str, estimates: list[dict]) -> None:
-    kept = estimates if len(estimates) <= MAX_KEPT else [estimates[0], *estimates[-(MAX_KEPT - 1):]]
-    (as_location(exp_dir) / ETA_FILE).write_text(json.dumps({"estimates": kept}, indent=1))
-
-
+# ------------------------------------------------------------------ the record (experiment/records.py)
 def summary(exp_dir: Location | str, started: float | None, finished: float | None) -> dict | None:
     """The first estimate against the actual search time (wall clock from `started` to `finished`),
     or None when no estimate was made."""
@@ -135,8 +120,8 @@ def summary(exp_dir: Location | str, started: float | None, finished: float | No
     if not estimates or not started or not finished:
         return None
     first = estimates[0]
-    return {"first_estimate_after_s": first["at"] - started,
-            "first_estimate_total_s": first["at"] + first["remaining_s"] - started,
+    return {"first_estimate_after_s": first.at - started,
+            "first_estimate_total_s": first.at + first.remaining_s - started,
             "actual_s": finished - started, "n_estimates": len(estimates)}
 
 

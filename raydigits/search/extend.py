@@ -2,7 +2,7 @@
 
 Tune cannot add samples to a finished Tuner (a restored one runs what it had), so each extension is
 a Tune run of its own, stored inside the experiment as `EXP/extend_<k>/` with its own spec, run
-record and outcome record. Every finished trial stays where it is; `experiment.load_trials` reads
+record and outcome record. Every finished trial stays where it is; `Experiment.trials` reads
 the main run and every extension, and the final stage chooses among all of them.
 
 - The extension's spec is the experiment's with `num_samples = N` and a seed of its own (the same
@@ -14,25 +14,18 @@ the main run and every extension, and the final stage chooses among all of them.
   rate schedule spans the whole run, so a finished trial cannot simply train on)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..data.store import Dataset
 from ..errors import UserError
+from ..experiment import Experiment, Trial
+from ..experiment.layout import next_extension
 from ..storage import Location
-from .outcomes import NEVER_CHOSEN, UNFINISHED
-from .runner import read_spec, run_search
 from ..spec import POPULATION, SearchSpec, parse_spec
+from .runner import run_search
 from .tune_space import build_search_alg
 
-PREFIX = "extend_"
 SEED_STEP = 1_000_003        # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs
-
-
-def extension_runs(exp: Location) -> list[Location]:
-    """The runs `extend` added inside an experiment, in the order they ran."""
-    runs = [r for r in exp.glob(f"{PREFIX}*") if r.name[len(PREFIX):].isdigit()]
-    return sorted(runs, key=lambda r: int(r.name[len(PREFIX):]))
 
 
 def extension_spec(spec: SearchSpec, k: int, num_samples: int, max_t: int | None) -> SearchSpec:
@@ -58,33 +51,30 @@ def check_request(spec: SearchSpec, num_samples: int, max_t: int | None, promote
         raise UserError(f"--promote {promote}: must be 0 or more")
 
 
-def finished_scores(trials, spec: SearchSpec) -> list[tuple[dict, float, float]]:
+def finished_scores(trials: tuple[Trial, ...], spec: SearchSpec) -> list[tuple[dict, float, float]]:
     """(config, last reported value, best value) of every trial that reported a finite value and
     neither errored nor diverged."""
     out = []
-    for _, t in trials.iterrows():
-        vals = [r.get(spec.metric) for r in t["results"] if not r.get("diverged")]
-        vals = [v for v in vals if v is not None and math.isfinite(v)]
-        if t["outcome"] in NEVER_CHOSEN or not vals:
-            continue
-        best = max(vals) if spec.mode == "max" else min(vals)
-        out.append((dict(t["config"]), float(vals[-1]), float(best)))
+    for t in trials:
+        scores = t.scores(spec.metric)
+        if t.usable and scores:
+            out.append((dict(t.config), scores[-1][1], t.best(spec.metric, spec.mode)))
     return out
 
 
-def extend_search(exp: Location, spec: SearchSpec, data: Dataset, num_samples: int, max_t: int | None,
-                  promote: int, verbose: int = 1, data_dir: Path | None = None) -> Location:
+def extend_search(exp: Experiment, data: Dataset, num_samples: int, max_t: int | None, promote: int,
+                  verbose: int = 1, data_dir: Path | None = None) -> Location:
     """Run the next extension of `exp`; returns its folder."""
-    from ..experiment import load_trials
+    spec = exp.spec
     check_request(spec, num_samples, max_t, promote)
-    trials = load_trials(exp, spec)
-    busy = trials[trials["status"].isin(UNFINISHED)]
-    if len(busy):
-        raise UserError(f"{exp}: {len(busy)} trial(s) never finished; continue the search with "
-                        f"`python launch.py --resume {exp}` first")
-    k = len(extension_runs(exp)) + 1
+    busy = [t for t in exp.trials if t.unfinished]
+    if busy:
+        raise UserError(f"{exp.location}: {len(busy)} trial(s) never finished; continue the search with "
+                        f"`python launch.py --resume {exp.location}` first")
+    run = next_extension(exp.location)
+    k = len(exp.runs)
     ext = extension_spec(spec, k, num_samples, max_t)
-    scored = finished_scores(trials, spec)
+    scored = finished_scores(exp.trials, spec)
     points = []
     if max_t is not None and max_t > spec.epochs and promote:
         ranked = sorted(scored, key=lambda s: s[2], reverse=spec.mode == "max")
@@ -98,10 +88,5 @@ def extend_search(exp: Location, spec: SearchSpec, data: Dataset, num_samples: i
     print(f"extend: run {k} of {exp.name}: {num_samples} more trials (seed {ext.seed}, up to {ext.epochs} "
           f"epochs){f', the {len(points)} best finished configs first' if points else ''}"
           f"{f'; TPE starts from {len(scored)} finished trials' if ext.method == 'tpe' else ''}", flush=True)
-    return run_search(ext, exp / f"{PREFIX}{k}", data, verbose, data_dir=data_dir, search_alg=alg,
+    return run_search(ext, run, data, verbose, data_dir=data_dir, search_alg=alg,
                       pinned=tuple(points) if ext.method != "tpe" else ())
-
-
-def run_specs(exp: Location, spec: SearchSpec) -> list[tuple[Location, SearchSpec]]:
-    """The main run and every extension, each with its own spec."""
-    return [(exp, spec)] + [(r, read_spec(r)) for r in extension_runs(exp)]

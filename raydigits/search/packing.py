@@ -96,11 +96,12 @@ def _probe_task(configs: list[dict], data_shape: tuple, num_classes: int) -> dic
     return {"peak_bytes": peak, "total_bytes": total, "free_bytes_at_start": free0}
 
 
-def resolve_auto_gpu(spec: SearchSpec, data) -> Packing | None:
-    """For `gpu: auto`: run the probe on a GPU of the cluster, then set the spec's per-trial GPU
-    share and memory cap. None (and nothing changed) for a numeric `gpu`."""
+def resolve_auto_gpu(spec: SearchSpec, data) -> tuple[SearchSpec, Packing | None]:
+    """For `gpu: auto`: run the probe on a GPU of the cluster, and return a new spec with the
+    per-trial GPU share and memory cap it measured (saved with the experiment), and the packing.
+    A numeric `gpu`: the spec itself and None."""
     if spec.resources.gpu != "auto":
-        return None
+        return spec, None
     import ray
     if ray.cluster_resources().get("GPU", 0) < 1:
         raise UserError("resources.gpu: auto needs a GPU, and this Ray cluster has none")
@@ -109,6 +110,7 @@ def resolve_auto_gpu(spec: SearchSpec, data) -> Packing | None:
     result = ray.get(task.remote(probe_configs(spec), shape, len(data.class_names)))
     packing = pack(result["peak_bytes"], result["total_bytes"], spec.resources.gpu_margin,
                    spec.resources.max_trials_per_gpu)
-    spec.resources.gpu = packing.gpu_fraction
-    spec.fixed["gpu_memory_fraction"] = packing.memory_fraction
-    return packing
+    packed = spec.model_copy(update={
+        "resources": spec.resources.model_copy(update={"gpu": packing.gpu_fraction}),
+        "fixed": {**spec.fixed, "gpu_memory_fraction": packing.memory_fraction}})
+    return packed, packing

@@ -7,13 +7,14 @@ import statistics
 import time
 from ray import tune
 
+from ..experiment.records import ACTIVE as RUNNING
+from ..experiment.records import ENDED, Estimate, read_estimates, write_estimates
+from ..ray_compat import experiment_dir_of
+from ..spec import asha_rungs
 from ..storage import Location, as_location
 from . import eta
-from .ray_compat import experiment_dir_of
 
 PRINT_EVERY_S = 15.0
-RUNNING = ("RUNNING", "PAUSED")
-ENDED = ("TERMINATED", "ERROR")
 
 
 class EtaReporter(tune.Callback):
@@ -71,7 +72,7 @@ class EtaReporter(tune.Callback):
         if self._epoch_s and time.time() - self._printed >= PRINT_EVERY_S:
             self._report(trials)
 
-    def estimate(self, trials) -> dict:
+    def estimate(self, trials) -> Estimate:
         running = [int((t.last_result or {}).get("epoch") or 0) for t in trials if t.status in RUNNING]
         done = sum(t.status in ENDED for t in trials)
         budget_left = None if self._budget_end is None else max(0.0, self._budget_end - time.time())
@@ -79,21 +80,20 @@ class EtaReporter(tune.Callback):
         start_s = statistics.median(self._start_s) if self._start_s else 0.0
         seconds = eta.estimate_remaining_s(epoch_s, running, max(0, self.total - done - len(running)), self._slots,
                                            self.schedule, budget_left, start_s)
-        return {"at": time.time(), "remaining_s": seconds, "done": done, "total": self.total, "running": running,
-                "epoch_s": epoch_s, "start_s": start_s, "concurrency": self._slots, "budget_left_s": budget_left}
+        return Estimate(time.time(), seconds, done, self.total, tuple(running), epoch_s, start_s, self._slots,
+                        budget_left)
 
     def _report(self, trials) -> None:
         self._printed = time.time()
         est = self.estimate(trials)
-        seconds, done, budget_left = est["remaining_s"], est["done"], est["budget_left_s"]
-        print(eta.line(seconds, done, self.total, budget_left), flush=True)
+        print(eta.line(est.remaining_s, est.done, self.total, est.budget_left_s), flush=True)
         for t in trials:
             found = experiment_dir_of(t)
             if found is not None:  # where the experiment is now (it may have moved since a resume)
                 self.exp_dir = found
                 break
         try:
-            eta.write_estimates(self.exp_dir, [*eta.read_estimates(self.exp_dir), est])
+            write_estimates(self.exp_dir, [*read_estimates(self.exp_dir), est])
         except Exception as exc:  # noqa: BLE001 — never let bookkeeping end a search
             print(f"raydigits: could not record the ETA in {self.exp_dir}: {exc}", flush=True)
 
@@ -101,7 +101,6 @@ class EtaReporter(tune.Callback):
 def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     """The reporter for a search: its trial count (a grid multiplies num_samples by the grid's
     size), scheduler, concurrency limit, per-trial resources and time budget."""
-    from ..spec import asha_rungs
     total = spec.num_samples
     if spec.method == "grid":
         for p in spec.parameters.values():

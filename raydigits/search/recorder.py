@@ -1,15 +1,17 @@
-"""Tune hooks that record each trial's outcome when it happens (see outcomes.py): a `tune.Callback`
+"""Tune hooks that record each trial's outcome when it happens (experiment/records.py): a `tune.Callback`
 and the time budget as a `TimeoutStopper` that remembers it fired; and Tune's result loggers with
 their restore step fixed (ray_compat.KeepDriverResults), which replace Tune's defaults."""
 from __future__ import annotations
+
+from dataclasses import replace
 
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.stopper import TimeoutStopper
 
-from .outcomes import UNFINISHED, ended_outcome, read_record, write_record
+from ..experiment.records import UNFINISHED, OutcomeRecord, ended_outcome, read_record, write_record
+from ..ray_compat import KeepDriverResults, experiment_dir_of
 from ..storage import Location, as_location
-from .ray_compat import KeepDriverResults, experiment_dir_of
 
 
 class BudgetStopper(TimeoutStopper):
@@ -26,9 +28,9 @@ class BudgetStopper(TimeoutStopper):
         stop = super().stop_all()
         if stop and not self.fired:
             self.fired = True
-            record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
+            record = read_record(self.exp_dir) or OutcomeRecord()
             try:
-                write_record(self.exp_dir, {**record, "budget_fired": True})
+                write_record(self.exp_dir, replace(record, budget_fired=True))
             except Exception as exc:  # noqa: BLE001 — bookkeeping never ends a search
                 print(f"raydigits: could not record the time budget in {self.exp_dir}: {exc}", flush=True)
         return stop
@@ -52,12 +54,12 @@ class OutcomeRecorder(tune.Callback):
     asha_stopped (the scheduler's STOP before the last epoch), early_stopped / diverged / oom (the
     trial's own stop reason), error (retries exhausted); at the end of a fit, trials it cut:
     time_budget / not_started when the budget fired (Tune marks those TERMINATED), interrupted
-    for those a Ctrl-C left unfinished. A trial it has no record of is derived by experiment.py."""
+    for those a Ctrl-C left unfinished. A trial it has no record of is derived (records.derive_outcome)."""
 
     def __init__(self, exp_dir: Location | str, max_epochs: int):
         self.exp_dir = as_location(exp_dir)
         self.max_epochs = max_epochs
-        self._record: dict | None = None
+        self._record: OutcomeRecord | None = None
 
     # ------------------------------------------------------------ the file
     def _locate(self, trials) -> None:
@@ -73,28 +75,27 @@ class OutcomeRecorder(tune.Callback):
         # the cached record must not travel, or the resumed run would write a stale copy over the file
         return {**self.__dict__, "_record": None}
 
-    def _load(self) -> dict:
+    def _load(self) -> OutcomeRecord:
         if self._record is None:
-            self._record = read_record(self.exp_dir) or {"trials": {}, "ended": None}
+            self._record = read_record(self.exp_dir) or OutcomeRecord()
         return self._record
 
     def _set(self, trial, outcome: str) -> None:
         self._locate([trial])
         epochs = int((trial.last_result or {}).get("epoch") or 0)
-        self._load()["trials"][trial.trial_id] = {"outcome": outcome, "epochs": epochs}
-        self._save()
+        self._save(self._load().with_trial(trial.trial_id, outcome, epochs))
 
-    def _save(self) -> None:
+    def _save(self, record: OutcomeRecord) -> None:
+        self._record = record
         try:
-            write_record(self.exp_dir, self._record)
+            write_record(self.exp_dir, record)
         except Exception as exc:  # noqa: BLE001 — never let bookkeeping end a search
             print(f"raydigits: could not record trial outcomes in {self.exp_dir}: {exc}", flush=True)
 
     # ------------------------------------------------------------ Tune's hooks
     def setup(self, **info) -> None:
         self._record = None  # read what an earlier (interrupted) run of this experiment recorded
-        self._load().update(ended=None, budget_fired=False)  # running
-        self._save()
+        self._save(replace(self._load(), ended=None, budget_fired=False))  # running
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._set(trial, ended_outcome(trial.last_result, self.max_epochs))
@@ -106,10 +107,10 @@ class OutcomeRecorder(tune.Callback):
         self._locate(trials)
         self._record = None  # re-read: BudgetStopper may have written that it fired
         record = self._load()
-        budget = bool(record.get("budget_fired"))
+        budget = bool(record.budget_fired)
         cut = False
         for t in trials:
-            known = record["trials"].get(t.trial_id, {}).get("outcome")
+            known = record.outcome(t.trial_id)
             if known not in (None, "interrupted"):
                 continue
             epochs = int((t.last_result or {}).get("epoch") or 0)
@@ -121,6 +122,5 @@ class OutcomeRecorder(tune.Callback):
                 cut, outcome = True, "interrupted"
             else:  # TERMINATED with no record (Tune's cleanup after a Ctrl-C): left to derivation
                 continue
-            record["trials"][t.trial_id] = {"outcome": outcome, "epochs": epochs}
-        record["ended"] = "time_budget" if budget else ("interrupted" if cut else "finished")
-        self._save()
+            record = record.with_trial(t.trial_id, outcome, epochs)
+        self._save(replace(record, ended="time_budget" if budget else ("interrupted" if cut else "finished")))

@@ -2,26 +2,21 @@
 one), run it. The dataset is loaded once here and put once into the object store."""
 from __future__ import annotations
 
-import json
 import os
 import socket
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
 
 from ..config import default_data_dir
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
-from ..storage import Location, as_location
-from . import ray_compat
-from ..spec import POPULATION, SearchSpec, parse_spec, trial_threads
+from ..experiment import layout
+from ..storage import Location
+from .. import ray_compat
+from ..spec import POPULATION, SearchSpec, trial_threads
 from .tune_space import build_search_alg, build_tune_scheduler, param_space
 
-SPEC_FILE = "raydigits_search.yaml"
-RUN_FILE = "raydigits_run.json"
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 PROBE_TIMEOUT_S = 5.0        # a HOST:PORT that does not answer in this long is refused
@@ -161,18 +156,10 @@ def load_data(spec: SearchSpec, data_dir: Path | None = None) -> Dataset:
     return load_dataset(data_dir or data_dir_of(spec), splits=("train", "val"))
 
 
-def _saved_spec(spec: SearchSpec, data_dir: Path) -> str:
-    """The spec as written beside the experiment: with the absolute data dir, so that a resume
-    from any working dir finds the same data."""
-    d = spec.to_dict()
-    d["fixed"] = {**d["fixed"], "data_dir": str(data_dir)}
-    return yaml.safe_dump(d, sort_keys=False)
-
-
 def check_new_experiment(exp: Location) -> None:
     """Refuse a place that already holds something: a search (ours or another Tune run's) is
     never written over; an earlier search is continued with --resume."""
-    if (exp / SPEC_FILE).exists():
+    if layout.holds_search(exp):
         raise UserError(f"--name {exp.name}: {exp} already holds a search; pick another --name or "
                         f"continue it with --resume {exp}")
     if exp.exists() and (not exp.is_dir() or exp.iterdir()):
@@ -187,15 +174,15 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
     data_dir = data_dir or data_dir_of(spec)
     check_new_experiment(exp)
     exp.mkdir()
-    (exp / SPEC_FILE).write_text(_saved_spec(spec, data_dir))
-    (exp / RUN_FILE).write_text(json.dumps({"started": time.time(), "name": exp.name}))
+    layout.write_spec(exp, spec, data_dir)
+    layout.start_run(exp)
     try:
         _fit_new(spec, exp, data, data_dir, verbose, search_alg or build_search_alg(spec), pinned)
     except BaseException:
         if not exp.glob(ray_compat.STATE_GLOB):  # nothing to resume: do not block the same --name
             exp.delete()
         raise
-    _mark_finished(exp)
+    layout.finish_run(exp)
     return exp
 
 
@@ -217,37 +204,8 @@ def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, ver
     tuner.fit()
 
 
-def read_run(exp: Location | str) -> dict:
-    """The run record (started, finished, name); {} when missing or unreadable."""
-    try:
-        run = json.loads((as_location(exp) / RUN_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return {}
-    return run if isinstance(run, dict) else {}
-
-
-def _mark_finished(exp: Location) -> None:
-    (exp / RUN_FILE).write_text(json.dumps({**read_run(exp), "finished": time.time()}))
-
-
-def read_spec(exp: Location | str) -> SearchSpec:
-    """The spec saved beside an experiment; a UserError naming the place when it is not one."""
-    path = as_location(exp) / SPEC_FILE
-    try:
-        text = path.read_text()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        raise UserError(f"{exp}: not a raydigits experiment (no {SPEC_FILE})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: unreadable ({type(exc).__name__})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_spec(raw, str(path), saved=True)
-
-
 def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Location:
-    """Continue an experiment whose spec the caller read with `read_spec`."""
+    """Continue an experiment whose spec the caller read (`Experiment.open`)."""
     from ray import tune
     if not tune.Tuner.can_restore(exp.tune_path):
         raise UserError(f"{exp}: no Tune experiment state to resume from")
@@ -257,5 +215,5 @@ def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path
                                param_space=param_space(spec),
                                resume_unfinished=True, resume_errored=True)
     tuner.fit()
-    _mark_finished(exp)
+    layout.finish_run(exp)
     return exp

@@ -11,11 +11,11 @@ import torch
 from ray import tune
 
 from ..data.store import Dataset
+from ..experiment.layout import CHECKPOINT_FILE
 from ..trainer import Trainer
-from . import ray_compat
+from .. import ray_compat
 from ..spec import SearchSpec, trial_train_config
 
-CHECKPOINT_FILE = "checkpoint.pt"
 FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
 # tests: ";"-separated "<kind>:<epoch>:<marker file>", each fired once (by the first trial to get there):
 # raise_once raises mid-epoch (Tune retries the trial), oom_once raises an out-of-memory error

@@ -57,7 +57,7 @@ def _check_targets(spec: SearchSpec, targets: dict[str, str], where: str) -> Non
                             "sharing a key need `when` conditions")
 
 
-def _check_fixed(spec: SearchSpec, where: str) -> dict:
+def _check_fixed(spec: SearchSpec, where: str) -> dict[str, Any]:
     """`fixed` (with the epochs) is a valid TrainConfig; returns it as the base of every trial."""
     if "epochs" in spec.fixed and spec.scheduler.max_t and spec.fixed["epochs"] != spec.scheduler.max_t:
         raise UserError(f"{where}: fixed.epochs ({spec.fixed['epochs']}) differs from scheduler.max_t "
@@ -90,7 +90,7 @@ def _check_param_keys(spec: SearchSpec, name: str, p: Param, target: str, where:
         raise UserError(f"{where}: parameters.{name}: method tpe does not support distribution {p.distribution}")
 
 
-def _check_candidates(name: str, p: Param, target: str, base: dict, where: str) -> None:
+def _check_candidates(name: str, p: Param, target: str, base: dict[str, Any], where: str) -> None:
     """Each representative value, under its condition, is one TrainConfig accepts."""
     cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in (p.when or {}).items()}
     for sub, value in p.candidates():
@@ -196,8 +196,8 @@ def _bounds(key: str) -> list[tuple[str, float]]:
 
 def _takes_int(key: str) -> bool:
     ann = TrainConfig.model_fields[key].annotation
-    return ann is int or (getattr(ann, "__args__", None) is not None and int in ann.__args__
-                          and float not in ann.__args__)
+    args = getattr(ann, "__args__", None) or ()
+    return ann is int or (int in args and float not in args)
 
 
 BROKEN = {"gt": "<=", "ge": "<", "lt": ">=", "le": ">"}   # what a sample breaking a bound looks like

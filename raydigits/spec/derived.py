@@ -2,6 +2,8 @@
 perturbs, and a trial's sampled config as the TrainConfig it trains with."""
 from __future__ import annotations
 
+from typing import Any
+
 import math
 
 from ..config import MUTABLE_KNOBS, TrainConfig, make_config
@@ -54,7 +56,7 @@ def early_rung_warning(spec: SearchSpec, train_size: int) -> str | None:
 
 
 # ------------------------------------------------------------------ trial config → TrainConfig
-def trial_values(spec: SearchSpec, config: dict) -> dict:
+def trial_values(spec: SearchSpec, config: dict[str, Any]) -> dict[str, Any]:
     """A trial's sampled dict (None = condition did not hold) merged over `fixed`."""
     values = {**spec.fixed, "epochs": spec.epochs}
     for k, v in config.items():
@@ -68,7 +70,7 @@ def trial_threads(spec: SearchSpec) -> int:
     return max(1, int(spec.resources.cpu))
 
 
-def trial_train_config(spec: SearchSpec, config: dict, data_dir: str, where: str) -> TrainConfig:
+def trial_train_config(spec: SearchSpec, config: dict[str, Any], data_dir: str, where: str) -> TrainConfig:
     """The TrainConfig a trial trains with (search/trainable.py), and `launch.py reproduce` retrains with."""
     values = {**trial_values(spec, config), "data_dir": str(data_dir)}
     values.setdefault("threads", trial_threads(spec))

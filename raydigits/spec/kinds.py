@@ -34,12 +34,12 @@ class Kind:
     fractional: bool                   # draws are not whole numbers (rejected for integer knobs)
     integer: bool                      # draws are whole numbers
     tune: str                          # the `ray.tune` domain function ...
-    tune_args: Callable[[Any], tuple]  # ... and its arguments for a parameter
+    tune_args: Callable[[Any], tuple[Any, ...]]  # ... and its arguments for a parameter
     suggest: str                       # the `optuna.Trial` method ...
-    suggest_kwargs: Callable[[Any], dict]  # ... and its keyword arguments (besides the name)
+    suggest_kwargs: Callable[[Any], dict[str, Any]]  # ... and its keyword arguments (besides the name)
     optuna_distribution: str           # the `optuna.distributions` class importance is computed with
     # (parameter, the values the trials drew) → that class's keyword arguments
-    distribution_kwargs: Callable[[Any, Any], dict]
+    distribution_kwargs: Callable[[Any, Any], dict[str, Any]]
     candidates: Callable[[Any], list[tuple[str, Any]]]  # representative values checked against TrainConfig
     can_hold: Callable[[Any, Any], bool] = lambda p, a: False  # can a draw equal `a` exactly?
 

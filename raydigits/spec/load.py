@@ -2,6 +2,8 @@
 (model.py), everything else by `checks.check_spec`."""
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -35,7 +37,7 @@ def load_spec(arg: str | Path) -> SearchSpec:
     return parse_spec(load_yaml_file(path), str(path))
 
 
-def parse_spec(data: dict, where: str = "search space", saved: bool = False) -> SearchSpec:
+def parse_spec(data: dict[str, Any], where: str = "search space", saved: bool = False) -> SearchSpec:
     """A validated spec. `saved`: the copy an experiment keeps (resume, export, report), checked
     when its search started: its structure only, so that reading an experiment needs neither torch
     (TrainConfig's name checks consult torch's registries) nor the world (weights files, the

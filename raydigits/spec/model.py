@@ -90,14 +90,14 @@ class Param(_Strict):
             return [("value", self.value)]
         return self.kind.candidates(self)  # type: ignore[union-attr]
 
-    def can_hold(self, allowed: list) -> bool:
+    def can_hold(self, allowed: list[Any]) -> bool:
         """Whether some draw equals one of `allowed` (a `when` on it can hold)."""
         possible = self.possible()
         if possible is not None:
             return any(a == v for a in allowed for v in possible)
         return any(self.kind.can_hold(self, a) for a in allowed)  # type: ignore[union-attr]
 
-    def condition_holds(self, config: dict) -> bool:
+    def condition_holds(self, config: dict[str, Any]) -> bool:
         for key, want in (self.when or {}).items():
             allowed = want if isinstance(want, list) else [want]
             if config.get(key) not in allowed:
@@ -163,7 +163,7 @@ class SearchSpec(_Strict):
             self.mode = "max" if self.metric == "val_acc" else "min"
         return self
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """Round-trips through `parse_spec` (parameters and the scheduler keep only the keys that were
         given: a scheduler-specific default written out would read as a setting for another type)."""
         d = self.model_dump(mode="json")

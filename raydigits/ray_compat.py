@@ -24,8 +24,8 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from ..errors import UserError
-from ..storage import Location, as_location
+from .errors import UserError
+from .storage import Location, as_location
 
 TESTED_RAY = ((2, 60),)  # (major, minor) releases the suite ran on; pyproject pins the same range
 

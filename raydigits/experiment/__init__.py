@@ -1,0 +1,102 @@
+"""The experiment folder as values, shaped like Ray's `ResultGrid` / `Result` but on raydigits'
+records: one `Experiment` per folder (`Experiment.open(location)`, the one way in), one frozen
+`Trial` per trial of the search and of every `extend` run inside it. Ray-free and torch-free:
+reading a finished experiment (report, export, reproduce, extend's bookkeeping) starts neither
+(tests/test_layers.py).
+
+- `layout.py`    every file name of the folder; the spec and run records read and written
+- `records.py`   outcome, run and ETA records (frozen); the outcomes and "unfinished"; the legacy derivation
+- `trials.py`    `Trial` (its best score, scores, checkpoints) and `read_results`, Tune's result.json read once
+- `selection.py` the best (trial, epoch) on validation (`choose_best`) and its statistical ties"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from ..errors import UserError
+from ..ray_compat import trial_states
+from ..spec import SearchSpec
+from ..storage import Location, as_location
+from .layout import FINAL_DIR, extension_runs, read_run, read_spec
+from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record
+from .selection import Choice, Ties, choose_best, statistical_ties, ties_line
+from .trials import Checkpoint, Trial, frame, read_results, read_trials
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Checkpoint", "Choice", "Experiment", "Run", "Ties", "Trial", "choose_best", "read_results",
+           "statistical_ties", "ties_line"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One Tune run of the experiment: the search itself, or an `extend` run inside it."""
+    name: str               # "search" or "extend_<k>"
+    location: Location
+    spec: SearchSpec
+
+
+@dataclass(frozen=True)
+class Experiment:
+    location: Location
+    spec: SearchSpec
+
+    @classmethod
+    def open(cls, location: Location | str) -> "Experiment":
+        """The experiment at `location` (local folder or any storage URI); a UserError naming the
+        place when it holds no raydigits search."""
+        location = as_location(location)
+        return cls(location, read_spec(location))
+
+    @property
+    def name(self) -> str:
+        return self.location.name
+
+    @property
+    def final(self) -> Location:
+        return self.location / FINAL_DIR
+
+    @cached_property
+    def runs(self) -> tuple[Run, ...]:
+        """The search and every extension, in the order they ran, each with its own spec."""
+        return (Run("search", self.location, self.spec),
+                *(Run(r.name, r, read_spec(r)) for r in extension_runs(self.location)))
+
+    @cached_property
+    def trials(self) -> tuple[Trial, ...]:
+        """Every trial of every run (run order, then trial id); read once."""
+        out = tuple(t for run in self.runs for t in read_trials(run.location, run.name, run.spec))
+        if not out:
+            raise UserError(f"{self.location}: the experiment has no trials")
+        return out
+
+    def trial(self, trial_id: str) -> Trial:
+        for t in self.trials:
+            if t.trial_id == trial_id:
+                return t
+        raise KeyError(trial_id)
+
+    def frame(self) -> "pd.DataFrame":
+        """One row per trial (trials.csv's columns) as a pandas DataFrame."""
+        return frame(self.trials, self.spec)
+
+    def unfinished(self) -> list[str]:
+        """The search's own trials that neither finished nor errored (a Ctrl-C leaves some), from
+        Tune's state alone."""
+        return [s["trial_id"] for s in trial_states(self.location) if s["status"] in UNFINISHED]
+
+    def best(self) -> Choice:
+        return choose_best(self.trials, self.spec)
+
+    def ties(self, winner: str) -> Ties | None:
+        return statistical_ties(self.trials, self.spec, winner)
+
+    @property
+    def outcomes(self) -> OutcomeRecord | None:
+        return read_record(self.location)
+
+    @property
+    def run_record(self) -> RunRecord:
+        return read_run(self.location)

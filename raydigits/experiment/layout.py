@@ -1,0 +1,92 @@
+"""Every file name of an experiment folder, and reading / writing the spec and the run record.
+
+    <experiment>/
+      raydigits_search.yaml     the spec as run (SPEC_FILE; data_dir made absolute)
+      raydigits_run.json        the run record: name, started, finished (RUN_FILE)
+      raydigits_outcomes.json   each trial's outcome as it ended (OUTCOMES_FILE, records.py)
+      raydigits_eta.json        the ETA's estimates (ETA_FILE)
+      experiment_state-*.json   Tune's own state (ray_compat.trial_states reads it as JSON)
+      <name>_<trial id>/        one per trial: result.json (RESULT_FILE), checkpoint_*/checkpoint.pt
+      extend_<k>/               each `launch.py extend` run, an experiment folder of its own
+      final/                    the final stage's outputs (FINAL_DIR)"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from ..spec import SearchSpec, parse_spec
+from ..storage import Location, as_location
+from .records import RunRecord
+
+SPEC_FILE = "raydigits_search.yaml"
+RUN_FILE = "raydigits_run.json"
+RESULT_FILE = "result.json"         # Tune's per-trial results, one JSON line per report
+CHECKPOINT_FILE = "checkpoint.pt"   # inside each of a trial's checkpoint_* folders
+FINAL_DIR = "final"
+EXTEND_PREFIX = "extend_"
+
+
+# ------------------------------------------------------------------ the spec
+def saved_spec(spec: SearchSpec, data_dir: Path) -> str:
+    """The spec as written beside the experiment: with the absolute data dir, so that a resume
+    from any working dir finds the same data."""
+    d = spec.to_dict()
+    d["fixed"] = {**d["fixed"], "data_dir": str(data_dir)}
+    return str(yaml.safe_dump(d, sort_keys=False))
+
+
+def write_spec(exp: Location, spec: SearchSpec, data_dir: Path) -> None:
+    (exp / SPEC_FILE).write_text(saved_spec(spec, data_dir))
+
+
+def holds_search(exp: Location) -> bool:
+    return (exp / SPEC_FILE).exists()
+
+
+def read_spec(exp: Location | str) -> SearchSpec:
+    """The spec saved beside an experiment; a UserError naming the place when it is not one."""
+    path = as_location(exp) / SPEC_FILE
+    try:
+        text = path.read_text()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise UserError(f"{exp}: not a raydigits experiment (no {SPEC_FILE})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_spec(raw, str(path), saved=True)
+
+
+# ------------------------------------------------------------------ the run record
+def read_run(exp: Location | str) -> RunRecord:
+    """The run record; an empty one when missing or unreadable."""
+    try:
+        data = json.loads((as_location(exp) / RUN_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return RunRecord()
+    return RunRecord.from_json(data)
+
+
+def start_run(exp: Location) -> None:
+    (exp / RUN_FILE).write_text(json.dumps(RunRecord(name=exp.name, started=time.time()).to_json()))
+
+
+def finish_run(exp: Location) -> None:
+    (exp / RUN_FILE).write_text(json.dumps(read_run(exp).finishing(time.time()).to_json()))
+
+
+# ------------------------------------------------------------------ extensions
+def extension_runs(exp: Location) -> list[Location]:
+    """The runs `extend` added inside an experiment, in the order they ran."""
+    runs = [r for r in exp.glob(f"{EXTEND_PREFIX}*") if r.name[len(EXTEND_PREFIX):].isdigit()]
+    return sorted(runs, key=lambda r: int(r.name[len(EXTEND_PREFIX):]))
+
+
+def next_extension(exp: Location) -> Location:
+    return exp / f"{EXTEND_PREFIX}{len(extension_runs(exp)) + 1}"
