@@ -27,8 +27,10 @@ def _run(cmd: list, cwd: Path, env: dict | None = None, timeout: int = 120) -> s
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """A venv (with the system site packages: torch and Ray are not installed again) holding the
-    wheel built from a copy of the source (the build leaves nothing in the checkout)."""
+    """A venv that sees the running interpreter's site packages (torch and Ray are not installed
+    again) holding the wheel built from a copy of the source (the build leaves nothing in the
+    checkout). Not `--system-site-packages`: run from inside a venv, that reaches the base
+    interpreter's packages, not the venv's the suite runs in."""
     root = tmp_path_factory.mktemp("installed")
     src = root / "src"
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
@@ -41,8 +43,14 @@ def installed(tmp_path_factory):
     assert built.returncode == 0, built.stdout + built.stderr
     wheel = next((root / "wheels").glob("raydigits-*.whl"))
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
     python = venv / "bin" / "python"
+    own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    theirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    # after the venv's own site-packages, as --system-site-packages would put the system's
+    (Path(own) / "_running_interpreter.pth").write_text(
+        "".join(f"import site; site.addsitedir({p!r})\n" for p in theirs))
     done = _run([python, "-m", "pip", "install", "--no-deps", wheel], cwd=root, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return {"root": root, "wheel": wheel, "python": python, "script": venv / "bin" / "raydigits"}
