@@ -145,10 +145,7 @@ def reproduce(exp: Experiment, trial: str | None = None, out_dir: Path | None = 
               flush=True)
     trainer = train.run(cfg, out_dir, quiet=quiet, stop_after=stop_after)
     now = str(trainer.device)
-    mine = {int(m["epoch"]): m for m in trainer.history}
-    rows = [{"epoch": int(r["epoch"]), "recorded_val_acc": r["val_acc"], "reproduced_val_acc":
-             mine.get(int(r["epoch"]), {}).get("val_acc"), "recorded_val_loss": r["val_loss"],
-             "reproduced_val_loss": mine.get(int(r["epoch"]), {}).get("val_loss")} for r in epochs]
+    rows = _compared(epochs, trainer.history)
     cpu_both = was == "cpu" and now == "cpu"
     result = Reproduction(t.trial_id, was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command,
                           str(out_dir), rows)
@@ -157,6 +154,14 @@ def reproduce(exp: Experiment, trial: str | None = None, out_dir: Path | None = 
                                                   "max_val_loss_diff": result.max_loss_diff,
                                                   "overrides": extra}, indent=2, default=str))
     return result
+
+
+def _compared(recorded: list[dict], history: list[dict]) -> list[dict]:
+    """Per recorded epoch: the recorded and the reproduced validation accuracy and loss."""
+    mine = {int(m["epoch"]): m for m in history}
+    return [{"epoch": int(r["epoch"]), "recorded_val_acc": r["val_acc"], "reproduced_val_acc":
+             mine.get(int(r["epoch"]), {}).get("val_acc"), "recorded_val_loss": r["val_loss"],
+             "reproduced_val_loss": mine.get(int(r["epoch"]), {}).get("val_loss")} for r in recorded]
 
 
 def summary(r: Reproduction) -> str:

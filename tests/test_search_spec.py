@@ -667,3 +667,76 @@ def test_every_shipped_space_round_trips_through_to_dict_with_its_checks(name):
     spec = load_spec(name)
     again = parse_spec(spec.to_dict(), name)
     assert again == spec
+
+
+# ------------------------------------------------------------------ the distribution registry (spec/kinds.py)
+KIND_PARAMS = {"uniform": {"min": 0.1, "max": 0.3}, "log_uniform_values": {"min": 1e-4, "max": 1e-1},
+               "int_uniform": {"min": 2, "max": 5}, "q_uniform": {"min": 0.0, "max": 1.0, "q": 0.25},
+               "normal": {"mu": 0.5, "sigma": 0.1}}
+
+
+def test_every_distribution_kind_has_a_case():
+    from raydigits.spec import list_distributions
+    assert sorted(list_distributions()) == sorted(KIND_PARAMS)
+
+
+@pytest.mark.parametrize("name", sorted(KIND_PARAMS))
+def test_each_distribution_kind_draws_what_its_entry_says_in_tune_and_optuna(name):
+    """A kind's Tune domain and Optuna suggestion draw inside its bounds, whole numbers when it says
+    integer, fractions when it says fractional, on q's grid for q_uniform; its optuna distribution
+    holds the draws; a `when` on it holds exactly for values a draw can take."""
+    import optuna
+    from optuna.distributions import BaseDistribution
+    from ray import tune  # noqa: F401  (the registry names ray.tune functions)
+    from raydigits.search.tune_space import _domain
+    from raydigits.insight import _distribution
+    import numpy as np
+    import pandas as pd
+    from raydigits.spec import Param
+    p = Param(distribution=name, **KIND_PARAMS[name])
+    k = p.kind
+    rs = np.random.RandomState(0)
+    tune_draws = [_domain(p).sample(random_state=rs) for _ in range(300)]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    optuna_draws = []
+    if k.suggest:
+        for _ in range(100):
+            trial = study.ask()
+            optuna_draws.append(getattr(trial, k.suggest)("x", **k.suggest_kwargs(p)))
+    for draws in (tune_draws, optuna_draws):
+        for v in draws:
+            if k.bounded:
+                assert p.min <= v <= p.max, (name, v)
+            if k.integer:
+                assert float(v).is_integer(), (name, v)
+            if name == "q_uniform":
+                assert abs(v / p.q - round(v / p.q)) < 1e-9, v
+        if not draws:
+            continue
+        if name in ("int_uniform", "q_uniform"):  # every point of the grid, both ends included
+            step = p.q or 1
+            assert sorted(set(draws)) == pytest.approx([p.min + i * step for i in range(int((p.max - p.min) / step) + 1)])
+        centre = {"uniform": ((p.min or 0) + (p.max or 0)) / 2, "normal": p.mu,
+                  "log_uniform_values": float(np.sqrt((p.min or 1) * (p.max or 1)))}.get(name)
+        if centre is not None:  # linear, logarithmic or normal as the name says (median of the draws)
+            spread = (np.log(p.max / p.min) if name == "log_uniform_values" else
+                      (p.sigma * 4 if name == "normal" else p.max - p.min))
+            mid = np.log(np.median(draws) / centre) if name == "log_uniform_values" else np.median(draws) - centre
+            assert abs(mid) < 0.15 * spread, (name, np.median(draws), centre)
+    if k.fractional:
+        assert any(not float(v).is_integer() for v in tune_draws)
+    dist = _distribution(_KindSpec(p), "x", pd.Series(tune_draws))
+    assert isinstance(dist, BaseDistribution) and all(dist._contains(dist.to_internal_repr(v)) for v in tune_draws[:50])
+    if name == "int_uniform":
+        assert p.can_hold([3]) and not p.can_hold([3.5]) and not p.can_hold([6])
+    elif name == "q_uniform":
+        assert p.can_hold([0.75]) and not p.can_hold([0.6])
+    else:
+        assert not p.can_hold([KIND_PARAMS[name].get("min", 0.5)])  # an exact value of a continuous draw
+
+
+class _KindSpec:
+    """The slice of a SearchSpec that `insight._distribution` reads."""
+
+    def __init__(self, p):
+        self.parameters = {"x": p}
