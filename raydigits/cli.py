@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--promote", type=int, default=2,
                    help="with --max-t: how many of the best finished configs are re-run first (default 2)")
     x.set_defaults(func=cmd_extend)
+    a = subs.add_parser("audit", parents=[p["common"], p["experiment"], p["ray"], p["run"]],
+                        help="train on the best trials early stopping ended, to measure what it cost")
+    a.add_argument("--top-k", type=int, default=None, help="how many stopped trials (default: the space's audit.top_k)")
+    a.set_defaults(func=cmd_audit)
     q = subs.add_parser("reproduce", parents=[p["common"], p["experiment"]],
                         help="retrain a trial without Ray and compare its per-epoch validation")
     q.add_argument("--trial", default=None, help="trial id or name (default: the best trial)")
@@ -115,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     return top
 
 
-SUBCOMMANDS = ("search", "export", "report", "extend", "reproduce")
+SUBCOMMANDS = ("search", "export", "report", "extend", "audit", "reproduce")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,6 +144,7 @@ class SearchRun:
     fit: Callable                      # (data, data_dir) → the run's folder
     folder: object                     # the run's folder as known before it starts (for the Ctrl-C line)
     extension: bool = False
+    audit: bool = False                 # after the fit, train on the best trials early stopping ended
     before_fit: Callable | None = None  # (data) → spec, after Ray started (gpu: auto)
 
 
@@ -165,10 +170,29 @@ def run_search_command(args, run: SearchRun) -> int:
     if _was_interrupted(Experiment.open(folder), started):  # Tune handled a Ctrl-C and returned early
         return _interrupted(run.experiment, folder if run.extension else None)
     print(f"{'extension' if run.extension else 'search'} finished in {time.time() - started:.0f}s: {folder}")
+    if run.audit and not args.no_final:  # --no-final: the search alone (`launch.py audit EXP` later)
+        _audit(Experiment.open(run.experiment), data, spec.audit.top_k, args.verbose, data_dir)
     if not args.no_final:
         from .final import run_final
         run_final(Experiment.open(run.experiment))  # over every trial: the search's and each extension's
     return 0
+
+
+def _audit(exp, data, top_k: int, verbose: int, data_dir) -> None:
+    """The audit run (search/audit.py): what early stopping cost, measured."""
+    from .experiment.layout import finish_run
+    from .search.audit import run_audit
+    if top_k <= 0 or exp.spec.scheduler.type != "asha":
+        return
+    started = time.time()
+    try:
+        run = run_audit(exp, data, top_k, verbose, data_dir)
+    except KeyboardInterrupt:
+        raise UserError(f"the audit was interrupted; the search itself is complete: `python launch.py audit "
+                        f"{exp.location}` runs it again, `python launch.py export {exp.location}` skips it") from None
+    if run is not None:
+        finish_run(exp.location)  # the search's wall time (and the ETA's actual) include its audit
+        print(f"audit finished in {time.time() - started:.0f}s: {run}", flush=True)
 
 
 def _was_interrupted(exp, started: float) -> bool:
@@ -245,7 +269,7 @@ def _new_search(args) -> SearchRun:
 
     def fit(spec, data, data_dir):
         return runner.run_search(spec, exp, data, args.verbose, data_dir=data_dir)
-    return SearchRun(spec, exp, exp.name, fit, exp, before_fit=auto_gpu)
+    return SearchRun(spec, exp, exp.name, fit, exp, before_fit=auto_gpu, audit=True)
 
 
 def _resumed_search(args) -> SearchRun:
@@ -257,7 +281,7 @@ def _resumed_search(args) -> SearchRun:
 
     def fit(spec, data, data_dir):
         return runner.resume_search(exp.location, spec, data, data_dir)
-    return SearchRun(exp.spec, exp.location, exp.name, fit, exp.location)
+    return SearchRun(exp.spec, exp.location, exp.name, fit, exp.location, audit=True)
 
 
 def cmd_search(args) -> int:
@@ -276,6 +300,26 @@ def cmd_extend(args) -> int:
         return extend_search(exp, data, args.num_samples, args.max_t, args.promote, args.verbose, data_dir)
     return run_search_command(args, SearchRun(exp.spec, exp.location, f"{exp.name} (extend)", fit,
                                               next_extension(exp.location), extension=True))
+
+
+def cmd_audit(args) -> int:
+    from .experiment import Experiment
+    from .search import runner
+    from .storage import Location
+    exp = Experiment.open(Location.parse(args.experiment, "experiment"))
+    top_k = exp.spec.audit.top_k if args.top_k is None else args.top_k
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: must be at least 1")
+    if exp.spec.scheduler.type != "asha":
+        raise UserError(f"{exp.location}: a {exp.spec.scheduler.type} search stops no trial early; nothing to audit")
+    data_dir = runner.data_dir_of(exp.spec)
+    data = runner.load_data(exp.spec, data_dir)
+    print_dashboard(runner.start_ray(args.address, args.dashboard_port, job_name=f"{exp.name} (audit)"))
+    _audit(exp, data, top_k, args.verbose, data_dir)
+    if not args.no_final:
+        from .final import run_final
+        run_final(Experiment.open(exp.location))
+    return 0
 
 
 # ------------------------------------------------------------------ what users do with a finished search

@@ -17,6 +17,7 @@ from .data.store import read_manifest
 from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
 from .experiment import Experiment, ties_line
+from .experiment.audit import early_stopping_cost
 from .inference import predict_state, save_models
 from .search import eta
 from .spec import SearchSpec, trial_values
@@ -63,6 +64,7 @@ def _final(exp: Experiment, out: Path) -> dict:
     last = max((r.get("timestamp", 0) for t in trials for r in t.results), default=0)
     counts = Counter(t.outcome for t in trials)
     ties = exp.ties(choice.trial_id)
+    regret = early_stopping_cost(trials, spec)
     effective = {spec.target(n) for n in spec.parameters}
     metrics.update({
         "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch, "epoch_note": choice.note,
@@ -77,9 +79,10 @@ def _final(exp: Experiment, out: Path) -> dict:
         "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
         "ties": ties_line(ties, spec.metric) if ties else None,
         "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
+        "early_stopping": regret.to_json() if regret else None,  # the audit's verdict (experiment/audit.py)
     })
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_csv(out / "trials.csv", exp.frame())
+    write_csv(out / "trials.csv", _with_audit(exp.frame(), regret))
     save_models(out, state, manifest["image_shape"])
     write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
                 metrics["confusion_matrix"])
@@ -89,6 +92,14 @@ def _final(exp: Experiment, out: Path) -> dict:
         print(f"raydigits: final/report.html skipped ({exc}); `python launch.py report {exp.location}` builds it "
               "where plotly is installed", flush=True)
     return metrics
+
+
+def _with_audit(table, regret):
+    """trials.csv with, for each audited trial, the trial that continued it and where that ended."""
+    audited = {a.trial_id: a for a in (regret.audited if regret else ())}
+    table["audited_by"] = [audited[t].audit_trial_id if t in audited else "" for t in table["trial_id"]]
+    table["value_at_max_t"] = [audited[t].at_max_t if t in audited else float("nan") for t in table["trial_id"]]
+    return table
 
 
 def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
@@ -101,6 +112,8 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
         print(f"epoch {m['best_epoch']}: {m['epoch_note']}")
     if m.get("ties"):
         print(f"ties: {m['ties']}")
+    if m.get("early_stopping"):
+        print(f"audit: {m['early_stopping']['line']}")
     print(f"params: {json.dumps(m['best_params'], default=str)}")
     print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
           f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "

@@ -65,6 +65,7 @@ def render(exp: Experiment, metrics: dict, mistakes_png: bytes) -> str:
                  "coloured by how it ended. Drag along an axis to filter."),
         _importance_section(table, spec),
         _asha_section(trials, spec),
+        _audit_section(metrics, spec),
         _section("curves", "Learning curves", _curves(trials, spec, metrics),
                  "Click a legend entry to hide a trial, double-click to show it alone."),
         _section("confusion", f"Confusion matrix ({_e(metrics.get('evaluated_split', 'test'))} split)",
@@ -228,6 +229,24 @@ def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
     table = _table(rows, ["rung", "reached", "went on", f"weakest {spec.metric} that went on",
                           f"stopped here ({spec.metric} at the rung)", "ended here otherwise"])
     return _section("asha", title, f"<p class=note>{rule}</p>" + table)
+
+
+def _audit_section(m: dict, spec: SearchSpec) -> str:
+    title = "What early stopping cost"
+    es = m.get("early_stopping")
+    if not es:
+        why = ("no trial was audited (audit.top_k: 0, `--no-final`, or early stopping stopped none)"
+               if spec.scheduler.type == "asha" else f"the {_e(spec.scheduler.type)} scheduler stops no trial early")
+        return _section("audit", title, f"<p>Not measured: {why}.</p>")
+    rows = [(_e(a["trial_id"]), str(a["stopped_epoch"]), _fmt(a["at_stop"]), _e(a["audit_trial_id"]),
+             _fmt(a["at_max_t"]), _fmt(a["best"])) for a in es["audited"]]
+    table = _table(rows, ["stopped trial", "stopped after epoch", f"{spec.metric} there", "continued as",
+                          f"{spec.metric} at max_t", "its best"])
+    note = ("After the search, the trials early stopping ended with the best value at their last rung were trained "
+            "on from their last checkpoint to max_t (an audit run). The cost is how far the best of them ends above "
+            "the best trial early stopping kept; within two binomial standard errors of the validation it is not "
+            "measurable. An audited trial is an ordinary finished trial: the final stage may choose it.")
+    return _section("audit", title, f"<p><b>{_e(es['line'])}</b></p>" + table, note)
 
 
 def _curves(trials: tuple[Trial, ...], spec: SearchSpec, m: dict) -> str:

@@ -95,3 +95,18 @@ def test_a_small_search_keeps_more_than_one_in_rf():
     assert eta.expected_epochs(small) > 1.3 * eta.expected_epochs(eta.Schedule(12, (2, 6), 3))
     big = eta.Schedule(12, (2, 6), 3, n_trials=2000)
     assert eta.expected_epochs(big) == pytest.approx(eta.expected_epochs(eta.Schedule(12, (2, 6), 3)), rel=0.02)
+
+
+def test_the_eta_counts_the_audit_after_the_search():
+    """The audit trains up to audit_k stopped trials on from the first rung to max_t, after the search
+    (outside its time budget)."""
+    plain = eta.Schedule(8, (1, 2, 4), 2.0, n_trials=12)
+    audited = eta.Schedule(8, (1, 2, 4), 2.0, n_trials=12, audit_k=2)
+    assert eta.audit_epochs(plain) == 0.0 and eta.audit_epochs(audited) == 2 * (8 - 1)
+    assert eta.audit_epochs(eta.Schedule(8, (), 2.0, n_trials=12, audit_k=2)) == 0.0  # FIFO stops none
+    base = eta.estimate_remaining_s(10.0, [], 12, 2, plain, start_s=3.0)
+    more = eta.estimate_remaining_s(10.0, [], 12, 2, audited, start_s=3.0)
+    assert more == pytest.approx(base + 2 * 7 * 10.0 / 2 + 3.0)
+    capped = eta.estimate_remaining_s(10.0, [], 12, 2, audited, budget_left_s=60.0, start_s=3.0)
+    assert capped == pytest.approx(60.0 + 2 * 7 * 10.0 / 2 + 3.0)
+    assert eta.estimate_remaining_s(10.0, [], 0, 2, audited) == pytest.approx(70.0)  # search done, audit left

@@ -3,6 +3,7 @@ stopped early), the dashboard answering while it runs, a trial that crashes once
 retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources."""
 from __future__ import annotations
 
+import html
 import itertools
 import json
 import os
@@ -83,7 +84,7 @@ def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
     assert smoke_run["rc"] == 0, smoke_run["out"][-4000:]
     assert smoke_run["dashboard_status"] == 200
     trials = pd.read_csv(smoke_run["exp"] / "final" / "trials.csv")
-    assert len(trials) == 6
+    assert (trials["run"] == "search").sum() == 6
     assert (trials["status"] == "TERMINATED").all()
     assert (trials["outcome"] == "asha_stopped").sum() >= 1, trials
     assert (trials.loc[trials["outcome"] == "asha_stopped", "epochs"] < 3).all()
@@ -92,6 +93,38 @@ def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
     sgd = trials["param.optimizer"] == "sgd"
     assert sgd.any() and (~sgd).any()
     assert (trials.loc[sgd, "param.momentum"] == 0.9).all() and trials.loc[~sgd, "param.momentum"].isna().all()
+
+
+def test_the_audit_trains_the_best_stopped_trial_on_from_its_checkpoint_and_reports_the_cost(smoke_run):
+    """smoke.yaml's audit.top_k 1: the stopped trial with the best value at its last epoch is continued
+    from that epoch's checkpoint to max_t in audit_1/, recorded as completed, and what early stopping
+    cost is in the summary, metrics.json, trials.csv and report.html."""
+    exp = smoke_run["exp"]
+    trials = pd.read_csv(exp / "final" / "trials.csv", dtype={"trial_id": str, "audited_by": str})
+    search = trials[trials["run"] == "search"]
+    stopped = search[search["outcome"] == "asha_stopped"]
+    last = {t: results(next(exp.glob(f"smoke_{t}")))[-1]["val_acc"] for t in stopped["trial_id"]}
+    picked = max(last, key=last.get)  # the best value at its last rung
+    audit = trials[trials["run"] == "audit_1"]
+    assert len(audit) == 1 and audit["param.audit_of"].iloc[0] == picked
+    assert audit["outcome"].iloc[0] == "completed" and audit["epochs"].iloc[0] == 3
+    row = stopped.set_index("trial_id").loc[picked]
+    assert row["audited_by"] == audit["trial_id"].iloc[0]
+    rows = results(next((exp / "audit_1").glob("smoke_*")))
+    assert [r["epoch"] for r in rows] == list(range(int(row["epochs"]) + 1, 4))  # on from its checkpoint
+    assert rows[-1]["val_acc"] == pytest.approx(row["value_at_max_t"])
+    for key in ("optimizer", "lr"):  # the stopped trial's own config
+        assert rows[0]["config"][key] == pytest.approx(results(next(exp.glob(f"smoke_{picked}")))[0]["config"][key])
+    metrics = json.loads((exp / "final" / "metrics.json").read_text())
+    es = metrics["early_stopping"]
+    assert [a["trial_id"] for a in es["audited"]] == [picked] and es["audited"][0]["at_stop"] == pytest.approx(last[picked])
+    kept = search[~search["outcome"].isin(["asha_stopped", "diverged", "oom", "error"])]["best_val_acc"].max()
+    assert es["kept_best"] == pytest.approx(kept)
+    assert es["cost"] == pytest.approx(max(0.0, es["audited"][0]["best"] - kept))
+    assert f"audit: {es['line']}" in smoke_run["out"] and "early stopping cost" in es["line"]
+    assert f"audit: trial {picked} continues from its epoch {int(row['epochs'])} to 3" in smoke_run["out"]
+    page = (exp / "final" / "report.html").read_text()
+    assert "<section id=audit>" in page and html.escape(es["line"]) in page
 
 
 def test_trial_crashing_mid_epoch_is_retried_from_its_checkpoint(smoke_run):
@@ -134,7 +167,7 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
     assert [metrics["per_class"][str(d)]["f1"] for d in range(10)] == pytest.approx(list(f1))
     assert ((pre["score"] > 0) & (pre["score"] <= 1)).all()
     # chosen on validation: the best reported val_acc over every trial and epoch
-    best = max(r["val_acc"] for d in smoke_run["exp"].glob("smoke_*") if d.is_dir() for r in results(d))
+    best = max(r["val_acc"] for d in smoke_run["exp"].rglob("smoke_*") if d.is_dir() for r in results(d))
     if metrics["epoch_note"]:  # the best trial's latest epoch within one SE of its best (README: Outputs)
         assert f"of the trial's best, {best:.4f} at epoch" in metrics["epoch_note"] and metrics["best_val_acc"] < best
     else:
@@ -143,7 +176,7 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
     trials = pd.read_csv(final / "trials.csv", dtype={"trial_id": str})
     usable = trials[~trials["outcome"].isin(["diverged", "oom", "error"])].set_index("trial_id")["best_val_acc"]
     p = usable[metrics["best_trial"]]
-    n = results(next(smoke_run["exp"].glob(f"smoke_{metrics['best_trial']}*")))[0]["val_n"]
+    n = results(next(smoke_run["exp"].rglob(f"smoke_{metrics['best_trial']}*")))[0]["val_n"]
     tied = sorted(t for t, v in usable.items() if t != metrics["best_trial"] and v >= p - 2 * (p * (1 - p) / n) ** 0.5)
     assert sorted(metrics["tied_trials"]) == tied and f"ties: {metrics['ties']}" in smoke_run["out"]
     for png in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):

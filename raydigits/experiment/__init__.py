@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..ray_compat import trial_states
 from ..spec import SearchSpec
 from ..storage import Location, as_location
-from .layout import FINAL_DIR, extension_runs, read_run, read_spec
+from .layout import FINAL_DIR, audit_runs, extension_runs, read_run, read_spec
 from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record
 from .selection import Choice, Ties, choose_best, statistical_ties, ties_line
 from .trials import Checkpoint, Trial, frame, read_results, read_trials
@@ -60,9 +60,9 @@ class Experiment:
 
     @cached_property
     def runs(self) -> tuple[Run, ...]:
-        """The search and every extension, in the order they ran, each with its own spec."""
-        return (Run("search", self.location, self.spec),
-                *(Run(r.name, r, read_spec(r)) for r in extension_runs(self.location)))
+        """The search, every extension and every audit run, each with its own spec."""
+        subs = [*extension_runs(self.location), *audit_runs(self.location)]
+        return (Run("search", self.location, self.spec), *(Run(r.name, r, read_spec(r)) for r in subs))
 
     @cached_property
     def trials(self) -> tuple[Trial, ...]:

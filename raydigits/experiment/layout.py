@@ -8,6 +8,7 @@
       experiment_state-*.json   Tune's own state (ray_compat.trial_states reads it as JSON)
       <name>_<trial id>/        one per trial: result.json (RESULT_FILE), checkpoint_*/checkpoint.pt
       extend_<k>/               each `launch.py extend` run, an experiment folder of its own
+      audit_<k>/                each audit run (stopped trials trained on to max_t), likewise
       final/                    the final stage's outputs (FINAL_DIR)"""
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ RESULT_FILE = "result.json"         # Tune's per-trial results, one JSON line pe
 CHECKPOINT_FILE = "checkpoint.pt"   # inside each of a trial's checkpoint_* folders
 FINAL_DIR = "final"
 EXTEND_PREFIX = "extend_"
+AUDIT_PREFIX = "audit_"
 
 
 # ------------------------------------------------------------------ the spec
@@ -82,11 +84,24 @@ def finish_run(exp: Location) -> None:
 
 
 # ------------------------------------------------------------------ extensions
+def _numbered(exp: Location, prefix: str) -> list[Location]:
+    runs = [r for r in exp.glob(f"{prefix}*") if r.name[len(prefix):].isdigit()]
+    return sorted(runs, key=lambda r: int(r.name[len(prefix):]))
+
+
 def extension_runs(exp: Location) -> list[Location]:
     """The runs `extend` added inside an experiment, in the order they ran."""
-    runs = [r for r in exp.glob(f"{EXTEND_PREFIX}*") if r.name[len(EXTEND_PREFIX):].isdigit()]
-    return sorted(runs, key=lambda r: int(r.name[len(EXTEND_PREFIX):]))
+    return _numbered(exp, EXTEND_PREFIX)
+
+
+def audit_runs(exp: Location) -> list[Location]:
+    """The audit runs inside an experiment, in the order they ran."""
+    return _numbered(exp, AUDIT_PREFIX)
 
 
 def next_extension(exp: Location) -> Location:
     return exp / f"{EXTEND_PREFIX}{len(extension_runs(exp)) + 1}"
+
+
+def next_audit(exp: Location) -> Location:
+    return exp / f"{AUDIT_PREFIX}{len(audit_runs(exp)) + 1}"

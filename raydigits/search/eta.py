@@ -35,6 +35,17 @@ class Schedule:
     rungs: tuple[int, ...] = ()         # ASHA's milestones below max_t (experiment.asha_rungs); () = FIFO
     reduction_factor: float = 2.0
     n_trials: int | None = None         # the search's size (None: 1/rf at every rung, the large-search limit)
+    audit_k: int = 0                    # stopped trials the audit trains on to max_t after the search
+
+
+def audit_epochs(schedule: Schedule) -> float:
+    """Expected trial-epochs of the audit: each of its trials (at most as many as ASHA stops) trains
+    on from the rung it was stopped at, taken as the first (the bulk of ASHA's stops), to max_t."""
+    rungs = sorted(r for r in schedule.rungs if r < schedule.max_t)
+    if not schedule.audit_k or not rungs:
+        return 0.0
+    stopped = (schedule.n_trials or schedule.audit_k) * (1 - rung_fractions(schedule)[0])
+    return min(schedule.audit_k, max(1.0, stopped)) * (schedule.max_t - rungs[0])
 
 
 def asha_survival(n: int, rf: float) -> float:
@@ -83,12 +94,15 @@ def estimate_remaining_s(epoch_s: float, running_epochs: list[int], not_started:
     """Seconds until the search ends: `running_epochs` are the epochs each running trial has
     finished, `not_started` the trials still to run (pending or not yet generated)."""
     active = min(max(1, concurrency), len(running_epochs) + not_started)
+    audit = audit_epochs(schedule)
+    audit_s = (audit * epoch_s / min(max(1, concurrency), schedule.audit_k) + start_s) if audit else 0.0
     if active == 0:
-        return 0.0
+        return audit_s
     trial_epochs = sum(expected_epochs(schedule, e) for e in running_epochs) \
         + not_started * expected_epochs(schedule, 0)
     seconds = (trial_epochs * epoch_s + not_started * start_s) / active
-    return seconds if budget_left_s is None else max(0.0, min(seconds, budget_left_s))
+    # the time budget caps the search; the audit runs after it
+    return (seconds if budget_left_s is None else max(0.0, min(seconds, budget_left_s))) + audit_s
 
 
 def concurrency(max_concurrent: int | None, cluster: dict, cpu: float, gpu: float) -> int:

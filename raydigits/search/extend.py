@@ -19,7 +19,7 @@ from pathlib import Path
 from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import Experiment, Trial
-from ..experiment.layout import next_extension
+from ..experiment.layout import EXTEND_PREFIX, next_extension
 from ..storage import Location
 from ..spec import POPULATION, SearchSpec, parse_spec
 from .runner import run_search
@@ -72,7 +72,7 @@ def extend_search(exp: Experiment, data: Dataset, num_samples: int, max_t: int |
         raise UserError(f"{exp.location}: {len(busy)} trial(s) never finished; continue the search with "
                         f"`python launch.py --resume {exp.location}` first")
     run = next_extension(exp.location)
-    k = len(exp.runs)
+    k = int(run.name.removeprefix(EXTEND_PREFIX))
     ext = extension_spec(spec, k, num_samples, max_t)
     scored = finished_scores(exp.trials, spec)
     points = []

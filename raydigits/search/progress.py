@@ -105,6 +105,7 @@ def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     if spec.method == "grid":
         for p in spec.parameters.values():
             total *= len(p.values) if p.values is not None else 1
-    schedule = eta.Schedule(spec.epochs, tuple(sorted(asha_rungs(spec))), spec.scheduler.reduction_factor, total)
+    schedule = eta.Schedule(spec.epochs, tuple(sorted(asha_rungs(spec))), spec.scheduler.reduction_factor, total,
+                            audit_k=spec.audit.top_k if spec.scheduler.type == "asha" else 0)
     gpu = 0.0 if spec.resources.gpu == "auto" else float(spec.resources.gpu)
     return EtaReporter(exp_dir, schedule, total, spec.max_concurrent, spec.resources.cpu, gpu, spec.time_budget_s)

@@ -93,13 +93,15 @@ def check_resources(spec: SearchSpec) -> None:
                     "(or --cpus-per-trial / --gpus-per-trial)")
 
 
-def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path):
+def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path, starts: dict[str, str] | None = None):
     """The trial function with the dataset put once into the object store (`with_parameters`),
-    as a Tune trainable class that asks for the spec's resources and is named after its trial."""
+    as a Tune trainable class that asks for the spec's resources and is named after its trial.
+    `starts`: an audit's checkpoint (URI) for each stopped trial it continues (search/audit.py)."""
     from ray import tune
     from .trainable import train_trial
     threads = trial_threads(spec)
-    fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir))
+    fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir),
+                              starts=starts or {})
     return ray_compat.named_trainable(fn, {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu})
 
 
@@ -167,17 +169,20 @@ def check_new_experiment(exp: Location) -> None:
 
 
 def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
-               data_dir: Path | None = None, search_alg=None, pinned: tuple[dict, ...] = ()) -> Location:
+               data_dir: Path | None = None, search_alg=None, pinned: tuple[dict, ...] = (),
+               space: dict | None = None, starts: dict[str, str] | None = None) -> Location:
     """A fresh search over `data` (from `load_data`; `data_dir` is where it came from, by default
-    the spec's) into the experiment folder `exp`. Returns `exp` (experiment.py reads the results
-    from there). A search that fails before Tune wrote any state leaves nothing behind."""
+    the spec's) into the experiment folder `exp`. Returns `exp` (experiment/ reads the results
+    from there). A search that fails before Tune wrote any state leaves nothing behind. `space`
+    replaces the spec's param_space and `starts` gives trials a checkpoint to start from (an audit)."""
     data_dir = data_dir or data_dir_of(spec)
     check_new_experiment(exp)
     exp.mkdir()
     layout.write_spec(exp, spec, data_dir)
     layout.start_run(exp)
     try:
-        _fit_new(spec, exp, data, data_dir, verbose, search_alg or build_search_alg(spec), pinned)
+        _fit_new(spec, exp, data, data_dir, verbose, search_alg or build_search_alg(spec),
+                 space if space is not None else param_space(spec, pinned), starts)
     except BaseException:
         if not exp.glob(ray_compat.STATE_GLOB):  # nothing to resume: do not block the same --name
             exp.delete()
@@ -187,11 +192,11 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
 
 
 def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, verbose: int, search_alg,
-             pinned: tuple[dict, ...] = ()) -> None:
+             space: dict, starts: dict[str, str] | None) -> None:
     from ray import tune
     tuner = tune.Tuner(
-        _trainable(spec, data, data_dir),
-        param_space=param_space(spec, pinned),
+        _trainable(spec, data, data_dir, starts),
+        param_space=space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=build_tune_scheduler(spec),
                                     num_samples=spec.num_samples,  # concurrency: build_search_alg
                                     # time budget: a stopper in _run_config

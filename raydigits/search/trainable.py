@@ -14,7 +14,7 @@ from ..data.store import Dataset
 from ..experiment.layout import CHECKPOINT_FILE
 from ..trainer import Trainer
 from .. import ray_compat
-from ..spec import SearchSpec, trial_train_config
+from ..spec import AUDIT_KEY, SearchSpec, trial_train_config
 
 FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
 # tests: ";"-separated "<kind>:<epoch>:<marker file>", each fired once (by the first trial to get there):
@@ -36,14 +36,21 @@ def _fault_hook():
     return hook
 
 
-def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, data_dir: str) -> None:
-    """`data_dir`: where `data` came from (absolute), recorded in the trial's TrainConfig."""
+def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, data_dir: str,
+                starts: dict[str, str] | None = None) -> None:
+    """`data_dir`: where `data` came from (absolute), recorded in the trial's TrainConfig. `starts`:
+    for an audit trial (its config names the stopped trial under AUDIT_KEY), the checkpoint it
+    trains on from when Tune has none of its own yet."""
     ray_compat.quiet_checkpoint_lines()  # our epoch line already says a checkpoint was taken
     cfg = trial_train_config(spec, config, data_dir, where=f"trial {tune.get_context().get_trial_name()}")
     torch.set_num_threads(cfg.threads or threads)
     trainer = Trainer(cfg, data)
     trainer.step_hook = _fault_hook()
     checkpoint = tune.get_checkpoint()
+    start = (starts or {}).get(str(config.get(AUDIT_KEY)))
+    if not checkpoint and start:
+        trainer.resume(start)
+        print(f"audit: trial {config[AUDIT_KEY]} continues from its epoch {trainer.epoch} to {cfg.epochs}", flush=True)
     if checkpoint:
         with checkpoint.as_directory() as d:
             trainer.resume(Path(d) / CHECKPOINT_FILE)

@@ -7,7 +7,7 @@ from typing import Any
 import math
 
 from ..config import MUTABLE_KNOBS, TrainConfig, make_config
-from .model import INDEX_SUFFIX, SearchSpec
+from .model import AUDIT_KEY, INDEX_SUFFIX, SearchSpec
 
 
 def asha_rungs(spec: SearchSpec) -> set[int]:
@@ -60,7 +60,7 @@ def trial_values(spec: SearchSpec, config: dict[str, Any]) -> dict[str, Any]:
     """A trial's sampled dict (None = condition did not hold) merged over `fixed`."""
     values = {**spec.fixed, "epochs": spec.epochs}
     for k, v in config.items():
-        if v is not None and not k.endswith(INDEX_SUFFIX):
+        if v is not None and not k.endswith(INDEX_SUFFIX) and k != AUDIT_KEY:
             values[spec.target(k) if k in spec.parameters else k] = v
     return values
 

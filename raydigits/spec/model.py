@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import TrainConfig
 from .kinds import DISTRIBUTIONS, Kind
 
+AUDIT_KEY = "audit_of"        # an audit trial's config: the id of the stopped trial it continues
 INDEX_SUFFIX = "__index"      # Optuna picks an index for values it cannot store (lists): `<name>__index`
 SEED_HEX_DIGITS = 8           # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
 POPULATION = ("pbt", "pb2")   # schedulers whose trials take their configs from each other
@@ -121,6 +122,13 @@ class SchedulerSpec(_Strict):
                          # with the others' latest results, and a fast trial may finish before any is in)
 
 
+class AuditSpec(_Strict):
+    # after an ASHA search, the `top_k` trials it stopped with the best value at their last rung train
+    # on from their last checkpoint to max_t (search/audit.py): what early stopping cost is then
+    # measured, and the final stage may choose one of them. 0 turns it off.
+    top_k: int = Field(2, ge=0)
+
+
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0.0)
     # per trial: a fraction of a GPU (0.25 = four trials share one), or auto: a probe measures one
@@ -144,6 +152,7 @@ class SearchSpec(_Strict):
     method: Literal["random", "grid", "tpe"] = "random"
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: Resources = Resources()
+    audit: AuditSpec = AuditSpec()
     max_concurrent: int | None = Field(None, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna take seeds in [0, 2**32)
