@@ -13,8 +13,9 @@ import warnings
 
 import torch
 
+from .optim import CAPTURABLE_OPTIMIZERS  # torch's fused kernels take a device-tensor lr (optim's table)
+
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (lazy inits: cuBLAS/cuDNN, optimiser state)
-CAPTURABLE_OPTIMIZERS = ("sgd", "adam", "adamw")  # torch's fused kernels take a device-tensor lr
 
 
 def graph_blocker(cfg, device: torch.device, scaler_enabled: bool) -> str | None:

@@ -196,6 +196,17 @@ def test_each_optimizer_takes_the_configured_hyperparameters(name):
             assert optim.build_optimizer(model, cfg).param_groups[0]["nesterov"] is False
 
 
+@pytest.mark.parametrize("name", optim.list_optimizers())
+def test_the_optimizer_table_says_what_each_builds(name):
+    """OptimInfo's capabilities match the optimiser built: momentum or betas in its param groups, torch's
+    fused kernel, and the capturable ones are those graphs.py replays."""
+    from raydigits import graphs
+    info = optim.optimizer_info(name)
+    group = optim.build_optimizer(_toy()[0], make_config({"optimizer": name})).param_groups[0]
+    assert info.name == name and ("momentum" in group) == info.has_momentum and ("betas" in group) == info.has_betas
+    assert (group.get("fused") is True) == info.fused
+    assert (name in graphs.CAPTURABLE_OPTIMIZERS) == info.capturable
+
 def _cosine_at(t, lr, floor, period):
     return floor + (lr - floor) * (1 + math.cos(math.pi * t / period)) / 2
 
