@@ -204,6 +204,34 @@ def build_scheduler(opt, cfg, steps_per_epoch: int) -> LRSchedule:
     return LRSchedule(opt, cfg, steps_per_epoch)
 
 
+# ------------------------------------------------------------------ a config changed in place (PBT)
+OPTIMIZER_KNOBS = ("weight_decay", "momentum", "nesterov", "betas")  # TrainConfig key = param-group key
+
+
+def built_knobs(opt: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's `OPTIMIZER_KNOBS` as this config built them: taken before a checkpoint's
+    optimiser state is loaded over them, for `keep_own_knobs`."""
+    return [{k: g[k] for k in OPTIMIZER_KNOBS if k in g} for g in opt.param_groups]
+
+
+def keep_own_knobs(opt: torch.optim.Optimizer, schedule: LRSchedule, built: list[dict], saved: dict, now: dict,
+                   mutable: tuple[str, ...]) -> dict:
+    """The loaded optimiser state carries the saved run's hyperparameters in its param groups and
+    its lr schedule. Where this run's config (`now`) differs from the saved one in a `mutable` knob
+    (config.MUTABLE_KNOBS: PBT continued another trial's checkpoint with perturbed values), this
+    config's value is applied: param-group values as this config built them (`built`), and a changed
+    `lr` scales the whole schedule. Returns {knob: (saved, now)}."""
+    changed = {k: (saved[k], now[k]) for k in mutable if k in saved and saved[k] != now[k]}
+    for key in OPTIMIZER_KNOBS:
+        if key in changed:
+            for group, fresh in zip(opt.param_groups, built):
+                if key in fresh:
+                    group[key] = fresh[key]
+    if "lr" in changed:
+        schedule.rescale(now["lr"] / saved["lr"])
+    return changed
+
+
 # ------------------------------------------------------------------ losses
 class FocalLoss(nn.Module):
     """Softmax focal loss (Lin et al.): mean of -w_y (1 - p_y)^gamma log p_y, with label smoothing

@@ -20,11 +20,10 @@ from .data.store import Dataset
 from .errors import UserError
 from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, side_stream
 from .models import build_model, head_root, set_frozen, train_mode
-from .optim import build_loss, build_optimizer, build_scheduler, current_lr
+from .optim import build_loss, build_optimizer, build_scheduler, built_knobs, current_lr, keep_own_knobs
 from .pipeline import Predictor, Preprocess, SplitBatches
 
 CHECKPOINT_FORMAT = 1
-OPTIMIZER_KNOBS = ("weight_decay", "momentum", "nesterov", "betas")  # TrainConfig key = param-group key
 Callback = Callable[[dict, "Trainer"], None]
 
 
@@ -380,31 +379,15 @@ class Trainer:
         if state.get("class_names") != self.class_names:
             raise UserError(f"checkpoint classes {state.get('class_names')} differ from the data's {self.class_names}")
         self.model.load_state_dict(state["model"])
-        fresh = [{k: g[k] for k in OPTIMIZER_KNOBS if k in g} for g in self.optimizer.param_groups]
+        built = built_knobs(self.optimizer)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.changed_knobs = self._keep_own_knobs(state.get("config") or {}, fresh)
+        self.changed_knobs = keep_own_knobs(self.optimizer, self.scheduler, built, state.get("config") or {},
+                                            self.cfg.model_dump(mode="json"), MUTABLE_KNOBS)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
         self.history, self.stop_reason = list(state["history"]), state["stop_reason"]
-
-    def _keep_own_knobs(self, saved: dict, fresh: list[dict]) -> dict:
-        """The loaded optimiser state carries the saved run's hyperparameters in its param groups and
-        its lr schedule. Where this trainer's config differs in a `MUTABLE_KNOBS` knob (PBT continued
-        another trial's checkpoint with perturbed values), this config's value is applied: param-group
-        values as this config built them, and a changed `lr` scales the whole schedule. Returns
-        {knob: (saved, now)}."""
-        now = self.cfg.model_dump(mode="json")
-        changed = {k: (saved[k], now[k]) for k in MUTABLE_KNOBS if k in saved and saved[k] != now[k]}
-        for key in OPTIMIZER_KNOBS:
-            if key in changed:
-                for group, built in zip(self.optimizer.param_groups, fresh):
-                    if key in built:
-                        group[key] = built[key]
-        if "lr" in changed:
-            self.scheduler.rescale(now["lr"] / saved["lr"])
-        return changed
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
