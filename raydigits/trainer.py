@@ -22,31 +22,10 @@ from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_c
 from .models import build_model, head_root, set_frozen, train_mode
 from .optim import build_loss, build_optimizer, build_scheduler, built_knobs, current_lr, keep_own_knobs
 from .pipeline import Predictor, Preprocess, SplitBatches
+from .runtime import amp_dtype, resolve_device, setup_process
 
 CHECKPOINT_FORMAT = 1
 Callback = Callable[[dict, "Trainer"], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device: {name!r} asked for, but CUDA is not available here")
-    return dev
-
-
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """None = full precision. fp16 and bf16 autocast on CUDA; bf16 also on CPU when asked for."""
-    if cfg.amp == "off":
-        return None
-    if device.type != "cuda":
-        if cfg.amp == "fp16":
-            raise UserError("amp: fp16 needs CUDA; use amp: bf16 or off on CPU")
-        return torch.bfloat16 if cfg.amp == "bf16" else None
-    if cfg.amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items") -> np.ndarray | None:
@@ -66,17 +45,11 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items")
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: Dataset):
+    def __init__(self, cfg: TrainConfig, data: Dataset, default_threads: int = 0):
+        """`default_threads`: torch threads when `cfg.threads` is 0 (a Tune trial's CPU share)."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-            if cfg.gpu_memory_fraction:  # a packed trial stays inside its share (an overrun is an OOM)
-                index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, index)  # needs an index
-        torch.manual_seed(cfg.seed)
+        setup_process(cfg, self.device, default_threads)  # threads, cuDNN, GPU memory cap, seed
         self.class_names = list(data.class_names)
         self.train_set = self._split(data, "train", cfg.train_items)
         self.val_set = self._split(data, "val", cfg.val_items)
