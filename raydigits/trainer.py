@@ -18,7 +18,7 @@ from .atomic import atomic_path
 from .config import MUTABLE_KNOBS, TrainConfig
 from .data.store import Dataset
 from .errors import UserError
-from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, side_stream
+from .graphs import GraphRunner
 from .models import build_model, head_root, set_frozen, train_mode
 from .optim import build_loss, build_optimizer, build_scheduler, built_knobs, current_lr, keep_own_knobs
 from .pipeline import Predictor, Preprocess, SplitBatches
@@ -62,10 +62,10 @@ class Trainer:
         self.predictor = Predictor(self.model, self.pre, cfg.eval_batch_size, self.autocast)
         self.frozen = False            # backbone frozen this epoch (set by fit, read by the steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        # CUDA graphs (see graphs.py): None = steps are captured and replayed, else why they run eagerly
-        self.graph_blocker = graph_blocker(cfg, self.device, self.scaler.is_enabled())
+        # CUDA graphs (see graphs.py): the steps captured and replayed, or why they run eagerly
+        self.graphs = GraphRunner(cfg, self.device, self.scaler.is_enabled())
         self.criterion = build_loss(cfg, len(self.class_names)).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg, capturable=self.graph_blocker is None)
+        self.optimizer = build_optimizer(self.model, cfg, capturable=self.graphs.on)
         n = len(self.train_set)
         self.drop_last = n > cfg.batch_size  # a last batch of 1 would break BatchNorm
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else 1
@@ -78,14 +78,9 @@ class Trainer:
         self.stop_reason: str | None = None
         self.changed_knobs: dict = {}  # knobs whose value differs from the loaded checkpoint's (PBT)
         self.step_hook: Callable[[int, int], None] | None = None  # (epoch, step) → None; tests inject faults
-        self._graphs: dict = {}        # (phase, frozen, batch) → CapturedStep
-        self._warm: dict = {}          # eager warmup steps taken per key before its capture
-        self._device_lr = DeviceLR(self.optimizer, self.device) if self.graph_blocker is None else None
         self._sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # [loss * n, correct] this epoch
         self._data_time = 0.0
-        if self.device.type == "cuda":
-            print(f"cuda graphs: {'on' if self.graph_blocker is None else 'off (' + self.graph_blocker + ')'}",
-                  flush=True)
+        self.graphs.attach(self.optimizer)  # on CUDA: says whether graphs are on
 
     def _split(self, data: Dataset, name: str, items: int) -> SplitBatches:
         images, labels = data.images[name], data.labels[name]
@@ -105,12 +100,17 @@ class Trainer:
         order = np.random.default_rng(self.cfg.seed).permutation(len(idx))
         return torch.as_tensor(idx[order], dtype=torch.long, device=self.device)
 
+    @property
+    def graph_blocker(self) -> str | None:
+        """None = the steps are captured and replayed as CUDA graphs, else why they run eagerly."""
+        return self.graphs.blocker
+
     # ------------------------------------------------------------ one epoch each way
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         # a captured step must not keep autocast's cast-weight cache between replays
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.graph_blocker is not None)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.graphs.on)
 
     def _generator(self, epoch: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.cfg.seed * 100_003 + epoch)
@@ -137,54 +137,24 @@ class Trainer:
         self._sums[0] += loss.detach().double() * len(idx)
         self._sums[1] += (out.detach().argmax(1) == yb).sum()
 
-    def _run(self, key: tuple, fn: Callable, idx: torch.Tensor):
-        """`fn(idx)` eagerly, or from its CUDA graph: a few eager warmup calls on a side stream, then
-        one capture, then replays. A failed capture turns graphs off for the run, with its reason."""
-        if self.graph_blocker is not None:
-            return fn(idx)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            return graph(idx)
-        with quiet_capturable():
-            if self._warm.get(key, 0) < WARMUP_STEPS:
-                self._warm[key] = self._warm.get(key, 0) + 1
-                with side_stream(self.device):
-                    return fn(idx)
-            graph = CapturedStep(fn, len(idx), self.device)
-            try:
-                graph.capture(idx, context=self._device_lr.swapped_in)
-            except Exception as exc:  # a model or op that cannot be captured: run eagerly instead
-                torch.cuda.synchronize(self.device)
-                self.optimizer.zero_grad(set_to_none=True)
-                first = (str(exc).strip().splitlines() or [""])[0][:160]
-                self.graph_blocker = f"capture failed: {type(exc).__name__}: {first}"
-                self._graphs.clear()
-                print(f"cuda graphs: off ({self.graph_blocker})", flush=True)
-                return fn(idx)
-        self._graphs[key] = graph
-        return graph(idx)
-
     def train_one_epoch(self, epoch: int) -> dict:
         cfg, model = self.cfg, self.model
         torch.manual_seed(cfg.seed + epoch)  # dropout: the same per epoch, also after a resume
-        graphs = self.graph_blocker is None
         order_gen = self._generator(epoch, torch.device("cpu"))
-        aug_gen = None if graphs else self._generator(epoch, self.device)
+        aug_gen = None if self.graphs.on else self._generator(epoch, self.device)
         train_mode(model, self.frozen)
         frozen = self.frozen
         trainable = [p for p in model.parameters() if p.requires_grad]
         self._sums.zero_()
         self._data_time = 0.0
-        if self._device_lr is not None:
-            self._device_lr.sync()  # e.g. after a resume restored the optimiser's lrs
+        self.graphs.sync_lr()  # e.g. after a resume restored the optimiser's lrs
         seen, start = 0, time.perf_counter()
         for step, idx in enumerate(self.train_set.index_batches(cfg.batch_size, True, order_gen, self.drop_last)):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
-            self._run(("train", frozen, len(idx)), lambda i: self._train_step(i, aug_gen, trainable), idx)
+            self.graphs.train_step(frozen, lambda i: self._train_step(i, aug_gen, trainable), idx)
             self.scheduler.step_batch()
-            if self._device_lr is not None:
-                self._device_lr.sync()
+            self.graphs.sync_lr()
             seen += len(idx)
         loss_sum, correct = self._sums.tolist()  # the epoch's one host sync
         elapsed = time.perf_counter() - start
@@ -240,7 +210,7 @@ class Trainer:
         self.model.eval()
         for idx in split.index_batches(self.cfg.eval_batch_size):
             if split is self.val_set:
-                out, yb = self._run(("eval", len(idx)), lambda i: self._eval_step(split, i), idx)
+                out, yb = self.graphs.eval_step(lambda i: self._eval_step(split, i), idx)
             else:
                 out, yb = self._eval_step(split, idx)
             yield out, yb, idx
@@ -305,7 +275,7 @@ class Trainer:
                        "images_per_s": tr["images_per_s"], "data_time_s": tr["data_time_s"],
                        "train_time_s": tr["train_time_s"], "bn_recalibrate_s": bn_time, "frozen": frozen,
                        "improved": improved, "best_epoch": self.best_epoch, "diverged": diverged,
-                       "cuda_graphs": self.graph_blocker is None}
+                       "cuda_graphs": self.graphs.on}
             if diverged:
                 self.stop_reason = "diverged"
             elif cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
@@ -319,7 +289,7 @@ class Trainer:
         """The run stops with stop_reason 'oom' and one clear line; its last metrics say so (never a
         candidate for 'best')."""
         self.stop_reason = "oom"
-        self._graphs.clear()
+        self.graphs.clear()
         self.optimizer.zero_grad(set_to_none=True)
         peak = ""
         if self.device.type == "cuda":
