@@ -48,3 +48,16 @@ def setup_process(cfg, device: torch.device, default_threads: int = 0) -> None:
             index = device.index if device.index is not None else torch.cuda.current_device()
             torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, index)  # needs an index
     torch.manual_seed(cfg.seed)
+
+
+def release_cuda_memory(device: torch.device, memory_fraction: float) -> str:
+    """After an out-of-memory error: the peak this process reached, as a note for its log line
+    ('' off CUDA), then the cached blocks handed back."""
+    if device.type != "cuda":
+        return ""
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = f", capped at {memory_fraction:.0%}" if memory_fraction else ""
+    peak = (f" (peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB of "
+            f"{total / 2**30:.0f} GiB{cap})")
+    torch.cuda.empty_cache()
+    return peak

@@ -1,13 +1,15 @@
 """The epoch loop: one `train_one_epoch` / `evaluate` pair, AMP, clipping, freezing, early stopping,
-atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing of Ray: every epoch's metrics go to a callback."""
+atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing of Ray: every epoch's metrics go to a callback.
+Around it: process setup in runtime.py, CUDA graphs in graphs.py (GraphRunner), optimisers, schedules
+and the knob re-application after a PBT exploit in optim.py, precise BN's layer handling in models.py."""
 from __future__ import annotations
 
 import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,10 +21,10 @@ from .config import MUTABLE_KNOBS, TrainConfig
 from .data.store import Dataset
 from .errors import UserError
 from .graphs import GraphRunner
-from .models import build_model, head_root, set_frozen, train_mode
+from .models import build_model, cumulative_statistics, norms_to_recalibrate, set_frozen, train_mode
 from .optim import build_loss, build_optimizer, build_scheduler, built_knobs, current_lr, keep_own_knobs
 from .pipeline import Predictor, Preprocess, SplitBatches
-from .runtime import amp_dtype, resolve_device, setup_process
+from .runtime import amp_dtype, release_cuda_memory, resolve_device, setup_process
 
 CHECKPOINT_FORMAT = 1
 Callback = Callable[[dict, "Trainer"], None]
@@ -44,6 +46,37 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items")
     return np.sort(idx)
 
 
+def split_batches(data: Dataset, name: str, items: int, seed: int, device: torch.device) -> SplitBatches:
+    """Split `name` of `data` on `device`: all of it, or a seeded class-stratified `items` of it."""
+    images, labels = data.images[name], data.labels[name]
+    sub = stratified_subset(labels, items, seed, f"{name}_items")
+    if sub is not None:
+        images, labels = images[sub], labels[sub]
+    return SplitBatches(images, labels, device)
+
+
+def bn_sample(train_set: SplitBatches, n: int, seed: int, device: torch.device) -> torch.Tensor | None:
+    """Training indices for precise BN (`n` = cfg.bn_recalibrate; 0 = off): a seeded class-stratified
+    sample (all of a smaller split), in a seeded random order so that every batch mixes classes
+    (stores grouped by class exist)."""
+    if not n:
+        return None
+    labels = train_set.labels.cpu().numpy()
+    sub = stratified_subset(labels, n, seed + 1, "bn_recalibrate")
+    idx = np.arange(len(labels)) if sub is None else sub
+    order = np.random.default_rng(seed).permutation(len(idx))
+    return torch.as_tensor(idx[order], dtype=torch.long, device=device)
+
+
+def improves(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
+    """Whether `value` of the monitored metric beats `best` by more than `min_delta`."""
+    if best is None:
+        return True
+    if monitor == "val_acc":
+        return value > best + min_delta
+    return value < best - min_delta
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset, default_threads: int = 0):
         """`default_threads`: torch threads when `cfg.threads` is 0 (a Tune trial's CPU share)."""
@@ -51,9 +84,9 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         setup_process(cfg, self.device, default_threads)  # threads, cuDNN, GPU memory cap, seed
         self.class_names = list(data.class_names)
-        self.train_set = self._split(data, "train", cfg.train_items)
-        self.val_set = self._split(data, "val", cfg.val_items)
-        self.bn_index = self._bn_sample()
+        self.train_set = split_batches(data, "train", cfg.train_items, cfg.seed, self.device)
+        self.val_set = split_batches(data, "val", cfg.val_items, cfg.seed, self.device)
+        self.bn_index = bn_sample(self.train_set, cfg.bn_recalibrate, cfg.seed, self.device)
         self.model = build_model(cfg, len(self.class_names)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -81,24 +114,6 @@ class Trainer:
         self._sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # [loss * n, correct] this epoch
         self._data_time = 0.0
         self.graphs.attach(self.optimizer)  # on CUDA: says whether graphs are on
-
-    def _split(self, data: Dataset, name: str, items: int) -> SplitBatches:
-        images, labels = data.images[name], data.labels[name]
-        sub = stratified_subset(labels, items, self.cfg.seed, f"{name}_items")
-        if sub is not None:
-            images, labels = images[sub], labels[sub]
-        return SplitBatches(images, labels, self.device)
-
-    def _bn_sample(self) -> torch.Tensor | None:
-        """Training indices for precise BN: a seeded class-stratified sample (all of a smaller split),
-        in a seeded random order so that every batch mixes classes (stores grouped by class exist)."""
-        if not self.cfg.bn_recalibrate:
-            return None
-        labels = self.train_set.labels.cpu().numpy()
-        sub = stratified_subset(labels, self.cfg.bn_recalibrate, self.cfg.seed + 1, "bn_recalibrate")
-        idx = np.arange(len(labels)) if sub is None else sub
-        order = np.random.default_rng(self.cfg.seed).permutation(len(idx))
-        return torch.as_tensor(idx[order], dtype=torch.long, device=self.device)
 
     @property
     def graph_blocker(self) -> str | None:
@@ -163,38 +178,22 @@ class Trainer:
                 # on CUDA the step is asynchronous: this host-side figure is only meaningful on CPU
                 "data_time_s": self._data_time if self.device.type == "cpu" else float("nan")}
 
-    def _norms_to_recalibrate(self) -> list:
-        """BatchNorm layers whose statistics follow the training weights: all of them, or only the
-        head's while the backbone is frozen (a frozen backbone keeps its statistics)."""
-        frozen = self.frozen
-        head = head_root(self.model)
-        return [m for name, m in self.model.named_modules()
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)]
-
     @torch.no_grad()
     def recalibrate_bn(self) -> float:
         """Precise BN: recompute BatchNorm running statistics for the current weights as an exact
         cumulative average over the `bn_index` sample (un-augmented, equal-sized batches), instead
         of the momentum average that lags the weights. Returns the seconds it took."""
-        bns = self._norms_to_recalibrate()
+        bns = norms_to_recalibrate(self.model, self.frozen)
         if not bns or self.bn_index is None:
             return 0.0
         start = time.perf_counter()
-        momenta = [m.momentum for m in bns]
-        self.model.eval()
-        for m in bns:
-            m.reset_running_stats()  # in place: captured graphs keep reading the same buffers
-            m.momentum = None        # cumulative moving average
-            m.train()
         n = len(self.bn_index)
         bs = min(self.cfg.eval_batch_size, n)
-        for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
-            xb = self.train_set.images.index_select(0, self.bn_index[i:i + bs])
-            with self.autocast():
-                self.model(self.pre.eval(xb))
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        self.model.eval()
+        with cumulative_statistics(self.model, bns):
+            for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
+                xb = self.train_set.images.index_select(0, self.bn_index[i:i + bs])
+                with self.autocast():
+                    self.model(self.pre.eval(xb))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -231,14 +230,6 @@ class Trainer:
         return self.predictor.predict(images)
 
     # ------------------------------------------------------------ the loop
-    def _improved(self, value: float) -> bool:
-        if self.best_metric is None:
-            return True
-        delta = self.cfg.early_stop_min_delta
-        if self.cfg.monitor == "val_acc":
-            return value > self.best_metric + delta
-        return value < self.best_metric - delta
-
     def fit(self, callback: Callback | None = None, stop_after: int | None = None) -> list[dict]:
         """Train until `cfg.epochs` (or epoch `stop_after`, the schedule still spanning `cfg.epochs`:
         how a trial that a scheduler stopped early is replayed) or an early stop."""
@@ -263,7 +254,7 @@ class Trainer:
             value = ev[cfg.monitor]
             if not diverged:
                 self.scheduler.step_epoch(value)
-            improved = not diverged and self._improved(value)
+            improved = not diverged and improves(value, self.best_metric, cfg.monitor, cfg.early_stop_min_delta)
             if improved:
                 self.best_metric, self.best_epoch, self.bad_epochs = value, epoch, 0
             else:
@@ -291,18 +282,10 @@ class Trainer:
         self.stop_reason = "oom"
         self.graphs.clear()
         self.optimizer.zero_grad(set_to_none=True)
-        peak = ""
-        if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            peak = (f" (peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB of "
-                    f"{total / 2**30:.0f} GiB{f', capped at {self.cfg.gpu_memory_fraction:.0%}' if self.cfg.gpu_memory_fraction else ''})")
-            torch.cuda.empty_cache()
+        peak = release_cuda_memory(self.device, self.cfg.gpu_memory_fraction)
         print(f"out of memory in epoch {epoch}{peak}: run stopped; lower batch_size or img_size, or give "
               f"the trial a larger GPU share", flush=True)
-        return {"epoch": epoch, "train_loss": float("nan"), "train_acc": 0.0, "val_loss": float("nan"),
-                "val_acc": 0.0, "lr": current_lr(self.optimizer), "epoch_time_s": 0.0, "images_per_s": 0.0,
-                "frozen": False, "improved": False, "best_epoch": self.best_epoch, "diverged": False,
-                "oom": True, "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError"}
+        return oom_metrics(epoch, exc, current_lr(self.optimizer), self.best_epoch)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -337,11 +320,23 @@ class Trainer:
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as exc:  # another model, optimiser or scheduler
-            was = state.get("config") or {}
-            diff = [f"{k} {was[k]!r} (now {v!r})" for k, v in self.cfg.model_dump(mode="json").items()
-                    if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v]
-            why = f"it was trained with {', '.join(diff)}" if diff else str(exc).strip().splitlines()[0][:160]
+            why = misfit(state.get("config") or {}, self.cfg.model_dump(mode="json"), exc)
             raise UserError(f"{path}: this checkpoint does not fit the config: {why}") from None
+
+
+def oom_metrics(epoch: int, exc: Exception, lr: float, best_epoch: int) -> dict:
+    """The metrics of an epoch that ran out of memory."""
+    return {"epoch": epoch, "train_loss": float("nan"), "train_acc": 0.0, "val_loss": float("nan"),
+            "val_acc": 0.0, "lr": lr, "epoch_time_s": 0.0, "images_per_s": 0.0,
+            "frozen": False, "improved": False, "best_epoch": best_epoch, "diverged": False,
+            "oom": True, "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError"}
+
+
+def misfit(was: dict, now: dict, exc: Exception) -> str:
+    """Why a checkpoint trained with config `was` does not load into a trainer of config `now`."""
+    diff = [f"{k} {was[k]!r} (now {v!r})" for k, v in now.items()
+            if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v]
+    return f"it was trained with {', '.join(diff)}" if diff else str(exc).strip().splitlines()[0][:160]
 
 
 def load_checkpoint(path) -> dict:
@@ -355,7 +350,7 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"{path}: no such checkpoint") from None
     try:
         state = torch.load(data, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: "
                         f"{type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
