@@ -109,7 +109,7 @@ class GraphRunner:
     def __init__(self, cfg, device: torch.device, scaler_enabled: bool):
         self.device = device
         self.blocker = graph_blocker(cfg, device, scaler_enabled)
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: torch.optim.Optimizer  # set by attach()
         self.device_lr: DeviceLR | None = None
         self._graphs: dict = {}        # (phase, frozen, batch) → CapturedStep
         self._warm: dict = {}          # eager warmup steps taken per key before its capture
@@ -123,7 +123,7 @@ class GraphRunner:
         self.optimizer = optimizer
         self.device_lr = DeviceLR(optimizer, self.device) if self.on else None
         if self.device.type == "cuda":
-            print(f"cuda graphs: {'on' if self.on else 'off (' + self.blocker + ')'}", flush=True)
+            print(f"cuda graphs: {'on' if self.blocker is None else 'off (' + self.blocker + ')'}", flush=True)
 
     def sync_lr(self) -> None:
         """The schedule's current lrs into the captured step's device tensors (e.g. after a resume)."""
