@@ -1,7 +1,9 @@
 """Build a torchvision classifier by name, give it a head for the dataset's classes, load pretrained
-weights from local files only, set BatchNorm momentum, and freeze/unfreeze the backbone."""
+weights from local files only, set BatchNorm momentum, freeze/unfreeze the backbone, and put the
+BatchNorms that precise BN recalibrates into cumulative-average mode."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from pathlib import Path
@@ -76,7 +78,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         raise UserError(f"pretrained: {path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated, not a torch file, or holds non-tensor objects
+    except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, or holds non-tensor objects
         raise UserError(f"pretrained: {path}: not a loadable state dict ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -154,3 +156,28 @@ def train_mode(model: nn.Module, frozen: bool) -> None:
         for name, mod in model.named_children():
             if name != head:
                 mod.eval()
+
+
+def norms_to_recalibrate(model: nn.Module, frozen: bool) -> list:
+    """BatchNorm layers whose statistics follow the training weights: all of them, or only the
+    head's while the backbone is frozen (a frozen backbone keeps its statistics)."""
+    head = head_root(model)
+    return [m for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)]
+
+
+@contextlib.contextmanager
+def cumulative_statistics(model: nn.Module, norms: list):
+    """Inside: the model in eval mode except `norms`, whose running statistics are reset (in place:
+    captured graphs keep reading the same buffers) and then accumulate as an exact cumulative average
+    (momentum None) over what is run through the model. After: their momenta back, the model in eval mode."""
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None        # cumulative moving average
+        m.train()
+    yield
+    for m, mom in zip(norms, momenta):
+        m.momentum = mom
+    model.eval()

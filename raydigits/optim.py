@@ -1,18 +1,20 @@
-"""Name → builder registries for optimisers, learning-rate schedules and losses (timm-style).
+"""Name → builder registries for optimisers, learning-rate schedules and losses (timm-style). The
+optimisers are one table of `OptimInfo` entries: builder and capabilities (momentum or betas, fused,
+CUDA-graph capturable).
 
 Schedules step per batch (`step_batch`) except plateau, which steps per epoch on the monitored
 metric (`step_epoch`). A linear warmup from `lr * warmup_start_factor` (never 0) wraps any of them.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.optim import lr_scheduler as lrs
 
-_OPTIMIZERS: dict[str, Callable] = {}
 _SCHEDULERS: dict[str, Callable] = {}
 _LOSSES: dict[str, Callable] = {}
 
@@ -37,40 +39,60 @@ def list_losses() -> list[str]:
 
 
 # ------------------------------------------------------------------ optimisers
-@_register(_OPTIMIZERS)
+@dataclass(frozen=True)
+class OptimInfo:
+    """One optimiser and what it can do (modelled on timm's `OptimInfo`). `_OPTIMIZERS` below is the one
+    table of them: `build_optimizer` reads it here, graphs.py reads which steps a CUDA graph can replay."""
+    name: str
+    builder: Callable            # (param groups, cfg, fused, capturable) → the optimiser
+    has_momentum: bool = False   # takes `momentum` and `nesterov` (sgd)
+    has_betas: bool = False      # takes `betas` (the adam family)
+    # torch's single-kernel (fused) implementation: the step is one launch per dtype instead of a loop
+    # over tensors, and on CUDA it is what makes the step graph-capturable with a device-side lr
+    fused: bool = False
+    capturable: bool = False     # its step can be captured into a CUDA graph (a device-tensor lr; graphs.py)
+    description: str = ""
+
+
 def _sgd(params, cfg, fused, capturable):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                            weight_decay=cfg.weight_decay, fused=fused)
 
 
-@_register(_OPTIMIZERS)
 def _adam(params, cfg, fused, capturable):
     # capturable: the step counter lives on the device, so a CUDA graph can replay the step
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused,
                             capturable=capturable)
 
 
-@_register(_OPTIMIZERS)
 def _adamw(params, cfg, fused, capturable):
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused,
                              capturable=capturable)
 
 
-@_register(_OPTIMIZERS)
 def _adabelief(params, cfg, fused, capturable):
     from pytorch_optimizer import AdaBelief
     return AdaBelief(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, weight_decouple=True)
 
 
-@_register(_OPTIMIZERS)
 def _ranger(params, cfg, fused, capturable):
     from pytorch_optimizer import Ranger
     return Ranger(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-# torch's single-kernel (fused) implementations: the step is one launch per dtype instead of a loop
-# over tensors, and on CUDA it is what makes the step graph-capturable with a device-side lr
-FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")
+_OPTIMIZERS: dict[str, OptimInfo] = {info.name: info for info in (
+    OptimInfo("sgd", _sgd, has_momentum=True, fused=True, capturable=True, description="SGD, momentum, nesterov"),
+    OptimInfo("adam", _adam, has_betas=True, fused=True, capturable=True, description="Adam, L2 weight decay"),
+    OptimInfo("adamw", _adamw, has_betas=True, fused=True, capturable=True, description="Adam, decoupled decay"),
+    OptimInfo("adabelief", _adabelief, has_betas=True, description="AdaBelief (pytorch_optimizer)"),
+    OptimInfo("ranger", _ranger, has_betas=True, description="RAdam + Lookahead (pytorch_optimizer)"),
+)}
+FUSED_OPTIMIZERS = tuple(name for name, info in _OPTIMIZERS.items() if info.fused)
+CAPTURABLE_OPTIMIZERS = tuple(name for name, info in _OPTIMIZERS.items() if info.capturable)
+
+
+def optimizer_info(name: str) -> OptimInfo:
+    return _OPTIMIZERS[name]
 
 
 def build_optimizer(model: nn.Module, cfg, capturable: bool = False) -> torch.optim.Optimizer:
@@ -81,8 +103,8 @@ def build_optimizer(model: nn.Module, cfg, capturable: bool = False) -> torch.op
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = True if cfg.optimizer in FUSED_OPTIMIZERS else None
-    return _OPTIMIZERS[cfg.optimizer](groups, cfg, fused, capturable)
+    info = _OPTIMIZERS[cfg.optimizer]
+    return info.builder(groups, cfg, True if info.fused else None, capturable)
 
 
 # ------------------------------------------------------------------ schedules (steps = batches)
@@ -180,6 +202,34 @@ class LRSchedule:
 
 def build_scheduler(opt, cfg, steps_per_epoch: int) -> LRSchedule:
     return LRSchedule(opt, cfg, steps_per_epoch)
+
+
+# ------------------------------------------------------------------ a config changed in place (PBT)
+OPTIMIZER_KNOBS = ("weight_decay", "momentum", "nesterov", "betas")  # TrainConfig key = param-group key
+
+
+def built_knobs(opt: torch.optim.Optimizer) -> list[dict]:
+    """Each param group's `OPTIMIZER_KNOBS` as this config built them: taken before a checkpoint's
+    optimiser state is loaded over them, for `keep_own_knobs`."""
+    return [{k: g[k] for k in OPTIMIZER_KNOBS if k in g} for g in opt.param_groups]
+
+
+def keep_own_knobs(opt: torch.optim.Optimizer, schedule: LRSchedule, built: list[dict], saved: dict, now: dict,
+                   mutable: tuple[str, ...]) -> dict:
+    """The loaded optimiser state carries the saved run's hyperparameters in its param groups and
+    its lr schedule. Where this run's config (`now`) differs from the saved one in a `mutable` knob
+    (config.MUTABLE_KNOBS: PBT continued another trial's checkpoint with perturbed values), this
+    config's value is applied: param-group values as this config built them (`built`), and a changed
+    `lr` scales the whole schedule. Returns {knob: (saved, now)}."""
+    changed = {k: (saved[k], now[k]) for k in mutable if k in saved and saved[k] != now[k]}
+    for key in OPTIMIZER_KNOBS:
+        if key in changed:
+            for group, fresh in zip(opt.param_groups, built):
+                if key in fresh:
+                    group[key] = fresh[key]
+    if "lr" in changed:
+        schedule.rescale(now["lr"] / saved["lr"])
+    return changed
 
 
 # ------------------------------------------------------------------ losses

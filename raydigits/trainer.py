@@ -1,13 +1,15 @@
 """The epoch loop: one `train_one_epoch` / `evaluate` pair, AMP, clipping, freezing, early stopping,
-atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing of Ray: every epoch's metrics go to a callback."""
+atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing of Ray: every epoch's metrics go to a callback.
+Around it: process setup in runtime.py, CUDA graphs in graphs.py (GraphRunner), optimisers, schedules
+and the knob re-application after a PBT exploit in optim.py, precise BN's layer handling in models.py."""
 from __future__ import annotations
 
 import contextlib
 import io
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -18,36 +20,14 @@ from .atomic import atomic_path
 from .config import MUTABLE_KNOBS, TrainConfig
 from .data.store import Dataset
 from .errors import UserError
-from .graphs import WARMUP_STEPS, CapturedStep, DeviceLR, graph_blocker, quiet_capturable, side_stream
-from .models import build_model, head_root, set_frozen, train_mode
-from .optim import build_loss, build_optimizer, build_scheduler, current_lr
+from .graphs import GraphRunner
+from .models import build_model, cumulative_statistics, norms_to_recalibrate, set_frozen, train_mode
+from .optim import build_loss, build_optimizer, build_scheduler, built_knobs, current_lr, keep_own_knobs
 from .pipeline import Predictor, Preprocess, SplitBatches
+from .runtime import amp_dtype, release_cuda_memory, resolve_device, setup_process
 
 CHECKPOINT_FORMAT = 1
-OPTIMIZER_KNOBS = ("weight_decay", "momentum", "nesterov", "betas")  # TrainConfig key = param-group key
 Callback = Callable[[dict, "Trainer"], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device: {name!r} asked for, but CUDA is not available here")
-    return dev
-
-
-def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """None = full precision. fp16 and bf16 autocast on CUDA; bf16 also on CPU when asked for."""
-    if cfg.amp == "off":
-        return None
-    if device.type != "cuda":
-        if cfg.amp == "fp16":
-            raise UserError("amp: fp16 needs CUDA; use amp: bf16 or off on CPU")
-        return torch.bfloat16 if cfg.amp == "bf16" else None
-    if cfg.amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
 
 
 def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items") -> np.ndarray | None:
@@ -66,22 +46,47 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items")
     return np.sort(idx)
 
 
+def split_batches(data: Dataset, name: str, items: int, seed: int, device: torch.device) -> SplitBatches:
+    """Split `name` of `data` on `device`: all of it, or a seeded class-stratified `items` of it."""
+    images, labels = data.images[name], data.labels[name]
+    sub = stratified_subset(labels, items, seed, f"{name}_items")
+    if sub is not None:
+        images, labels = images[sub], labels[sub]
+    return SplitBatches(images, labels, device)
+
+
+def bn_sample(train_set: SplitBatches, n: int, seed: int, device: torch.device) -> torch.Tensor | None:
+    """Training indices for precise BN (`n` = cfg.bn_recalibrate; 0 = off): a seeded class-stratified
+    sample (all of a smaller split), in a seeded random order so that every batch mixes classes
+    (stores grouped by class exist)."""
+    if not n:
+        return None
+    labels = train_set.labels.cpu().numpy()
+    sub = stratified_subset(labels, n, seed + 1, "bn_recalibrate")
+    idx = np.arange(len(labels)) if sub is None else sub
+    order = np.random.default_rng(seed).permutation(len(idx))
+    return torch.as_tensor(idx[order], dtype=torch.long, device=device)
+
+
+def improves(value: float, best: float | None, monitor: str, min_delta: float) -> bool:
+    """Whether `value` of the monitored metric beats `best` by more than `min_delta`."""
+    if best is None:
+        return True
+    if monitor == "val_acc":
+        return value > best + min_delta
+    return value < best - min_delta
+
+
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: Dataset):
+    def __init__(self, cfg: TrainConfig, data: Dataset, default_threads: int = 0):
+        """`default_threads`: torch threads when `cfg.threads` is 0 (a Tune trial's CPU share)."""
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-            if cfg.gpu_memory_fraction:  # a packed trial stays inside its share (an overrun is an OOM)
-                index = self.device.index if self.device.index is not None else torch.cuda.current_device()
-                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, index)  # needs an index
-        torch.manual_seed(cfg.seed)
+        setup_process(cfg, self.device, default_threads)  # threads, cuDNN, GPU memory cap, seed
         self.class_names = list(data.class_names)
-        self.train_set = self._split(data, "train", cfg.train_items)
-        self.val_set = self._split(data, "val", cfg.val_items)
-        self.bn_index = self._bn_sample()
+        self.train_set = split_batches(data, "train", cfg.train_items, cfg.seed, self.device)
+        self.val_set = split_batches(data, "val", cfg.val_items, cfg.seed, self.device)
+        self.bn_index = bn_sample(self.train_set, cfg.bn_recalibrate, cfg.seed, self.device)
         self.model = build_model(cfg, len(self.class_names)).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -90,10 +95,10 @@ class Trainer:
         self.predictor = Predictor(self.model, self.pre, cfg.eval_batch_size, self.autocast)
         self.frozen = False            # backbone frozen this epoch (set by fit, read by the steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        # CUDA graphs (see graphs.py): None = steps are captured and replayed, else why they run eagerly
-        self.graph_blocker = graph_blocker(cfg, self.device, self.scaler.is_enabled())
+        # CUDA graphs (see graphs.py): the steps captured and replayed, or why they run eagerly
+        self.graphs = GraphRunner(cfg, self.device, self.scaler.is_enabled())
         self.criterion = build_loss(cfg, len(self.class_names)).to(self.device)
-        self.optimizer = build_optimizer(self.model, cfg, capturable=self.graph_blocker is None)
+        self.optimizer = build_optimizer(self.model, cfg, capturable=self.graphs.on)
         n = len(self.train_set)
         self.drop_last = n > cfg.batch_size  # a last batch of 1 would break BatchNorm
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else 1
@@ -106,39 +111,21 @@ class Trainer:
         self.stop_reason: str | None = None
         self.changed_knobs: dict = {}  # knobs whose value differs from the loaded checkpoint's (PBT)
         self.step_hook: Callable[[int, int], None] | None = None  # (epoch, step) → None; tests inject faults
-        self._graphs: dict = {}        # (phase, frozen, batch) → CapturedStep
-        self._warm: dict = {}          # eager warmup steps taken per key before its capture
-        self._device_lr = DeviceLR(self.optimizer, self.device) if self.graph_blocker is None else None
         self._sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # [loss * n, correct] this epoch
         self._data_time = 0.0
-        if self.device.type == "cuda":
-            print(f"cuda graphs: {'on' if self.graph_blocker is None else 'off (' + self.graph_blocker + ')'}",
-                  flush=True)
+        self.graphs.attach(self.optimizer)  # on CUDA: says whether graphs are on
 
-    def _split(self, data: Dataset, name: str, items: int) -> SplitBatches:
-        images, labels = data.images[name], data.labels[name]
-        sub = stratified_subset(labels, items, self.cfg.seed, f"{name}_items")
-        if sub is not None:
-            images, labels = images[sub], labels[sub]
-        return SplitBatches(images, labels, self.device)
-
-    def _bn_sample(self) -> torch.Tensor | None:
-        """Training indices for precise BN: a seeded class-stratified sample (all of a smaller split),
-        in a seeded random order so that every batch mixes classes (stores grouped by class exist)."""
-        if not self.cfg.bn_recalibrate:
-            return None
-        labels = self.train_set.labels.cpu().numpy()
-        sub = stratified_subset(labels, self.cfg.bn_recalibrate, self.cfg.seed + 1, "bn_recalibrate")
-        idx = np.arange(len(labels)) if sub is None else sub
-        order = np.random.default_rng(self.cfg.seed).permutation(len(idx))
-        return torch.as_tensor(idx[order], dtype=torch.long, device=self.device)
+    @property
+    def graph_blocker(self) -> str | None:
+        """None = the steps are captured and replayed as CUDA graphs, else why they run eagerly."""
+        return self.graphs.blocker
 
     # ------------------------------------------------------------ one epoch each way
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         # a captured step must not keep autocast's cast-weight cache between replays
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=self.graph_blocker is not None)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, cache_enabled=not self.graphs.on)
 
     def _generator(self, epoch: int, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.cfg.seed * 100_003 + epoch)
@@ -165,54 +152,24 @@ class Trainer:
         self._sums[0] += loss.detach().double() * len(idx)
         self._sums[1] += (out.detach().argmax(1) == yb).sum()
 
-    def _run(self, key: tuple, fn: Callable, idx: torch.Tensor):
-        """`fn(idx)` eagerly, or from its CUDA graph: a few eager warmup calls on a side stream, then
-        one capture, then replays. A failed capture turns graphs off for the run, with its reason."""
-        if self.graph_blocker is not None:
-            return fn(idx)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            return graph(idx)
-        with quiet_capturable():
-            if self._warm.get(key, 0) < WARMUP_STEPS:
-                self._warm[key] = self._warm.get(key, 0) + 1
-                with side_stream(self.device):
-                    return fn(idx)
-            graph = CapturedStep(fn, len(idx), self.device)
-            try:
-                graph.capture(idx, context=self._device_lr.swapped_in)
-            except Exception as exc:  # a model or op that cannot be captured: run eagerly instead
-                torch.cuda.synchronize(self.device)
-                self.optimizer.zero_grad(set_to_none=True)
-                first = (str(exc).strip().splitlines() or [""])[0][:160]
-                self.graph_blocker = f"capture failed: {type(exc).__name__}: {first}"
-                self._graphs.clear()
-                print(f"cuda graphs: off ({self.graph_blocker})", flush=True)
-                return fn(idx)
-        self._graphs[key] = graph
-        return graph(idx)
-
     def train_one_epoch(self, epoch: int) -> dict:
         cfg, model = self.cfg, self.model
         torch.manual_seed(cfg.seed + epoch)  # dropout: the same per epoch, also after a resume
-        graphs = self.graph_blocker is None
         order_gen = self._generator(epoch, torch.device("cpu"))
-        aug_gen = None if graphs else self._generator(epoch, self.device)
+        aug_gen = None if self.graphs.on else self._generator(epoch, self.device)
         train_mode(model, self.frozen)
         frozen = self.frozen
         trainable = [p for p in model.parameters() if p.requires_grad]
         self._sums.zero_()
         self._data_time = 0.0
-        if self._device_lr is not None:
-            self._device_lr.sync()  # e.g. after a resume restored the optimiser's lrs
+        self.graphs.sync_lr()  # e.g. after a resume restored the optimiser's lrs
         seen, start = 0, time.perf_counter()
         for step, idx in enumerate(self.train_set.index_batches(cfg.batch_size, True, order_gen, self.drop_last)):
             if self.step_hook is not None:
                 self.step_hook(epoch, step)
-            self._run(("train", frozen, len(idx)), lambda i: self._train_step(i, aug_gen, trainable), idx)
+            self.graphs.train_step(frozen, lambda i: self._train_step(i, aug_gen, trainable), idx)
             self.scheduler.step_batch()
-            if self._device_lr is not None:
-                self._device_lr.sync()
+            self.graphs.sync_lr()
             seen += len(idx)
         loss_sum, correct = self._sums.tolist()  # the epoch's one host sync
         elapsed = time.perf_counter() - start
@@ -221,38 +178,22 @@ class Trainer:
                 # on CUDA the step is asynchronous: this host-side figure is only meaningful on CPU
                 "data_time_s": self._data_time if self.device.type == "cpu" else float("nan")}
 
-    def _norms_to_recalibrate(self) -> list:
-        """BatchNorm layers whose statistics follow the training weights: all of them, or only the
-        head's while the backbone is frozen (a frozen backbone keeps its statistics)."""
-        frozen = self.frozen
-        head = head_root(self.model)
-        return [m for name, m in self.model.named_modules()
-                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)]
-
     @torch.no_grad()
     def recalibrate_bn(self) -> float:
         """Precise BN: recompute BatchNorm running statistics for the current weights as an exact
         cumulative average over the `bn_index` sample (un-augmented, equal-sized batches), instead
         of the momentum average that lags the weights. Returns the seconds it took."""
-        bns = self._norms_to_recalibrate()
+        bns = norms_to_recalibrate(self.model, self.frozen)
         if not bns or self.bn_index is None:
             return 0.0
         start = time.perf_counter()
-        momenta = [m.momentum for m in bns]
-        self.model.eval()
-        for m in bns:
-            m.reset_running_stats()  # in place: captured graphs keep reading the same buffers
-            m.momentum = None        # cumulative moving average
-            m.train()
         n = len(self.bn_index)
         bs = min(self.cfg.eval_batch_size, n)
-        for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
-            xb = self.train_set.images.index_select(0, self.bn_index[i:i + bs])
-            with self.autocast():
-                self.model(self.pre.eval(xb))
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
-        self.model.eval()
+        with cumulative_statistics(self.model, bns):
+            for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
+                xb = self.train_set.images.index_select(0, self.bn_index[i:i + bs])
+                with self.autocast():
+                    self.model(self.pre.eval(xb))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - start
@@ -268,7 +209,7 @@ class Trainer:
         self.model.eval()
         for idx in split.index_batches(self.cfg.eval_batch_size):
             if split is self.val_set:
-                out, yb = self._run(("eval", len(idx)), lambda i: self._eval_step(split, i), idx)
+                out, yb = self.graphs.eval_step(lambda i: self._eval_step(split, i), idx)
             else:
                 out, yb = self._eval_step(split, idx)
             yield out, yb, idx
@@ -289,14 +230,6 @@ class Trainer:
         return self.predictor.predict(images)
 
     # ------------------------------------------------------------ the loop
-    def _improved(self, value: float) -> bool:
-        if self.best_metric is None:
-            return True
-        delta = self.cfg.early_stop_min_delta
-        if self.cfg.monitor == "val_acc":
-            return value > self.best_metric + delta
-        return value < self.best_metric - delta
-
     def fit(self, callback: Callback | None = None, stop_after: int | None = None) -> list[dict]:
         """Train until `cfg.epochs` (or epoch `stop_after`, the schedule still spanning `cfg.epochs`:
         how a trial that a scheduler stopped early is replayed) or an early stop."""
@@ -321,7 +254,7 @@ class Trainer:
             value = ev[cfg.monitor]
             if not diverged:
                 self.scheduler.step_epoch(value)
-            improved = not diverged and self._improved(value)
+            improved = not diverged and improves(value, self.best_metric, cfg.monitor, cfg.early_stop_min_delta)
             if improved:
                 self.best_metric, self.best_epoch, self.bad_epochs = value, epoch, 0
             else:
@@ -333,7 +266,7 @@ class Trainer:
                        "images_per_s": tr["images_per_s"], "data_time_s": tr["data_time_s"],
                        "train_time_s": tr["train_time_s"], "bn_recalibrate_s": bn_time, "frozen": frozen,
                        "improved": improved, "best_epoch": self.best_epoch, "diverged": diverged,
-                       "cuda_graphs": self.graph_blocker is None}
+                       "cuda_graphs": self.graphs.on}
             if diverged:
                 self.stop_reason = "diverged"
             elif cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
@@ -347,20 +280,12 @@ class Trainer:
         """The run stops with stop_reason 'oom' and one clear line; its last metrics say so (never a
         candidate for 'best')."""
         self.stop_reason = "oom"
-        self._graphs.clear()
+        self.graphs.clear()
         self.optimizer.zero_grad(set_to_none=True)
-        peak = ""
-        if self.device.type == "cuda":
-            total = torch.cuda.get_device_properties(self.device).total_memory
-            peak = (f" (peak {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB of "
-                    f"{total / 2**30:.0f} GiB{f', capped at {self.cfg.gpu_memory_fraction:.0%}' if self.cfg.gpu_memory_fraction else ''})")
-            torch.cuda.empty_cache()
+        peak = release_cuda_memory(self.device, self.cfg.gpu_memory_fraction)
         print(f"out of memory in epoch {epoch}{peak}: run stopped; lower batch_size or img_size, or give "
               f"the trial a larger GPU share", flush=True)
-        return {"epoch": epoch, "train_loss": float("nan"), "train_acc": 0.0, "val_loss": float("nan"),
-                "val_acc": 0.0, "lr": current_lr(self.optimizer), "epoch_time_s": 0.0, "images_per_s": 0.0,
-                "frozen": False, "improved": False, "best_epoch": self.best_epoch, "diverged": False,
-                "oom": True, "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError"}
+        return oom_metrics(epoch, exc, current_lr(self.optimizer), self.best_epoch)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -380,42 +305,38 @@ class Trainer:
         if state.get("class_names") != self.class_names:
             raise UserError(f"checkpoint classes {state.get('class_names')} differ from the data's {self.class_names}")
         self.model.load_state_dict(state["model"])
-        fresh = [{k: g[k] for k in OPTIMIZER_KNOBS if k in g} for g in self.optimizer.param_groups]
+        built = built_knobs(self.optimizer)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.changed_knobs = self._keep_own_knobs(state.get("config") or {}, fresh)
+        self.changed_knobs = keep_own_knobs(self.optimizer, self.scheduler, built, state.get("config") or {},
+                                            self.cfg.model_dump(mode="json"), MUTABLE_KNOBS)
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
         self.history, self.stop_reason = list(state["history"]), state["stop_reason"]
-
-    def _keep_own_knobs(self, saved: dict, fresh: list[dict]) -> dict:
-        """The loaded optimiser state carries the saved run's hyperparameters in its param groups and
-        its lr schedule. Where this trainer's config differs in a `MUTABLE_KNOBS` knob (PBT continued
-        another trial's checkpoint with perturbed values), this config's value is applied: param-group
-        values as this config built them, and a changed `lr` scales the whole schedule. Returns
-        {knob: (saved, now)}."""
-        now = self.cfg.model_dump(mode="json")
-        changed = {k: (saved[k], now[k]) for k in MUTABLE_KNOBS if k in saved and saved[k] != now[k]}
-        for key in OPTIMIZER_KNOBS:
-            if key in changed:
-                for group, built in zip(self.optimizer.param_groups, fresh):
-                    if key in built:
-                        group[key] = built[key]
-        if "lr" in changed:
-            self.scheduler.rescale(now["lr"] / saved["lr"])
-        return changed
 
     def resume(self, path: str | Path) -> None:
         state = load_checkpoint(path)
         try:
             self.load_state_dict(state)
         except (RuntimeError, KeyError, ValueError) as exc:  # another model, optimiser or scheduler
-            was = state.get("config") or {}
-            diff = [f"{k} {was[k]!r} (now {v!r})" for k, v in self.cfg.model_dump(mode="json").items()
-                    if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v]
-            why = f"it was trained with {', '.join(diff)}" if diff else str(exc).strip().splitlines()[0][:160]
+            why = misfit(state.get("config") or {}, self.cfg.model_dump(mode="json"), exc)
             raise UserError(f"{path}: this checkpoint does not fit the config: {why}") from None
+
+
+def oom_metrics(epoch: int, exc: Exception, lr: float, best_epoch: int) -> dict:
+    """The metrics of an epoch that ran out of memory."""
+    return {"epoch": epoch, "train_loss": float("nan"), "train_acc": 0.0, "val_loss": float("nan"),
+            "val_acc": 0.0, "lr": lr, "epoch_time_s": 0.0, "images_per_s": 0.0,
+            "frozen": False, "improved": False, "best_epoch": best_epoch, "diverged": False,
+            "oom": True, "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError"}
+
+
+def misfit(was: dict, now: dict, exc: Exception) -> str:
+    """Why a checkpoint trained with config `was` does not load into a trainer of config `now`."""
+    diff = [f"{k} {was[k]!r} (now {v!r})" for k, v in now.items()
+            if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v]
+    return f"it was trained with {', '.join(diff)}" if diff else str(exc).strip().splitlines()[0][:160]
 
 
 def load_checkpoint(path) -> dict:
@@ -429,7 +350,7 @@ def load_checkpoint(path) -> dict:
         raise UserError(f"{path}: no such checkpoint") from None
     try:
         state = torch.load(data, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint
         raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: "
                         f"{type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:

@@ -56,14 +56,14 @@ def _lrs(cfg, spe=10, epochs=None, metric=lambda e: 0.5):
 def test_every_scheduler_runs_with_and_without_warmup(name, warmup):
     cfg = make_config({"scheduler": name, "epochs": 6, "lr": 0.1, "warmup_epochs": warmup,
                        "milestones": [2, 4], "step_size": 2, "gamma": 0.5, "restart_epochs": 2})
-    lrs, opt, sched = _lrs(cfg)
+    lrs, _opt, sched = _lrs(cfg)
     assert all(math.isfinite(v) and v > 0 for v in lrs), lrs
     assert lrs[0] > 0 and max(lrs) <= 0.1 * (1 + 1e-6) + 1e-9 or name == "onecycle"
     if warmup:
         assert lrs[0] == pytest.approx(lrs[10] * cfg.warmup_start_factor, rel=1e-6) or name == "onecycle"
     # state round trip: a fresh schedule resumed from the state continues identically
     state = sched.state_dict()
-    lrs2, _, sched2 = _lrs(cfg, epochs=0)
+    _lrs2, _, sched2 = _lrs(cfg, epochs=0)
     sched2.load_state_dict(state)
     assert sched2.steps == sched.steps
 
@@ -96,7 +96,7 @@ def test_warmup_then_cosine_and_plateau():
     cfg = make_config({"scheduler": "cosine", "lr": 0.1, "epochs": 3, "warmup_epochs": 1})
     lrs, _, _ = _lrs(cfg, spe=4)
     assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.1)  # cosine starts at full lr
-    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))
+    assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # noqa: RUF007
     cfg = make_config({"scheduler": "plateau", "lr": 0.1, "epochs": 5, "warmup_epochs": 1,
                        "plateau_patience": 0, "plateau_factor": 0.5})
     lrs, _, _ = _lrs(cfg, spe=2)  # the metric never improves → halves every epoch after the first
@@ -195,6 +195,17 @@ def test_each_optimizer_takes_the_configured_hyperparameters(name):
             cfg = make_config({"optimizer": "sgd", "momentum": momentum, "nesterov": nesterov})
             assert optim.build_optimizer(model, cfg).param_groups[0]["nesterov"] is False
 
+
+@pytest.mark.parametrize("name", optim.list_optimizers())
+def test_the_optimizer_table_says_what_each_builds(name):
+    """OptimInfo's capabilities match the optimiser built: momentum or betas in its param groups, torch's
+    fused kernel, and the capturable ones are those graphs.py replays."""
+    from raydigits import graphs
+    info = optim.optimizer_info(name)
+    group = optim.build_optimizer(_toy()[0], make_config({"optimizer": name})).param_groups[0]
+    assert info.name == name and ("momentum" in group) == info.has_momentum and ("betas" in group) == info.has_betas
+    assert (group.get("fused") is True) == info.fused
+    assert (name in graphs.CAPTURABLE_OPTIMIZERS) == info.capturable
 
 def _cosine_at(t, lr, floor, period):
     return floor + (lr - floor) * (1 + math.cos(math.pi * t / period)) / 2

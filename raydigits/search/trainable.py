@@ -43,8 +43,7 @@ def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, dat
     trains on from when Tune has none of its own yet."""
     ray_compat.quiet_checkpoint_lines()  # our epoch line already says a checkpoint was taken
     cfg = trial_train_config(spec, config, data_dir, where=f"trial {tune.get_context().get_trial_name()}")
-    torch.set_num_threads(cfg.threads or threads)
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, default_threads=threads)  # runtime.setup_process: the trial's CPU share
     trainer.step_hook = _fault_hook()
     checkpoint = tune.get_checkpoint()
     start = (starts or {}).get(str(config.get(AUDIT_KEY)))
