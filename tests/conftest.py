@@ -1,5 +1,5 @@
 """Shared fixtures: the real MNIST, prepared once into the repo's data/ (as a user would), and
-small real subsets of it for fast tests. Plain helpers are in helpers.py."""
+small real subsets of it for fast tests. Plain helpers and the harnesses are in support/"""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from support.helpers import REPO
 
 os.environ.setdefault("RAYDIGITS_NO_PROGRESS", "1")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, stale_cluster_record
+from support.helpers import REPO, stale_cluster_record
 
 SMOKE = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
 
@@ -121,7 +121,7 @@ def fake_experiment(tmp_path, small_mnist):
     from raydigits.inference import save_models
     from raydigits.experiment.layout import SPEC_FILE
     from raydigits.trainer import Trainer
-    from helpers import tiny_cfg
+    from support.helpers import tiny_cfg
     exp = tmp_path / "exp"
     (exp / "final").mkdir(parents=True)
     (exp / SPEC_FILE).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
@@ -235,7 +235,7 @@ def test_bad_train_input(case, tmp_path, capsys, mnist_dir):
 def test_train_resume_of_a_checkpoint_for_another_model(tmp_path, capsys, small_mnist):
     from raydigits import train
     from raydigits.trainer import Trainer
-    from helpers import tiny_cfg
+    from support.helpers import tiny_cfg
     ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "other" / "last.pt")
     out = tmp_path / "run"
     rc = train.main(["--out", str(out), *QUICK, "--set", "model=resnet18", "--resume", str(ckpt)])

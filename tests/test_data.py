@@ -18,7 +18,7 @@ from raydigits.data import sources
 from raydigits.data.prepare import export_image_tree, prepare_mnist
 from raydigits.errors import UserError
 
-from helpers import REPO
+from support.helpers import REPO
 
 
 def test_mnist_splits_sizes_ids_and_manifest(mnist_dir, mnist):

@@ -17,7 +17,7 @@ from raydigits.experiment.records import derive_outcome, ended_outcome
 from raydigits.spec import asha_rungs, parse_spec
 from raydigits.storage import as_location
 
-from helpers import tiny_cfg
+from support.helpers import tiny_cfg
 
 SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 9, "grace_period": 1, "reduction_factor": 3}})
 

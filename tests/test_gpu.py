@@ -16,7 +16,7 @@ import torch
 from raydigits.config import make_config
 from raydigits.trainer import Trainer
 
-from helpers import REPO, results
+from support.helpers import REPO, results
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO
+from support.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

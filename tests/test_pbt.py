@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import REPO, results
+from support.helpers import REPO, results
 
 pytestmark = pytest.mark.slow
 

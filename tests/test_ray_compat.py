@@ -20,7 +20,7 @@ import pytest
 
 from raydigits import ray_compat
 
-from helpers import REPO
+from support.helpers import REPO
 
 
 def _source(module: str) -> str:

@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import pytest
 
-from helpers import REPO, launch
+from support.helpers import REPO, launch
 from raydigits.cli import main
 
 pytestmark = pytest.mark.slow

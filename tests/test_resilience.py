@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from cluster import TwoNodeCluster
-from helpers import REPO, launch, results
-from s3 import BUCKET, s3_env, s3_server
+from support.cluster import TwoNodeCluster
+from support.helpers import REPO, launch, results
+from support.s3 import BUCKET, s3_env, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_search_on_s3_survives_losing_a_worker_node(tmp_path, mnist_dir, mnist, 
         # attached to a cluster: how to reach its dashboard from elsewhere, and how to log in
         assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" in out
         assert f"ssh -L {cluster.dashboard_port}:localhost:{cluster.dashboard_port}" in out and "login:" in out
-        from browser import read_token
+        from support.browser import read_token
         assert read_token() not in out
         for k, v in env.items():  # this process reads the bucket through the storage layer too
             monkeypatch.setenv(k, v)

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import REPO, launch, results, stale_cluster_record
-from s3 import BUCKET, s3_server
+from support.helpers import REPO, launch, results, stale_cluster_record
+from support.s3 import BUCKET, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,7 @@ def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
         port = int(url.rsplit(":", 1)[1].strip("/"))
         found["listening_on"] = sorted({c.laddr.ip for c in psutil.net_connections("tcp")
                                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
-        from browser import browser_missing, check_dashboard
+        from support.browser import browser_missing, check_dashboard
         why = browser_missing()
         if why:
             found["skipped"] = why
@@ -307,7 +307,7 @@ def test_local_dashboard_listens_on_loopback_only(smoke_run):
 
 
 def test_terminal_shows_the_table_and_our_lines_not_ray_noise(smoke_run):
-    from browser import read_token
+    from support.browser import read_token
     out = smoke_run["out"]
     assert "login: the page asks for a token" in out and "ray get-auth-token" in out
     assert read_token() not in out  # says where the token is, never the token
@@ -367,7 +367,7 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
 
 
 def test_report_renders_offline_in_a_browser(smoke_run):
-    from browser import ARTIFACTS, browser_missing, check_report
+    from support.browser import ARTIFACTS, browser_missing, check_report
     why = browser_missing()
     if why:
         pytest.skip(why)

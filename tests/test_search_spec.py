@@ -13,7 +13,7 @@ from raydigits.errors import UserError
 from raydigits.spec import load_spec, parse_spec, trial_values
 from raydigits.search.tune_space import OptunaSpace, param_space
 
-from helpers import REPO
+from support.helpers import REPO
 
 GOOD = {
     "name": "t", "num_samples": 2,
@@ -620,7 +620,7 @@ def test_unusable_files_named_in_fixed(case, tmp_path):
 
 def test_usable_weights_pass(tmp_path, small_mnist):
     from raydigits.trainer import Trainer
-    from helpers import tiny_cfg
+    from support.helpers import tiny_cfg
     ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "last.pt")
     assert parse_spec(_bad(lambda d: d["fixed"].update(pretrained=str(ckpt)))).fixed["pretrained"] == str(ckpt)
 

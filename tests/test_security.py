@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from helpers import REPO
+from support.helpers import REPO
 
 SOURCES = sorted((REPO / "raydigits").rglob("*.py")) + [REPO / "launch.py"]
 

@@ -14,7 +14,7 @@ import cv2
 import pytest
 import yaml
 
-from helpers import REPO, results
+from support.helpers import REPO, results
 
 pytestmark = pytest.mark.slow
 

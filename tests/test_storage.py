@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-from s3 import BUCKET, keys, s3_server
+from support.helpers import REPO
+from support.s3 import BUCKET, keys, s3_server
 
 from raydigits.errors import UserError
 from raydigits.storage import Location, check_name, staged

@@ -16,7 +16,7 @@ from raydigits.errors import UserError
 from raydigits.models import head_root
 from raydigits.trainer import Trainer, load_checkpoint
 
-from helpers import REPO, tiny_cfg
+from support.helpers import REPO, tiny_cfg
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"}
 

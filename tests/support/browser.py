@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM = os.environ.get("RAYDIGITS_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def browser_missing() -> str | None:
