@@ -352,7 +352,7 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
     for name, value in imp.mean.items():
         assert f"<td>{name}</td><td>{value:.3f}</td>" in page
     # the rung table: every trial recorded as stopped by ASHA is listed in its rung's row, at its value there
-    asha = page[page.index("<section id=asha>"):page.index("<section id=curves>")]
+    asha = page[page.index("<section id=asha>"):page.index("<section id=audit>")]
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr><td>epoch (\d+)</td>.*?</tr>", asha)}
     assert sorted(rows) == [1, 2]
     record = experiment.outcomes.trials
@@ -362,7 +362,7 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
         value = next(r["val_acc"] for r in results(next(exp.glob(f"smoke_{tid}"))) if r["epoch"] == epoch)
         assert f"{tid} ({value:.4f})" in rows[epoch], rows
         assert all(tid not in row for e, row in rows.items() if e != epoch)
-    oom = next(tid for tid, r in record.items() if r["outcome"] == "oom")
+    oom = next(tid for tid, r in record.items() if r.outcome == "oom")
     assert f"{oom} (oom)" in rows[1]
 
 
@@ -421,7 +421,7 @@ def test_progress_shows_an_eta_and_the_summary_weighs_it(smoke_run):
 def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(smoke_run, tmp_path):
     """`extend` on a copy of the shared search: 2 more trials in extend_1/ with up to 4 epochs, the
     best finished config re-run first under that budget, the finished trials untouched, and the
-    final stage choosing among all 8."""
+    final stage choosing among all of them (the search's 6, its audit's 1, the extension's 2)."""
     import shutil
     from raydigits.experiment import Experiment
     exp = tmp_path / "ext"
@@ -436,8 +436,8 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     extended = Experiment.open(exp)
     after = extended.frame()
     assert len(after) == len(before) + 2 and (after["run"] == "extend_1").sum() == 2
-    kept = after[after["run"] == "search"].reset_index(drop=True)
-    pd.testing.assert_frame_equal(kept, before.assign(run="search")[kept.columns])
+    kept = after[after["run"] != "extend_1"].reset_index(drop=True)  # the search's and its audit's
+    pd.testing.assert_frame_equal(kept, before[kept.columns])
     new = [t for t in extended.trials if t.run == "extend_1"]
     searched = {k: v for k, v in best.config.items() if k in spec.parameters}
     promoted = [t.config for t in new if {k: t.config.get(k) for k in searched} == searched]
