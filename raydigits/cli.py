@@ -180,7 +180,7 @@ def run_search_command(args, run: SearchRun) -> int:
 
 def _audit(exp, data, top_k: int, verbose: int, data_dir) -> None:
     """The audit run (search/audit.py): what early stopping cost, measured."""
-    from .experiment.layout import finish_run
+    from .experiment.records import finish_run
     from .search.audit import run_audit
     if top_k <= 0 or exp.spec.scheduler.type != "asha":
         return

@@ -10,7 +10,7 @@ test in tests/test_ray_compat.py that fails loudly when a Ray upgrade breaks it:
   `wrap_function`'s class with its `__qualname__` set: no public API names a trial actor;
 - Tune's resolver guard for `sample_from` (`read_config_key`);
 - the schema of Tune's `experiment_state-*.json` (`trial_states`), read without unpickling;
-- where a trial's experiment folder is (`experiment_dir_of`);
+- where a trial's experiment folder is (`experiment_dir_of`; `experiment_dir_now` for a callback after a resume);
 - Tune's JSON and CSV result loggers' restore step (`KeepDriverResults`).
 
 Nothing here imports Ray at module level, so importing it sets no Ray state. The Ray version the
@@ -166,6 +166,16 @@ def trial_states(exp_dir: Location | str) -> list[dict]:
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{files[-1]}: unreadable Tune experiment state ({type(exc).__name__}: {exc})") from None
     return trials
+
+
+def experiment_dir_now(trials, current: Location) -> Location:
+    """Where the experiment is now (it may have moved since a resume): the first of `trials` whose
+    folder is on this machine's disk tells; else `current` (remote storage, or no trial yet)."""
+    for t in trials or ():
+        found = experiment_dir_of(t)
+        if found is not None:
+            return found
+    return current
 
 
 def experiment_dir_of(trial) -> Location | None:

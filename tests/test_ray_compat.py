@@ -211,7 +211,8 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
     import json
     import ray
     from ray import tune
-    from raydigits.experiment.records import OUTCOMES_FILE, read_record
+    from raydigits.experiment.layout import OUTCOMES_FILE
+    from raydigits.experiment.records import read_record
     from raydigits.search.recorder import BudgetStopper, OutcomeRecorder
 
     def trial(config):

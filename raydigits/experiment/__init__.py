@@ -18,8 +18,8 @@ from ..errors import UserError
 from ..ray_compat import trial_states
 from ..spec import SearchSpec
 from ..storage import Location, as_location
-from .layout import FINAL_DIR, audit_runs, extension_runs, read_run, read_spec
-from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record
+from .layout import FINAL_DIR, audit_runs, extension_runs, read_spec
+from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record, read_run
 from .selection import Choice, Ties, choose_best, statistical_ties, ties_line
 from .trials import Checkpoint, Trial, frame, read_results, read_trials
 

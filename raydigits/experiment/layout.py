@@ -12,8 +12,6 @@
       final/                    the final stage's outputs (FINAL_DIR)"""
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import yaml
@@ -21,10 +19,11 @@ import yaml
 from ..errors import UserError
 from ..spec import SearchSpec, parse_spec
 from ..storage import Location, as_location
-from .records import RunRecord
 
 SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
+OUTCOMES_FILE = "raydigits_outcomes.json"
+ETA_FILE = "raydigits_eta.json"
 RESULT_FILE = "result.json"         # Tune's per-trial results, one JSON line per report
 CHECKPOINT_FILE = "checkpoint.pt"   # inside each of a trial's checkpoint_* folders
 FINAL_DIR = "final"
@@ -63,24 +62,6 @@ def read_spec(exp: Location | str) -> SearchSpec:
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     return parse_spec(raw, str(path), saved=True)
-
-
-# ------------------------------------------------------------------ the run record
-def read_run(exp: Location | str) -> RunRecord:
-    """The run record; an empty one when missing or unreadable."""
-    try:
-        data = json.loads((as_location(exp) / RUN_FILE).read_text())
-    except (FileNotFoundError, ValueError):
-        return RunRecord()
-    return RunRecord.from_json(data)
-
-
-def start_run(exp: Location) -> None:
-    (exp / RUN_FILE).write_text(json.dumps(RunRecord(name=exp.name, started=time.time()).to_json()))
-
-
-def finish_run(exp: Location) -> None:
-    (exp / RUN_FILE).write_text(json.dumps(read_run(exp).finishing(time.time()).to_json()))
 
 
 # ------------------------------------------------------------------ extensions

@@ -6,15 +6,15 @@ were recorded, or trials of a killed driver), derived from its status and result
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Mapping
 
 from ..spec import SearchSpec, asha_rungs
 from ..storage import Location, as_location
+from .layout import ETA_FILE, OUTCOMES_FILE, RUN_FILE
 
-OUTCOMES_FILE = "raydigits_outcomes.json"
-ETA_FILE = "raydigits_eta.json"
 OUTCOMES = ("completed", "asha_stopped", "time_budget", "not_started", "early_stopped", "diverged", "oom",
             "error", "interrupted")
 NEVER_CHOSEN = ("error", "diverged", "oom")
@@ -138,6 +138,23 @@ class RunRecord:
             return cls()
         num = (lambda v: float(v) if isinstance(v, (int, float)) else None)
         return cls(str(d.get("name") or ""), num(d.get("started")), num(d.get("finished")))
+
+
+def read_run(exp: Location | str) -> RunRecord:
+    """The run record; an empty one when missing or unreadable."""
+    try:
+        data = json.loads((as_location(exp) / RUN_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return RunRecord()
+    return RunRecord.from_json(data)
+
+
+def start_run(exp: Location) -> None:
+    (exp / RUN_FILE).write_text(json.dumps(RunRecord(name=exp.name, started=time.time()).to_json()))
+
+
+def finish_run(exp: Location) -> None:
+    (exp / RUN_FILE).write_text(json.dumps(read_run(exp).finishing(time.time()).to_json()))
 
 
 # ------------------------------------------------------------------ the ETA's estimates

@@ -9,7 +9,7 @@ from ray import tune
 
 from ..experiment.records import ACTIVE as RUNNING
 from ..experiment.records import ENDED, Estimate, read_estimates, write_estimates
-from ..ray_compat import experiment_dir_of
+from ..ray_compat import experiment_dir_now
 from ..spec import asha_rungs
 from ..storage import Location, as_location
 from . import eta
@@ -87,11 +87,7 @@ class EtaReporter(tune.Callback):
         self._printed = time.time()
         est = self.estimate(trials)
         print(eta.line(est.remaining_s, est.done, self.total, est.budget_left_s), flush=True)
-        for t in trials:
-            found = experiment_dir_of(t)
-            if found is not None:  # where the experiment is now (it may have moved since a resume)
-                self.exp_dir = found
-                break
+        self.exp_dir = experiment_dir_now(trials, self.exp_dir)
         try:
             write_estimates(self.exp_dir, [*read_estimates(self.exp_dir), est])
         except Exception as exc:  # noqa: BLE001 — never let bookkeeping end a search

@@ -10,7 +10,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.stopper import TimeoutStopper
 
 from ..experiment.records import UNFINISHED, OutcomeRecord, ended_outcome, read_record, write_record
-from ..ray_compat import KeepDriverResults, experiment_dir_of
+from ..ray_compat import KeepDriverResults, experiment_dir_now
 from ..storage import Location, as_location
 
 
@@ -63,12 +63,9 @@ class OutcomeRecorder(tune.Callback):
 
     # ------------------------------------------------------------ the file
     def _locate(self, trials) -> None:
-        for t in trials or ():
-            found = experiment_dir_of(t)
-            if found is not None:  # where the experiment is now (it may have moved since a resume)
-                if found != self.exp_dir:
-                    self.exp_dir, self._record = found, None
-                return
+        found = experiment_dir_now(trials, self.exp_dir)
+        if found != self.exp_dir:
+            self.exp_dir, self._record = found, None
 
     def __getstate__(self) -> dict:
         # Tune pickles its callbacks with the experiment (tuner.pkl) and restores them on --resume:

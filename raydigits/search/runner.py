@@ -11,7 +11,7 @@ from ..config import default_data_dir
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
-from ..experiment import layout
+from ..experiment import layout, records
 from ..storage import Location
 from .. import ray_compat
 from ..spec import POPULATION, SearchSpec, trial_threads
@@ -179,7 +179,7 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
     check_new_experiment(exp)
     exp.mkdir()
     layout.write_spec(exp, spec, data_dir)
-    layout.start_run(exp)
+    records.start_run(exp)
     try:
         _fit_new(spec, exp, data, data_dir, verbose, search_alg or build_search_alg(spec),
                  space if space is not None else param_space(spec, pinned), starts)
@@ -187,7 +187,7 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
         if not exp.glob(ray_compat.STATE_GLOB):  # nothing to resume: do not block the same --name
             exp.delete()
         raise
-    layout.finish_run(exp)
+    records.finish_run(exp)
     return exp
 
 
@@ -220,5 +220,5 @@ def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path
                                param_space=param_space(spec),
                                resume_unfinished=True, resume_errored=True)
     tuner.fit()
-    layout.finish_run(exp)
+    records.finish_run(exp)
     return exp
