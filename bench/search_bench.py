@@ -53,8 +53,23 @@ SPACES = {"headline": (HEADLINE["fixed"], HEADLINE["parameters"]),
 SPACE = "headline"
 
 
+def load_space(name: str):
+    """A space: a key of SPACES, a shipped space by name (search_spaces/<name>.yaml) or any space file;
+    returns (fixed, parameters) of a file, else the key."""
+    if name in SPACES:
+        return name
+    path = Path(name)
+    if not path.exists():
+        path = REPO / "search_spaces" / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"--space {name}: not one of {', '.join(sorted(SPACES))}, no file {name} and no "
+                         f"search_spaces/{name}.yaml")
+    spec = yaml.safe_load(path.read_text())
+    return (spec.get("fixed") or {}, spec["parameters"])
+
+
 def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, resources: dict, concurrent: int) -> dict:
-    base, parameters = SPACES[SPACE]
+    base, parameters = SPACES[SPACE] if isinstance(SPACE, str) else SPACE
     return {"name": name, "seed": seed, "num_samples": samples, "method": "random", "metric": "val_acc",
             "scheduler": scheduler, "resources": resources, "max_concurrent": concurrent,
             "fixed": {**base, **fixed}, "parameters": parameters}
