@@ -78,6 +78,11 @@ def load_run(d: Path, family_keys: list[str], metric: str = "val_acc") -> list[T
     return out
 
 
+def complete(trials: list[Trial], max_t: int) -> list[Trial]:
+    """The trials that ran to max_t (a run still in progress has some that did not yet)."""
+    return [t for t in trials if len(t.values) >= max_t]
+
+
 def simulate(trials: list[Trial], policy: dict | None, max_t: int, rng: random.Random, slots: int = 2,
              unit: bool = False) -> dict:
     """One search over `trials` in the given order, `slots` at a time. Returns the epochs each trial
@@ -169,7 +174,7 @@ def main():
     args = p.parse_args()
     fam = [x for x in args.family.split(",") if x]
     names = args.policies.split(",")
-    runs = [load_run(d, fam) for d in args.runs]
+    runs = [complete(load_run(d, fam), args.max_t) for d in args.runs]
     if args.samples:
         runs = [r[:args.samples] for r in runs]
     dump = {}

@@ -4,11 +4,13 @@ curves (a function trainable that reports a given curve: no training)."""
 from __future__ import annotations
 
 import random
+import sys
 import warnings
 from types import SimpleNamespace
 
 import pytest
 
+from helpers import REPO
 from raydigits.search.stopping import CONTINUE, STOP, StoppingCore, bracket_milestones, family_of, percentile
 
 
@@ -168,7 +170,7 @@ def _run(scheduler, tmp_path) -> dict:
     tuner = tune.Tuner(
         tune.with_resources(curve_trial, {"cpu": 1}),
         param_space={"name": tune.grid_search(ORDER), "optimizer": tune.sample_from(lambda s: families[s.config.name])},
-        tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
+        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
                                     search_alg=BasicVariantGenerator(max_concurrent=1)),
         run_config=tune.RunConfig(name="curves", storage_path=str(tmp_path), verbose=0))
     with warnings.catch_warnings():
@@ -185,6 +187,9 @@ def test_default_keeps_the_slow_starter_and_stops_the_bad(local_ray, tmp_path):
     assert ran["x_adamw_bad"] == 1, ran     # a clearly bad trial still stops at the first rung
     assert ran["x_sgd_bad"] == 1, ran
     assert sum(ran.values()) < 8 * len(ORDER), ran  # it is early stopping: something stopped
+    from raydigits.search import family_asha as fa
+    assert _replayed(dict(grace_period=1, reduction_factor=2, stratify=True, min_peers=fa.DEFAULT_MIN_PEERS,
+                          brackets=fa.DEFAULT_BRACKETS, bracket_weights=fa.DEFAULT_BRACKET_WEIGHTS)) == ran
 
 
 def test_plain_asha_stops_the_slow_starter(local_ray, tmp_path):
@@ -192,7 +197,19 @@ def test_plain_asha_stops_the_slow_starter(local_ray, tmp_path):
     above is one the stratified policy exists for."""
     from ray.tune.schedulers import ASHAScheduler
     from raydigits.search.family_asha import FamilyASHA
-    ray_ran = _run(ASHAScheduler(max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ray")
-    ours = _run(FamilyASHA(max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ours")
+    ray_ran = _run(ASHAScheduler(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ray")
+    ours = _run(FamilyASHA(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ours")
     assert ray_ran["s2_sgd"] == 1, ray_ran
     assert ours == ray_ran
+    assert _replayed(dict(grace_period=1, reduction_factor=2)) == ray_ran  # the replay decides as Tune did
+
+
+def _replayed(policy: dict) -> dict:
+    """The same synthetic search, one trial at a time, in bench/replay.py's simulation."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("replay", REPO / "bench" / "replay.py")
+    replay = importlib.util.module_from_spec(spec)
+    sys.modules["replay"] = replay  # dataclasses look their module up there
+    spec.loader.exec_module(replay)
+    trials = [replay.Trial(k, (f,), v, [1.0] * 8) for k, (f, v) in CURVES.items()]
+    return replay.simulate(trials, policy, 8, random.Random(0), slots=1, unit=True)["ran"]

@@ -86,3 +86,21 @@ class FamilyASHA(FIFOScheduler):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+# The default early stopping (issue 19, BENCHMARKS.md "Early stopping that keeps the winners"):
+# stratified rungs, chosen by replaying every policy on recorded FIFO curves (bench/replay.py).
+DEFAULT_MIN_PEERS = 1
+DEFAULT_BRACKETS = 1
+DEFAULT_BRACKET_WEIGHTS = "ray"
+
+
+def default_scheduler(metric: str | None = None, mode: str | None = None, max_t: int = 100, grace_period: int = 1,
+                      reduction_factor: float = 2.0, family: Sequence[str] = (), seed: int | None = None,
+                      time_attr: str = "training_iteration") -> FamilyASHA:
+    """The shipped default: FamilyASHA stratified by `family` (the spec's searched categorical
+    parameters), with the measured min_peers / bracket settings."""
+    return FamilyASHA(metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
+                      reduction_factor=reduction_factor, brackets=DEFAULT_BRACKETS, family=family,
+                      min_peers=DEFAULT_MIN_PEERS, bracket_weights=DEFAULT_BRACKET_WEIGHTS, time_attr=time_attr,
+                      seed=seed)
