@@ -16,7 +16,7 @@ Equal compute (--equal-compute N): the policy gets N configurations — the seed
 N - n drawn without replacement from the *other* seeds' runs (i.i.d. draws of the same space: a
 trial's curve depends on its config alone) — and is compared with FIFO on the seed's own n.
 
-Usage: python bench/replay.py RUN_DIR [RUN_DIR ...] [--orders 300] [--equal-compute 90]
+Usage: python bench/replay.py RUN_DIR [RUN_DIR ...] [--orders 300] [--equal-compute 90] [--pool DIR ...]
        [--policies asha,strat,...] [--family optimizer]
 RUN_DIR: a FIFO experiment folder (trial folders with result.json), one per seed.
 """
@@ -169,6 +169,8 @@ def main():
     p.add_argument("--samples", type=int, default=0, help="use each run's first N trials (0: all)")
     p.add_argument("--equal-compute", type=int, default=0, metavar="N",
                    help="also: each policy with N configs (own + drawn from the other runs) vs FIFO with the own")
+    p.add_argument("--pool", nargs="*", type=Path, default=[],
+                   help="more FIFO runs whose finished trials only serve as --equal-compute draws (not seeds)")
     p.add_argument("--unit", action="store_true", help="every epoch takes 1 unit (default: recorded durations)")
     p.add_argument("--json", type=Path, default=None, help="write the per-seed figures here")
     args = p.parse_args()
@@ -177,12 +179,16 @@ def main():
     runs = [complete(load_run(d, fam), args.max_t) for d in args.runs]
     if args.samples:
         runs = [r[:args.samples] for r in runs]
+    pool = [t for d in args.pool for t in complete(load_run(d, fam), args.max_t)]
     dump = {}
     goals = [("equal configurations", 0)] + ([("equal compute", args.equal_compute)] if args.equal_compute else [])
     for goal, n in goals:
         print(f"\n=== {goal}" + (f": each policy with {n} configs vs FIFO with each seed's own" if n else ""))
         for i, (d, own) in enumerate(zip(args.runs, runs)):
-            others = [t for j, r in enumerate(runs) if j != i for t in r]
+            others = [t for j, r in enumerate(runs) if j != i for t in r] + pool
+            if n and n - len(own) > len(others):
+                print(f"\n{d.name}: only {len(others)} other configs to draw {n - len(own)} from: skipped")
+                continue
             res = evaluate(own, others, names, args.max_t, args.orders, n or len(own), args.unit, i)
             f = res["final"]
             print(f"\n{d.name}: {len(own)} trials, FIFO {res['fifo_epochs']} trial-epochs, best val "
