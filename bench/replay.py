@@ -50,6 +50,12 @@ POLICIES = {
     "strat_b2": dict(grace_period=1, reduction_factor=2, brackets=2, stratify=True),
     "strat_b4": dict(grace_period=1, reduction_factor=2, brackets=4, stratify=True),
     "strat_p2_b4": dict(grace_period=1, reduction_factor=2, brackets=4, stratify=True, min_peers=2),
+    "asha_k67": dict(grace_period=1, reduction_factor=2, keep=2 / 3),
+    "strat_k67": dict(grace_period=1, reduction_factor=2, stratify=True, keep=2 / 3),
+    "strat_p2_k67": dict(grace_period=1, reduction_factor=2, stratify=True, keep=2 / 3, min_peers=2),
+    "asha_rf3": dict(grace_period=1, reduction_factor=3),
+    "strat_rf3": dict(grace_period=1, reduction_factor=3, stratify=True),
+    "strat_p2_rf3": dict(grace_period=1, reduction_factor=3, stratify=True, min_peers=2),
     "strat_hedge": dict(grace_period=1, reduction_factor=2, brackets=4, stratify=True,
                         bracket_weights=[0.75, 0, 0, 0.25]),
     "asha_hedge": dict(grace_period=1, reduction_factor=2, brackets=4, bracket_weights=[0.75, 0, 0, 0.25]),
@@ -211,6 +217,18 @@ def main():
                     "kept": statistics.mean(rows["kept"]), "beats": statistics.mean(rows["beats"])}
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1, default=str))
+    for goal, seeds in dump.items():  # one markdown table per goal: the figures BENCHMARKS.md quotes
+        print(f"\n{goal}: per seed, ratio of FIFO's trial-epochs / regret in pp, median [95th percentile] "
+              f"over orders / share of orders that kept the eventual best")
+        print("| policy | " + " | ".join(seeds) + " | median over seeds |")
+        print("|---|" + "---|" * (len(seeds) + 1))
+        for name in names:
+            cells = [seeds[d][name] for d in seeds]
+            med = (statistics.median(c["ratio_median"] for c in cells),
+                   statistics.median(c["regret_median"] for c in cells))
+            print(f"| {name} | " + " | ".join(
+                f"{c['ratio_median']:.2f} / {c['regret_median']:.2f} [{c['regret_p95']:.2f}] / {c['kept']:.2f}"
+                for c in cells) + f" | {med[0]:.2f} / {med[1]:.2f} |")
 
 
 if __name__ == "__main__":

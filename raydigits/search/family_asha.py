@@ -27,12 +27,13 @@ class FamilyASHA(FIFOScheduler):
     bracket_weights: "ray" (Ray's softmax of the brackets' rung counts), "equal", or one weight per
         bracket (e.g. brackets=4, [3, 0, 0, 1] with max_t 8 / grace 1 / factor 2: a quarter of the
         trials in a bracket that never stops early).
-    seed: the bracket draws (None: unseeded)."""
+    seed: the bracket draws (None: unseeded).
+    keep: the share of trials each milestone keeps (None: 1 / reduction_factor, as Ray)."""
 
     def __init__(self, metric: str | None = None, mode: str | None = None, max_t: int = 100,
                  grace_period: int = 1, reduction_factor: float = 2.0, brackets: int = 1,
                  family: Sequence[str] = (), min_peers: int = 1, bracket_weights="ray",
-                 time_attr: str = "training_iteration", seed: int | None = None):
+                 time_attr: str = "training_iteration", seed: int | None = None, keep: float | None = None):
         if mode and mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         super().__init__()
@@ -40,7 +41,7 @@ class FamilyASHA(FIFOScheduler):
         self._family = tuple(family)
         self._core = StoppingCore(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor,
                                   brackets=brackets, stratify=bool(self._family), min_peers=min_peers,
-                                  bracket_weights=bracket_weights, rng=random.Random(seed))
+                                  bracket_weights=bracket_weights, rng=random.Random(seed), keep=keep)
 
     @property
     def _sign(self) -> float:

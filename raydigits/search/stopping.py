@@ -65,16 +65,21 @@ class StoppingCore:
     min_peers: stop nobody at a milestone with fewer comparable values recorded (Ray: 1).
     bracket_weights: "ray" (softmax of milestone counts), "equal", or one weight per bracket.
     rng: a random.Random for the bracket draw (seeded by the caller for replays).
+    keep: the share of trials a milestone keeps (Ray: 1 / reduction_factor; the milestones stay at
+        grace * reduction_factor**k).
     stop_last_trials: STOP a trial at max_t (Ray's default)."""
 
     def __init__(self, max_t: float, grace_period: float = 1, reduction_factor: float = 2.0, brackets: int = 1,
                  stratify: bool = False, min_peers: int = 1, bracket_weights="ray",
-                 rng: random.Random | None = None, stop_last_trials: bool = True):
+                 rng: random.Random | None = None, stop_last_trials: bool = True, keep: float | None = None):
         if not (max_t > 0 and 0 < grace_period <= max_t and reduction_factor > 1 and brackets >= 1 and min_peers >= 1):
             raise ValueError(f"bad early stopping: max_t {max_t}, grace_period {grace_period}, "
                              f"reduction_factor {reduction_factor}, brackets {brackets}, min_peers {min_peers}")
         self.max_t, self.grace_period, self.rf = max_t, grace_period, reduction_factor
         self.stratify, self.min_peers, self.stop_last_trials = stratify, min_peers, stop_last_trials
+        self.keep = 1 / reduction_factor if keep is None else keep
+        if not 0 < self.keep < 1:
+            raise ValueError(f"keep must be in (0, 1), got {keep}")
         # per bracket: [(milestone, {(family or None): {trial_id: value}})], descending as Ray's
         self.brackets = [[(m, {}) for m in reversed(bracket_milestones(grace_period, max_t, reduction_factor, s))]
                          for s in range(brackets)]
@@ -135,7 +140,7 @@ class StoppingCore:
         (None: too few to judge)."""
         if len(recorded) < self.min_peers or not recorded:
             return None
-        return percentile(list(recorded.values()), (1 - 1 / self.rf) * 100)
+        return percentile(list(recorded.values()), (1 - self.keep) * 100)
 
     def _on_result(self, trial_id: Hashable, t: float, value: float) -> str:
         bracket, family = self.trials[trial_id]
