@@ -72,6 +72,22 @@ def test_min_peers_waits_for_enough_of_the_family():
     assert c.result("d", 1, 0.45) == CONTINUE    # cutoff of [0.5, 0.1, 0.2] = 0.2
 
 
+def test_keep_per_milestone():
+    """keep [1/2, 1/2, 1/4]: the third milestone (epoch 4) keeps the top quarter: with [0.2, 0.4,
+    0.6, 0.8] recorded its cutoff is the 75th percentile, 0.65, where a half would be 0.5."""
+    c = StoppingCore(max_t=8, grace_period=1, reduction_factor=2, keep=[0.5, 0.5, 0.25])
+    for i in (4, 5):
+        c.add(i)
+    rung4 = dict(c.brackets[0])[4]
+    rung4[None] = {"p": 0.2, "q": 0.4, "r": 0.6, "s": 0.8}
+    assert c.cutoff(rung4[None], 4) == pytest.approx(0.65)
+    assert c.cutoff(rung4[None], 2) == pytest.approx(0.5)
+    assert c.result(4, 4, 0.62) == STOP
+    assert c.result(5, 4, 0.66) == CONTINUE
+    with pytest.raises(ValueError):
+        StoppingCore(max_t=8, keep=[0.5, 0.5])  # three milestones below max_t
+
+
 def test_hedge_bracket_never_stops():
     c = StoppingCore(max_t=8, grace_period=1, reduction_factor=2, brackets=4, bracket_weights=[0, 0, 0, 1])
     for i in range(20):

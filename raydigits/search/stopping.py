@@ -66,20 +66,25 @@ class StoppingCore:
     bracket_weights: "ray" (softmax of milestone counts), "equal", or one weight per bracket.
     rng: a random.Random for the bracket draw (seeded by the caller for replays).
     keep: the share of trials a milestone keeps (Ray: 1 / reduction_factor; the milestones stay at
-        grace * reduction_factor**k).
+        grace * reduction_factor**k), one share or one per milestone below max_t (ascending).
     stop_last_trials: STOP a trial at max_t (Ray's default)."""
 
     def __init__(self, max_t: float, grace_period: float = 1, reduction_factor: float = 2.0, brackets: int = 1,
                  stratify: bool = False, min_peers: int = 1, bracket_weights="ray",
-                 rng: random.Random | None = None, stop_last_trials: bool = True, keep: float | None = None):
+                 rng: random.Random | None = None, stop_last_trials: bool = True,
+                 keep: float | Sequence[float] | None = None):
         if not (max_t > 0 and 0 < grace_period <= max_t and reduction_factor > 1 and brackets >= 1 and min_peers >= 1):
             raise ValueError(f"bad early stopping: max_t {max_t}, grace_period {grace_period}, "
                              f"reduction_factor {reduction_factor}, brackets {brackets}, min_peers {min_peers}")
         self.max_t, self.grace_period, self.rf = max_t, grace_period, reduction_factor
         self.stratify, self.min_peers, self.stop_last_trials = stratify, min_peers, stop_last_trials
-        self.keep = 1 / reduction_factor if keep is None else keep
-        if not 0 < self.keep < 1:
-            raise ValueError(f"keep must be in (0, 1), got {keep}")
+        # the share each milestone keeps, by milestone (a list: one per first-bracket milestone below max_t)
+        first = [m for m in bracket_milestones(grace_period, max_t, reduction_factor, 0) if m < max_t]
+        keeps = [1 / reduction_factor if keep is None else keep] * len(first) if keep is None or isinstance(
+            keep, (int, float)) else [float(k) for k in keep]
+        if len(keeps) != len(first) or not all(0 < k < 1 for k in keeps):
+            raise ValueError(f"keep: one share in (0, 1) per milestone {first}, got {keep}")
+        self.keep = dict(zip(first, keeps))
         # per bracket: [(milestone, {(family or None): {trial_id: value}})], descending as Ray's
         self.brackets = [[(m, {}) for m in reversed(bracket_milestones(grace_period, max_t, reduction_factor, s))]
                          for s in range(brackets)]
@@ -135,12 +140,13 @@ class StoppingCore:
                 return i
         return len(self.weights) - 1
 
-    def cutoff(self, recorded: dict) -> float | None:
+    def cutoff(self, recorded: dict, milestone: float | None = None) -> float | None:
         """The value a trial must reach at a milestone, given the comparable values recorded there
         (None: too few to judge)."""
         if len(recorded) < self.min_peers or not recorded:
             return None
-        return percentile(list(recorded.values()), (1 - self.keep) * 100)
+        keep = self.keep.get(milestone, 1 / self.rf)
+        return percentile(list(recorded.values()), (1 - keep) * 100)
 
     def _on_result(self, trial_id: Hashable, t: float, value: float) -> str:
         bracket, family = self.trials[trial_id]
@@ -148,7 +154,7 @@ class StoppingCore:
             recorded = by_family.setdefault(family, {})
             if t < milestone or trial_id in recorded:
                 continue
-            cut = self.cutoff(recorded)
+            cut = self.cutoff(recorded, milestone)
             recorded[trial_id] = value
             return STOP if cut is not None and value < cut else CONTINUE
         return CONTINUE
