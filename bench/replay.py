@@ -56,6 +56,9 @@ POLICIES = {
     "strat_last3": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[1 / 2, 1 / 2, 1 / 3]),
     "strat_last4": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[1 / 2, 1 / 2, 1 / 4]),
     "strat_p2_last3": dict(grace_period=1, reduction_factor=2, stratify=True, min_peers=2, keep=[1 / 2, 1 / 2, 1 / 3]),
+    "strat_first34": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[3 / 4, 1 / 2, 1 / 2]),
+    "strat_first34_last4": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[3 / 4, 1 / 2, 1 / 4]),
+    "strat_first23": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[2 / 3, 1 / 2, 1 / 2]),
     "strat_first34_last3": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[3 / 4, 1 / 2, 1 / 3]),
     "asha_rf3": dict(grace_period=1, reduction_factor=3),
     "strat_rf3": dict(grace_period=1, reduction_factor=3, stratify=True),
@@ -72,6 +75,7 @@ class Trial:
     family: tuple
     values: list     # validation after epoch 1..max_t
     seconds: list    # each epoch's duration in the FIFO run
+    val_n: int = 10000  # validation images (the binomial standard error of a value)
 
 
 def load_run(d: Path, family_keys: list[str], metric: str = "val_acc") -> list[Trial]:
@@ -83,7 +87,8 @@ def load_run(d: Path, family_keys: list[str], metric: str = "val_acc") -> list[T
             continue
         rows.sort(key=lambda r: r["training_iteration"])
         out.append(Trial(rows[0]["trial_id"], family_of(rows[0]["config"], family_keys),
-                         [r[metric] for r in rows], [r["time_this_iter_s"] for r in rows]))
+                         [r[metric] for r in rows], [r["time_this_iter_s"] for r in rows],
+                         int(rows[-1].get("val_n") or 10000)))
     out.sort(key=lambda t: t.tid)
     return out
 
@@ -150,9 +155,10 @@ def evaluate(own: list[Trial], others: list[Trial], names: list[str], max_t: int
     fifo_epochs = sum(min(len(t.values), max_t) for t in own)
     fifo_best = max(v for t in own for v in t.values[:max_t])
     final = max(own, key=lambda t: t.values[max_t - 1])  # the eventual best configuration
-    out = {"fifo_epochs": fifo_epochs, "fifo_best": fifo_best, "final": final, "policies": {}}
+    se = 100 * (fifo_best * (1 - fifo_best) / final.val_n) ** 0.5  # one binomial standard error, pp
+    out = {"fifo_epochs": fifo_epochs, "fifo_best": fifo_best, "final": final, "policies": {}, "se": se}
     for name in names:
-        rows = {"epochs": [], "best": [], "regret": [], "kept": [], "beats": []}
+        rows = {"epochs": [], "best": [], "regret": [], "kept": [], "beats": [], "within_se": [], "within_03": []}
         for o in range(orders):
             rng = random.Random(f"{seed}:{o}")
             pool = own + (rng.sample(others, n_policy - len(own)) if n_policy > len(own) else [])
@@ -164,6 +170,8 @@ def evaluate(own: list[Trial], others: list[Trial], names: list[str], max_t: int
             rows["regret"].append((fifo_best - r["best"]) * 100)
             rows["kept"].append(r["ran"].get(final.tid, 0) >= max_t)
             rows["beats"].append(r["best"] >= fifo_best)
+            rows["within_se"].append((fifo_best - r["best"]) * 100 <= se + 1e-9)
+            rows["within_03"].append((fifo_best - r["best"]) * 100 <= 0.3 + 1e-9)
         if n_policy <= len(own):  # the order the search sampled them in (what a real run of this seed sees)
             r = simulate(own, POLICIES[name], max_t, random.Random(seed), unit=unit)
             rows["as_sampled"] = (r["epochs"], (fifo_best - r["best"]) * 100, r["ran"].get(final.tid, 0) >= max_t)
@@ -205,15 +213,16 @@ def main():
             res = evaluate(own, others, names, args.max_t, args.orders, n or len(own), args.unit, i)
             f = res["final"]
             print(f"\n{d.name}: {len(own)} trials, FIFO {res['fifo_epochs']} trial-epochs, best val "
-                  f"{res['fifo_best']:.4f}; eventual best {f.family} {f.tid} ends {f.values[args.max_t - 1]:.4f} "
+                  f"{res['fifo_best']:.4f} (1 SE {res['se']:.2f} pp); eventual best {f.family} {f.tid} ends {f.values[args.max_t - 1]:.4f} "
                   f"(epoch 1: {f.values[0]:.4f})")
             print(f"  {'policy':<13} {'trial-epochs':<20} {'ratio':<6} {'best val':<26} {'regret pp':<22} "
-                  f"kept best  best>=FIFO  as sampled: trial-epochs, regret, kept")
+                  f"kept best  best>=FIFO  <=0.3pp  <=1SE  as sampled: trial-epochs, regret, kept")
             for name, rows in res["policies"].items():
                 print(f"  {name:<13} {summary(rows['epochs'], '{:.0f}'):<20} "
                       f"{statistics.median(rows['epochs']) / res['fifo_epochs']:<6.2f} "
                       f"{summary(rows['best'], '{:.4f}'):<26} {summary(rows['regret']):<22} "
                       f"{statistics.mean(rows['kept']):<10.2f} {statistics.mean(rows['beats']):<11.2f} "
+                      f"{statistics.mean(rows['within_03']):<8.2f} {statistics.mean(rows['within_se']):<6.2f} "
                       + ("{} {:.2f} {}".format(*rows["as_sampled"]) if "as_sampled" in rows else ""))
                 dump.setdefault(goal, {}).setdefault(d.name, {})[name] = {
                     "fifo_epochs": res["fifo_epochs"], "fifo_best": res["fifo_best"],
@@ -223,12 +232,14 @@ def main():
                     "regret_median": statistics.median(rows["regret"]), "regret_p95": q(rows["regret"], 0.95),
                     "regret_p05": q(rows["regret"], 0.05),
                     "kept": statistics.mean(rows["kept"]), "beats": statistics.mean(rows["beats"]),
+                    "within_se": statistics.mean(rows["within_se"]), "within_03": statistics.mean(rows["within_03"]),
+                    "se": res["se"],
                     "as_sampled": rows.get("as_sampled")}
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1, default=str))
     for goal, seeds in dump.items():  # one markdown table per goal: the figures BENCHMARKS.md quotes
         print(f"\n{goal}: per seed, ratio of FIFO's trial-epochs / regret in pp, median [95th percentile] "
-              f"over orders / share of orders that kept the eventual best")
+              f"over orders / share of orders that kept the eventual best / share within 0.3 pp of FIFO's best")
         print("| policy | " + " | ".join(seeds) + " | median over seeds |")
         print("|---|" + "---|" * (len(seeds) + 1))
         for name in names:
@@ -236,7 +247,8 @@ def main():
             med = (statistics.median(c["ratio_median"] for c in cells),
                    statistics.median(c["regret_median"] for c in cells))
             print(f"| {name} | " + " | ".join(
-                f"{c['ratio_median']:.2f} / {c['regret_median']:.2f} [{c['regret_p95']:.2f}] / {c['kept']:.2f}"
+                f"{c['ratio_median']:.2f} / {c['regret_median']:.2f} [{c['regret_p95']:.2f}] / {c['kept']:.2f} / "
+                f"{c['within_03']:.2f}"
                 for c in cells) + f" | {med[0]:.2f} / {med[1]:.2f} |")
 
 
