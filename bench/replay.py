@@ -99,9 +99,10 @@ def complete(trials: list[Trial], max_t: int) -> list[Trial]:
 
 
 def simulate(trials: list[Trial], policy: dict | None, max_t: int, rng: random.Random, slots: int = 2,
-             unit: bool = False) -> dict:
-    """One search over `trials` in the given order, `slots` at a time. Returns the epochs each trial
-    ran ({tid: n}), the best value seen and the trial-epochs in all."""
+             unit: bool = False, budget: int = 0) -> dict:
+    """One search over `trials` in the given order, `slots` at a time; with `budget`, the search
+    ends once it has run that many trial-epochs (a hard compute budget: no epoch past it counts).
+    Returns the epochs each trial ran ({tid: n}), the best value seen and the trial-epochs in all."""
     core = None if policy is None else StoppingCore(max_t=max_t, rng=rng, **policy)
     pending = iter(trials)
     heap, ran, seq = [], {}, 0
@@ -120,7 +121,7 @@ def simulate(trials: list[Trial], policy: dict | None, max_t: int, rng: random.R
     for s in range(slots):
         start(0.0, s)
     best = float("-inf")
-    while heap:
+    while heap and not (budget and sum(ran.values()) >= budget):
         now, _, slot, t, e = heapq.heappop(heap)
         v = t.values[e - 1]
         ran[t.tid] = e
@@ -135,7 +136,8 @@ def simulate(trials: list[Trial], policy: dict | None, max_t: int, rng: random.R
         else:
             seq += 1
             heapq.heappush(heap, (now + (1.0 if unit else t.seconds[e]), seq, slot, t, e + 1))
-    return {"ran": ran, "best": best, "epochs": sum(ran.values())}
+    return {"ran": ran, "best": best, "epochs": sum(ran.values()),
+            "trials": sum(1 for n in ran.values() if n > 0)}
 
 
 def q(xs, p):
@@ -150,7 +152,7 @@ def summary(xs, fmt="{:.2f}"):
 
 
 def evaluate(own: list[Trial], others: list[Trial], names: list[str], max_t: int, orders: int, n_policy: int,
-             unit: bool, seed: int) -> dict:
+             unit: bool, seed: int, budget: int = 0) -> dict:
     """Per policy: lists over orders of trial-epochs, best, regret (pp), kept-the-best."""
     fifo_epochs = sum(min(len(t.values), max_t) for t in own)
     fifo_best = max(v for t in own for v in t.values[:max_t])
@@ -158,13 +160,15 @@ def evaluate(own: list[Trial], others: list[Trial], names: list[str], max_t: int
     se = 100 * (fifo_best * (1 - fifo_best) / final.val_n) ** 0.5  # one binomial standard error, pp
     out = {"fifo_epochs": fifo_epochs, "fifo_best": fifo_best, "final": final, "policies": {}, "se": se}
     for name in names:
-        rows = {"epochs": [], "best": [], "regret": [], "kept": [], "beats": [], "within_se": [], "within_03": []}
+        rows = {"epochs": [], "best": [], "regret": [], "kept": [], "beats": [], "within_se": [], "within_03": [],
+                "trials": []}
         for o in range(orders):
             rng = random.Random(f"{seed}:{o}")
-            pool = own + (rng.sample(others, n_policy - len(own)) if n_policy > len(own) else [])
-            order = pool[:]
+            order = own[:]  # Tune samples the seed's own configs first (num_samples 90 begins with 36's)
             rng.shuffle(order)
-            r = simulate(order, POLICIES[name], max_t, rng, unit=unit)
+            order += rng.sample(others, n_policy - len(own)) if n_policy > len(own) else []
+            r = simulate(order, POLICIES[name], max_t, rng, unit=unit, budget=budget)
+            rows["trials"].append(r["trials"])
             rows["epochs"].append(r["epochs"])
             rows["best"].append(r["best"])
             rows["regret"].append((fifo_best - r["best"]) * 100)
@@ -204,13 +208,16 @@ def main():
     dump = {}
     goals = [("equal configurations", 0)] + ([("equal compute", args.equal_compute)] if args.equal_compute else [])
     for goal, n in goals:
-        print(f"\n=== {goal}" + (f": each policy with {n} configs vs FIFO with each seed's own" if n else ""))
+        print(f"\n=== {goal}" + (f": each policy with up to {n} configs (the seed's own first, in random order, "
+                                  f"then drawn from the other runs) and FIFO's trial-epochs as a hard budget, vs "
+                                  f"FIFO with the seed's own" if n else ""))
         for i, (d, own) in enumerate(zip(args.runs, runs)):
             others = [t for j, r in enumerate(runs) if j != i for t in r] + pool
             if n and n - len(own) > len(others):
                 print(f"\n{d.name}: only {len(others)} other configs to draw {n - len(own)} from: skipped")
                 continue
-            res = evaluate(own, others, names, args.max_t, args.orders, n or len(own), args.unit, i)
+            budget = sum(min(len(t.values), args.max_t) for t in own) if n else 0
+            res = evaluate(own, others, names, args.max_t, args.orders, n or len(own), args.unit, i, budget)
             f = res["final"]
             print(f"\n{d.name}: {len(own)} trials, FIFO {res['fifo_epochs']} trial-epochs, best val "
                   f"{res['fifo_best']:.4f} (1 SE {res['se']:.2f} pp); eventual best {f.family} {f.tid} ends {f.values[args.max_t - 1]:.4f} "
@@ -223,7 +230,8 @@ def main():
                       f"{summary(rows['best'], '{:.4f}'):<26} {summary(rows['regret']):<22} "
                       f"{statistics.mean(rows['kept']):<10.2f} {statistics.mean(rows['beats']):<11.2f} "
                       f"{statistics.mean(rows['within_03']):<8.2f} {statistics.mean(rows['within_se']):<6.2f} "
-                      + ("{} {:.2f} {}".format(*rows["as_sampled"]) if "as_sampled" in rows else ""))
+                      + ("{} {:.2f} {}".format(*rows["as_sampled"]) if "as_sampled" in rows
+                         else f"(trials started: median {statistics.median(rows['trials']):.0f})"))
                 dump.setdefault(goal, {}).setdefault(d.name, {})[name] = {
                     "fifo_epochs": res["fifo_epochs"], "fifo_best": res["fifo_best"],
                     "epochs_median": statistics.median(rows["epochs"]),
@@ -234,7 +242,7 @@ def main():
                     "kept": statistics.mean(rows["kept"]), "beats": statistics.mean(rows["beats"]),
                     "within_se": statistics.mean(rows["within_se"]), "within_03": statistics.mean(rows["within_03"]),
                     "se": res["se"],
-                    "as_sampled": rows.get("as_sampled")}
+                    "as_sampled": rows.get("as_sampled"), "trials_median": statistics.median(rows["trials"])}
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1, default=str))
     for goal, seeds in dump.items():  # one markdown table per goal: the figures BENCHMARKS.md quotes

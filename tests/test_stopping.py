@@ -106,6 +106,13 @@ def test_ray_bracket_weights():
     assert abs(draws.count(0) / 4000 - 0.644) < 0.03
 
 
+def test_default_keep():
+    from raydigits.search.family_asha import default_keep
+    assert default_keep(8, 1, 2, 0.75) == [0.75, 0.5, 0.5]          # milestones 1, 2, 4
+    assert default_keep(12, 2, 3, 0.75) == pytest.approx([0.75, 1 / 3])  # the headline's 2, 6
+    assert default_keep(8, 8, 2, 0.75) is None and default_keep(8, 1, 2, None) is None
+
+
 def test_family_of():
     assert family_of({"optimizer": "sgd", "lr": 0.1}, ["optimizer"]) == ("sgd",)
     assert family_of({"lr": 0.1}, ["optimizer"]) == ("None",)
@@ -205,7 +212,8 @@ def test_default_keeps_the_slow_starter_and_stops_the_bad(local_ray, tmp_path):
     assert sum(ran.values()) < 8 * len(ORDER), ran  # it is early stopping: something stopped
     from raydigits.search import family_asha as fa
     assert _replayed(dict(grace_period=1, reduction_factor=2, stratify=True, min_peers=fa.DEFAULT_MIN_PEERS,
-                          brackets=fa.DEFAULT_BRACKETS, bracket_weights=fa.DEFAULT_BRACKET_WEIGHTS)) == ran
+                          brackets=fa.DEFAULT_BRACKETS, bracket_weights=fa.DEFAULT_BRACKET_WEIGHTS,
+                          keep=fa.default_keep(8, 1, 2))) == ran
 
 
 def test_plain_asha_stops_the_slow_starter(local_ray, tmp_path):

@@ -12,7 +12,7 @@ from typing import Sequence
 from ray.tune.result import DEFAULT_METRIC
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
-from .stopping import StoppingCore, family_of
+from .stopping import StoppingCore, bracket_milestones, family_of
 
 
 class FamilyASHA(FIFOScheduler):
@@ -91,17 +91,29 @@ class FamilyASHA(FIFOScheduler):
 
 # The default early stopping (issue 19, BENCHMARKS.md "Early stopping that keeps the winners"):
 # stratified rungs, chosen by replaying every policy on recorded FIFO curves (bench/replay.py).
-DEFAULT_MIN_PEERS = 1
-DEFAULT_BRACKETS = 1
+DEFAULT_MIN_PEERS = 1            # Ray's rule: the second trial of a family at a rung is judged
+DEFAULT_BRACKETS = 1             # no Hyperband hedge: it bought little protection for its cost
 DEFAULT_BRACKET_WEIGHTS = "ray"
+DEFAULT_FIRST_KEEP = 0.75        # the first rung keeps the top 3/4 of a family, later ones 1/rf
+
+
+def default_keep(max_t: int, grace_period: int, reduction_factor: float,
+                 first_keep: float | None = DEFAULT_FIRST_KEEP) -> list[float] | None:
+    """The share each milestone below max_t keeps: `first_keep` at the first, 1/rf after (None: 1/rf
+    everywhere, Ray's rule)."""
+    n = len([m for m in bracket_milestones(grace_period, max_t, reduction_factor, 0) if m < max_t])
+    if first_keep is None or n == 0:
+        return None
+    return [first_keep] + [1 / reduction_factor] * (n - 1)
 
 
 def default_scheduler(metric: str | None = None, mode: str | None = None, max_t: int = 100, grace_period: int = 1,
                       reduction_factor: float = 2.0, family: Sequence[str] = (), seed: int | None = None,
                       time_attr: str = "training_iteration") -> FamilyASHA:
     """The shipped default: FamilyASHA stratified by `family` (the spec's searched categorical
-    parameters), with the measured min_peers / bracket settings."""
+    parameters: `[k for k, p in spec.parameters.items() if p.values is not None]`), one bracket,
+    Ray's rule (min_peers 1), a gentler first rung (DEFAULT_FIRST_KEEP)."""
     return FamilyASHA(metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
                       reduction_factor=reduction_factor, brackets=DEFAULT_BRACKETS, family=family,
                       min_peers=DEFAULT_MIN_PEERS, bracket_weights=DEFAULT_BRACKET_WEIGHTS, time_attr=time_attr,
-                      seed=seed)
+                      seed=seed, keep=default_keep(max_t, grace_period, reduction_factor))
