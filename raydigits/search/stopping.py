@@ -18,6 +18,9 @@ and its value is recorded. A trial is assigned a bracket at random on arrival, w
   stops the slow family's best trials);
 - `min_peers`: a trial is never stopped while fewer than this many comparable values are recorded at
   its milestone (Ray: 1 — the second trial at a rung is judged against the first alone);
+- `keep`: the share of a rung's comparable trials that go on, per milestone (Ray: 1/rf at every one;
+  the shipped default keeps 3/4 at the first rung, where an SGD trial with a high lr still trails
+  its family);
 - `brackets` / `bracket_weights`: Hyperband's hedge; bracket s starts its milestones at grace * rf**s,
   and the last one may have none below max_t (it never stops a trial). "ray" weights as Ray does,
   "equal" gives every bracket the same share, or an explicit list of weights.
