@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pickle
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from ray.tune.result import DEFAULT_METRIC
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 CONTINUE = "CONTINUE"
 STOP = "STOP"
