@@ -2,20 +2,25 @@
  fidelity  does an early rung rank trials as their end does? Spearman between each trial's validation
            at ASHA's rungs (and at every epoch) and at its last epoch, FIFO so every trial runs to the end
            (goal >= 0.8 at rungs 1 and 2)
- asha      ASHA vs FIFO on the *same* sampled configs, per seed: trial-epochs and wall time until the
-           side's own best-so-far validation (in time order) comes within 0.3 pp of FIFO's final best;
-           ratio ASHA / FIFO of the same measure, mean and spread over seeds (goal <= 0.35). The FIFO
-           runs also give a fidelity figure per seed.
+ asha      early stopping (--policy asha: Ray's ASHA; stratified: family_asha.default_scheduler) vs
+           FIFO on the *same* sampled configs, per seed: trial-epochs of each side, each side's best
+           validation, the regret (FIFO best - the side's best, pp), wall times, and trial-epochs and
+           wall time until the side's own best-so-far validation (in time order) comes within 0.3 pp
+           of FIFO's final best ("not reached" when it never does). The FIFO runs also give a fidelity
+           figure per seed. For many arrival orders of the same curves, see bench/replay.py.
  overhead  epoch time of a trial under Tune (report + checkpoint) / the same epoch in the standalone
            trainer, interleaved rounds, medians (goal <= 1.10)
  mem       per-trial unique memory of concurrent trials on the full dataset (zero-copy check)
 Every search here uses the shipped defaults (precise BN included) and the headline's parameters
-(--space first: sgd or adamw and a wide lr, every other knob at its default, as issue 10 tried it).
-Two settings: by default a 1,500-image training subset (validation on 2,000 images), 8 epochs, ASHA
+(--space first: sgd or adamw and a wide lr, every other knob at its default, as issue 10 tried it;
+--space NAME|FILE.yaml: a shipped space by name, e.g. schedule_shapes, or any space file's fixed
+values and parameters). Two settings: by default a 1,500-image training subset (validation on the
+full 10,000-image split; --val-items N for fewer, 2,000 before issue 19), 8 epochs, ASHA
 grace 1 / factor 2 (--epochs, --grace, --rf change them); --full is the headline search as shipped
 (search_spaces/sgd_vs_adamw.yaml: full MNIST, full validation, its ASHA's max_t / grace / factor and
 so its rungs), without its time budget so that every FIFO trial ends.
 Usage: python bench/search_bench.py [--part fidelity,asha,overhead,mem] [--seeds 0,1,2] [--full] [--gpu]
+                                   [--space first|NAME|FILE.yaml] [--policy asha|stratified] [--samples 36]
        python bench/search_bench.py --analyse DIR [DIR ...]   (fidelity of kept FIFO runs, --storage's)
 """
 from __future__ import annotations
@@ -41,8 +46,8 @@ def _setting(args) -> tuple[dict, dict]:
         if args.epochs:
             sched["max_t"] = args.epochs
         return {}, {k: sched[k] for k in ("type", "max_t", "grace_period", "reduction_factor")}
-    return {"train_items": 1500, "val_items": 2000}, {"type": "asha", "max_t": args.epochs or 8,
-                                                      "grace_period": args.grace, "reduction_factor": args.rf}
+    return ({"train_items": 1500, "val_items": args.val_items},
+            {"type": "asha", "max_t": args.epochs or 8, "grace_period": args.grace, "reduction_factor": args.rf})
 
 
 # the parameters searched: the headline's (a space already narrowed to good values), or a user's first
@@ -53,8 +58,23 @@ SPACES = {"headline": (HEADLINE["fixed"], HEADLINE["parameters"]),
 SPACE = "headline"
 
 
+def load_space(name: str):
+    """A space: a key of SPACES, a shipped space by name (search_spaces/<name>.yaml) or any space file;
+    returns (fixed, parameters) of a file, else the key."""
+    if name in SPACES:
+        return name
+    path = Path(name)
+    if not path.exists():
+        path = REPO / "search_spaces" / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"--space {name}: not one of {', '.join(sorted(SPACES))}, no file {name} and no "
+                         f"search_spaces/{name}.yaml")
+    spec = yaml.safe_load(path.read_text())
+    return (spec.get("fixed") or {}, spec["parameters"])
+
+
 def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, resources: dict, concurrent: int) -> dict:
-    base, parameters = SPACES[SPACE]
+    base, parameters = SPACES[SPACE] if isinstance(SPACE, str) else SPACE
     return {"name": name, "seed": seed, "num_samples": samples, "method": "random", "metric": "val_acc",
             "scheduler": scheduler, "resources": resources, "max_concurrent": concurrent,
             "fixed": {**base, **fixed}, "parameters": parameters}
@@ -77,16 +97,28 @@ def _trials(exp_dir: Path) -> dict:
     return trials
 
 
-def _run(spec: dict, storage: str) -> dict:
-    """Run a search; its trials (`_trials`) and the search's start time."""
+def _run(spec: dict, storage: str, policy: str = "") -> dict:
+    """Run a search; its trials (`_trials`), the search's start time and its wall time. `policy`
+    "stratified": the early-stopping side runs `family_asha.default_scheduler` (stratified by the
+    space's searched categorical parameters) in place of Ray's ASHA, until the spec names it."""
     from raydigits.search import runner
     from raydigits.spec import parse_spec
     s = parse_spec(spec, spec["name"])
     runner.check_resources(s)
     started = time.time()
     from raydigits.storage import Location
-    exp = runner.run_search(s, Location.parse(storage) / spec["name"], runner.load_data(s), verbose=0)
-    return {"trials": _trials(exp.local), "started": started}
+    build = runner.build_tune_scheduler
+    if policy == "stratified" and s.scheduler.type == "asha":
+        from raydigits.search.family_asha import default_scheduler
+        runner.build_tune_scheduler = lambda sp: default_scheduler(
+            metric=sp.metric, mode=sp.mode, max_t=sp.epochs, grace_period=sp.scheduler.grace_period,
+            reduction_factor=sp.scheduler.reduction_factor,
+            family=[k for k, p in sp.parameters.items() if p.values is not None], seed=sp.seed)
+    try:
+        exp = runner.run_search(s, Location.parse(storage) / spec["name"], runner.load_data(s), verbose=0)
+    finally:
+        runner.build_tune_scheduler = build
+    return {"trials": _trials(exp.local), "started": started, "wall": time.time() - started}
 
 
 def fidelity(run: dict, epochs: int, rungs=(1, 2)) -> dict:
@@ -161,23 +193,33 @@ def part_asha(storage, args):
     for seed in [int(s) for s in args.seeds.split(",")]:
         fifo = _run(_space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res,
                            concurrent), storage)
-        ash = _run(_space(f"asha_{seed}", seed, asha, fixed, args.samples, res, concurrent), storage)
+        ash = _run(_space(f"{args.policy}_{seed}", seed, asha, fixed, args.samples, res, concurrent), storage,
+                   args.policy)
         same = _configs(fifo) == _configs(ash)
-        target = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"]) - 0.003
+        fbest = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"])
+        abest = max(r["val_acc"] for t in ash["trials"].values() for r in t["results"])
+        target = fbest - 0.003
         fe, fs, _ = _to_target(fifo, target)
         ae, as_, reached = _to_target(ash, target)
         rows.append((ae / fe, as_ / fs, reached))
-        print(f"seed {seed} ({_what(args)}, ASHA grace {asha['grace_period']} / factor {asha['reduction_factor']:g} / "
-              f"max_t {epochs}): same {len(fifo['trials'])} configs on both sides: {same}; FIFO best "
-              f"{target + 0.003:.4f}; to within 0.3 pp: FIFO {fe} trial-epochs / {fs:.0f}s, ASHA {ae} / {as_:.0f}s"
-              f"{'' if reached else ' (ASHA never got there: its whole run counted)'}; ratios {ae / fe:.3f} epochs, "
-              f"{as_ / fs:.3f} time; ASHA ran {sum(len(t['results']) for t in ash['trials'].values())} trial-epochs "
-              f"in all, FIFO {sum(len(t['results']) for t in fifo['trials'].values())}", flush=True)
+        f_all = sum(len(t["results"]) for t in fifo["trials"].values())
+        a_all = sum(len(t["results"]) for t in ash["trials"].values())
+        to_target = (f"{ae} trial-epochs / {as_:.0f}s, ratios {ae / fe:.3f} epochs, {as_ / fs:.3f} time" if reached
+                     else "not reached")
+        print(f"seed {seed} ({_what(args)}, {args.policy} grace {asha['grace_period']} / factor "
+              f"{asha['reduction_factor']:g} / max_t {epochs}): same {len(fifo['trials'])} configs on both sides: "
+              f"{same}; trial-epochs FIFO {f_all}, {args.policy} {a_all} ({a_all / f_all:.2f}); best val FIFO "
+              f"{fbest:.4f}, {args.policy} {abest:.4f}: regret {100 * (fbest - abest):.2f} pp; wall FIFO "
+              f"{fifo['wall']:.0f}s, {args.policy} {ash['wall']:.0f}s; to within 0.3 pp of FIFO's best: FIFO {fe} "
+              f"trial-epochs / {fs:.0f}s, {args.policy} {to_target}", flush=True)
         print("    " + _say_fidelity(fidelity(fifo, epochs, _rungs(asha)), f"seed {seed}'s FIFO run", epochs), flush=True)
     for i, what in ((0, "trial-epochs"), (1, "wall time")):
-        vals = [r[i] for r in rows]
-        print(f"ASHA / FIFO, {what} to FIFO's best - 0.3 pp over {len(vals)} seeds: mean {statistics.mean(vals):.3f}, "
-              f"min {min(vals):.3f}, max {max(vals):.3f}   (goal <= 0.35)", flush=True)
+        vals = [r[i] for r in rows if r[2]]
+        if not vals:
+            print(f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp: not reached in any seed", flush=True)
+            continue
+        print(f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp over the {len(vals)} of {len(rows)} seeds that "
+              f"reached it: mean {statistics.mean(vals):.3f}, min {min(vals):.3f}, max {max(vals):.3f}", flush=True)
 
 
 def analyse(dirs, args):
@@ -239,10 +281,15 @@ def main():
     p.add_argument("--storage", default=None, help="keep the runs here (for --analyse)")
     p.add_argument("--analyse", nargs="+", default=None, metavar="DIR", help="fidelity of kept FIFO runs")
     p.add_argument("--val-n", type=int, default=0, help="--analyse: validation size of runs that did not report it")
-    p.add_argument("--space", choices=sorted(SPACES), default="headline", help="the parameters searched")
+    p.add_argument("--space", default="headline",
+                   help="the parameters searched: headline, first, a shipped space's name or any space file")
+    p.add_argument("--val-items", type=int, default=0,
+                   help="validation images on the subset (0: the full 10,000-image split, issue 19's benchmark)")
+    p.add_argument("--policy", choices=("asha", "stratified"), default="asha",
+                   help="--part asha: the early stopping compared with FIFO (stratified: family_asha.default_scheduler)")
     args = p.parse_args()
     global SPACE
-    SPACE = args.space
+    SPACE = load_space(args.space)
     if args.analyse:
         return analyse(args.analyse, args)
     from raydigits.search.runner import start_ray
