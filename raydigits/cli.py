@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import OneLineParser, UserError, guarded
+from .spec.model import EARLY_STOPPING
 
 DEFAULT_STORAGE = "ray_results"
 INTERRUPTED_EXIT = 130
@@ -182,7 +183,7 @@ def _audit(exp, data, top_k: int, verbose: int, data_dir) -> None:
     """The audit run (search/audit.py): what early stopping cost, measured."""
     from .experiment.records import finish_run
     from .search.audit import run_audit
-    if top_k <= 0 or exp.spec.scheduler.type != "asha":
+    if top_k <= 0 or exp.spec.scheduler.type not in EARLY_STOPPING:
         return
     started = time.time()
     try:
@@ -310,7 +311,7 @@ def cmd_audit(args) -> int:
     top_k = exp.spec.audit.top_k if args.top_k is None else args.top_k
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be at least 1")
-    if exp.spec.scheduler.type != "asha":
+    if exp.spec.scheduler.type not in EARLY_STOPPING:
         raise UserError(f"{exp.location}: a {exp.spec.scheduler.type} search stops no trial early; nothing to audit")
     data_dir = runner.data_dir_of(exp.spec)
     data = runner.load_data(exp.spec, data_dir)

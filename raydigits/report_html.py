@@ -18,7 +18,7 @@ from .errors import UserError
 from .experiment import Experiment, Trial
 from .experiment.records import OUTCOMES
 from .insight import IMPORTANCE_SEEDS, category, importance, rung_decisions, searched
-from .spec import SearchSpec
+from .spec import EARLY_STOPPING, SearchSpec
 from .storage import Location
 
 REPORT_FILE = "report.html"
@@ -200,7 +200,7 @@ def _importance_section(trials, spec: SearchSpec) -> str:
 
 def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
     title = "ASHA, rung by rung"
-    if spec.scheduler.type != "asha":
+    if spec.scheduler.type not in EARLY_STOPPING:
         return _section("asha", title, f"<p>This search used the {_e(spec.scheduler.type)} scheduler: no trial "
                                        "was stopped early.</p>")
     rungs = rung_decisions(trials, spec)
@@ -215,6 +215,13 @@ def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
             "trained past it, what it took to continue as observed. ASHA is asynchronous: a trial that arrived "
             "early met a different cut-off than one that arrived late, so a stopped trial can hold a value above "
             "that bar.")
+    if s.type == "family_asha":
+        from .search.tune_space import family_parameters
+        fam = ", ".join(family_parameters(spec)) or "none: every trial is one family"
+        rule += (f" This search used <b>family_asha</b>: a trial is compared only with the trials of its own family "
+                 f"(the values of its searched categorical parameters: {_e(fam)}), and the first rung keeps a larger "
+                 "share than 1/reduction_factor, so that a slow-starting family's best trials are not stopped "
+                 "because another family starts faster (BENCHMARKS.md). The bar below pools the families.")
     if s.brackets > 1:
         rule += (f" With {s.brackets} brackets Tune puts each trial in one of them at random; bracket k compares "
                  f"its trials only from epoch {s.grace_period} × {s.reduction_factor:g}<sup>k</sup> on, and only "
@@ -236,7 +243,7 @@ def _audit_section(m: dict, spec: SearchSpec) -> str:
     es = m.get("early_stopping")
     if not es:
         why = ("no trial was audited (audit.top_k: 0, `--no-final`, or early stopping stopped none)"
-               if spec.scheduler.type == "asha" else f"the {_e(spec.scheduler.type)} scheduler stops no trial early")
+               if spec.scheduler.type in EARLY_STOPPING else f"the {_e(spec.scheduler.type)} scheduler stops no trial early")
         return _section("audit", title, f"<p>Not measured: {why}.</p>")
     rows = [(_e(a["trial_id"]), str(a["stopped_epoch"]), _fmt(a["at_stop"]), _e(a["audit_trial_id"]),
              _fmt(a["at_max_t"]), _fmt(a["best"])) for a in es["audited"]]

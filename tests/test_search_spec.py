@@ -54,7 +54,7 @@ CASES = [
                                            d["parameters"].pop("betas")), "parameters.lr: method grid needs `values`"),
     ("two kinds", lambda d: d["parameters"]["lr"].update(values=[1]), "parameters.lr: give exactly one of"),
     ("unknown model", lambda d: d["fixed"].update(model="mobilenetv3"), "fixed.model: unknown model 'mobilenetv3'"),
-    ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'asha', 'fifo', 'pbt' or 'pb2'"),
+    ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'family_asha', 'asha', 'fifo', 'pbt' or 'pb2'"),
     ("uniform without max", lambda d: d["parameters"]["momentum"].pop("max"),
      "parameters.momentum: distribution uniform needs min and max"),
     ("int_uniform without min", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "max": 64}),
@@ -477,10 +477,20 @@ def test_population_schedulers_take_the_spec_settings_in_epochs():
 
 def test_fifo_never_stops_a_trial_early_and_asha_takes_its_settings():
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-    from raydigits.search.tune_space import build_tune_scheduler
+    from raydigits.search.family_asha import FamilyASHA
+    from raydigits.search.tune_space import build_tune_scheduler, family_parameters
     fifo = build_tune_scheduler(parse_spec({**GOOD, "scheduler": {"type": "fifo"}}))
-    assert isinstance(fifo, FIFOScheduler) and not isinstance(fifo, AsyncHyperBandScheduler)
-    assert isinstance(build_tune_scheduler(parse_spec(GOOD)), AsyncHyperBandScheduler)
+    assert isinstance(fifo, FIFOScheduler) and not isinstance(fifo, (AsyncHyperBandScheduler, FamilyASHA))
+    ray_asha = build_tune_scheduler(parse_spec({**GOOD, "scheduler": {"type": "asha"}}))
+    assert isinstance(ray_asha, AsyncHyperBandScheduler)
+    # the default: family_asha, its families the searched unconditional categorical parameters
+    spec = parse_spec(GOOD)
+    assert spec.scheduler.type == "family_asha" and family_parameters(spec) == ["optimizer"]
+    default = build_tune_scheduler(spec)
+    assert isinstance(default, FamilyASHA) and default._family == ("optimizer",)
+    assert parse_spec(spec.to_dict()).scheduler.type == "family_asha"  # saved with its type
+    with pytest.raises(UserError, match="scheduler.brackets: family_asha runs one bracket"):
+        parse_spec({**GOOD, "scheduler": {"brackets": 2}})
 
 
 def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
@@ -560,7 +570,7 @@ SEMANTIC = [
     ("grace_period beyond default epochs", lambda d: d.update(scheduler={"grace_period": 9}),
      "exceeds the 5 a trial runs (TrainConfig's default epochs)"),
     ("fifo with ASHA settings", lambda d: d.update(scheduler={"type": "fifo", "reduction_factor": 3}),
-     "scheduler.reduction_factor: only used by scheduler type asha (this one is fifo)"),
+     "scheduler.reduction_factor: only used by scheduler type family_asha or asha (this one is fifo)"),
     ("reduction_factor 1", lambda d: d.update(scheduler={"reduction_factor": 1}),
      "scheduler.reduction_factor: Input should be greater than 1"),
     ("time budget 0", lambda d: d.update(time_budget_s=0), "time_budget_s: Input should be greater than 0"),

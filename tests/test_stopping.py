@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from helpers import REPO
+from support.helpers import REPO
 from raydigits.search.stopping import CONTINUE, STOP, StoppingCore, bracket_milestones, family_of, percentile
 
 

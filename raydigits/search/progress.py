@@ -10,7 +10,7 @@ from ray import tune
 from ..experiment.records import ACTIVE as RUNNING
 from ..experiment.records import ENDED, Estimate, read_estimates, write_estimates
 from ..ray_compat import experiment_dir_now
-from ..spec import asha_rungs
+from ..spec import EARLY_STOPPING, asha_rungs
 from ..storage import Location, as_location
 from . import eta
 
@@ -102,6 +102,6 @@ def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
         for p in spec.parameters.values():
             total *= len(p.values) if p.values is not None else 1
     schedule = eta.Schedule(spec.epochs, tuple(sorted(asha_rungs(spec))), spec.scheduler.reduction_factor, total,
-                            audit_k=spec.audit.top_k if spec.scheduler.type == "asha" else 0)
+                            audit_k=spec.audit.top_k if spec.scheduler.type in EARLY_STOPPING else 0)
     gpu = 0.0 if spec.resources.gpu == "auto" else float(spec.resources.gpu)
     return EtaReporter(exp_dir, schedule, total, spec.max_concurrent, spec.resources.cpu, gpu, spec.time_budget_s)

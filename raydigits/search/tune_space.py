@@ -168,14 +168,26 @@ def _population_scheduler(spec: SearchSpec):
                                    custom_explore_fn=ClipToRange(bounds), **common)
 
 
+def family_parameters(spec: SearchSpec) -> list[str]:
+    """family_asha's families: the searched categorical parameters (optimiser, schedule, ...), whose
+    values change how a learning curve starts, so trials are compared only within one of them."""
+    return [name for name, p in spec.parameters.items() if p.values is not None and p.varies() and not p.when]
+
+
 def build_tune_scheduler(spec: SearchSpec):
-    """Tune's trial scheduler (ASHA, FIFO, PBT or PB2); optim.build_scheduler is the learning-rate schedule."""
+    """Tune's trial scheduler (family ASHA, Ray's ASHA, FIFO, PBT or PB2); optim.build_scheduler is the
+    learning-rate schedule."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     s = spec.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
     if s.type in POPULATION:
         return _population_scheduler(spec)
+    if s.type == "family_asha":
+        from .family_asha import default_scheduler
+        return default_scheduler(metric=spec.metric, mode=spec.mode, max_t=spec.epochs,
+                                 grace_period=min(s.grace_period, spec.epochs), reduction_factor=s.reduction_factor,
+                                 family=family_parameters(spec), seed=spec.seed)
     return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
                          max_t=spec.epochs, grace_period=min(s.grace_period, spec.epochs),
                          reduction_factor=s.reduction_factor, brackets=s.brackets)

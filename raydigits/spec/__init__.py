@@ -14,10 +14,10 @@ from .derived import (MIN_RUNG_STEPS, asha_rungs, early_rung_warning, mutated, t
                       trial_values)
 from .kinds import DISTRIBUTIONS, Kind, kind, list_distributions
 from .load import SEARCH_SPACES_DIR, load_spec, parse_spec, resolve_path
-from .model import (AUDIT_KEY, INDEX_SUFFIX, POPULATION, SEED_HEX_DIGITS, AuditSpec, Param, Resources, SchedulerSpec,
+from .model import (AUDIT_KEY, EARLY_STOPPING, INDEX_SUFFIX, POPULATION, SEED_HEX_DIGITS, AuditSpec, Param, Resources, SchedulerSpec,
                     SearchSpec)
 
-__all__ = ["AUDIT_KEY", "AuditSpec", "DISTRIBUTIONS", "INDEX_SUFFIX", "MIN_RUNG_STEPS", "POPULATION", "SEARCH_SPACES_DIR", "SEED_HEX_DIGITS",
+__all__ = ["AUDIT_KEY", "AuditSpec", "DISTRIBUTIONS", "EARLY_STOPPING", "INDEX_SUFFIX", "MIN_RUNG_STEPS", "POPULATION", "SEARCH_SPACES_DIR", "SEED_HEX_DIGITS",
            "Kind", "Param", "Resources", "SchedulerSpec", "SearchSpec", "asha_rungs", "early_rung_warning", "kind",
            "list_distributions", "load_spec", "mutated", "parse_spec", "resolve_path", "trial_threads",
            "trial_train_config", "trial_values"]

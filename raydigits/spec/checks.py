@@ -18,7 +18,7 @@ from ..config import MUTABLE_KNOBS, TrainConfig, default_data_dir, format_valida
 from ..errors import UserError
 from .derived import mutated
 from .kinds import INT_TOLERANCE, q_grid
-from .model import POPULATION, Param, SearchSpec
+from .model import EARLY_STOPPING, POPULATION, Param, SearchSpec
 
 # ------------------------------------------------------------------ check_spec, step by step
 def check_spec(spec: SearchSpec, where: str, semantic: bool = True) -> None:
@@ -167,14 +167,18 @@ def _check_metric_mode(spec: SearchSpec, where: str) -> None:
 def _check_scheduler(spec: SearchSpec, where: str) -> None:
     s = spec.scheduler
     given = s.model_fields_set
-    unused = [k for k in ASHA_ONLY if k in given] if s.type != "asha" else []
+    unused = [k for k in ASHA_ONLY if k in given] if s.type not in EARLY_STOPPING else []
     if unused:
-        raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type asha (this one is {s.type})")
+        raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type family_asha or asha "
+                        f"(this one is {s.type})")
     unused = [k for k in PBT_ONLY if k in given] if s.type not in ("pbt", "pb2") else []
     if unused:
         raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type pbt or pb2 (this one is {s.type})")
-    if s.type != "asha":
+    if s.type not in EARLY_STOPPING:
         return
+    if s.type == "family_asha" and s.brackets != 1:
+        raise UserError(f"{where}: scheduler.brackets: family_asha runs one bracket (BENCHMARKS.md: a hedge bracket "
+                        "protected less than comparing within families); use type asha for Ray's brackets")
     epochs = spec.epochs
     source = ("scheduler.max_t" if s.max_t else "fixed.epochs" if "epochs" in spec.fixed
               else "TrainConfig's default epochs")

@@ -7,7 +7,7 @@ from typing import Any
 import math
 
 from ..config import MUTABLE_KNOBS, TrainConfig, make_config
-from .model import AUDIT_KEY, INDEX_SUFFIX, SearchSpec
+from .model import AUDIT_KEY, EARLY_STOPPING, INDEX_SUFFIX, SearchSpec
 
 
 def asha_rungs(spec: SearchSpec) -> set[int]:
@@ -15,7 +15,7 @@ def asha_rungs(spec: SearchSpec) -> set[int]:
     below max_t, and a trial is compared at the first epoch that reaches one: a fractional milestone
     (reduction_factor 2.5 from 1: 2.5, 6.25) at its ceiling, 3 and 7 (tests/test_ray_compat.py checks
     this against Ray's own brackets; every bracket's milestones are among the first one's)."""
-    if spec.scheduler.type != "asha":
+    if spec.scheduler.type not in EARLY_STOPPING:
         return set()
     rungs, t = set(), float(spec.scheduler.grace_period)
     while t < spec.epochs:
@@ -40,7 +40,7 @@ def early_rung_warning(spec: SearchSpec, train_size: int) -> str | None:
     """A warning when ASHA's first rung comes after so few optimiser steps that it would rank trials
     on how they start rather than how they end (bench/search_bench.py, BENCHMARKS.md: on 1,500
     training images, 11 steps an epoch, epoch-1 validation ranked trials *against* their final one)."""
-    if spec.scheduler.type != "asha" or train_size <= 0:
+    if spec.scheduler.type not in EARLY_STOPPING or train_size <= 0:
         return None
     items = int(spec.fixed.get("train_items") or 0)
     n = min(items, train_size) if items else train_size

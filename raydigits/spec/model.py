@@ -19,7 +19,10 @@ AUDIT_KEY = "audit_of"        # an audit trial's config: the id of the stopped t
 INDEX_SUFFIX = "__index"      # Optuna picks an index for values it cannot store (lists): `<name>__index`
 SEED_HEX_DIGITS = 8           # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
 POPULATION = ("pbt", "pb2")   # schedulers whose trials take their configs from each other
-SCHEDULERS = ("asha", "fifo", "pbt", "pb2")
+SCHEDULERS = ("family_asha", "asha", "fifo", "pbt", "pb2")
+# schedulers that stop trials at rungs (grace_period * reduction_factor**k): family_asha, the default,
+# compares a trial only with trials of its own family (search/family_asha.py); asha is Ray's own
+EARLY_STOPPING = ("family_asha", "asha")
 
 
 class _Strict(BaseModel):
@@ -107,7 +110,7 @@ class Param(_Strict):
 
 
 class SchedulerSpec(_Strict):
-    type: Literal["asha", "fifo", "pbt", "pb2"] = "asha"
+    type: Literal["family_asha", "asha", "fifo", "pbt", "pb2"] = "family_asha"
     max_t: int | None = Field(None, ge=1)          # epochs a trial may run (= TrainConfig.epochs)
     grace_period: int = Field(1, ge=1)             # epochs before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1.0)
@@ -176,7 +179,8 @@ class SearchSpec(_Strict):
         """Round-trips through `parse_spec` (parameters and the scheduler keep only the keys that were
         given: a scheduler-specific default written out would read as a setting for another type)."""
         d = self.model_dump(mode="json")
-        d["scheduler"] = self.scheduler.model_dump(mode="json", exclude_unset=True)
+        # the type always: an experiment keeps the scheduler it ran with when the default changes
+        d["scheduler"] = {**self.scheduler.model_dump(mode="json", exclude_unset=True), "type": self.scheduler.type}
         d["parameters"] = {k: p.model_dump(mode="json", exclude_unset=True) for k, p in self.parameters.items()}
         return d
 
