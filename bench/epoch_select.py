@@ -7,6 +7,7 @@ Usage: python bench/epoch_select.py EXP:VAL_N [EXP:VAL_N ...]"""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -14,8 +15,6 @@ import torch
 from raydigits.config import TrainConfig, default_data_dir
 from raydigits.data import load_dataset
 from raydigits.errors import UserError
-from dataclasses import replace
-
 from raydigits.experiment import Experiment, choose_best
 from raydigits.pipeline import SplitBatches
 from raydigits.trainer import Trainer, load_checkpoint

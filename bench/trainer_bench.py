@@ -107,7 +107,7 @@ def main():
     gen = torch.Generator(device=trainer.device).manual_seed(0)
     start = time.perf_counter()
     for _ in range(3):
-        for xb, yb, _ in split.batches(cfg.batch_size, True, torch.Generator().manual_seed(0)):
+        for xb, _yb, _ in split.batches(cfg.batch_size, True, torch.Generator().manual_seed(0)):
             pre.train(xb, gen)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize()

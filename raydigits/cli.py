@@ -18,9 +18,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import OneLineParser, UserError, guarded
 from .spec.model import EARLY_STOPPING

@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from typing import TYPE_CHECKING, Callable, ContextManager
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -121,7 +122,7 @@ class Predictor:
     `autocast` (the same context validation uses), float32 logits."""
 
     def __init__(self, model: torch.nn.Module, pre: Preprocess, batch_size: int,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext):
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
         self.model, self.pre, self.batch_size, self.autocast = model, pre, batch_size, autocast
 
     def logits(self, batch_u8: torch.Tensor) -> torch.Tensor:

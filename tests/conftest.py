@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from support.helpers import REPO
 
 os.environ.setdefault("RAYDIGITS_NO_PROGRESS", "1")

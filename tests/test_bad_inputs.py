@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.helpers import REPO, stale_cluster_record
 
 SMOKE = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
@@ -118,10 +117,11 @@ def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
 @pytest.fixture
 def fake_experiment(tmp_path, small_mnist):
     """An experiment folder with a real best_model.pt (from an untrained trainer) and its spec."""
-    from raydigits.inference import save_models
-    from raydigits.experiment.layout import SPEC_FILE
-    from raydigits.trainer import Trainer
     from support.helpers import tiny_cfg
+
+    from raydigits.experiment.layout import SPEC_FILE
+    from raydigits.inference import save_models
+    from raydigits.trainer import Trainer
     exp = tmp_path / "exp"
     (exp / "final").mkdir(parents=True)
     (exp / SPEC_FILE).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
@@ -233,9 +233,10 @@ def test_bad_train_input(case, tmp_path, capsys, mnist_dir):
 
 
 def test_train_resume_of_a_checkpoint_for_another_model(tmp_path, capsys, small_mnist):
+    from support.helpers import tiny_cfg
+
     from raydigits import train
     from raydigits.trainer import Trainer
-    from support.helpers import tiny_cfg
     ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "other" / "last.pt")
     out = tmp_path / "run"
     rc = train.main(["--out", str(out), *QUICK, "--set", "model=resnet18", "--resume", str(ckpt)])

@@ -12,13 +12,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from support.helpers import REPO
 
-from raydigits.data import load_dataset, prepare_folder
-from raydigits.data import sources
+from raydigits.data import load_dataset, prepare_folder, sources
 from raydigits.data.prepare import export_image_tree, prepare_mnist
 from raydigits.errors import UserError
-
-from support.helpers import REPO
 
 
 def test_mnist_splits_sizes_ids_and_manifest(mnist_dir, mnist):
@@ -268,7 +266,7 @@ def test_prepare_killed_mid_way_leaves_the_old_store(hub_wheel, mnist, tmp_path)
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tmp = tmp_path / f"store.tmp-{proc.pid}"
         ready = {"temp store created": tmp.is_dir,
-                 "first split written": lambda: (tmp / "train.parquet").exists()}[kill_point]
+                 "first split written": lambda: (tmp / "train.parquet").exists()}[kill_point]  # noqa: B023
         _kill_when(proc, ready)
         assert json.loads((store / "manifest.json").read_text()) == before, kill_point
         ds = load_dataset(store)

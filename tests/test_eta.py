@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from raydigits.search import eta
 from raydigits.experiment.layout import ETA_FILE
 from raydigits.experiment.records import MAX_ESTIMATES, Estimate, read_estimates, write_estimates
+from raydigits.search import eta
 from raydigits.spec import asha_rungs, parse_spec
 
 ASHA = eta.Schedule(max_t=4, rungs=(1, 2), reduction_factor=2)   # grace 1, rf 2, max_t 4

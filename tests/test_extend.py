@@ -8,8 +8,8 @@ import pytest
 
 from raydigits.errors import UserError
 from raydigits.search.extend import check_request, extension_spec
-from raydigits.spec import parse_spec
 from raydigits.search.tune_space import build_search_alg
+from raydigits.spec import parse_spec
 
 SPACE = {"name": "t", "method": "tpe", "num_samples": 4, "seed": 3, "scheduler": {"type": "asha", "max_t": 3},
          "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from support.helpers import tiny_cfg
 
 from raydigits.errors import UserError
 from raydigits.evaluation import predictions_frame, split_metrics
@@ -16,8 +17,6 @@ from raydigits.experiment import Trial, choose_best, read_results, statistical_t
 from raydigits.experiment.records import derive_outcome, ended_outcome
 from raydigits.spec import asha_rungs, parse_spec
 from raydigits.storage import as_location
-
-from support.helpers import tiny_cfg
 
 SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 9, "grace_period": 1, "reduction_factor": 3}})
 

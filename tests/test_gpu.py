@@ -12,11 +12,10 @@ import sys
 
 import pytest
 import torch
+from support.helpers import REPO, results
 
 from raydigits.config import make_config
 from raydigits.trainer import Trainer
-
-from support.helpers import REPO, results
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -9,9 +9,9 @@ import pytest
 
 from raydigits.experiment import Trial
 from raydigits.experiment.trials import frame
-from raydigits.storage import as_location
 from raydigits.insight import importance, rung_decisions, searched, trust_level
 from raydigits.spec import parse_spec
+from raydigits.storage import as_location
 
 SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
                    "parameters": {"optimizer": {"values": ["sgd", "adamw"]},

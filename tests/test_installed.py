@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support.helpers import REPO
 
 pytestmark = pytest.mark.slow

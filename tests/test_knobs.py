@@ -167,7 +167,7 @@ def test_onecycle_keeps_the_configured_momentum_and_betas(small_mnist):
         cfg = make_config({**BASE, "optimizer": opt, "scheduler": "onecycle", key: value})
         t = Trainer(cfg, small_mnist)
         seen = set()
-        t.fit(lambda m, tr: seen.add(repr(tr.optimizer.param_groups[0][key])))
+        t.fit(lambda m, tr: seen.add(repr(tr.optimizer.param_groups[0][key])))  # noqa: B023
         assert seen == {repr(value)}, seen
         cyc = Trainer(make_config({**BASE, "optimizer": opt, "scheduler": "onecycle", key: value,
                                    "cycle_momentum": True}), small_mnist)

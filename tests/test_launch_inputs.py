@@ -75,6 +75,7 @@ def test_export_out_without_images_is_refused(tmp_path, capsys):
 def test_export_never_writes_over_inputs_and_over_outputs_only_with_force(tmp_path, small_mnist, capsys):
     import cv2
     from support.helpers import REPO, tiny_cfg
+
     from raydigits.inference import save_models
     from raydigits.trainer import Trainer
     exp = tmp_path / "exp"

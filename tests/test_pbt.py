@@ -14,7 +14,6 @@ import sys
 import pytest
 import torch
 import yaml
-
 from support.helpers import REPO, results
 
 pytestmark = pytest.mark.slow

@@ -53,7 +53,7 @@ def test_batches_cover_the_split_once_in_a_seeded_order(small_mnist):
     assert sorted(seen.tolist()) == list(range(100))
     again = torch.cat([sel for _, _, sel in split.batches(32, True, torch.Generator().manual_seed(0))])
     assert torch.equal(seen, again)
-    for xb, yb, sel in split.batches(32):
+    for _xb, yb, sel in split.batches(32):
         assert torch.equal(yb, torch.as_tensor(small_mnist.labels["train"][:100])[sel])
 
 

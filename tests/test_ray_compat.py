@@ -17,10 +17,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from support.helpers import REPO
 
 from raydigits import ray_compat
-
-from support.helpers import REPO
 
 
 def _source(module: str) -> str:
@@ -94,7 +93,7 @@ def test_noise_filters_drop_only_those_lines():
 
 
 def test_token_auth_probe_follows_rays_auth_mode():
-    assert callable(getattr(importlib.import_module(ray_compat.TOKEN_AUTH_MODULE), "is_token_auth_enabled"))
+    assert callable(importlib.import_module(ray_compat.TOKEN_AUTH_MODULE).is_token_auth_enabled)
     code = "from raydigits.ray_compat import token_auth_enabled; print(token_auth_enabled())"
     assert _python(code, RAY_AUTH_MODE="token") == "True"
     assert _python(code, RAY_AUTH_MODE="disabled") == "False"
@@ -126,7 +125,9 @@ def test_asha_rungs_are_the_epochs_rays_brackets_compare_at(grace, rf, max_t, br
     ASHA's milestones itself; Ray keeps them in its private brackets. A trial is compared at the first
     epoch >= a milestone, so a fractional one counts at its ceiling."""
     import math
+
     from ray.tune.schedulers import AsyncHyperBandScheduler
+
     from raydigits.spec import asha_rungs, parse_spec
     sched = AsyncHyperBandScheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=max_t,
                                     grace_period=grace, reduction_factor=rf, brackets=brackets)
@@ -193,6 +194,7 @@ def test_result_loggers_keep_the_drivers_results_when_a_trial_restarts(tmp_path)
     storage's over the driver's (the epochs in between are lost); ours keep the driver's, and after
     a driver restart (nothing on this driver yet) they still restore from storage."""
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
     from raydigits.search.recorder import CsvResults, JsonResults, result_loggers
     assert [type(c) for c in result_loggers()] == [JsonResults, CsvResults]
     assert "def _restore_from_remote(self, file_name" in _source("ray.tune.logger.logger")
@@ -209,8 +211,10 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
     """A real Tune run (4 trials side by side): the experiment state has the keys we read, and the
     recorder writes each trial's outcome as it happens, including the time budget's cut."""
     import json
+
     import ray
     from ray import tune
+
     from raydigits.experiment.layout import OUTCOMES_FILE
     from raydigits.experiment.records import read_record
     from raydigits.search.recorder import BudgetStopper, OutcomeRecorder

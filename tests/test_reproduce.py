@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from pathlib import Path
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from support.helpers import REPO, launch
+
 from raydigits.cli import main
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from support.cluster import TwoNodeCluster
 from support.helpers import REPO, launch, results
 from support.s3 import BUCKET, s3_env, s3_server

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from support.helpers import REPO, launch, results, stale_cluster_record
 from support.s3 import BUCKET, s3_server
 
@@ -43,7 +42,7 @@ def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
             time.sleep(0.5)
         node_ip = next(results(d)[0]["node_ip"] for d in exp.glob("smoke_*") if results(d))
         found.update(check_dashboard(url, node_ip, "raydigits smoke_e2e"))
-    except Exception:  # reported by the browser test, not lost in a thread
+    except Exception:  # noqa: BLE001 — reported by the browser test, not lost in a thread
         import traceback
         found["error"] = traceback.format_exc()
 
@@ -423,6 +422,7 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     best finished config re-run first under that budget, the finished trials untouched, and the
     final stage choosing among all of them (the search's 6, its audit's 1, the extension's 2)."""
     import shutil
+
     from raydigits.experiment import Experiment
     exp = tmp_path / "ext"
     shutil.copytree(smoke_run["exp"], exp)

@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import yaml
+from support.helpers import REPO
 
 from raydigits.errors import UserError
-from raydigits.spec import load_spec, parse_spec, trial_values
 from raydigits.search.tune_space import OptunaSpace, param_space
-
-from support.helpers import REPO
+from raydigits.spec import load_spec, parse_spec, trial_values
 
 GOOD = {
     "name": "t", "num_samples": 2,
@@ -440,8 +439,9 @@ def test_pbt_perturbs_what_the_space_searches_within_its_ranges():
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers.pb2 import PB2
     from ray.tune.search.sample import Float
-    from raydigits.spec import mutated
+
     from raydigits.search.tune_space import ClipToRange, build_tune_scheduler
+    from raydigits.spec import mutated
     spec = parse_spec(_pbt())
     assert mutated(spec) == ["lr", "label_smoothing"]  # not structural, conditional or constant ones
     pbt = build_tune_scheduler(spec)
@@ -462,6 +462,7 @@ def test_population_schedulers_take_the_spec_settings_in_epochs():
     the spec's metric and mode, and take its quantile, resample probability and synch; PBT's explore
     step is clipped into the searched range."""
     from ray.tune.schedulers.pb2 import PB2
+
     from raydigits.search.tune_space import build_tune_scheduler
     d = {**_pbt(quantile_fraction=0.5, resample_probability=0.5, synch=True), "metric": "val_loss"}
     pbt = build_tune_scheduler(parse_spec(d))
@@ -477,6 +478,7 @@ def test_population_schedulers_take_the_spec_settings_in_epochs():
 
 def test_fifo_never_stops_a_trial_early_and_asha_takes_its_settings():
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+
     from raydigits.search.family_asha import FamilyASHA
     from raydigits.search.tune_space import build_tune_scheduler, family_parameters
     fifo = build_tune_scheduler(parse_spec({**GOOD, "scheduler": {"type": "fifo"}}))
@@ -629,8 +631,9 @@ def test_unusable_files_named_in_fixed(case, tmp_path):
 
 
 def test_usable_weights_pass(tmp_path, small_mnist):
-    from raydigits.trainer import Trainer
     from support.helpers import tiny_cfg
+
+    from raydigits.trainer import Trainer
     ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "last.pt")
     assert parse_spec(_bad(lambda d: d["fixed"].update(pretrained=str(ckpt)))).fixed["pretrained"] == str(ckpt)
 
@@ -695,13 +698,14 @@ def test_each_distribution_kind_draws_what_its_entry_says_in_tune_and_optuna(nam
     """A kind's Tune domain and Optuna suggestion draw inside its bounds, whole numbers when it says
     integer, fractions when it says fractional, on q's grid for q_uniform; its optuna distribution
     holds the draws; a `when` on it holds exactly for values a draw can take."""
+    import numpy as np
     import optuna
+    import pandas as pd
     from optuna.distributions import BaseDistribution
     from ray import tune  # noqa: F401  (the registry names ray.tune functions)
-    from raydigits.search.tune_space import _domain
+
     from raydigits.insight import _distribution
-    import numpy as np
-    import pandas as pd
+    from raydigits.search.tune_space import _domain
     from raydigits.spec import Param
     p = Param(distribution=name, **KIND_PARAMS[name])
     k = p.kind

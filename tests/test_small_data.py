@@ -13,7 +13,6 @@ from pathlib import Path
 import cv2
 import pytest
 import yaml
-
 from support.helpers import REPO, results
 
 pytestmark = pytest.mark.slow

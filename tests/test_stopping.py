@@ -9,8 +9,8 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
-
 from support.helpers import REPO
+
 from raydigits.search.stopping import CONTINUE, STOP, StoppingCore, bracket_milestones, family_of, percentile
 
 
@@ -234,6 +234,7 @@ def test_plain_asha_stops_the_slow_starter(local_ray, tmp_path):
     """Ray's own ASHA, and FamilyASHA without families, stop the slow starter at epoch 1: the case
     above is one the stratified policy exists for."""
     from ray.tune.schedulers import ASHAScheduler
+
     from raydigits.search.family_asha import FamilyASHA
     ray_ran = _run(ASHAScheduler(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ray")
     ours = _run(FamilyASHA(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ours")

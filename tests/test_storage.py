@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support.helpers import REPO
 from support.s3 import BUCKET, keys, s3_server
 

@@ -11,12 +11,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from support.helpers import REPO, tiny_cfg
 
 from raydigits.errors import UserError
 from raydigits.models import head_root
 from raydigits.trainer import Trainer, load_checkpoint
-
-from support.helpers import REPO, tiny_cfg
 
 EPOCH_KEYS = {"epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s"}
 

@@ -5,8 +5,9 @@ and torch-free: which trials to audit, and the verdict from the runs' results.""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ..spec import AUDIT_KEY, SearchSpec
 from .layout import AUDIT_PREFIX

@@ -3,8 +3,9 @@ validation cannot tell from it."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import UserError
 from ..spec import SearchSpec

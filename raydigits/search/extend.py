@@ -20,8 +20,8 @@ from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import Experiment, Trial
 from ..experiment.layout import EXTEND_PREFIX, next_extension
-from ..storage import Location
 from ..spec import POPULATION, SearchSpec, parse_spec
+from ..storage import Location
 from .runner import run_search
 from .tune_space import build_search_alg
 

@@ -70,6 +70,7 @@ def _probe_task(configs: list[dict], data_shape: tuple, num_classes: int) -> dic
     """On one GPU: train each config briefly on random images; the peak (torch's reserved memory
     plus what the CUDA context holds outside it) and the GPU's total."""
     import torch
+
     from ..config import make_config
     from ..data.store import Dataset
     from ..trainer import Trainer

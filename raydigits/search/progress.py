@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
+
 from ray import tune
 
 from ..experiment.records import ACTIVE as RUNNING

@@ -7,14 +7,14 @@ import socket
 import tempfile
 from pathlib import Path
 
+from .. import ray_compat
 from ..config import default_data_dir
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import layout, records
-from ..storage import Location
-from .. import ray_compat
 from ..spec import POPULATION, SearchSpec, trial_threads
+from ..storage import Location
 from .tune_space import build_search_alg, build_tune_scheduler, param_space
 
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
@@ -98,6 +98,7 @@ def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path, starts: dict[str
     as a Tune trainable class that asks for the spec's resources and is named after its trial.
     `starts`: an audit's checkpoint (URI) for each stopped trial it continues (search/audit.py)."""
     from ray import tune
+
     from .trainable import train_trial
     threads = trial_threads(spec)
     fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir),
@@ -110,6 +111,7 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
     recorder, and the time budget as a stopper that says when it ended the run (recorder.py). Remote storage: Tune uploads the
     driver's experiment state at least every SYNC_PERIOD_S (and whenever trials checkpoint)."""
     from ray import tune
+
     from .progress import eta_reporter
     from .recorder import OutcomeRecorder, result_loggers
     reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
@@ -129,6 +131,7 @@ def _stopper(spec: SearchSpec, exp_dir: Location):
     """The time budget; under PBT / PB2 also the last epoch, so that a trial's last result ends it
     before the scheduler sees it (PBT would perturb a finished trial and restart it for nothing)."""
     from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
+
     from .recorder import BudgetStopper
     stoppers = [BudgetStopper(spec.time_budget_s, exp_dir)] if spec.time_budget_s else []
     if spec.scheduler.type in POPULATION:

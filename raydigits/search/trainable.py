@@ -10,11 +10,11 @@ import psutil
 import torch
 from ray import tune
 
+from .. import ray_compat
 from ..data.store import Dataset
 from ..experiment.layout import CHECKPOINT_FILE
-from ..trainer import Trainer
-from .. import ray_compat
 from ..spec import AUDIT_KEY, SearchSpec, trial_train_config
+from ..trainer import Trainer
 
 FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
 # tests: ";"-separated "<kind>:<epoch>:<marker file>", each fired once (by the first trial to get there):

@@ -19,6 +19,7 @@ def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
     to reproduce (a trial whose unconditional values equal one of them takes its value; Tune's
     points_to_evaluate cannot carry values for sample_from keys)."""
     from ray import tune
+
     from ..ray_compat import read_config_key as get  # Tune retries while a condition key is unsampled
     domain = _domain(p)
 

@@ -20,6 +20,7 @@ from .derived import mutated
 from .kinds import INT_TOLERANCE, q_grid
 from .model import EARLY_STOPPING, POPULATION, Param, SearchSpec
 
+
 # ------------------------------------------------------------------ check_spec, step by step
 def check_spec(spec: SearchSpec, where: str, semantic: bool = True) -> None:
     """Everything TrainConfig would reject, found before any trial starts; with `semantic`, also
@@ -277,6 +278,7 @@ def _check_weights(spec: SearchSpec, where: str) -> None:
     if not paths:
         return
     import torchvision
+
     from ..models import read_state_dict
     for path, value in paths:
         try:

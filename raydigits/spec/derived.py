@@ -2,9 +2,8 @@
 perturbs, and a trial's sampled config as the TrainConfig it trains with."""
 from __future__ import annotations
 
-from typing import Any
-
 import math
+from typing import Any
 
 from ..config import MUTABLE_KNOBS, TrainConfig, make_config
 from .model import AUDIT_KEY, EARLY_STOPPING, INDEX_SUFFIX, SearchSpec

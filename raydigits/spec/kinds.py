@@ -6,8 +6,9 @@ into `getattr(ray.tune, entry.tune)(*args)` and `getattr(optuna_trial, entry.sug
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 INT_TOLERANCE = 1e-9
 

@@ -2,9 +2,8 @@
 (model.py), everything else by `checks.check_spec`."""
 from __future__ import annotations
 
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
