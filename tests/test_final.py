@@ -215,3 +215,15 @@ def test_a_trial_exactly_at_the_tie_margin_ties_and_an_unknown_winner_has_no_tie
     assert t.margin == 0.01 and t.trials == [("b", 0.49)]
     assert statistical_ties(trials, SPEC, "z") is None        # errored: not among the usable trials
     assert statistical_ties(trials, SPEC, "nobody") is None
+
+
+def test_read_results_skips_a_cut_line_mid_file_and_keep_reruns_keeps_every_line(tmp_path):
+    """A retry appends after the line the crash cut: what follows it is still read. A report without an
+    epoch is not taken for a re-run of epoch 1; keep_reruns keeps every line as written."""
+    lines = ['{"note": "no epoch"}', '{"epoch": 1}', '{"epoch": 2}', '{"epoch": 3, "val_a', '{"epoch": 2, "again": 1}',
+             '{"epoch": 3}']
+    (tmp_path / "result.json").write_text("\n".join(lines) + "\n")
+    rows = read_results(tmp_path)
+    assert [r.get("epoch") for r in rows] == [None, 1, 2, 3] and rows[2] == {"epoch": 2, "again": 1}
+    assert [r.get("epoch") for r in read_results(tmp_path, keep_reruns=True)] == [None, 1, 2, 2, 3]
+    assert read_results(tmp_path / "missing") == []
