@@ -152,3 +152,15 @@ def test_a_loss_verdict_is_in_the_losss_own_units(tmp_path):
     acc = [_trial(tmp_path, "done", "completed", [0.5, 0.80], val_n=None), _trial(tmp_path, "s2", "asha_stopped", [0.4]),
            _trial(tmp_path, "a1", "completed", [0.9], run="audit_1", config={"audit_of": "s2"}, first_epoch=2)]
     assert regret_line(early_stopping_cost(acc, SPEC)).startswith("early stopping cost 10.00 pp: best kept trial done")
+
+
+def test_the_verdict_as_metrics_json_holds_it(tmp_path):
+    """Regret.to_json is metrics.json's `early_stopping` (read by the report and the e2e test): every key."""
+    runs = [_trial(tmp_path, "done", "completed", [0.5, 0.80]), _trial(tmp_path, "s2", "asha_stopped", [0.4]),
+            _trial(tmp_path, "a1", "completed", [0.9], run="audit_1", config={"audit_of": "s2"}, first_epoch=2)]
+    r = early_stopping_cost(runs, SPEC)
+    assert r.to_json() == {
+        "audited": [{"trial_id": "s2", "audit_trial_id": "a1", "stopped_epoch": 1, "at_stop": 0.4, "at_max_t": 0.9,
+                     "best": 0.9}],
+        "kept_best": 0.8, "kept_trial": "done", "cost": pytest.approx(0.1), "margin": pytest.approx(0.008),
+        "measurable": True, "ended_above_every_kept_trial": ["s2"], "metric": "val_acc", "line": regret_line(r)}
