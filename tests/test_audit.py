@@ -164,3 +164,18 @@ def test_the_verdict_as_metrics_json_holds_it(tmp_path):
                      "best": 0.9}],
         "kept_best": 0.8, "kept_trial": "done", "cost": pytest.approx(0.1), "margin": pytest.approx(0.008),
         "measurable": True, "ended_above_every_kept_trial": ["s2"], "metric": "val_acc", "line": regret_line(r)}
+
+
+def test_the_audited_values_are_the_last_ones_of_each_run(tmp_path):
+    """at_stop is the stopped trial's last report, at_max_t the audit run's last (not their second);
+    a stopped trial that reported nothing gives nan at its stop rather than an error."""
+    runs = [_trial(tmp_path, "done", "completed", [0.5, 0.6, 0.7, 0.80]),
+            _trial(tmp_path, "s2", "asha_stopped", [0.4, 0.6, 0.5]),
+            _trial(tmp_path, "a1", "completed", [0.7, 0.9, 0.85], run="audit_1", config={"audit_of": "s2"},
+                   first_epoch=4),
+            _trial(tmp_path, "s0", "asha_stopped", []),
+            _trial(tmp_path, "a0", "completed", [0.6], run="audit_1", config={"audit_of": "s0"}, first_epoch=1)]
+    r = early_stopping_cost(runs, SPEC)
+    a1, a0 = sorted(r.audited, key=lambda a: a.audit_trial_id, reverse=True)
+    assert (a1.stopped_epoch, a1.at_stop, a1.at_max_t, a1.best) == (3, 0.5, 0.85, 0.9)
+    assert a0.trial_id == "s0" and a0.at_stop != a0.at_stop and a0.at_max_t == 0.6  # nan
