@@ -179,3 +179,18 @@ def test_the_audited_values_are_the_last_ones_of_each_run(tmp_path):
     a1, a0 = sorted(r.audited, key=lambda a: a.audit_trial_id, reverse=True)
     assert (a1.stopped_epoch, a1.at_stop, a1.at_max_t, a1.best) == (3, 0.5, 0.85, 0.9)
     assert a0.trial_id == "s0" and a0.at_stop != a0.at_stop and a0.at_max_t == 0.6  # nan
+
+
+def test_the_kept_best_is_the_kept_trial_with_the_best_best(tmp_path):
+    """Two kept trials whose best and worst epochs rank them differently: the one with the best epoch is
+    the kept best (max for accuracy, min for a loss)."""
+    runs = [_trial(tmp_path, "wild", "completed", [0.2, 0.9]), _trial(tmp_path, "even", "completed", [0.85, 0.85]),
+            _trial(tmp_path, "s2", "asha_stopped", [0.4]),
+            _trial(tmp_path, "a1", "completed", [0.95], run="audit_1", config={"audit_of": "s2"}, first_epoch=2)]
+    r = early_stopping_cost(runs, SPEC)
+    assert (r.kept_trial, r.kept_best, r.cost) == ("wild", 0.9, pytest.approx(0.05))
+    loss = [_loss_trial(tmp_path, "wild", "completed", [0.9, 0.2]), _loss_trial(tmp_path, "even", "completed", [0.25]),
+            _loss_trial(tmp_path, "s2", "asha_stopped", [0.4]),
+            _loss_trial(tmp_path, "a1", "completed", [0.1], run="audit_1", config={"audit_of": "s2"}, first_epoch=2)]
+    r = early_stopping_cost(loss, LOSS)
+    assert (r.kept_trial, r.kept_best, r.cost) == ("wild", 0.2, pytest.approx(0.1))
