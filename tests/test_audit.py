@@ -194,3 +194,11 @@ def test_the_kept_best_is_the_kept_trial_with_the_best_best(tmp_path):
             _loss_trial(tmp_path, "a1", "completed", [0.1], run="audit_1", config={"audit_of": "s2"}, first_epoch=2)]
     r = early_stopping_cost(loss, LOSS)
     assert (r.kept_trial, r.kept_best, r.cost) == ("wild", 0.2, pytest.approx(0.1))
+
+
+def test_an_audited_trial_ending_level_with_the_kept_best_is_not_above_it(tmp_path):
+    runs = [_trial(tmp_path, "done", "completed", [0.5, 0.80]), _trial(tmp_path, "s2", "asha_stopped", [0.4]),
+            _trial(tmp_path, "a1", "completed", [0.80], run="audit_1", config={"audit_of": "s2"}, first_epoch=2)]
+    r = early_stopping_cost(runs, SPEC)
+    assert r.above == () and r.cost == 0.0 and not r.measurable
+    assert not regret_line(r).endswith("kept") and "(within noise)" not in regret_line(r)
