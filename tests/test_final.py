@@ -213,6 +213,7 @@ def test_a_trial_exactly_at_the_tie_margin_ties_and_an_unknown_winner_has_no_tie
                                       ("c", "completed", [0.4899]), ("z", "error", [0.7])]), val_n=10_000)
     t = statistical_ties(trials, SPEC, "a")
     assert t.margin == 0.01 and t.trials == [("b", 0.49)]
+    assert ties_line(t, "val_acc").startswith("1 other trial is within 2 standard errors (0.0100 on 10,000 validation")
     assert statistical_ties(trials, SPEC, "z") is None        # errored: not among the usable trials
     assert statistical_ties(trials, SPEC, "nobody") is None
 
