@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import json
 
-from raydigits.experiment.records import (ETA_FILE, OUTCOMES_FILE, Estimate, OutcomeRecord, RunRecord,
-                                          read_estimates, read_record, write_estimates, write_record)
+from raydigits.experiment.records import (
+    ETA_FILE,
+    OUTCOMES_FILE,
+    Estimate,
+    OutcomeRecord,
+    RunRecord,
+    read_estimates,
+    read_record,
+    write_estimates,
+    write_record,
+)
 
 
 def test_the_outcome_record_round_trips_and_reads_older_files(tmp_path):
