@@ -203,3 +203,27 @@ def test_saved_predictor_and_exported_program_agree_with_the_trainer(small_mnist
     # and validation used the same path: its accuracy is the predictor's on the val split
     acc = (t.predict(small_mnist.images["val"]).argmax(1) == small_mnist.labels["val"]).mean()
     assert t.evaluate()["val_acc"] == pytest.approx(acc)
+
+
+def test_a_trial_exactly_at_the_tie_margin_ties_and_an_unknown_winner_has_no_ties(tmp_path):
+    """p = 0.5 on 10,000 images: 2 SE = 0.01 exactly, so 0.49 lies on the margin and counts as a tie;
+    a winner with no usable report (or no such trial) gives no tie list rather than an error."""
+    trials = _with(_trials(tmp_path, [("a", "completed", [0.5]), ("b", "completed", [0.49]),
+                                      ("c", "completed", [0.4899]), ("z", "error", [0.7])]), val_n=10_000)
+    t = statistical_ties(trials, SPEC, "a")
+    assert t.margin == 0.01 and t.trials == [("b", 0.49)]
+    assert ties_line(t, "val_acc").startswith("1 other trial is within 2 standard errors (0.0100 on 10,000 validation")
+    assert statistical_ties(trials, SPEC, "z") is None        # errored: not among the usable trials
+    assert statistical_ties(trials, SPEC, "nobody") is None
+
+
+def test_read_results_skips_a_cut_line_mid_file_and_keep_reruns_keeps_every_line(tmp_path):
+    """A retry appends after the line the crash cut: what follows it is still read. A report without an
+    epoch is not taken for a re-run of epoch 1; keep_reruns keeps every line as written."""
+    lines = ['{"note": "no epoch"}', '{"epoch": 1}', '{"epoch": 2}', '{"epoch": 3, "val_a', '{"epoch": 2, "again": 1}',
+             '{"epoch": 3}']
+    (tmp_path / "result.json").write_text("\n".join(lines) + "\n")
+    rows = read_results(tmp_path)
+    assert [r.get("epoch") for r in rows] == [None, 1, 2, 3] and rows[2] == {"epoch": 2, "again": 1}
+    assert [r.get("epoch") for r in read_results(tmp_path, keep_reruns=True)] == [None, 1, 2, 2, 3]
+    assert read_results(tmp_path / "missing") == []

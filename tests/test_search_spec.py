@@ -754,3 +754,28 @@ class _KindSpec:
 
     def __init__(self, p):
         self.parameters = {"x": p}
+
+
+def test_which_exact_values_a_grid_kind_can_draw_and_its_grid():
+    """`can_hold` (what a `when` on the parameter can match) at the edges of the range and of the grid,
+    q defaulting to 1, booleans never; `q_grid` the first and last multiples of q inside [min, max]."""
+    from raydigits.spec import Param
+    from raydigits.spec.kinds import kind, q_grid
+    q = Param(distribution="q_uniform", min=0.25, max=1.0, q=0.25)
+    assert q.can_hold([0.25]) and q.can_hold([1.0]) and q.can_hold([0.5 + 1e-12]) and q.can_hold([1])
+    assert not q.can_hold([0.0]) and not q.can_hold([1.25]) and not q.can_hold([0.5 + 1e-6])
+    assert not q.can_hold(["0.5"]) and not q.can_hold([None])
+    no_q = Param(distribution="q_uniform", min=1, max=3)   # q: 1
+    assert no_q.can_hold([2]) and no_q.can_hold([3.0]) and not no_q.can_hold([2.5]) and not no_q.can_hold([True])
+    assert q_grid(no_q) == (1, 3) and q_grid(q) == (1, 4)
+    assert q_grid(Param(distribution="q_uniform", min=0.3, max=1.1, q=0.25)) == (2, 4)
+    assert q_grid(Param(distribution="q_uniform", min=0.26, max=0.49, q=0.25)) == (2, 1)  # none inside
+    assert q_grid(Param(distribution="q_uniform", min=0.1 * 3, max=0.7, q=0.1)) == (3, 7)  # float noise
+    i = Param(distribution="int_uniform", min=2, max=5)
+    assert i.can_hold([2]) and i.can_hold([5]) and i.can_hold([4.0])
+    assert not i.can_hold([1]) and not i.can_hold([6]) and not i.can_hold(["3"])
+    assert not Param(distribution="int_uniform", min=0, max=1).can_hold([True, False])  # a bool is no draw
+    with pytest.raises(ValueError, match=r"^unknown distribution 'gauss'; valid: uniform, log_uniform_values, "
+                                         r"int_uniform, q_uniform, normal$"):
+        kind("gauss")
+    assert kind("normal").name == "normal"

@@ -53,6 +53,7 @@ class Regret:
     cost: float            # max(0, best audited - kept_best), in the metric's units
     margin: float | None   # NOISE_SE binomial standard errors of kept_best (None: no val_n / not accuracy)
     above: tuple[str, ...]  # audited trials ending above every trial early stopping kept
+    metric: str = "val_acc"  # val_acc: fractions, shown in percentage points; val_loss: in its own units
 
     @property
     def measurable(self) -> bool:
@@ -62,7 +63,7 @@ class Regret:
         return {"audited": [a.__dict__ for a in self.audited], "kept_best": self.kept_best,
                 "kept_trial": self.kept_trial, "cost": self.cost, "margin": self.margin,
                 "measurable": self.measurable, "ended_above_every_kept_trial": list(self.above),
-                "line": regret_line(self)}
+                "metric": self.metric, "line": regret_line(self)}
 
 
 def early_stopping_cost(trials: Iterable[Trial], spec: SearchSpec) -> Regret | None:
@@ -91,12 +92,13 @@ def early_stopping_cost(trials: Iterable[Trial], spec: SearchSpec) -> Regret | N
     margin = (NOISE_SE * math.sqrt(kept_best * (1 - kept_best) / n)
               if spec.metric == "val_acc" and n and 0 <= kept_best <= 1 else None)
     above = tuple(a.trial_id for a in audited if sign * (a.best - kept_best) > 0)
-    return Regret(tuple(audited), kept_best, top.trial_id, max(0.0, sign * (best_audit - kept_best)), margin, above)
+    return Regret(tuple(audited), kept_best, top.trial_id, max(0.0, sign * (best_audit - kept_best)), margin, above,
+                  spec.metric)
 
 
 def regret_line(r: Regret) -> str:
     """The summary's and report's sentence about what early stopping cost in this search."""
-    pp = 100 if r.margin is not None or 0 <= r.kept_best <= 1 else 1
+    pp = 100 if r.metric == "val_acc" else 1  # a loss in [0, 1] is not a fraction to show in pp
     unit = " pp" if pp == 100 else ""
     each = "; ".join(f"{a.trial_id} stopped at epoch {a.stopped_epoch} at {a.at_stop:.4f}, "
                      f"{a.at_max_t:.4f} at max_t (best {a.best:.4f})" for a in r.audited)
@@ -107,6 +109,7 @@ def regret_line(r: Regret) -> str:
         verdict = f"early stopping cost nothing measurable ({pp * r.cost:.2f}{unit}{noise})"
     line = f"{verdict}: best kept trial {r.kept_trial} {r.kept_best:.4f}; audited: {each}"
     if r.above:
-        line += (f". {', '.join(r.above)}, stopped early, ended above every trial early stopping kept"
+        side = "above" if r.metric == "val_acc" else "below"  # a lower loss is the better end
+        line += (f". {', '.join(r.above)}, stopped early, ended {side} every trial early stopping kept"
                  + ("" if r.measurable else " (within noise)"))
     return line
