@@ -3,9 +3,9 @@ the searched categorical parameters, e.g. the optimizer), as a Ray Tune `TrialSc
 public API. The decisions come from `raydigits.search.stopping.StoppingCore`, the same core the
 replay (`bench/replay.py`) measured; with `family=()` and `min_peers=1` it decides exactly as Ray's
 AsyncHyperBandScheduler (tests/test_stopping.py)."""
+
 from __future__ import annotations
 
-import pickle
 import random
 from collections.abc import Sequence
 
@@ -30,18 +30,37 @@ class FamilyASHA(FIFOScheduler):
     seed: the bracket draws (None: unseeded).
     keep: the share of trials each milestone keeps (None: 1 / reduction_factor, as Ray)."""
 
-    def __init__(self, metric: str | None = None, mode: str | None = None, max_t: int = 100,
-                 grace_period: int = 1, reduction_factor: float = 2.0, brackets: int = 1,
-                 family: Sequence[str] = (), min_peers: int = 1, bracket_weights="ray",
-                 time_attr: str = "training_iteration", seed: int | None = None, keep: float | None = None):
+    def __init__(
+        self,
+        metric: str | None = None,
+        mode: str | None = None,
+        max_t: int = 100,
+        grace_period: int = 1,
+        reduction_factor: float = 2.0,
+        brackets: int = 1,
+        family: Sequence[str] = (),
+        min_peers: int = 1,
+        bracket_weights="ray",
+        time_attr: str = "training_iteration",
+        seed: int | None = None,
+        keep: float | None = None,
+    ):
         if mode and mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         super().__init__()
         self._metric, self._mode, self._time_attr = metric, mode, time_attr
         self._family = tuple(family)
-        self._core = StoppingCore(max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor,
-                                  brackets=brackets, stratify=bool(self._family), min_peers=min_peers,
-                                  bracket_weights=bracket_weights, rng=random.Random(seed), keep=keep)
+        self._core = StoppingCore(
+            max_t=max_t,
+            grace_period=grace_period,
+            reduction_factor=reduction_factor,
+            brackets=brackets,
+            stratify=bool(self._family),
+            min_peers=min_peers,
+            bracket_weights=bracket_weights,
+            rng=random.Random(seed),
+            keep=keep,
+        )
 
     @property
     def _sign(self) -> float:
@@ -58,8 +77,10 @@ class FamilyASHA(FIFOScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         if not self._metric or not self._mode:
-            raise ValueError(f"{type(self).__name__} needs a metric and a mode (got {self._metric!r}, {self._mode!r}): "
-                             "pass them here or to tune.TuneConfig()")
+            raise ValueError(
+                f"{type(self).__name__} needs a metric and a mode (got {self._metric!r}, {self._mode!r}): "
+                "pass them here or to tune.TuneConfig()"
+            )
         self._core.add(trial.trial_id, family_of(trial.config, self._family))
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
@@ -80,25 +101,22 @@ class FamilyASHA(FIFOScheduler):
         by = f"within families of {', '.join(self._family)}" if self._family else "across all trials"
         return f"Using FamilyASHA ({by}): num_stopped={self._core.num_stopped}\n{self._core.debug_string()}"
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+    # No save / restore: Tune's controller never calls them (the scheduler travels inside Tune's own
+    # experiment state), and raydigits itself unpickles nothing but the verified MNIST archive
+    # (tests/test_security.py).
 
 
 # The default early stopping (issue 19, BENCHMARKS.md "Early stopping that keeps the winners"):
 # stratified rungs, chosen by replaying every policy on recorded FIFO curves (bench/replay.py).
-DEFAULT_MIN_PEERS = 1            # Ray's rule: the second trial of a family at a rung is judged
-DEFAULT_BRACKETS = 1             # no Hyperband hedge: it bought little protection for its cost
+DEFAULT_MIN_PEERS = 1  # Ray's rule: the second trial of a family at a rung is judged
+DEFAULT_BRACKETS = 1  # no Hyperband hedge: it bought little protection for its cost
 DEFAULT_BRACKET_WEIGHTS = "ray"
-DEFAULT_FIRST_KEEP = 0.75        # the first rung keeps the top 3/4 of a family, later ones 1/rf
+DEFAULT_FIRST_KEEP = 0.75  # the first rung keeps the top 3/4 of a family, later ones 1/rf
 
 
-def default_keep(max_t: int, grace_period: int, reduction_factor: float,
-                 first_keep: float | None = DEFAULT_FIRST_KEEP) -> list[float] | None:
+def default_keep(
+    max_t: int, grace_period: int, reduction_factor: float, first_keep: float | None = DEFAULT_FIRST_KEEP
+) -> list[float] | None:
     """The share each milestone below max_t keeps: `first_keep` at the first, 1/rf after (None: 1/rf
     everywhere, Ray's rule)."""
     n = len([m for m in bracket_milestones(grace_period, max_t, reduction_factor, 0) if m < max_t])
@@ -107,13 +125,30 @@ def default_keep(max_t: int, grace_period: int, reduction_factor: float,
     return [first_keep] + [1 / reduction_factor] * (n - 1)
 
 
-def default_scheduler(metric: str | None = None, mode: str | None = None, max_t: int = 100, grace_period: int = 1,
-                      reduction_factor: float = 2.0, family: Sequence[str] = (), seed: int | None = None,
-                      time_attr: str = "training_iteration") -> FamilyASHA:
+def default_scheduler(
+    metric: str | None = None,
+    mode: str | None = None,
+    max_t: int = 100,
+    grace_period: int = 1,
+    reduction_factor: float = 2.0,
+    family: Sequence[str] = (),
+    seed: int | None = None,
+    time_attr: str = "training_iteration",
+) -> FamilyASHA:
     """The shipped default: FamilyASHA stratified by `family` (the spec's searched categorical
     parameters: `[k for k, p in spec.parameters.items() if p.values is not None]`), one bracket,
     Ray's rule (min_peers 1), a gentler first rung (DEFAULT_FIRST_KEEP)."""
-    return FamilyASHA(metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
-                      reduction_factor=reduction_factor, brackets=DEFAULT_BRACKETS, family=family,
-                      min_peers=DEFAULT_MIN_PEERS, bracket_weights=DEFAULT_BRACKET_WEIGHTS, time_attr=time_attr,
-                      seed=seed, keep=default_keep(max_t, grace_period, reduction_factor))
+    return FamilyASHA(
+        metric=metric,
+        mode=mode,
+        max_t=max_t,
+        grace_period=grace_period,
+        reduction_factor=reduction_factor,
+        brackets=DEFAULT_BRACKETS,
+        family=family,
+        min_peers=DEFAULT_MIN_PEERS,
+        bracket_weights=DEFAULT_BRACKET_WEIGHTS,
+        time_attr=time_attr,
+        seed=seed,
+        keep=default_keep(max_t, grace_period, reduction_factor),
+    )
