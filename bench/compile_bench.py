@@ -3,6 +3,7 @@ the trainer's model, loss and optimiser stepping over the same preprocessed batc
 `torch.compile(model)` (default mode), interleaved rounds, medians; plus the one-off compile time,
 and what that means for a trial of a few epochs.
 Usage: python bench/compile_bench.py [--threads 2] [--batch-size 128] [--img-size 32] [--rounds 5]"""
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,19 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset(ensure_prepared(REPO / "data" / "mnist"), splits=("train", "val"))
-    t = Trainer(make_config(dict(train_items=args.items, val_items=512, batch_size=args.batch_size,
-                                 img_size=args.img_size, threads=args.threads, device="cpu")), data)
+    t = Trainer(
+        make_config(
+            dict(
+                train_items=args.items,
+                val_items=512,
+                batch_size=args.batch_size,
+                img_size=args.img_size,
+                threads=args.threads,
+                device="cpu",
+            )
+        ),
+        data,
+    )
     batches = [(t.pre.eval(xb), yb) for xb, yb, _ in t.train_set.batches(args.batch_size, True, None, True)]
     compiled = torch.compile(t.model)
     start = time.perf_counter()
@@ -52,11 +64,13 @@ def main():
     steps(t, t.model, batches[:2])
     rounds = [(steps(t, t.model, batches), steps(t, compiled, batches)) for _ in range(args.rounds)]
     eager, comp = (statistics.median(r[i] for r in rounds) for i in (0, 1))
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, {args.img_size} px: "
-          f"eager {eager:.0f} img/s, compiled {comp:.0f} img/s (medians of {args.rounds} interleaved rounds; "
-          f"eager {min(r[0] for r in rounds):.0f}–{max(r[0] for r in rounds):.0f}, compiled "
-          f"{min(r[1] for r in rounds):.0f}–{max(r[1] for r in rounds):.0f}) → ×{comp / eager:.2f}; "
-          f"compile {compile_s:.0f}s")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch_size}, {args.img_size} px: "
+        f"eager {eager:.0f} img/s, compiled {comp:.0f} img/s (medians of {args.rounds} interleaved rounds; "
+        f"eager {min(r[0] for r in rounds):.0f}–{max(r[0] for r in rounds):.0f}, compiled "
+        f"{min(r[1] for r in rounds):.0f}–{max(r[1] for r in rounds):.0f}) → ×{comp / eager:.2f}; "
+        f"compile {compile_s:.0f}s"
+    )
     epoch = 50_000
     for epochs in (1, 5, 15):
         e, c = epochs * epoch / eager, compile_s + epochs * epoch / comp

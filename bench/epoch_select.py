@@ -4,6 +4,7 @@ are applied to every usable trial of finished experiments, and each chosen check
 precise-BN statistics included) is evaluated on the test split. Not a test: a measurement for
 BENCHMARKS.md. VAL_N, the validation's size, is given for results older than the trainer's `val_n`.
 Usage: python bench/epoch_select.py EXP:VAL_N [EXP:VAL_N ...]"""
+
 from __future__ import annotations
 
 import sys
@@ -46,12 +47,17 @@ def main(args: list[str]) -> None:
             except UserError:  # errored, diverged, out of memory or no checkpoint: never chosen
                 continue
             acc = {c.epoch: test_acc(c) for c in (best, pick)}
-            print(f"{best.trial_id}: best val epoch {best.epoch} ({100 * best.value:.2f}) test {acc[best.epoch]:.2f}; "
-                  f"within-SE epoch {pick.epoch} ({100 * pick.value:.2f}) test {acc[pick.epoch]:.2f}", flush=True)
+            print(
+                f"{best.trial_id}: best val epoch {best.epoch} ({100 * best.value:.2f}) test {acc[best.epoch]:.2f}; "
+                f"within-SE epoch {pick.epoch} ({100 * pick.value:.2f}) test {acc[pick.epoch]:.2f}",
+                flush=True,
+            )
             if pick.epoch != best.epoch:
                 changed.append(acc[pick.epoch] - acc[best.epoch])
-        print(f"{exp}: SE rule changed {len(changed)} trials' epoch; test accuracy change "
-              f"{', '.join(f'{c:+.2f}' for c in changed) or '-'} pp")
+        print(
+            f"{exp}: SE rule changed {len(changed)} trials' epoch; test accuracy change "
+            f"{', '.join(f'{c:+.2f}' for c in changed) or '-'} pp"
+        )
 
 
 if __name__ == "__main__":

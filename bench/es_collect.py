@@ -4,6 +4,7 @@ The setting is issue 19's benchmark: 1,500 training images, the full 10,000-imag
 8 epochs, 2 trials at a time with one CPU each.
 Usage: python bench/es_collect.py --space first|FILE.yaml --seeds 0,1,2 --samples 90 --storage DIR
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,17 +29,22 @@ def main():
     args = p.parse_args()
     sb.SPACE = sb.load_space(args.space)
     from raydigits.search.runner import start_ray
+
     start_ray(None)
     fixed = {"train_items": args.train_items, "val_items": args.val_items}
     for seed in [int(s) for s in args.seeds.split(",")]:
         t = time.time()
         name = f"{args.prefix}_{Path(args.space).stem}_{seed}_{args.samples}"
-        run = sb._run(sb._space(name, seed, {"type": "fifo", "max_t": args.epochs}, fixed, args.samples,
-                                {"cpu": 1, "gpu": 0}, 2), args.storage)
+        run = sb._run(
+            sb._space(name, seed, {"type": "fifo", "max_t": args.epochs}, fixed, args.samples, {"cpu": 1, "gpu": 0}, 2),
+            args.storage,
+        )
         te = sum(len(x["results"]) for x in run["trials"].values())
         best = max(r["val_acc"] for x in run["trials"].values() for r in x["results"])
-        print(f"{name}: {len(run['trials'])} trials, {te} trial-epochs, best val {best:.4f}, {time.time() - t:.0f}s",
-              flush=True)
+        print(
+            f"{name}: {len(run['trials'])} trials, {te} trial-epochs, best val {best:.4f}, {time.time() - t:.0f}s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 Usage: python bench/gpu_bench.py [--sizes 32,64,224] [--batch-size 256] [--shared 4 --shared-size 64]
 Goals (issue 11, MobileNetV3-small, bf16, one H200): ≥ 40k img/s at 32 px, ≥ 20k at 224 px per trial;
 4 trials sharing one GPU ≥ 100k img/s together at 64 px."""
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,21 @@ from raydigits.trainer import Trainer  # noqa: E402
 
 
 def trainer_for(data, size: int, batch: int, items: int, graphs: bool, model: str) -> Trainer:
-    cfg = make_config(dict(train_items=items, val_items=2048, batch_size=batch, eval_batch_size=1024,
-                           img_size=size, epochs=100, model=model, device="cuda", amp="bf16",
-                           scheduler="cosine", cuda_graphs=graphs))
+    cfg = make_config(
+        dict(
+            train_items=items,
+            val_items=2048,
+            batch_size=batch,
+            eval_batch_size=1024,
+            img_size=size,
+            epochs=100,
+            model=model,
+            device="cuda",
+            amp="bf16",
+            scheduler="cosine",
+            cuda_graphs=graphs,
+        )
+    )
     return Trainer(cfg, data)
 
 
@@ -63,8 +76,15 @@ def one_size(data, size, args) -> dict:
         rounds.append((g, e, b))
     med = [statistics.median(x[i] for x in rounds) for i in range(3)]
     spread = [(min(x[i] for x in rounds), max(x[i] for x in rounds)) for i in range(3)]
-    return {"size": size, "graphs": med[0], "eager": med[1], "bare": med[2], "spread": spread,
-            "first_epoch_s": capture_s, "graph_blocker": graphs.graph_blocker}
+    return {
+        "size": size,
+        "graphs": med[0],
+        "eager": med[1],
+        "bare": med[2],
+        "spread": spread,
+        "first_epoch_s": capture_s,
+        "graph_blocker": graphs.graph_blocker,
+    }
 
 
 def shared_worker(args) -> None:
@@ -99,32 +119,58 @@ def main():
     if args.worker:
         return shared_worker(args)
     data = load_dataset(ensure_prepared(REPO / "data" / "mnist"), splits=("train", "val"))
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {args.model}, batch {args.batch_size}, "
-          f"bf16, {args.items} images/epoch, medians of {args.rounds} interleaved rounds")
+    print(
+        f"{torch.cuda.get_device_name()}, torch {torch.__version__}; {args.model}, batch {args.batch_size}, "
+        f"bf16, {args.items} images/epoch, medians of {args.rounds} interleaved rounds"
+    )
     goals = {32: 40_000, 224: 20_000}
     for size in [int(s) for s in args.sizes.split(",") if s]:
         r = one_size(data, size, args)
-        goal = f"   (goal ≥ {goals[size] / 1000:.0f}k: {'✓' if r['graphs'] >= goals[size] else '✗'})" if size in goals else ""
-        print(f"{size:>4} px: graphs {r['graphs']:>8.0f} img/s (range {r['spread'][0][0]:.0f}-{r['spread'][0][1]:.0f}) | "
-              f"eager {r['eager']:>7.0f} | bare eager loop {r['bare']:>7.0f} | graphs ÷ eager "
-              f"{r['graphs'] / r['eager']:.2f}, trainer(graphs) ÷ bare {r['graphs'] / r['bare']:.2f}; "
-              f"first epoch incl. capture {r['first_epoch_s']:.1f}s{goal}"
-              + (f"  [graphs off: {r['graph_blocker']}]" if r["graph_blocker"] else ""), flush=True)
+        goal = (
+            f"   (goal ≥ {goals[size] / 1000:.0f}k: {'✓' if r['graphs'] >= goals[size] else '✗'})"
+            if size in goals
+            else ""
+        )
+        print(
+            f"{size:>4} px: graphs {r['graphs']:>8.0f} img/s (range {r['spread'][0][0]:.0f}-{r['spread'][0][1]:.0f}) | "
+            f"eager {r['eager']:>7.0f} | bare eager loop {r['bare']:>7.0f} | graphs ÷ eager "
+            f"{r['graphs'] / r['eager']:.2f}, trainer(graphs) ÷ bare {r['graphs'] / r['bare']:.2f}; "
+            f"first epoch incl. capture {r['first_epoch_s']:.1f}s{goal}"
+            + (f"  [graphs off: {r['graph_blocker']}]" if r["graph_blocker"] else ""),
+            flush=True,
+        )
     if args.shared:
         del data
         torch.cuda.empty_cache()
         start_at = time.time() + args.start_delay  # every worker warmed up (load, capture) before the common start
-        cmd = [sys.executable, __file__, "--worker", "--start-at", str(start_at), "--shared-size", str(args.shared_size),
-               "--batch-size", str(args.batch_size), "--items", str(args.items), "--duration", str(args.duration),
-               "--model", args.model]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--worker",
+            "--start-at",
+            str(start_at),
+            "--shared-size",
+            str(args.shared_size),
+            "--batch-size",
+            str(args.batch_size),
+            "--items",
+            str(args.items),
+            "--duration",
+            str(args.duration),
+            "--model",
+            args.model,
+        ]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(args.shared)]
         outs = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
         rates = [o["images"] / o["seconds"] for o in outs]
         total = sum(rates)
         each = ", ".join(f"{r:.0f}" for r in rates)
-        print(f"{args.shared} trainers sharing the GPU at {args.shared_size} px: {total:.0f} img/s together "
-              f"({each})   (goal ≥ 100k: "
-              f"{'✓' if total >= 100_000 else '✗'})", flush=True)
+        print(
+            f"{args.shared} trainers sharing the GPU at {args.shared_size} px: {total:.0f} img/s together "
+            f"({each})   (goal ≥ 100k: "
+            f"{'✓' if total >= 100_000 else '✗'})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ Usage: python bench/replay.py RUN_DIR [RUN_DIR ...] [--orders 300] [--equal-comp
        [--policies asha,strat,...] [--family optimizer]
 RUN_DIR: a FIFO experiment folder (trial folders with result.json), one per seed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,8 +64,9 @@ POLICIES = {
     "asha_rf3": dict(grace_period=1, reduction_factor=3),
     "strat_rf3": dict(grace_period=1, reduction_factor=3, stratify=True),
     "strat_p2_rf3": dict(grace_period=1, reduction_factor=3, stratify=True, min_peers=2),
-    "strat_hedge": dict(grace_period=1, reduction_factor=2, brackets=4, stratify=True,
-                        bracket_weights=[0.75, 0, 0, 0.25]),
+    "strat_hedge": dict(
+        grace_period=1, reduction_factor=2, brackets=4, stratify=True, bracket_weights=[0.75, 0, 0, 0.25]
+    ),
     "asha_hedge": dict(grace_period=1, reduction_factor=2, brackets=4, bracket_weights=[0.75, 0, 0, 0.25]),
 }
 
@@ -73,8 +75,8 @@ POLICIES = {
 class Trial:
     tid: str
     family: tuple
-    values: list     # validation after epoch 1..max_t
-    seconds: list    # each epoch's duration in the FIFO run
+    values: list  # validation after epoch 1..max_t
+    seconds: list  # each epoch's duration in the FIFO run
     val_n: int = 10000  # validation images (the binomial standard error of a value)
 
 
@@ -86,9 +88,15 @@ def load_run(d: Path, family_keys: list[str], metric: str = "val_acc") -> list[T
         if not rows:
             continue
         rows.sort(key=lambda r: r["training_iteration"])
-        out.append(Trial(rows[0]["trial_id"], family_of(rows[0]["config"], family_keys),
-                         [r[metric] for r in rows], [r["time_this_iter_s"] for r in rows],
-                         int(rows[-1].get("val_n") or 10000)))
+        out.append(
+            Trial(
+                rows[0]["trial_id"],
+                family_of(rows[0]["config"], family_keys),
+                [r[metric] for r in rows],
+                [r["time_this_iter_s"] for r in rows],
+                int(rows[-1].get("val_n") or 10000),
+            )
+        )
     out.sort(key=lambda t: t.tid)
     return out
 
@@ -98,8 +106,15 @@ def complete(trials: list[Trial], max_t: int) -> list[Trial]:
     return [t for t in trials if len(t.values) >= max_t]
 
 
-def simulate(trials: list[Trial], policy: dict | None, max_t: int, rng: random.Random, slots: int = 2,
-             unit: bool = False, budget: int = 0) -> dict:
+def simulate(
+    trials: list[Trial],
+    policy: dict | None,
+    max_t: int,
+    rng: random.Random,
+    slots: int = 2,
+    unit: bool = False,
+    budget: int = 0,
+) -> dict:
     """One search over `trials` in the given order, `slots` at a time; with `budget`, the search
     ends once it has run that many trial-epochs (a hard compute budget: no epoch past it counts).
     Returns the epochs each trial ran ({tid: n}), the best value seen and the trial-epochs in all."""
@@ -136,8 +151,7 @@ def simulate(trials: list[Trial], policy: dict | None, max_t: int, rng: random.R
         else:
             seq += 1
             heapq.heappush(heap, (now + (1.0 if unit else t.seconds[e]), seq, slot, t, e + 1))
-    return {"ran": ran, "best": best, "epochs": sum(ran.values()),
-            "trials": sum(1 for n in ran.values() if n > 0)}
+    return {"ran": ran, "best": best, "epochs": sum(ran.values()), "trials": sum(1 for n in ran.values() if n > 0)}
 
 
 def q(xs, p):
@@ -151,8 +165,17 @@ def summary(xs, fmt="{:.2f}"):
     return f"{fmt.format(statistics.median(xs))} [{fmt.format(q(xs, 0.05))}, {fmt.format(q(xs, 0.95))}]"
 
 
-def evaluate(own: list[Trial], others: list[Trial], names: list[str], max_t: int, orders: int, n_policy: int,
-             unit: bool, seed: int, budget: int = 0) -> dict:
+def evaluate(
+    own: list[Trial],
+    others: list[Trial],
+    names: list[str],
+    max_t: int,
+    orders: int,
+    n_policy: int,
+    unit: bool,
+    seed: int,
+    budget: int = 0,
+) -> dict:
     """Per policy: lists over orders of trial-epochs, best, regret (pp), kept-the-best."""
     fifo_epochs = sum(min(len(t.values), max_t) for t in own)
     fifo_best = max(v for t in own for v in t.values[:max_t])
@@ -160,8 +183,16 @@ def evaluate(own: list[Trial], others: list[Trial], names: list[str], max_t: int
     se = 100 * (fifo_best * (1 - fifo_best) / final.val_n) ** 0.5  # one binomial standard error, pp
     out = {"fifo_epochs": fifo_epochs, "fifo_best": fifo_best, "final": final, "policies": {}, "se": se}
     for name in names:
-        rows = {"epochs": [], "best": [], "regret": [], "kept": [], "beats": [], "within_se": [], "within_03": [],
-                "trials": []}
+        rows = {
+            "epochs": [],
+            "best": [],
+            "regret": [],
+            "kept": [],
+            "beats": [],
+            "within_se": [],
+            "within_03": [],
+            "trials": [],
+        }
         for o in range(orders):
             rng = random.Random(f"{seed}:{o}")
             order = own[:]  # Tune samples the seed's own configs first (num_samples 90 begins with 36's)
@@ -187,15 +218,28 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--orders", type=int, default=300)
-    p.add_argument("--policies", default="fifo,asha,asha_g2,asha_b2,asha_b4,asha_hedge,strat,strat_p2,strat_p3,"
-                                          "strat_g2,strat_b4,strat_hedge,strat_p2_b4")
+    p.add_argument(
+        "--policies",
+        default="fifo,asha,asha_g2,asha_b2,asha_b4,asha_hedge,strat,strat_p2,strat_p3,"
+        "strat_g2,strat_b4,strat_hedge,strat_p2_b4",
+    )
     p.add_argument("--family", default="optimizer", help="comma-separated family parameters (stratified policies)")
     p.add_argument("--max-t", type=int, default=8)
     p.add_argument("--samples", type=int, default=0, help="use each run's first N trials (0: all)")
-    p.add_argument("--equal-compute", type=int, default=0, metavar="N",
-                   help="also: each policy with N configs (own + drawn from the other runs) vs FIFO with the own")
-    p.add_argument("--pool", nargs="*", type=Path, default=[],
-                   help="more FIFO runs whose finished trials only serve as --equal-compute draws (not seeds)")
+    p.add_argument(
+        "--equal-compute",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also: each policy with N configs (own + drawn from the other runs) vs FIFO with the own",
+    )
+    p.add_argument(
+        "--pool",
+        nargs="*",
+        type=Path,
+        default=[],
+        help="more FIFO runs whose finished trials only serve as --equal-compute draws (not seeds)",
+    )
     p.add_argument("--unit", action="store_true", help="every epoch takes 1 unit (default: recorded durations)")
     p.add_argument("--json", type=Path, default=None, help="write the per-seed figures here")
     args = p.parse_args()
@@ -203,14 +247,21 @@ def main():
     names = args.policies.split(",")
     runs = [complete(load_run(d, fam), args.max_t) for d in args.runs]
     if args.samples:
-        runs = [r[:args.samples] for r in runs]
+        runs = [r[: args.samples] for r in runs]
     pool = [t for d in args.pool for t in complete(load_run(d, fam), args.max_t)]
     dump = {}
     goals = [("equal configurations", 0)] + ([("equal compute", args.equal_compute)] if args.equal_compute else [])
     for goal, n in goals:
-        print(f"\n=== {goal}" + (f": each policy with up to {n} configs (the seed's own first, in random order, "
-                                  f"then drawn from the other runs) and FIFO's trial-epochs as a hard budget, vs "
-                                  f"FIFO with the seed's own" if n else ""))
+        print(
+            f"\n=== {goal}"
+            + (
+                f": each policy with up to {n} configs (the seed's own first, in random order, "
+                f"then drawn from the other runs) and FIFO's trial-epochs as a hard budget, vs "
+                f"FIFO with the seed's own"
+                if n
+                else ""
+            )
+        )
         for i, (d, own) in enumerate(zip(args.runs, runs)):
             others = [t for j, r in enumerate(runs) if j != i for t in r] + pool
             if n and n - len(own) > len(others):
@@ -219,45 +270,70 @@ def main():
             budget = sum(min(len(t.values), args.max_t) for t in own) if n else 0
             res = evaluate(own, others, names, args.max_t, args.orders, n or len(own), args.unit, i, budget)
             f = res["final"]
-            print(f"\n{d.name}: {len(own)} trials, FIFO {res['fifo_epochs']} trial-epochs, best val "
-                  f"{res['fifo_best']:.4f} (1 SE {res['se']:.2f} pp); eventual best {f.family} {f.tid} ends {f.values[args.max_t - 1]:.4f} "
-                  f"(epoch 1: {f.values[0]:.4f})")
-            print(f"  {'policy':<13} {'trial-epochs':<20} {'ratio':<6} {'best val':<26} {'regret pp':<22} "
-                  f"kept best  best>=FIFO  <=0.3pp  <=1SE  as sampled: trial-epochs, regret, kept")
+            print(
+                f"\n{d.name}: {len(own)} trials, FIFO {res['fifo_epochs']} trial-epochs, best val "
+                f"{res['fifo_best']:.4f} (1 SE {res['se']:.2f} pp); eventual best {f.family} {f.tid} ends {f.values[args.max_t - 1]:.4f} "
+                f"(epoch 1: {f.values[0]:.4f})"
+            )
+            print(
+                f"  {'policy':<13} {'trial-epochs':<20} {'ratio':<6} {'best val':<26} {'regret pp':<22} "
+                f"kept best  best>=FIFO  <=0.3pp  <=1SE  as sampled: trial-epochs, regret, kept"
+            )
             for name, rows in res["policies"].items():
-                print(f"  {name:<13} {summary(rows['epochs'], '{:.0f}'):<20} "
-                      f"{statistics.median(rows['epochs']) / res['fifo_epochs']:<6.2f} "
-                      f"{summary(rows['best'], '{:.4f}'):<26} {summary(rows['regret']):<22} "
-                      f"{statistics.mean(rows['kept']):<10.2f} {statistics.mean(rows['beats']):<11.2f} "
-                      f"{statistics.mean(rows['within_03']):<8.2f} {statistics.mean(rows['within_se']):<6.2f} "
-                      + ("{} {:.2f} {}".format(*rows["as_sampled"]) if "as_sampled" in rows
-                         else f"(trials started: median {statistics.median(rows['trials']):.0f})"))
+                print(
+                    f"  {name:<13} {summary(rows['epochs'], '{:.0f}'):<20} "
+                    f"{statistics.median(rows['epochs']) / res['fifo_epochs']:<6.2f} "
+                    f"{summary(rows['best'], '{:.4f}'):<26} {summary(rows['regret']):<22} "
+                    f"{statistics.mean(rows['kept']):<10.2f} {statistics.mean(rows['beats']):<11.2f} "
+                    f"{statistics.mean(rows['within_03']):<8.2f} {statistics.mean(rows['within_se']):<6.2f} "
+                    + (
+                        "{} {:.2f} {}".format(*rows["as_sampled"])
+                        if "as_sampled" in rows
+                        else f"(trials started: median {statistics.median(rows['trials']):.0f})"
+                    )
+                )
                 dump.setdefault(goal, {}).setdefault(d.name, {})[name] = {
-                    "fifo_epochs": res["fifo_epochs"], "fifo_best": res["fifo_best"],
+                    "fifo_epochs": res["fifo_epochs"],
+                    "fifo_best": res["fifo_best"],
                     "epochs_median": statistics.median(rows["epochs"]),
                     "ratio_median": statistics.median(rows["epochs"]) / res["fifo_epochs"],
-                    "best_median": statistics.median(rows["best"]), "best_p05": q(rows["best"], 0.05),
-                    "regret_median": statistics.median(rows["regret"]), "regret_p95": q(rows["regret"], 0.95),
+                    "best_median": statistics.median(rows["best"]),
+                    "best_p05": q(rows["best"], 0.05),
+                    "regret_median": statistics.median(rows["regret"]),
+                    "regret_p95": q(rows["regret"], 0.95),
                     "regret_p05": q(rows["regret"], 0.05),
-                    "kept": statistics.mean(rows["kept"]), "beats": statistics.mean(rows["beats"]),
-                    "within_se": statistics.mean(rows["within_se"]), "within_03": statistics.mean(rows["within_03"]),
+                    "kept": statistics.mean(rows["kept"]),
+                    "beats": statistics.mean(rows["beats"]),
+                    "within_se": statistics.mean(rows["within_se"]),
+                    "within_03": statistics.mean(rows["within_03"]),
                     "se": res["se"],
-                    "as_sampled": rows.get("as_sampled"), "trials_median": statistics.median(rows["trials"])}
+                    "as_sampled": rows.get("as_sampled"),
+                    "trials_median": statistics.median(rows["trials"]),
+                }
     if args.json:
         args.json.write_text(json.dumps(dump, indent=1, default=str))
     for goal, seeds in dump.items():  # one markdown table per goal: the figures BENCHMARKS.md quotes
-        print(f"\n{goal}: per seed, ratio of FIFO's trial-epochs / regret in pp, median [95th percentile] "
-              f"over orders / share of orders that kept the eventual best / share within 0.3 pp of FIFO's best")
+        print(
+            f"\n{goal}: per seed, ratio of FIFO's trial-epochs / regret in pp, median [95th percentile] "
+            f"over orders / share of orders that kept the eventual best / share within 0.3 pp of FIFO's best"
+        )
         print("| policy | " + " | ".join(seeds) + " | median over seeds |")
         print("|---|" + "---|" * (len(seeds) + 1))
         for name in names:
             cells = [seeds[d][name] for d in seeds]
-            med = (statistics.median(c["ratio_median"] for c in cells),
-                   statistics.median(c["regret_median"] for c in cells))
-            print(f"| {name} | " + " | ".join(
-                f"{c['ratio_median']:.2f} / {c['regret_median']:.2f} [{c['regret_p95']:.2f}] / {c['kept']:.2f} / "
-                f"{c['within_03']:.2f}"
-                for c in cells) + f" | {med[0]:.2f} / {med[1]:.2f} |")
+            med = (
+                statistics.median(c["ratio_median"] for c in cells),
+                statistics.median(c["regret_median"] for c in cells),
+            )
+            print(
+                f"| {name} | "
+                + " | ".join(
+                    f"{c['ratio_median']:.2f} / {c['regret_median']:.2f} [{c['regret_p95']:.2f}] / {c['kept']:.2f} / "
+                    f"{c['within_03']:.2f}"
+                    for c in cells
+                )
+                + f" | {med[0]:.2f} / {med[1]:.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ Usage: python bench/search_bench.py [--part fidelity,asha,overhead,mem] [--seeds
                                    [--space first|NAME|FILE.yaml] [--policy asha|stratified] [--samples 36]
        python bench/search_bench.py --analyse DIR [DIR ...]   (fidelity of kept FIFO runs, --storage's)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,15 +47,24 @@ def _setting(args) -> tuple[dict, dict]:
         if args.epochs:
             sched["max_t"] = args.epochs
         return {}, {k: sched[k] for k in ("type", "max_t", "grace_period", "reduction_factor")}
-    return ({"train_items": 1500, "val_items": args.val_items},
-            {"type": "asha", "max_t": args.epochs or 8, "grace_period": args.grace, "reduction_factor": args.rf})
+    return (
+        {"train_items": 1500, "val_items": args.val_items},
+        {"type": "asha", "max_t": args.epochs or 8, "grace_period": args.grace, "reduction_factor": args.rf},
+    )
 
 
 # the parameters searched: the headline's (a space already narrowed to good values), or a user's first
 # search as issue 10 tried it (tests/test_small_data.py): sgd or adamw and a wide lr, every other knob default
-SPACES = {"headline": (HEADLINE["fixed"], HEADLINE["parameters"]),
-          "first": ({}, {"optimizer": {"values": ["sgd", "adamw"]},
-                         "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1}})}
+SPACES = {
+    "headline": (HEADLINE["fixed"], HEADLINE["parameters"]),
+    "first": (
+        {},
+        {
+            "optimizer": {"values": ["sgd", "adamw"]},
+            "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1},
+        },
+    ),
+}
 SPACE = "headline"
 
 
@@ -67,21 +77,32 @@ def load_space(name: str):
     if not path.exists():
         path = REPO / "search_spaces" / f"{name}.yaml"
     if not path.exists():
-        raise SystemExit(f"--space {name}: not one of {', '.join(sorted(SPACES))}, no file {name} and no "
-                         f"search_spaces/{name}.yaml")
+        raise SystemExit(
+            f"--space {name}: not one of {', '.join(sorted(SPACES))}, no file {name} and no search_spaces/{name}.yaml"
+        )
     spec = yaml.safe_load(path.read_text())
     return (spec.get("fixed") or {}, spec["parameters"])
 
 
 def _space(name: str, seed: int, scheduler: dict, fixed: dict, samples: int, resources: dict, concurrent: int) -> dict:
     base, parameters = SPACES[SPACE] if isinstance(SPACE, str) else SPACE
-    return {"name": name, "seed": seed, "num_samples": samples, "method": "random", "metric": "val_acc",
-            "scheduler": scheduler, "resources": resources, "max_concurrent": concurrent,
-            "fixed": {**base, **fixed}, "parameters": parameters}
+    return {
+        "name": name,
+        "seed": seed,
+        "num_samples": samples,
+        "method": "random",
+        "metric": "val_acc",
+        "scheduler": scheduler,
+        "resources": resources,
+        "max_concurrent": concurrent,
+        "fixed": {**base, **fixed},
+        "parameters": parameters,
+    }
 
 
 def _rungs(asha: dict) -> list[int]:
     from raydigits.spec import asha_rungs, parse_spec
+
     return sorted(asha_rungs(parse_spec({"name": "r", "scheduler": asha})))
 
 
@@ -103,17 +124,25 @@ def _run(spec: dict, storage: str, policy: str = "") -> dict:
     space's searched categorical parameters) in place of Ray's ASHA, until the spec names it."""
     from raydigits.search import runner
     from raydigits.spec import parse_spec
+
     s = parse_spec(spec, spec["name"])
     runner.check_resources(s)
     started = time.time()
     from raydigits.storage import Location
+
     build = runner.build_tune_scheduler
     if policy == "stratified" and s.scheduler.type == "asha":
         from raydigits.search.family_asha import default_scheduler
+
         runner.build_tune_scheduler = lambda sp: default_scheduler(
-            metric=sp.metric, mode=sp.mode, max_t=sp.epochs, grace_period=sp.scheduler.grace_period,
+            metric=sp.metric,
+            mode=sp.mode,
+            max_t=sp.epochs,
+            grace_period=sp.scheduler.grace_period,
             reduction_factor=sp.scheduler.reduction_factor,
-            family=[k for k, p in sp.parameters.items() if p.values is not None], seed=sp.seed)
+            family=[k for k, p in sp.parameters.items() if p.values is not None],
+            seed=sp.seed,
+        )
     try:
         exp = runner.run_search(s, Location.parse(storage) / spec["name"], runner.load_data(s), verbose=0)
     finally:
@@ -126,8 +155,13 @@ def fidelity(run: dict, epochs: int, rungs=(1, 2)) -> dict:
     trials that finished."""
     done = [t["results"] for t in run["trials"].values() if len(t["results"]) == epochs]
     final = [r[-1]["val_acc"] for r in done]
-    out = {"n": len(done), "final_range": (min(final), max(final)) if final else (0, 0), "rungs": {},
-           "by_epoch": [], "ceiling": _noise_ceiling(done)}
+    out = {
+        "n": len(done),
+        "final_range": (min(final), max(final)) if final else (0, 0),
+        "rungs": {},
+        "by_epoch": [],
+        "ceiling": _noise_ceiling(done),
+    }
     for e in range(1, epochs):
         rho = spearmanr([r[e - 1]["val_acc"] for r in done], final).statistic if len(done) > 2 else float("nan")
         out["by_epoch"].append(rho)
@@ -149,10 +183,12 @@ def _noise_ceiling(done: list) -> float:
 
 def _say_fidelity(f: dict, what: str, epochs: int) -> str:
     rungs = ", ".join(f"rung {i} (epoch {e}) {rho:.3f}" for i, (e, rho) in enumerate(f["rungs"].items(), 1))
-    return (f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch at {rungs or 'no rung'}"
-            f"   (goal >= 0.8); at epochs 1..{epochs - 1}: {' '.join(f'{x:.2f}' for x in f['by_epoch'])}; "
-            f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}, whose own noise (binomial, as if "
-            f"independent) caps any correlation with them near {f['ceiling']:.2f}")
+    return (
+        f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch at {rungs or 'no rung'}"
+        f"   (goal >= 0.8); at epochs 1..{epochs - 1}: {' '.join(f'{x:.2f}' for x in f['by_epoch'])}; "
+        f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}, whose own noise (binomial, as if "
+        f"independent) caps any correlation with them near {f['ceiling']:.2f}"
+    )
 
 
 def _to_target(run: dict, target: float):
@@ -180,10 +216,14 @@ def part_fidelity(storage, args):
     fixed, asha = _setting(args)
     res, concurrent = _resources(args)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        run = _run(_space(f"fid_{seed}", seed, {"type": "fifo", "max_t": asha["max_t"]}, fixed, args.samples, res,
-                          concurrent), storage)
-        print(_say_fidelity(fidelity(run, asha["max_t"], _rungs(asha)), f"{_what(args)}, seed {seed}",
-                            asha["max_t"]), flush=True)
+        run = _run(
+            _space(f"fid_{seed}", seed, {"type": "fifo", "max_t": asha["max_t"]}, fixed, args.samples, res, concurrent),
+            storage,
+        )
+        print(
+            _say_fidelity(fidelity(run, asha["max_t"], _rungs(asha)), f"{_what(args)}, seed {seed}", asha["max_t"]),
+            flush=True,
+        )
 
 
 def part_asha(storage, args):
@@ -191,10 +231,13 @@ def part_asha(storage, args):
     res, concurrent = _resources(args)
     epochs, rows = asha["max_t"], []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        fifo = _run(_space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res,
-                           concurrent), storage)
-        ash = _run(_space(f"{args.policy}_{seed}", seed, asha, fixed, args.samples, res, concurrent), storage,
-                   args.policy)
+        fifo = _run(
+            _space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res, concurrent),
+            storage,
+        )
+        ash = _run(
+            _space(f"{args.policy}_{seed}", seed, asha, fixed, args.samples, res, concurrent), storage, args.policy
+        )
         same = _configs(fifo) == _configs(ash)
         fbest = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"])
         abest = max(r["val_acc"] for t in ash["trials"].values() for r in t["results"])
@@ -204,22 +247,33 @@ def part_asha(storage, args):
         rows.append((ae / fe, as_ / fs, reached))
         f_all = sum(len(t["results"]) for t in fifo["trials"].values())
         a_all = sum(len(t["results"]) for t in ash["trials"].values())
-        to_target = (f"{ae} trial-epochs / {as_:.0f}s, ratios {ae / fe:.3f} epochs, {as_ / fs:.3f} time" if reached
-                     else "not reached")
-        print(f"seed {seed} ({_what(args)}, {args.policy} grace {asha['grace_period']} / factor "
-              f"{asha['reduction_factor']:g} / max_t {epochs}): same {len(fifo['trials'])} configs on both sides: "
-              f"{same}; trial-epochs FIFO {f_all}, {args.policy} {a_all} ({a_all / f_all:.2f}); best val FIFO "
-              f"{fbest:.4f}, {args.policy} {abest:.4f}: regret {100 * (fbest - abest):.2f} pp; wall FIFO "
-              f"{fifo['wall']:.0f}s, {args.policy} {ash['wall']:.0f}s; to within 0.3 pp of FIFO's best: FIFO {fe} "
-              f"trial-epochs / {fs:.0f}s, {args.policy} {to_target}", flush=True)
-        print("    " + _say_fidelity(fidelity(fifo, epochs, _rungs(asha)), f"seed {seed}'s FIFO run", epochs), flush=True)
+        to_target = (
+            f"{ae} trial-epochs / {as_:.0f}s, ratios {ae / fe:.3f} epochs, {as_ / fs:.3f} time"
+            if reached
+            else "not reached"
+        )
+        print(
+            f"seed {seed} ({_what(args)}, {args.policy} grace {asha['grace_period']} / factor "
+            f"{asha['reduction_factor']:g} / max_t {epochs}): same {len(fifo['trials'])} configs on both sides: "
+            f"{same}; trial-epochs FIFO {f_all}, {args.policy} {a_all} ({a_all / f_all:.2f}); best val FIFO "
+            f"{fbest:.4f}, {args.policy} {abest:.4f}: regret {100 * (fbest - abest):.2f} pp; wall FIFO "
+            f"{fifo['wall']:.0f}s, {args.policy} {ash['wall']:.0f}s; to within 0.3 pp of FIFO's best: FIFO {fe} "
+            f"trial-epochs / {fs:.0f}s, {args.policy} {to_target}",
+            flush=True,
+        )
+        print(
+            "    " + _say_fidelity(fidelity(fifo, epochs, _rungs(asha)), f"seed {seed}'s FIFO run", epochs), flush=True
+        )
     for i, what in ((0, "trial-epochs"), (1, "wall time")):
         vals = [r[i] for r in rows if r[2]]
         if not vals:
             print(f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp: not reached in any seed", flush=True)
             continue
-        print(f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp over the {len(vals)} of {len(rows)} seeds that "
-              f"reached it: mean {statistics.mean(vals):.3f}, min {min(vals):.3f}, max {max(vals):.3f}", flush=True)
+        print(
+            f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp over the {len(vals)} of {len(rows)} seeds that "
+            f"reached it: mean {statistics.mean(vals):.3f}, min {min(vals):.3f}, max {max(vals):.3f}",
+            flush=True,
+        )
 
 
 def analyse(dirs, args):
@@ -239,20 +293,29 @@ def part_overhead(storage, args):
     from raydigits.config import make_config
     from raydigits.data import load_dataset
     from raydigits.trainer import Trainer
+
     fixed = dict(train_items=4000, val_items=2000, img_size=32, batch_size=128, threads=2, scheduler="cosine")
     data = load_dataset(REPO / "data" / "mnist", splits=("train", "val"))
     tune_s, alone_s = [], []
     for r in range(args.rounds):  # interleaved: Tune, standalone, Tune, standalone, ...
-        spec = {"name": f"overhead_{r}", "num_samples": 1, "scheduler": {"type": "fifo", "max_t": 3},
-                "resources": {"cpu": 2}, "fixed": fixed}
+        spec = {
+            "name": f"overhead_{r}",
+            "num_samples": 1,
+            "scheduler": {"type": "fifo", "max_t": 3},
+            "resources": {"cpu": 2},
+            "fixed": fixed,
+        }
         run = _run(spec, storage)
         tune_s += [x["time_this_iter_s"] for t in run["trials"].values() for x in t["results"][1:]]
         Trainer(make_config({**fixed, "epochs": 3}), data).fit(
-            lambda m, t: alone_s.append(m["epoch_time_s"]) if m["epoch"] > 1 else None)
+            lambda m, t: alone_s.append(m["epoch_time_s"]) if m["epoch"] > 1 else None
+        )
     a, b = statistics.median(tune_s), statistics.median(alone_s)
-    print(f"(overhead) epoch under Tune {a:.2f}s (incl. report + checkpoint) ÷ standalone {b:.2f}s = {a / b:.3f} "
-          f"(medians of {len(tune_s)} and {len(alone_s)} epochs, {args.rounds} interleaved rounds; Tune range "
-          f"{min(tune_s):.2f}–{max(tune_s):.2f}s, standalone {min(alone_s):.2f}–{max(alone_s):.2f}s)   (goal ≤ 1.10)")
+    print(
+        f"(overhead) epoch under Tune {a:.2f}s (incl. report + checkpoint) ÷ standalone {b:.2f}s = {a / b:.3f} "
+        f"(medians of {len(tune_s)} and {len(alone_s)} epochs, {args.rounds} interleaved rounds; Tune range "
+        f"{min(tune_s):.2f}–{max(tune_s):.2f}s, standalone {min(alone_s):.2f}–{max(alone_s):.2f}s)   (goal ≤ 1.10)"
+    )
 
 
 def part_mem(storage, args):
@@ -263,8 +326,10 @@ def part_mem(storage, args):
     run = _run(base, storage)
     rows = [r for t in run["trials"].values() for r in t["results"]]
     uss = [r["uss_mb"] for r in rows]
-    print(f"(mem) dataset 47 MB (train+val uint8); per-trial USS {min(uss):.0f}–{max(uss):.0f} MB, "
-          f"read-only zero-copy arrays in every trial: {all(r['data_zero_copy'] for r in rows)}")
+    print(
+        f"(mem) dataset 47 MB (train+val uint8); per-trial USS {min(uss):.0f}–{max(uss):.0f} MB, "
+        f"read-only zero-copy arrays in every trial: {all(r['data_zero_copy'] for r in rows)}"
+    )
 
 
 def main():
@@ -281,24 +346,38 @@ def main():
     p.add_argument("--storage", default=None, help="keep the runs here (for --analyse)")
     p.add_argument("--analyse", nargs="+", default=None, metavar="DIR", help="fidelity of kept FIFO runs")
     p.add_argument("--val-n", type=int, default=0, help="--analyse: validation size of runs that did not report it")
-    p.add_argument("--space", default="headline",
-                   help="the parameters searched: headline, first, a shipped space's name or any space file")
-    p.add_argument("--val-items", type=int, default=0,
-                   help="validation images on the subset (0: the full 10,000-image split, issue 19's benchmark)")
-    p.add_argument("--policy", choices=("asha", "stratified"), default="asha",
-                   help="--part asha: the early stopping compared with FIFO (stratified: family_asha.default_scheduler)")
+    p.add_argument(
+        "--space",
+        default="headline",
+        help="the parameters searched: headline, first, a shipped space's name or any space file",
+    )
+    p.add_argument(
+        "--val-items",
+        type=int,
+        default=0,
+        help="validation images on the subset (0: the full 10,000-image split, issue 19's benchmark)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=("asha", "stratified"),
+        default="asha",
+        help="--part asha: the early stopping compared with FIFO (stratified: family_asha.default_scheduler)",
+    )
     args = p.parse_args()
     global SPACE
     SPACE = load_space(args.space)
     if args.analyse:
         return analyse(args.analyse, args)
     from raydigits.search.runner import start_ray
+
     start_ray(None)
     with tempfile.TemporaryDirectory() as tmp:
         storage = args.storage or tmp
         for part in args.part.split(","):
             t = time.time()
-            {"fidelity": part_fidelity, "asha": part_asha, "overhead": part_overhead, "mem": part_mem}[part](storage, args)
+            {"fidelity": part_fidelity, "asha": part_asha, "overhead": part_overhead, "mem": part_mem}[part](
+                storage, args
+            )
             print(f"    ({part} took {time.time() - t:.0f}s)", flush=True)
 
 

@@ -4,6 +4,7 @@
  (c) the on-device input pipeline ÷ a seed-style per-image cv2 read+resize DataLoader, 2 workers,
      data only (goal ≥ 10×)
 Usage: python bench/trainer_bench.py [--items 4096] [--batch-size 128] [--img-size 32] [--threads 2]"""
+
 from __future__ import annotations
 
 import argparse
@@ -74,13 +75,26 @@ def main():
     torch.set_num_threads(args.threads)
     global DATA
     DATA = load_dataset(ensure_prepared(Path("data/mnist")), splits=("train", "val"))
-    cfg = make_config(dict(train_items=args.items, val_items=512, batch_size=args.batch_size,
-                           img_size=args.img_size, threads=args.threads, epochs=3, model=args.model,
-                           device=args.device, amp=args.amp, scheduler="cosine"))
+    cfg = make_config(
+        dict(
+            train_items=args.items,
+            val_items=512,
+            batch_size=args.batch_size,
+            img_size=args.img_size,
+            threads=args.threads,
+            epochs=3,
+            model=args.model,
+            device=args.device,
+            amp=args.amp,
+            scheduler="cosine",
+        )
+    )
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "no GPU"
-    print(f"machine: {platform.machine()}, {gpu}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; model {args.model}, batch {args.batch_size}, {args.img_size} px, "
-          f"{args.items} images")
+    print(
+        f"machine: {platform.machine()}, {gpu}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; model {args.model}, batch {args.batch_size}, {args.img_size} px, "
+        f"{args.items} images"
+    )
 
     trainer = Trainer(cfg, DATA)
     trainer.train_one_epoch(1)  # warm-up
@@ -95,10 +109,14 @@ def main():
         rounds.append((b, trainer.train_one_epoch(2 + r)))
     bare = statistics.median(b for b, _ in rounds)
     ep = sorted((e for _, e in rounds), key=lambda e: e["images_per_s"])[len(rounds) // 2]
-    print(f"(a) trainer {ep['images_per_s']:.0f} img/s ÷ bare loop {bare:.0f} img/s (medians of {args.rounds}) = "
-          f"{ep['images_per_s'] / bare:.3f}   (goal ≥ 0.90)")
-    print(f"(b) data share of step time: {ep['data_time_s']:.2f}s / {ep['train_time_s']:.2f}s = "
-          f"{100 * ep['data_time_s'] / ep['train_time_s']:.2f} %   (goal ≤ 5 %)")
+    print(
+        f"(a) trainer {ep['images_per_s']:.0f} img/s ÷ bare loop {bare:.0f} img/s (medians of {args.rounds}) = "
+        f"{ep['images_per_s'] / bare:.3f}   (goal ≥ 0.90)"
+    )
+    print(
+        f"(b) data share of step time: {ep['data_time_s']:.2f}s / {ep['train_time_s']:.2f}s = "
+        f"{100 * ep['data_time_s'] / ep['train_time_s']:.2f} %   (goal ≤ 5 %)"
+    )
 
     # (c) data only: on-device pipeline vs per-image cv2 DataLoader over PNG files
     n = min(args.items, 4096)
@@ -118,16 +136,19 @@ def main():
             f = f"{d}/{i}.png"
             cv2.imwrite(f, img)
             files.append(f)
-        loader = torch.utils.data.DataLoader(SeedStyle(files, labels, args.img_size), batch_size=cfg.batch_size,
-                                             shuffle=True, num_workers=2)
+        loader = torch.utils.data.DataLoader(
+            SeedStyle(files, labels, args.img_size), batch_size=cfg.batch_size, shuffle=True, num_workers=2
+        )
         for _ in loader:  # warm-up (workers start, page cache)
             break
         start = time.perf_counter()
         for _ in loader:
             pass
         seed = n / (time.perf_counter() - start)
-    print(f"(c) on-device pipeline {ours:.0f} img/s ÷ seed-style cv2 DataLoader {seed:.0f} img/s = "
-          f"{ours / seed:.1f}×   (goal ≥ 10×)")
+    print(
+        f"(c) on-device pipeline {ours:.0f} img/s ÷ seed-style cv2 DataLoader {seed:.0f} img/s = "
+        f"{ours / seed:.1f}×   (goal ≥ 10×)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Write files so that a reader never sees half of one: write a temp file beside it, then rename."""
+
 from __future__ import annotations
 
 import contextlib

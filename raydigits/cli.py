@@ -12,6 +12,7 @@ parsers), one error boundary, and one path that runs a search, used by a new sea
 Experiments live in a local folder or any storage URI pyarrow understands (s3://, gs://, file://).
 
 User mistakes print one `error:` line and exit 2 (tracebacks only with --debug); Ctrl-C exits 130."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,16 @@ from .spec.model import EARLY_STOPPING
 DEFAULT_STORAGE = "ray_results"
 INTERRUPTED_EXIT = 130
 # options that shape a new search: --resume continues the saved one as it was and refuses them
-NEW_SEARCH_ONLY = {"num_samples": "--num-samples", "max_concurrent": "--max-concurrent",
-                   "cpus_per_trial": "--cpus-per-trial", "gpus_per_trial": "--gpus-per-trial",
-                   "seed": "--seed", "name": "--name", "storage_path": "--storage-path", "overrides": "--set"}
+NEW_SEARCH_ONLY = {
+    "num_samples": "--num-samples",
+    "max_concurrent": "--max-concurrent",
+    "cpus_per_trial": "--cpus-per-trial",
+    "gpus_per_trial": "--gpus-per-trial",
+    "seed": "--seed",
+    "name": "--name",
+    "storage_path": "--storage-path",
+    "overrides": "--set",
+}
 
 
 # ------------------------------------------------------------------ the parser
@@ -82,40 +90,78 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gpus-per-trial", type=_gpu_arg, help="a fraction of a GPU per trial, or auto (pack by memory)")
     s.add_argument("--seed", type=int)
     s.add_argument("--name", help="experiment name (default: <space name>_<timestamp>)")
-    s.add_argument("--storage-path", default=None,
-                   help=f"where experiments go: a folder or a URI such as s3://bucket/prefix (default "
-                        f"./{DEFAULT_STORAGE}; multi-node: a shared folder or an object store)")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="fixed trainer value for every trial (repeatable)")
+    s.add_argument(
+        "--storage-path",
+        default=None,
+        help=f"where experiments go: a folder or a URI such as s3://bucket/prefix (default "
+        f"./{DEFAULT_STORAGE}; multi-node: a shared folder or an object store)",
+    )
+    s.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fixed trainer value for every trial (repeatable)",
+    )
     s.set_defaults(func=cmd_search)
-    e = subs.add_parser("export", parents=[p["common"], p["experiment"], p["ray"]],
-                        help="re-run the final stage, or predict a folder of images")
+    e = subs.add_parser(
+        "export",
+        parents=[p["common"], p["experiment"], p["ray"]],
+        help="re-run the final stage, or predict a folder of images",
+    )
     e.add_argument("--images", type=Path, default=None, help="predict every image under DIR instead")
     e.add_argument("--out", type=Path, default=None, help="pre.csv path (with --images; default DIR/pre.csv)")
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
     e.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (reported)")
     e.set_defaults(func=cmd_export)
-    r = subs.add_parser("report", parents=[p["common"], p["experiment"]],
-                        help="rebuild final/report.html from a finished experiment (no training)")
+    r = subs.add_parser(
+        "report",
+        parents=[p["common"], p["experiment"]],
+        help="rebuild final/report.html from a finished experiment (no training)",
+    )
     r.set_defaults(func=cmd_report)
-    x = subs.add_parser("extend", parents=[p["common"], p["experiment"], p["ray"], p["run"]],
-                        help="continue a finished search with more trials (search/extend.py)")
+    x = subs.add_parser(
+        "extend",
+        parents=[p["common"], p["experiment"], p["ray"], p["run"]],
+        help="continue a finished search with more trials (search/extend.py)",
+    )
     x.add_argument("--num-samples", type=int, required=True, help="how many more trials")
-    x.add_argument("--max-t", type=int, default=None,
-                   help="let trials train longer: up to this many epochs (re-runs the best finished configs first)")
-    x.add_argument("--promote", type=int, default=2,
-                   help="with --max-t: how many of the best finished configs are re-run first (default 2)")
+    x.add_argument(
+        "--max-t",
+        type=int,
+        default=None,
+        help="let trials train longer: up to this many epochs (re-runs the best finished configs first)",
+    )
+    x.add_argument(
+        "--promote",
+        type=int,
+        default=2,
+        help="with --max-t: how many of the best finished configs are re-run first (default 2)",
+    )
     x.set_defaults(func=cmd_extend)
-    a = subs.add_parser("audit", parents=[p["common"], p["experiment"], p["ray"], p["run"]],
-                        help="train on the best trials early stopping ended, to measure what it cost")
+    a = subs.add_parser(
+        "audit",
+        parents=[p["common"], p["experiment"], p["ray"], p["run"]],
+        help="train on the best trials early stopping ended, to measure what it cost",
+    )
     a.add_argument("--top-k", type=int, default=None, help="how many stopped trials (default: the space's audit.top_k)")
     a.set_defaults(func=cmd_audit)
-    q = subs.add_parser("reproduce", parents=[p["common"], p["experiment"]],
-                        help="retrain a trial without Ray and compare its per-epoch validation")
+    q = subs.add_parser(
+        "reproduce",
+        parents=[p["common"], p["experiment"]],
+        help="retrain a trial without Ray and compare its per-epoch validation",
+    )
     q.add_argument("--trial", default=None, help="trial id or name (default: the best trial)")
     q.add_argument("--out", type=Path, default=None, help="output folder (default EXPERIMENT/reproduce/<trial id>)")
-    q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="change a trainer value (a what-if: then it should not reproduce)")
+    q.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change a trainer value (a what-if: then it should not reproduce)",
+    )
     q.set_defaults(func=cmd_reproduce)
     return top
 
@@ -139,13 +185,14 @@ def main(argv: list[str] | None = None) -> int:
 @dataclass
 class SearchRun:
     """What differs between a new search, --resume and `extend`; `run_search_command` does the rest."""
-    spec: object                       # the SearchSpec whose data, resources and warning apply
-    experiment: object                 # the experiment Location (what --resume and the final stage get)
+
+    spec: object  # the SearchSpec whose data, resources and warning apply
+    experiment: object  # the experiment Location (what --resume and the final stage get)
     job_name: str
-    fit: Callable                      # (data, data_dir) → the run's folder
-    folder: object                     # the run's folder as known before it starts (for the Ctrl-C line)
+    fit: Callable  # (data, data_dir) → the run's folder
+    folder: object  # the run's folder as known before it starts (for the Ctrl-C line)
     extension: bool = False
-    audit: bool = False                 # after the fit, train on the best trials early stopping ended
+    audit: bool = False  # after the fit, train on the best trials early stopping ended
     before_fit: Callable | None = None  # (data) → spec, after Ray started (gpu: auto)
 
 
@@ -153,6 +200,7 @@ def run_search_command(args, run: SearchRun) -> int:
     from .experiment import Experiment
     from .search import runner
     from .spec import early_rung_warning
+
     spec = run.spec
     data_dir = runner.data_dir_of(spec)  # before Ray starts: a data problem fails in seconds
     data = runner.load_data(spec, data_dir)
@@ -175,6 +223,7 @@ def run_search_command(args, run: SearchRun) -> int:
         _audit(Experiment.open(run.experiment), data, spec.audit.top_k, args.verbose, data_dir)
     if not args.no_final:
         from .final import run_final
+
         run_final(Experiment.open(run.experiment))  # over every trial: the search's and each extension's
     return 0
 
@@ -183,14 +232,17 @@ def _audit(exp, data, top_k: int, verbose: int, data_dir) -> None:
     """The audit run (search/audit.py): what early stopping cost, measured."""
     from .experiment.records import finish_run
     from .search.audit import run_audit
+
     if top_k <= 0 or exp.spec.scheduler.type not in EARLY_STOPPING:
         return
     started = time.time()
     try:
         run = run_audit(exp, data, top_k, verbose, data_dir)
     except KeyboardInterrupt:
-        raise UserError(f"the audit was interrupted; the search itself is complete: `python launch.py audit "
-                        f"{exp.location}` runs it again, `python launch.py export {exp.location}` skips it") from None
+        raise UserError(
+            f"the audit was interrupted; the search itself is complete: `python launch.py audit "
+            f"{exp.location}` runs it again, `python launch.py export {exp.location}` skips it"
+        ) from None
     if run is not None:
         finish_run(exp.location)  # the search's wall time (and the ETA's actual) include its audit
         print(f"audit finished in {time.time() - started:.0f}s: {run}", flush=True)
@@ -210,21 +262,24 @@ def _was_interrupted(exp, started: float) -> bool:
 
 def _interrupted(exp_dir, extension=None) -> int:
     if extension is not None:
-        print(f"\ninterrupted; the extension's state is saved. Resume it with: python launch.py --resume "
-              f"{extension} --no-final, then run the final stage over every trial: python launch.py export {exp_dir}",
-              file=sys.stderr)
+        print(
+            f"\ninterrupted; the extension's state is saved. Resume it with: python launch.py --resume "
+            f"{extension} --no-final, then run the final stage over every trial: python launch.py export {exp_dir}",
+            file=sys.stderr,
+        )
         return INTERRUPTED_EXIT
-    print(f"\ninterrupted; the search state is saved. Resume with: python launch.py --resume {exp_dir}",
-          file=sys.stderr)
+    print(
+        f"\ninterrupted; the search state is saved. Resume with: python launch.py --resume {exp_dir}", file=sys.stderr
+    )
     return INTERRUPTED_EXIT
 
 
 # ------------------------------------------------------------------ search (new or --resume)
 def _apply_overrides(raw: dict, args) -> dict:
     from .config import parse_overrides
+
     raw = dict(raw)
-    for key, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent),
-                       ("seed", args.seed)):
+    for key, value in (("num_samples", args.num_samples), ("max_concurrent", args.max_concurrent), ("seed", args.seed)):
         if value is not None:
             raw[key] = value
     res = dict(raw.get("resources") or {})
@@ -244,8 +299,10 @@ def _refuse_with_resume(args) -> None:
     (Tune restores an experiment as it was: they would be silently ignored)."""
     given = [flag for key, flag in NEW_SEARCH_ONLY.items() if getattr(args, key) not in (None, [])]
     if given:
-        raise UserError(f"--resume: {', '.join(given)} cannot change a saved search (it continues as it "
-                        "was started); drop them, or start a new search with --search-space")
+        raise UserError(
+            f"--resume: {', '.join(given)} cannot change a saved search (it continues as it "
+            "was started); drop them, or start a new search with --search-space"
+        )
 
 
 def _new_search(args) -> SearchRun:
@@ -253,6 +310,7 @@ def _new_search(args) -> SearchRun:
     from .search import runner
     from .spec import parse_spec, resolve_path
     from .storage import Location, check_name
+
     path = resolve_path(args.search_space)
     spec = parse_spec(_apply_overrides(load_yaml_file(path), args), str(path))
     storage = Location.parse(args.storage_path or DEFAULT_STORAGE, "--storage-path")
@@ -263,6 +321,7 @@ def _new_search(args) -> SearchRun:
 
     def auto_gpu(data):
         from .search.packing import resolve_auto_gpu
+
         packed, packing = resolve_auto_gpu(spec, data)  # gpu: auto → a measured share, saved with the spec
         if packing is not None:
             print(packing.line(), flush=True)
@@ -270,6 +329,7 @@ def _new_search(args) -> SearchRun:
 
     def fit(spec, data, data_dir):
         return runner.run_search(spec, exp, data, args.verbose, data_dir=data_dir)
+
     return SearchRun(spec, exp, exp.name, fit, exp, before_fit=auto_gpu, audit=True)
 
 
@@ -277,11 +337,13 @@ def _resumed_search(args) -> SearchRun:
     from .experiment import Experiment
     from .search import runner
     from .storage import Location
+
     _refuse_with_resume(args)
     exp = Experiment.open(Location.parse(args.resume, "--resume"))
 
     def fit(spec, data, data_dir):
         return runner.resume_search(exp.location, spec, data, data_dir)
+
     return SearchRun(exp.spec, exp.location, exp.name, fit, exp.location, audit=True)
 
 
@@ -294,19 +356,24 @@ def cmd_extend(args) -> int:
     from .experiment.layout import next_extension
     from .search.extend import check_request, extend_search
     from .storage import Location
+
     exp = Experiment.open(Location.parse(args.experiment, "experiment"))
     check_request(exp.spec, args.num_samples, args.max_t, args.promote)  # before Ray starts
 
     def fit(spec, data, data_dir):
         return extend_search(exp, data, args.num_samples, args.max_t, args.promote, args.verbose, data_dir)
-    return run_search_command(args, SearchRun(exp.spec, exp.location, f"{exp.name} (extend)", fit,
-                                              next_extension(exp.location), extension=True))
+
+    return run_search_command(
+        args,
+        SearchRun(exp.spec, exp.location, f"{exp.name} (extend)", fit, next_extension(exp.location), extension=True),
+    )
 
 
 def cmd_audit(args) -> int:
     from .experiment import Experiment
     from .search import runner
     from .storage import Location
+
     exp = Experiment.open(Location.parse(args.experiment, "experiment"))
     top_k = exp.spec.audit.top_k if args.top_k is None else args.top_k
     if top_k < 1:
@@ -319,6 +386,7 @@ def cmd_audit(args) -> int:
     _audit(exp, data, top_k, args.verbose, data_dir)
     if not args.no_final:
         from .final import run_final
+
         run_final(Experiment.open(exp.location))
     return 0
 
@@ -328,6 +396,7 @@ def cmd_report(args) -> int:
     from .experiment import Experiment
     from .report_html import build_report
     from .storage import Location
+
     print(f"wrote {build_report(Experiment.open(Location.parse(args.experiment, 'experiment')))}")
     return 0
 
@@ -337,6 +406,7 @@ def cmd_export(args) -> int:
     from .final import export_images, run_final
     from .search.runner import start_ray
     from .storage import Location
+
     exp = Experiment.open(Location.parse(args.experiment, "experiment"))
     if args.images is not None:
         export_images(exp, args.images, args.out, args.skip_corrupt, args.force)
@@ -352,6 +422,7 @@ def cmd_reproduce(args) -> int:
     from .experiment import Experiment
     from .reproduce import reproduce, summary
     from .storage import Location
+
     if args.out is not None:
         Location.parse(args.out, "--out").check_writable("--out")
     exp = Experiment.open(Location.parse(args.experiment, "experiment"))
@@ -380,10 +451,13 @@ def print_dashboard(info: dict) -> None:
         lines.append(f"  login: the page asks for a token; paste it from {token_source()}")
     port = url.rsplit(":", 1)[-1].strip("/")
     if info.get("attached"):
-        lines.append(f"  remote cluster: ssh -L {port}:localhost:{port} <user>@<head node>, then open "
-                     f"http://localhost:{port}")
-    lines.append(f"  as a Ray job: RAY_ADDRESS={url} ray job submit --working-dir . -- python launch.py ..."
-                 + (" (the job CLI reads the same token)" if info.get("token_auth") else ""))
+        lines.append(
+            f"  remote cluster: ssh -L {port}:localhost:{port} <user>@<head node>, then open http://localhost:{port}"
+        )
+    lines.append(
+        f"  as a Ray job: RAY_ADDRESS={url} ray job submit --working-dir . -- python launch.py ..."
+        + (" (the job CLI reads the same token)" if info.get("token_auth") else "")
+    )
     print("\n".join(lines), flush=True)
 
 

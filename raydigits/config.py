@@ -1,6 +1,7 @@
 """`TrainConfig`: every trainer knob, its default and its intent. Unknown keys and bad values are
 rejected with a message naming the key. Built from YAML, `--set key=value` overrides, or a Tune
 trial's sampled dict."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,8 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_ENV) or "data/mnist"
 
 
-SEED_MAX = 2**32 - 2   # seeds reach numpy / scikit-learn (< 2**32), some as seed + 1
-MAX_THREADS = 1024     # torch crashes (not errors) on absurd thread counts
+SEED_MAX = 2**32 - 2  # seeds reach numpy / scikit-learn (< 2**32), some as seed + 1
+MAX_THREADS = 1024  # torch crashes (not errors) on absurd thread counts
 
 
 class TrainConfig(BaseModel):
@@ -30,65 +31,69 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
     # --- data
-    data_dir: str = Field(default_factory=default_data_dir)  # prepared store; a folder named 'mnist' is prepared on demand
-    train_items: int = Field(0, ge=0)   # stratified subset of train for quick runs; 0 = all
-    val_items: int = Field(0, ge=0)     # stratified subset of val; 0 = all
+    data_dir: str = Field(
+        default_factory=default_data_dir
+    )  # prepared store; a folder named 'mnist' is prepared on demand
+    train_items: int = Field(0, ge=0)  # stratified subset of train for quick runs; 0 = all
+    val_items: int = Field(0, ge=0)  # stratified subset of val; 0 = all
     img_size: int = Field(32, ge=16, le=1024)  # network input side; MobileNetV3 works from 32 px
     # --- augmentation (training only, batched on the device); strength scales all three
-    aug_strength: float = Field(1.0, ge=0.0, le=3.0)   # 0 turns augmentation off
-    aug_shift: float = Field(0.08, ge=0.0, le=0.5)     # max translation, fraction of the side
+    aug_strength: float = Field(1.0, ge=0.0, le=3.0)  # 0 turns augmentation off
+    aug_shift: float = Field(0.08, ge=0.0, le=0.5)  # max translation, fraction of the side
     aug_rotate: float = Field(10.0, ge=0.0, le=180.0)  # max rotation, degrees
-    aug_scale: float = Field(0.10, ge=0.0, le=0.9)     # max relative zoom in/out
+    aug_scale: float = Field(0.10, ge=0.0, le=0.9)  # max relative zoom in/out
     # --- model
-    model: str = "mobilenet_v3_small"   # any torchvision classification model by exact name
-    pretrained: str | None = None       # None, 'imagenet' (local torch hub cache only) or a state-dict path
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)    # head dropout (where the model has one)
-    bn_momentum: float | None = Field(0.1, gt=0.0, le=1.0)  # torchvision's 0.01 makes early val meaningless; None keeps the model's
+    model: str = "mobilenet_v3_small"  # any torchvision classification model by exact name
+    pretrained: str | None = None  # None, 'imagenet' (local torch hub cache only) or a state-dict path
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)  # head dropout (where the model has one)
+    bn_momentum: float | None = Field(
+        0.1, gt=0.0, le=1.0
+    )  # torchvision's 0.01 makes early val meaningless; None keeps the model's
     # Precise BN: before every validation, recompute BatchNorm statistics exactly (a cumulative average)
     # for the current weights over a seeded, class-stratified sample of this many training images (the
     # whole split when it is smaller). Running averages lag the weights, so without this the validation
     # that ASHA ranks trials on can sit at chance after epoch 1 on small data. 0 = off.
     bn_recalibrate: int = Field(4096, ge=0)
-    channels_last: bool = True          # NHWC memory format: MobileNetV3 steps ~40 % faster on CPU, faster on GPU too
+    channels_last: bool = True  # NHWC memory format: MobileNetV3 steps ~40 % faster on CPU, faster on GPU too
     freeze_epochs: int = Field(0, ge=0)  # train only the classifier head for the first N epochs
     # --- optimisation
     epochs: int = Field(5, ge=1)
     batch_size: int = Field(128, ge=1)
     eval_batch_size: int = Field(512, ge=1)
-    optimizer: str = "adamw"            # see raydigits.optim.list_optimizers()
+    optimizer: str = "adamw"  # see raydigits.optim.list_optimizers()
     lr: float = Field(2e-3, gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)       # sgd only
-    nesterov: bool = False                               # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)            # adam, adamw, adabelief, ranger
-    scheduler: str = "cosine"           # see raydigits.optim.list_schedulers(); 'none' keeps lr fixed
-    warmup_epochs: float = Field(0.0, ge=0.0)           # linear warmup (per step), works with every scheduler
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)  # sgd only
+    nesterov: bool = False  # sgd only
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw, adabelief, ranger
+    scheduler: str = "cosine"  # see raydigits.optim.list_schedulers(); 'none' keeps lr fixed
+    warmup_epochs: float = Field(0.0, ge=0.0)  # linear warmup (per step), works with every scheduler
     warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)  # first warmup step at lr * this (never 0)
-    min_lr: float = Field(0.0, ge=0.0)                   # floor for cosine / cosine_restarts / plateau
-    step_size: float = Field(2.0, gt=0.0)                # step: epochs between decays
-    gamma: float = Field(0.1, gt=0.0, le=1.0)            # step / multistep decay factor (a float)
+    min_lr: float = Field(0.0, ge=0.0)  # floor for cosine / cosine_restarts / plateau
+    step_size: float = Field(2.0, gt=0.0)  # step: epochs between decays
+    gamma: float = Field(0.1, gt=0.0, le=1.0)  # step / multistep decay factor (a float)
     milestones: list[float] = Field(default_factory=lambda: [3.0, 6.0])  # multistep: epochs
-    restart_epochs: float = Field(2.0, gt=0.0)           # cosine_restarts: first cycle length (epochs)
-    restart_mult: int = Field(2, ge=1)                   # cosine_restarts: cycle length multiplier
-    plateau_patience: int = Field(1, ge=0)               # plateau: epochs without improvement
-    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)   # plateau: lr multiplier
+    restart_epochs: float = Field(2.0, gt=0.0)  # cosine_restarts: first cycle length (epochs)
+    restart_mult: int = Field(2, ge=1)  # cosine_restarts: cycle length multiplier
+    plateau_patience: int = Field(1, ge=0)  # plateau: epochs without improvement
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0)  # plateau: lr multiplier
     onecycle_pct_start: float = Field(0.3, gt=0.0, lt=1.0)
     # onecycle only: cycle momentum (sgd) or betas[0] (adam family) inversely to the lr, 0.95→0.85→0.95
     # (PyTorch's default). Off, so a configured or searched momentum / betas is what the optimiser uses.
     cycle_momentum: bool = False
-    loss: str = "ce"                    # see raydigits.optim.list_losses()
+    loss: str = "ce"  # see raydigits.optim.list_losses()
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    class_weights: list[float] | None = None             # one weight per class, or None
-    focal_gamma: float = Field(2.0, ge=0.0)              # focal loss focusing parameter
-    clip_grad_norm: float = Field(0.0, ge=0.0)           # 0 = off; applied after unscaling, before the step
+    class_weights: list[float] | None = None  # one weight per class, or None
+    focal_gamma: float = Field(2.0, ge=0.0)  # focal loss focusing parameter
+    clip_grad_norm: float = Field(0.0, ge=0.0)  # 0 = off; applied after unscaling, before the step
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA if supported, else fp16; off on CPU
     # --- run control
     monitor: Literal["val_acc", "val_loss"] = "val_acc"  # best checkpoint, plateau and early stopping
-    early_stop_patience: int = Field(0, ge=0)            # 0 = off
+    early_stop_patience: int = Field(0, ge=0)  # 0 = off
     early_stop_min_delta: float = Field(0.0, ge=0.0)
     seed: int = Field(42, ge=0, le=SEED_MAX)
-    device: str = "auto"                # auto, cpu, cuda, cuda:N
-    cuda_graphs: bool = True            # CUDA: replay the fixed-shape train/eval steps as CUDA graphs (no per-step CPU cost)
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    cuda_graphs: bool = True  # CUDA: replay the fixed-shape train/eval steps as CUDA graphs (no per-step CPU cost)
     gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0)  # CUDA: cap this process's share of GPU memory (0 = no cap)
     threads: int = Field(0, ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = leave torch's choice
 
@@ -96,8 +101,10 @@ class TrainConfig(BaseModel):
     @classmethod
     def _known_name(cls, v: str, info):
         from . import optim
-        valid = {"optimizer": optim.list_optimizers, "scheduler": optim.list_schedulers,
-                 "loss": optim.list_losses}[info.field_name]()
+
+        valid = {"optimizer": optim.list_optimizers, "scheduler": optim.list_schedulers, "loss": optim.list_losses}[
+            info.field_name
+        ]()
         if v not in valid:
             raise ValueError(f"unknown {info.field_name} {v!r}; valid: {', '.join(valid)}")
         return v
@@ -106,9 +113,12 @@ class TrainConfig(BaseModel):
     @classmethod
     def _known_model(cls, v: str):
         from .models import list_models
+
         if v not in list_models():
-            raise ValueError(f"unknown model {v!r}; any torchvision classification model, e.g. "
-                             "mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0")
+            raise ValueError(
+                f"unknown model {v!r}; any torchvision classification model, e.g. "
+                "mobilenet_v3_small, mobilenet_v3_large, resnet18, efficientnet_b0"
+            )
         return v
 
     @field_validator("device")
@@ -147,8 +157,22 @@ class TrainConfig(BaseModel):
 # trainer whose config differs from a loaded checkpoint's in these trains on with its own values
 # (trainer.Trainer.load_state_dict). Everything else (model, img_size, optimizer, batch_size, the
 # lr schedule's shape...) is structural: the weights or the optimiser state would not fit it.
-MUTABLE_KNOBS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "label_smoothing", "focal_gamma",
-                 "clip_grad_norm", "aug_strength", "aug_shift", "aug_rotate", "aug_scale", "dropout", "bn_momentum")
+MUTABLE_KNOBS = (
+    "lr",
+    "weight_decay",
+    "momentum",
+    "nesterov",
+    "betas",
+    "label_smoothing",
+    "focal_gamma",
+    "clip_grad_norm",
+    "aug_strength",
+    "aug_shift",
+    "aug_rotate",
+    "aug_scale",
+    "dropout",
+    "bn_momentum",
+)
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:

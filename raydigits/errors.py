@@ -1,5 +1,6 @@
 """The one exception type for user mistakes, and the error boundary every entry point runs in: the
 CLIs print its message as one `error:` line (no traceback unless --debug) and exit 2."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 (inference.py), and write final/: pre.csv, metrics.json, trials.csv (evaluation.py), plots
 (report.py), report.html (report_html.py), best_model.pt and the `torch.export` program
 best_model.pt2. Also `export --images`: predict a folder of images with best_model.pt."""
+
 from __future__ import annotations
 
 import json
@@ -29,6 +30,7 @@ TASK_CPUS = 1  # the evaluation task's CPUs (and one GPU when the cluster has on
 def predict_on_cluster(state: dict, images: np.ndarray) -> np.ndarray:
     """`inference.predict_state` as a Ray task: on a GPU when the cluster has one."""
     import ray
+
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     task = ray.remote(num_cpus=TASK_CPUS, num_gpus=gpus)(predict_state)
     return ray.get(task.remote(state, images, "cuda" if gpus else "cpu"))
@@ -47,6 +49,7 @@ def _final(exp: Experiment, out: Path) -> dict:
     from .report import write_plots
     from .report_html import write_report
     from .trainer import load_checkpoint
+
     spec, trials = exp.spec, exp.trials
     choice = exp.best()
     state = load_checkpoint(choice.checkpoint)
@@ -66,31 +69,45 @@ def _final(exp: Experiment, out: Path) -> dict:
     ties = exp.ties(choice.trial_id)
     regret = early_stopping_cost(trials, spec)
     effective = {spec.target(n) for n in spec.parameters}
-    metrics.update({
-        "evaluated_split": split, "best_trial": choice.trial_id, "best_epoch": choice.epoch, "epoch_note": choice.note,
-        f"best_{spec.metric}": choice.value, "best_config": state["config"],
-        "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
-        "checkpoint": str(choice.checkpoint),
-        "n_trials": len(trials), "n_asha_stopped": counts["asha_stopped"],
-        "n_early_stopped": counts["early_stopped"], "n_failed": counts["error"],
-        "n_diverged": counts["diverged"], "n_completed": counts["completed"], "n_oom": counts["oom"],
-        "n_time_budget": counts["time_budget"] + counts["not_started"],
-        "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
-        "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
-        "ties": ties_line(ties, spec.metric) if ties else None,
-        "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
-        "early_stopping": regret.to_json() if regret else None,  # the audit's verdict (experiment/audit.py)
-    })
+    metrics.update(
+        {
+            "evaluated_split": split,
+            "best_trial": choice.trial_id,
+            "best_epoch": choice.epoch,
+            "epoch_note": choice.note,
+            f"best_{spec.metric}": choice.value,
+            "best_config": state["config"],
+            "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
+            "checkpoint": str(choice.checkpoint),
+            "n_trials": len(trials),
+            "n_asha_stopped": counts["asha_stopped"],
+            "n_early_stopped": counts["early_stopped"],
+            "n_failed": counts["error"],
+            "n_diverged": counts["diverged"],
+            "n_completed": counts["completed"],
+            "n_oom": counts["oom"],
+            "n_time_budget": counts["time_budget"] + counts["not_started"],
+            "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
+            "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
+            "ties": ties_line(ties, spec.metric) if ties else None,
+            "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
+            "early_stopping": regret.to_json() if regret else None,  # the audit's verdict (experiment/audit.py)
+        }
+    )
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_csv(out / "trials.csv", _with_audit(exp.frame(), regret))
     save_models(out, state, manifest["image_shape"])
-    write_plots(out, trials, choice, spec, data.images[split], data.labels[split], probs, names,
-                metrics["confusion_matrix"])
+    write_plots(
+        out, trials, choice, spec, data.images[split], data.labels[split], probs, names, metrics["confusion_matrix"]
+    )
     try:
         write_report(exp, out)
     except ModuleNotFoundError as exc:  # a machine without plotly still gets every result above
-        print(f"raydigits: final/report.html skipped ({exc}); `python launch.py report {exp.location}` builds it "
-              "where plotly is installed", flush=True)
+        print(
+            f"raydigits: final/report.html skipped ({exc}); `python launch.py report {exp.location}` builds it "
+            "where plotly is installed",
+            flush=True,
+        )
     return metrics
 
 
@@ -104,10 +121,16 @@ def _with_audit(table, regret):
 
 def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print("\n== raydigits: final ==")
-    print(f"best trial {m['best_trial']} (epoch {m['best_epoch']}): {spec.metric} "
-          f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m[m['evaluated_split'] + '_accuracy']:.4f}"
-          + ("" if m["evaluated_split"] == "test" else " (the dataset has no test split: this is the validation "
-                                                       "split the best trial was chosen on, not an unbiased test)"))
+    print(
+        f"best trial {m['best_trial']} (epoch {m['best_epoch']}): {spec.metric} "
+        f"{m[f'best_{spec.metric}']:.4f}; {m['evaluated_split']} accuracy {m[m['evaluated_split'] + '_accuracy']:.4f}"
+        + (
+            ""
+            if m["evaluated_split"] == "test"
+            else " (the dataset has no test split: this is the validation "
+            "split the best trial was chosen on, not an unbiased test)"
+        )
+    )
     if m.get("epoch_note"):
         print(f"epoch {m['best_epoch']}: {m['epoch_note']}")
     if m.get("ties"):
@@ -115,20 +138,24 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     if m.get("early_stopping"):
         print(f"audit: {m['early_stopping']['line']}")
     print(f"params: {json.dumps(m['best_params'], default=str)}")
-    print(f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
-          f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
-          f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)")
+    print(
+        f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
+        f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
+        f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)"
+    )
     if m.get("eta"):
         print(eta.summary_line(m["eta"]))
     print(f"files: {out}/ (report.html, pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
-def export_images(exp: Experiment, images_dir: Path, out_file: Path | None, skip_corrupt: bool,
-                  force: bool = False) -> Path:
+def export_images(
+    exp: Experiment, images_dir: Path, out_file: Path | None, skip_corrupt: bool, force: bool = False
+) -> Path:
     """pre.csv for every image under `images_dir`, from final/best_model.pt (on this machine's CPU).
     Never writes over one of its input images; over an existing file only with `force`."""
     from .data.sources import list_images, read_images
     from .trainer import load_checkpoint
+
     images_dir = Path(images_dir)
     model_file = exp.final / "best_model.pt"
     if not model_file.exists():
@@ -147,7 +174,10 @@ def export_images(exp: Experiment, images_dir: Path, out_file: Path | None, skip
         raise UserError(f"--images {images_dir}: no readable images")
     probs = predict_state(state, np.stack(arrays), "cpu")
     write_csv(out_file, predictions_frame(ids, probs, state["class_names"]))
-    print(f"wrote {out_file}: {len(ids)} predictions" + (f"; skipped {len(skipped)} unreadable: {skipped}" if skipped else ""))
+    print(
+        f"wrote {out_file}: {len(ids)} predictions"
+        + (f"; skipped {len(skipped)} unreadable: {skipped}" if skipped else "")
+    )
     return out_file
 
 

@@ -7,6 +7,7 @@ that the schedule writes after each step. Everything stays on the device: no hos
 `GraphRunner` is what the trainer asks for its steps: it captures, replays, or runs them eagerly, and
 says why graphs are off (`graph_blocker`: a configuration that cannot be captured, or a capture that
 failed; the trainer then runs eagerly and says so once in the trial's log)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,9 @@ def graph_blocker(cfg, device: torch.device, scaler_enabled: bool) -> str | None
     if scaler_enabled:
         return "fp16's GradScaler checks for inf on the host every step (use amp: bf16)"
     if cfg.optimizer not in CAPTURABLE_OPTIMIZERS:
-        return f"optimizer {cfg.optimizer} has no capturable implementation (graphs: {', '.join(CAPTURABLE_OPTIMIZERS)})"
+        return (
+            f"optimizer {cfg.optimizer} has no capturable implementation (graphs: {', '.join(CAPTURABLE_OPTIMIZERS)})"
+        )
     if cfg.scheduler == "onecycle" and cfg.cycle_momentum:
         return "cycle_momentum changes momentum/betas every step, which a graph would freeze"
     return None
@@ -111,8 +114,8 @@ class GraphRunner:
         self.blocker = graph_blocker(cfg, device, scaler_enabled)
         self.optimizer: torch.optim.Optimizer  # set by attach()
         self.device_lr: DeviceLR | None = None
-        self._graphs: dict = {}        # (phase, frozen, batch) → CapturedStep
-        self._warm: dict = {}          # eager warmup steps taken per key before its capture
+        self._graphs: dict = {}  # (phase, frozen, batch) → CapturedStep
+        self._warm: dict = {}  # eager warmup steps taken per key before its capture
 
     @property
     def on(self) -> bool:

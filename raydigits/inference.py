@@ -1,6 +1,7 @@
 """A trained model outside its Trainer: a `Predictor` rebuilt from a checkpoint's state, and the
 saved models (best_model.pt and the self-contained `torch.export` program best_model.pt2, which runs
 the same `Predictor` steps so its outputs match)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +19,7 @@ from .pipeline import Predictor, Preprocess
 from .trainer import amp_dtype, resolve_device
 
 EXPORT_MAX_BATCH = 1 << 20  # the exported program takes any batch size from 1 up to this
-EXPORT_EXAMPLE_BATCH = 2    # torch.export specialises a traced size of 1, so the example batch is 2
+EXPORT_EXAMPLE_BATCH = 2  # torch.export specialises a traced size of 1, so the example batch is 2
 
 
 def predictor_from_state(state: dict, device: str = "cpu") -> Predictor:
@@ -66,8 +67,13 @@ def export_program(predictor: Predictor, input_shape: list[int]):
 def save_models(out: Path, state: dict, input_shape: list[int]) -> None:
     """best_model.pt (weights, config, classes), best_model.pt2 (`torch.export.load(f).module()`
     (uint8 NHWC) → probabilities) and classes.json."""
-    best = {"model": state["model"], "config": state["config"], "class_names": state["class_names"],
-            "input_shape": list(input_shape), "epoch": state["epoch"]}
+    best = {
+        "model": state["model"],
+        "config": state["config"],
+        "class_names": state["class_names"],
+        "input_shape": list(input_shape),
+        "epoch": state["epoch"],
+    }
     with atomic_path(out / "best_model.pt") as tmp:
         torch.save(best, tmp)
     predictor = predictor_from_state(state, "cpu")

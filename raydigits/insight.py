@@ -1,6 +1,7 @@
 """What a finished search says about itself, as plain data for report_html.py: which searched
 parameters mattered (fANOVA through optuna's importance evaluators, with how far to trust it), and
 ASHA's decisions rung by rung (from the recorded outcomes, not re-derived). No Ray import here."""
+
 from __future__ import annotations
 
 import math
@@ -13,18 +14,20 @@ from .experiment import Trial
 from .experiment.records import NEVER_CHOSEN
 from .spec import SearchSpec, asha_rungs
 
-IMPORTANCE_SEEDS = (0, 1, 2, 3, 4)   # fANOVA's random forest, refitted with each: the spread shown
+IMPORTANCE_SEEDS = (0, 1, 2, 3, 4)  # fANOVA's random forest, refitted with each: the spread shown
 # (fewest trials, verdict): below the first, fANOVA is not computed at all
 TRUST = ((10, "not meaningful"), (30, "rough"), (math.inf, "indicative"))
 TRUST_WHY = {
     "not meaningful": "fewer than {lo} trials: fANOVA fits a random forest to {n} points, so any parameter "
-                      "can look important by chance; read it as a description of these trials, not of the space",
+    "can look important by chance; read it as a description of these trials, not of the space",
     "rough": "{n} trials: large effects are likely real, the order of small ones is not",
     "indicative": "{n} trials: enough for the forest to separate the parameters' main effects",
 }
-STOPPED_NOTE = ("Each trial's score is its best validation over the epochs it ran, so trials stopped early by "
-                "ASHA score lower partly because they trained less: importance mixes 'good parameters' with "
-                "'trained longer'.")
+STOPPED_NOTE = (
+    "Each trial's score is its best validation over the epochs it ran, so trials stopped early by "
+    "ASHA score lower partly because they trained less: importance mixes 'good parameters' with "
+    "'trained longer'."
+)
 
 
 # ------------------------------------------------------------------ the searched parameters
@@ -41,6 +44,7 @@ def category(value) -> str:
 def _distribution(spec: SearchSpec, name: str, observed: pd.Series):
     """The optuna distribution of a parameter (its kind's entry names the class)."""
     import optuna.distributions as od
+
     p = spec.parameters[name]
     if p.values is not None:
         return od.CategoricalDistribution([category(v) for v in p.values])
@@ -56,12 +60,12 @@ def _encode(spec: SearchSpec, name: str, value):
 
 @dataclass
 class Importance:
-    n_trials: int                   # trials with a score (the points fANOVA was fitted to)
+    n_trials: int  # trials with a score (the points fANOVA was fitted to)
     trust: str
     why: str
-    mean: dict[str, float] = field(default_factory=dict)     # parameter → mean importance over the seeds
-    spread: dict[str, float] = field(default_factory=dict)   # parameter → std over the seeds
-    left_out: list[str] = field(default_factory=list)        # conditional parameters (not in every trial)
+    mean: dict[str, float] = field(default_factory=dict)  # parameter → mean importance over the seeds
+    spread: dict[str, float] = field(default_factory=dict)  # parameter → std over the seeds
+    left_out: list[str] = field(default_factory=list)  # conditional parameters (not in every trial)
     note: str = STOPPED_NOTE
 
 
@@ -79,6 +83,7 @@ def importance(trials: pd.DataFrame, spec: SearchSpec, seeds=IMPORTANCE_SEEDS) -
     has). Errored, diverged and out-of-memory trials are left out. Fewer than 2 scored trials: nothing is computed."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
     score = f"best_{spec.metric}"
     names = searched(spec)
     unconditional = [n for n in names if not spec.parameters[n].when]
@@ -87,8 +92,9 @@ def importance(trials: pd.DataFrame, spec: SearchSpec, seeds=IMPORTANCE_SEEDS) -
     verdict, why = trust_level(len(scored))
     result = Importance(len(scored), verdict, why, left_out=[n for n in names if n not in unconditional])
     if len(scored) < 2 or not unconditional:
-        result.why = (f"{len(scored)} scored trial(s)" if len(scored) < 2 else "no parameter is searched in every trial") \
-            + ": nothing to compare"
+        result.why = (
+            f"{len(scored)} scored trial(s)" if len(scored) < 2 else "no parameter is searched in every trial"
+        ) + ": nothing to compare"
         return result
     if scored[score].nunique() < 2:  # fANOVA divides by the scores' variance
         result.why = f"every scored trial has the same {score}: no parameter explains a difference"
@@ -114,14 +120,14 @@ def importance(trials: pd.DataFrame, spec: SearchSpec, seeds=IMPORTANCE_SEEDS) -
 # ------------------------------------------------------------------ ASHA, rung by rung
 @dataclass
 class Rung:
-    milestone: int                  # the epoch at which ASHA compared trials
-    reached: dict[str, float]       # trial → its value at this epoch (every trial that reported it)
-    stopped: dict[str, float]       # trial → value, for trials ASHA stopped here (recorded outcome)
-    continued: dict[str, float]     # trial → value, for trials that trained past this epoch
+    milestone: int  # the epoch at which ASHA compared trials
+    reached: dict[str, float]  # trial → its value at this epoch (every trial that reported it)
+    stopped: dict[str, float]  # trial → value, for trials ASHA stopped here (recorded outcome)
+    continued: dict[str, float]  # trial → value, for trials that trained past this epoch
     ended_otherwise: dict[str, str]  # trial → outcome, trials that ended here for another reason
-    quantile: float                 # ASHA's rule: stop when below this quantile of earlier arrivals
-    bar: float | None               # the weakest value among the trials that continued
-    best_stopped: float | None      # the strongest value among the trials stopped here
+    quantile: float  # ASHA's rule: stop when below this quantile of earlier arrivals
+    bar: float | None  # the weakest value among the trials that continued
+    best_stopped: float | None  # the strongest value among the trials stopped here
 
 
 def _value_at(results: list[dict], epoch: int, metric: str) -> float | None:
@@ -156,7 +162,16 @@ def rung_decisions(trials: tuple[Trial, ...] | list[Trial], spec: SearchSpec) ->
                 stopped[t.trial_id] = v
             else:
                 other[t.trial_id] = t.outcome
-        out.append(Rung(m, reached, stopped, continued, other, 1 - 1 / spec.scheduler.reduction_factor,
-                        worse(continued.values()) if continued else None,
-                        better(stopped.values()) if stopped else None))
+        out.append(
+            Rung(
+                m,
+                reached,
+                stopped,
+                continued,
+                other,
+                1 - 1 / spec.scheduler.reduction_factor,
+                worse(continued.values()) if continued else None,
+                better(stopped.values()) if stopped else None,
+            )
+        )
     return out

@@ -1,6 +1,7 @@
 """Build a torchvision classifier by name, give it a head for the dataset's classes, load pretrained
 weights from local files only, set BatchNorm momentum, freeze/unfreeze the backbone, and put the
 BatchNorms that precise BN recalibrates into cumulative-average mode."""
+
 from __future__ import annotations
 
 import contextlib
@@ -79,8 +80,9 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, not a torch file, or holds non-tensor objects
-        raise UserError(f"pretrained: {path}: not a loadable state dict ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:200]})") from None
+        raise UserError(
+            f"pretrained: {path}: not a loadable state dict ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]  # a raydigits checkpoint / best_model.pt
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -98,7 +100,7 @@ def strip_prefixes(state: dict) -> dict:
             changed = False
             for p in KNOWN_PREFIXES:
                 if k.startswith(p):
-                    k, changed = k[len(p):], True
+                    k, changed = k[len(p) :], True
         out[k] = v
     return out
 
@@ -112,10 +114,12 @@ def load_matching(model: nn.Module, state: dict, source: str = "", quiet: bool =
     missing = sorted(k for k in own if k not in matched)
     model.load_state_dict(matched, strict=False)
     if not quiet:
-        print(f"pretrained {source}: loaded {len(matched)}/{len(own)} tensors; "
-              f"skipped (shape mismatch): {mismatched[:6]}{'...' if len(mismatched) > 6 else ''}; "
-              f"missing: {missing[:6]}{'...' if len(missing) > 6 else ''}; "
-              f"unexpected: {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}")
+        print(
+            f"pretrained {source}: loaded {len(matched)}/{len(own)} tensors; "
+            f"skipped (shape mismatch): {mismatched[:6]}{'...' if len(mismatched) > 6 else ''}; "
+            f"missing: {missing[:6]}{'...' if len(missing) > 6 else ''}; "
+            f"unexpected: {unexpected[:6]}{'...' if len(unexpected) > 6 else ''}"
+        )
     if not matched:
         raise UserError(f"pretrained {source}: no tensor matches model {type(model).__name__}")
 
@@ -134,8 +138,10 @@ def _imagenet_state(name: str) -> dict:
     if file is None:
         raise UserError(f"pretrained: imagenet: torchvision has no ImageNet weights for {name}")
     if not file.exists():
-        raise UserError(f"pretrained: imagenet: no local weights for {name} at {file} (downloads are "
-                        f"not attempted); copy {file.name} there or give a path")
+        raise UserError(
+            f"pretrained: imagenet: no local weights for {name} at {file} (downloads are "
+            f"not attempted); copy {file.name} there or give a path"
+        )
     return strip_prefixes(torch.load(file, map_location="cpu", weights_only=True))
 
 
@@ -162,8 +168,11 @@ def norms_to_recalibrate(model: nn.Module, frozen: bool) -> list:
     """BatchNorm layers whose statistics follow the training weights: all of them, or only the
     head's while the backbone is frozen (a frozen backbone keeps its statistics)."""
     head = head_root(model)
-    return [m for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)]
+    return [
+        m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (not frozen or name.split(".")[0] == head)
+    ]
 
 
 @contextlib.contextmanager
@@ -175,7 +184,7 @@ def cumulative_statistics(model: nn.Module, norms: list):
     model.eval()
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None        # cumulative moving average
+        m.momentum = None  # cumulative moving average
         m.train()
     yield
     for m, mom in zip(norms, momenta):

@@ -5,6 +5,7 @@ CUDA-graph capturable).
 Schedules step per batch (`step_batch`) except plateau, which steps per epoch on the monitored
 metric (`step_epoch`). A linear warmup from `lr * warmup_start_factor` (never 0) wraps any of them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -23,6 +24,7 @@ def _register(table):
     def deco(fn):
         table[fn.__name__.removeprefix("_").removesuffix("_")] = fn
         return fn
+
     return deco
 
 
@@ -43,50 +45,64 @@ def list_losses() -> list[str]:
 class OptimInfo:
     """One optimiser and what it can do (modelled on timm's `OptimInfo`). `_OPTIMIZERS` below is the one
     table of them: `build_optimizer` reads it here, graphs.py reads which steps a CUDA graph can replay."""
+
     name: str
-    builder: Callable            # (param groups, cfg, fused, capturable) → the optimiser
-    has_momentum: bool = False   # takes `momentum` and `nesterov` (sgd)
-    has_betas: bool = False      # takes `betas` (the adam family)
+    builder: Callable  # (param groups, cfg, fused, capturable) → the optimiser
+    has_momentum: bool = False  # takes `momentum` and `nesterov` (sgd)
+    has_betas: bool = False  # takes `betas` (the adam family)
     # torch's single-kernel (fused) implementation: the step is one launch per dtype instead of a loop
     # over tensors, and on CUDA it is what makes the step graph-capturable with a device-side lr
     fused: bool = False
-    capturable: bool = False     # its step can be captured into a CUDA graph (a device-tensor lr; graphs.py)
+    capturable: bool = False  # its step can be captured into a CUDA graph (a device-tensor lr; graphs.py)
     description: str = ""
 
 
 def _sgd(params, cfg, fused, capturable):
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                           weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+        weight_decay=cfg.weight_decay,
+        fused=fused,
+    )
 
 
 def _adam(params, cfg, fused, capturable):
     # capturable: the step counter lives on the device, so a CUDA graph can replay the step
-    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused,
-                            capturable=capturable)
+    return torch.optim.Adam(
+        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused, capturable=capturable
+    )
 
 
 def _adamw(params, cfg, fused, capturable):
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused,
-                             capturable=capturable)
+    return torch.optim.AdamW(
+        params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, fused=fused, capturable=capturable
+    )
 
 
 def _adabelief(params, cfg, fused, capturable):
     from pytorch_optimizer import AdaBelief
+
     return AdaBelief(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, weight_decouple=True)
 
 
 def _ranger(params, cfg, fused, capturable):
     from pytorch_optimizer import Ranger
+
     return Ranger(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-_OPTIMIZERS: dict[str, OptimInfo] = {info.name: info for info in (
-    OptimInfo("sgd", _sgd, has_momentum=True, fused=True, capturable=True, description="SGD, momentum, nesterov"),
-    OptimInfo("adam", _adam, has_betas=True, fused=True, capturable=True, description="Adam, L2 weight decay"),
-    OptimInfo("adamw", _adamw, has_betas=True, fused=True, capturable=True, description="Adam, decoupled decay"),
-    OptimInfo("adabelief", _adabelief, has_betas=True, description="AdaBelief (pytorch_optimizer)"),
-    OptimInfo("ranger", _ranger, has_betas=True, description="RAdam + Lookahead (pytorch_optimizer)"),
-)}
+_OPTIMIZERS: dict[str, OptimInfo] = {
+    info.name: info
+    for info in (
+        OptimInfo("sgd", _sgd, has_momentum=True, fused=True, capturable=True, description="SGD, momentum, nesterov"),
+        OptimInfo("adam", _adam, has_betas=True, fused=True, capturable=True, description="Adam, L2 weight decay"),
+        OptimInfo("adamw", _adamw, has_betas=True, fused=True, capturable=True, description="Adam, decoupled decay"),
+        OptimInfo("adabelief", _adabelief, has_betas=True, description="AdaBelief (pytorch_optimizer)"),
+        OptimInfo("ranger", _ranger, has_betas=True, description="RAdam + Lookahead (pytorch_optimizer)"),
+    )
+}
 FUSED_OPTIMIZERS = tuple(name for name, info in _OPTIMIZERS.items() if info.fused)
 CAPTURABLE_OPTIMIZERS = tuple(name for name, info in _OPTIMIZERS.items() if info.capturable)
 
@@ -120,8 +136,9 @@ def _cosine(opt, cfg, spe, total):
 
 @_register(_SCHEDULERS)
 def _cosine_restarts(opt, cfg, spe, total):
-    return lrs.CosineAnnealingWarmRestarts(opt, T_0=max(1, round(cfg.restart_epochs * spe)),
-                                           T_mult=cfg.restart_mult, eta_min=cfg.min_lr)
+    return lrs.CosineAnnealingWarmRestarts(
+        opt, T_0=max(1, round(cfg.restart_epochs * spe)), T_mult=cfg.restart_mult, eta_min=cfg.min_lr
+    )
 
 
 @_register(_SCHEDULERS)
@@ -137,14 +154,24 @@ def _multistep(opt, cfg, spe, total):
 @_register(_SCHEDULERS)
 def _onecycle(opt, cfg, spe, total):
     # cycle_momentum off unless asked for: PyTorch's default would overwrite the configured momentum / betas
-    return lrs.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(2, total),
-                          pct_start=cfg.onecycle_pct_start, cycle_momentum=cfg.cycle_momentum)
+    return lrs.OneCycleLR(
+        opt,
+        max_lr=[g["lr"] for g in opt.param_groups],
+        total_steps=max(2, total),
+        pct_start=cfg.onecycle_pct_start,
+        cycle_momentum=cfg.cycle_momentum,
+    )
 
 
 @_register(_SCHEDULERS)
 def _plateau(opt, cfg, spe, total):
-    return lrs.ReduceLROnPlateau(opt, mode="max" if cfg.monitor == "val_acc" else "min",
-                                 factor=cfg.plateau_factor, patience=cfg.plateau_patience, min_lr=cfg.min_lr)
+    return lrs.ReduceLROnPlateau(
+        opt,
+        mode="max" if cfg.monitor == "val_acc" else "min",
+        factor=cfg.plateau_factor,
+        patience=cfg.plateau_patience,
+        min_lr=cfg.min_lr,
+    )
 
 
 class LRSchedule:
@@ -214,8 +241,14 @@ def built_knobs(opt: torch.optim.Optimizer) -> list[dict]:
     return [{k: g[k] for k in OPTIMIZER_KNOBS if k in g} for g in opt.param_groups]
 
 
-def keep_own_knobs(opt: torch.optim.Optimizer, schedule: LRSchedule, built: list[dict], saved: dict, now: dict,
-                   mutable: tuple[str, ...]) -> dict:
+def keep_own_knobs(
+    opt: torch.optim.Optimizer,
+    schedule: LRSchedule,
+    built: list[dict],
+    saved: dict,
+    now: dict,
+    mutable: tuple[str, ...],
+) -> dict:
     """The loaded optimiser state carries the saved run's hyperparameters in its param groups and
     its lr schedule. Where this run's config (`now`) differs from the saved one in a `mutable` knob
     (config.MUTABLE_KNOBS: PBT continued another trial's checkpoint with perturbed values), this
@@ -259,6 +292,7 @@ def _class_weight(cfg, num_classes):
         return None
     if len(cfg.class_weights) != num_classes:
         from .errors import UserError
+
         raise UserError(f"class_weights: {len(cfg.class_weights)} values for {num_classes} classes")
     return torch.tensor(cfg.class_weights, dtype=torch.float32)
 
@@ -279,4 +313,3 @@ def build_loss(cfg, num_classes: int) -> nn.Module:
 
 def current_lr(opt) -> float:
     return float(opt.param_groups[0]["lr"])
-

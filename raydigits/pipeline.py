@@ -2,6 +2,7 @@
 index, resized, normalised and (training only) randomly shifted/rotated/scaled with batched tensor
 ops. No per-image Python work per step. `Predictor`: the one way images become class scores
 (validation, `Trainer.predict`, the final stage and the exported program all go through it)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,9 @@ class Preprocess:
     def eval(self, batch_u8: torch.Tensor) -> torch.Tensor:
         x = batch_u8.float().div_(255.0)
         if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                              antialias=x.shape[-1] > self.size)
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=x.shape[-1] > self.size
+            )
         return self._normalise(x)
 
     def train(self, batch_u8: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
@@ -81,7 +83,7 @@ class Preprocess:
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
         # one GEMM (S*S, 3) @ (3, B*2) instead of F.affine_grid's batched matmul
-        grid = (self._base_grid(x.device) @ theta.permute(2, 0, 1).reshape(3, b * 2))
+        grid = self._base_grid(x.device) @ theta.permute(2, 0, 1).reshape(3, b * 2)
         grid = grid.view(-1, b, 2).transpose(0, 1).reshape(b, self.size, self.size, 2)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return self._normalise(x)
@@ -103,16 +105,18 @@ class SplitBatches:
             return torch.randperm(len(self), generator=gen, device="cpu").to(self.device)
         return torch.arange(len(self), device=self.device)
 
-    def index_batches(self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None,
-                      drop_last: bool = False):
+    def index_batches(
+        self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None, drop_last: bool = False
+    ):
         """Index tensors (on the device) of each batch, in a seeded order when shuffled."""
         idx = self.order(shuffle, gen)
         n = len(idx) - (len(idx) % batch_size if drop_last and len(idx) >= batch_size else 0)
         for start in range(0, n, batch_size):
-            yield idx[start:start + batch_size]
+            yield idx[start : start + batch_size]
 
-    def batches(self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None,
-                drop_last: bool = False):
+    def batches(
+        self, batch_size: int, shuffle: bool = False, gen: torch.Generator | None = None, drop_last: bool = False
+    ):
         for sel in self.index_batches(batch_size, shuffle, gen, drop_last):
             yield self.images.index_select(0, sel), self.labels.index_select(0, sel), sel
 
@@ -121,8 +125,13 @@ class Predictor:
     """uint8 images → class scores with `model` in eval mode: `Preprocess.eval`, the model under
     `autocast` (the same context validation uses), float32 logits."""
 
-    def __init__(self, model: torch.nn.Module, pre: Preprocess, batch_size: int,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        pre: Preprocess,
+        batch_size: int,
+        autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
         self.model, self.pre, self.batch_size, self.autocast = model, pre, batch_size, autocast
 
     def logits(self, batch_u8: torch.Tensor) -> torch.Tensor:
@@ -138,5 +147,6 @@ class Predictor:
         """(N, H, W, C) uint8 → (N, classes) softmax probabilities, in input order."""
         self.model.eval()
         x = to_device_uint8(images, self.pre.device)
-        return torch.cat([self.probabilities(x[i:i + self.batch_size]).cpu()
-                          for i in range(0, len(x), self.batch_size)]).numpy()
+        return torch.cat(
+            [self.probabilities(x[i : i + self.batch_size]).cpu() for i in range(0, len(x), self.batch_size)]
+        ).numpy()

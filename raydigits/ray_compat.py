@@ -15,6 +15,7 @@ test in tests/test_ray_compat.py that fails loudly when a Ray upgrade breaks it:
 
 Nothing here imports Ray at module level, so importing it sets no Ray state. The Ray version the
 tests ran on is checked at import (a warning, not an error, for any other)."""
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,11 @@ def check_version(version: str | None = None) -> bool:
     if major_minor in TESTED_RAY:
         return True
     tested = ", ".join(f"{a}.{b}.x" for a, b in TESTED_RAY)
-    warnings.warn(f"raydigits was tested with Ray {tested}, not {version}: run tests/test_ray_compat.py "
-                  "before trusting a search", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        f"raydigits was tested with Ray {tested}, not {version}: run tests/test_ray_compat.py before trusting a search",
+        RuntimeWarning,
+        stacklevel=2,
+    )
     return False
 
 
@@ -159,10 +163,15 @@ def trial_states(exp_dir: Location | str) -> list[dict]:
         for state_json, runtime_json in data["trial_data"]:
             state, runtime = json.loads(state_json), json.loads(runtime_json)
             config = state.get("config") or {}
-            trials.append({"trial_id": state["trial_id"], "status": state["status"],
-                           "config": config if isinstance(config, dict) else {},
-                           "path": exp_dir / state.get("relative_logdir", state["trial_id"]),
-                           "num_failures": int(runtime.get("num_failures", 0))})
+            trials.append(
+                {
+                    "trial_id": state["trial_id"],
+                    "status": state["status"],
+                    "config": config if isinstance(config, dict) else {},
+                    "path": exp_dir / state.get("relative_logdir", state["trial_id"]),
+                    "num_failures": int(runtime.get("num_failures", 0)),
+                }
+            )
     except (ValueError, KeyError, TypeError) as exc:
         raise UserError(f"{files[-1]}: unreadable Tune experiment state ({type(exc).__name__}: {exc})") from None
     return trials

@@ -1,5 +1,6 @@
 """Plots of a finished search: learning curves of every trial (the best highlighted, ASHA-stopped
 trials visibly shorter), the test confusion matrix, and the most confident test mistakes."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +10,17 @@ import numpy as np
 from .atomic import atomic_path
 
 PNG_DPI = 110
-MISTAKES_SHOWN = 36   # misclassified.png: the most confident mistakes, at most this many
+MISTAKES_SHOWN = 36  # misclassified.png: the most confident mistakes, at most this many
 MISTAKE_COLUMNS = 6
 
 
 def _pyplot():
     """pyplot on the file-only Agg backend, chosen when a plot is first drawn (not at import)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -35,10 +38,17 @@ def learning_curves(path: Path, trials, choice, spec) -> None:
         if not rows:
             continue
         best = t.trial_id == choice.trial_id
-        ax.plot([r["epoch"] for r in rows], [r[spec.metric] for r in rows], marker="o", ms=3,
-                lw=3 if best else 1, alpha=1 if best else 0.6, ls=styles.get(t.outcome, "-"),
-                color="crimson" if best else None,
-                label=f"{t.trial_id} ({t.outcome})" + (" BEST" if best else ""))
+        ax.plot(
+            [r["epoch"] for r in rows],
+            [r[spec.metric] for r in rows],
+            marker="o",
+            ms=3,
+            lw=3 if best else 1,
+            alpha=1 if best else 0.6,
+            ls=styles.get(t.outcome, "-"),
+            color="crimson" if best else None,
+            label=f"{t.trial_id} ({t.outcome})" + (" BEST" if best else ""),
+        )
     ax.axvline(choice.epoch, color="crimson", lw=0.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel(spec.metric)
@@ -54,8 +64,7 @@ def confusion(path: Path, cm, class_names) -> None:
     ax.imshow(np.log1p(cm), cmap="Blues")
     for i in range(cm.shape[0]):
         for j in range(cm.shape[1]):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if i == j else "black")
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
     ax.set_xticks(range(len(class_names)), class_names)
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")
@@ -76,8 +85,7 @@ def misclassified(path: Path, images, labels, probs, class_names, n: int = MISTA
     for ax, i in zip(np.ravel(axes), wrong):
         img = images[i]
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray")
-        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred[i]]} {probs[i, pred[i]]:.2f}",
-                     fontsize=7)
+        ax.set_title(f"true {class_names[labels[i]]}\npred {class_names[pred[i]]} {probs[i, pred[i]]:.2f}", fontsize=7)
     fig.suptitle(f"most confident mistakes ({len(np.flatnonzero(pred != labels))} in all)")
     _save(fig, path)
 

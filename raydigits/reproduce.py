@@ -13,6 +13,7 @@ every epoch (val_loss's largest difference is reported). The torch thread count 
 (reductions split differently), which is why the trial's own count is used. On a GPU (autotuned
 cuDNN kernels, atomics) a stated tolerance applies instead. Exit status 1 when it does not reproduce.
 PBT trials are refused: their weights came from other trials mid-run."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ from .experiment import Experiment, Trial
 from .spec import POPULATION, trial_train_config
 
 GPU_VAL_ACC_TOLERANCE = 0.01  # absolute, per epoch, when the trial or the retraining ran on a GPU
-OUT_FOLDER = "reproduce"      # <experiment>/reproduce/<trial id>/ by default
+OUT_FOLDER = "reproduce"  # <experiment>/reproduce/<trial id>/ by default
 RESULT_FILE = "reproduce.json"
 
 
@@ -39,7 +40,7 @@ class Reproduction:
     trial_id: str
     recorded_device: str
     device: str
-    tolerance: float              # on val_acc, absolute per epoch (0: equal)
+    tolerance: float  # on val_acc, absolute per epoch (0: equal)
     command: str
     out_dir: str
     rows: list[dict] = field(default_factory=list)  # epoch, recorded/reproduced val_acc and val_loss
@@ -58,14 +59,18 @@ class Reproduction:
         return bool(self.rows) and complete and self.max_acc_diff <= self.tolerance
 
     def table(self) -> str:
-        lines = [f"{'epoch':>5}  {'val_acc recorded':>16}  {'reproduced':>10}  {'val_loss recorded':>17}  "
-                 f"{'reproduced':>10}  {'|diff|':>8}"]
+        lines = [
+            f"{'epoch':>5}  {'val_acc recorded':>16}  {'reproduced':>10}  {'val_loss recorded':>17}  "
+            f"{'reproduced':>10}  {'|diff|':>8}"
+        ]
         for r in self.rows:
             acc, loss = r["reproduced_val_acc"], r["reproduced_val_loss"]
-            lines.append(f"{r['epoch']:>5}  {r['recorded_val_acc']:>16.4f}  "
-                         f"{'-' if acc is None else f'{acc:.4f}':>10}  {r['recorded_val_loss']:>17.6f}  "
-                         f"{'-' if loss is None else f'{loss:.6f}':>10}  "
-                         f"{_diff(r['recorded_val_loss'], loss):>8.1e}")
+            lines.append(
+                f"{r['epoch']:>5}  {r['recorded_val_acc']:>16.4f}  "
+                f"{'-' if acc is None else f'{acc:.4f}':>10}  {r['recorded_val_loss']:>17.6f}  "
+                f"{'-' if loss is None else f'{loss:.6f}':>10}  "
+                f"{_diff(r['recorded_val_loss'], loss):>8.1e}"
+            )
         return "\n".join(lines)
 
 
@@ -90,8 +95,9 @@ def recorded_device(spec, epochs: list[dict]) -> str:
     device = next((r["device"] for r in reversed(epochs) if r.get("device")), None)
     if device:
         return str(device)
-    on_gpu = any(r.get("cuda_graphs") for r in epochs) or (spec.resources.gpu not in (0, 0.0) and
-                                                           spec.fixed.get("device") != "cpu")
+    on_gpu = any(r.get("cuda_graphs") for r in epochs) or (
+        spec.resources.gpu not in (0, 0.0) and spec.fixed.get("device") != "cpu"
+    )
     return "cuda" if on_gpu else "cpu"
 
 
@@ -105,14 +111,22 @@ def pick_trial(exp: Experiment, trial: str | None) -> Trial:
     return found[0]
 
 
-def reproduce(exp: Experiment, trial: str | None = None, out_dir: Path | None = None,
-              overrides: list[str] | None = None, quiet: bool = False) -> Reproduction:
+def reproduce(
+    exp: Experiment,
+    trial: str | None = None,
+    out_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> Reproduction:
     from . import train
     from .search.runner import data_dir_of
+
     spec = exp.spec
     if spec.scheduler.type in POPULATION:
-        raise UserError(f"{exp.location}: a {spec.scheduler.type} trial continues from other trials' weights "
-                        "mid-run; it cannot be retrained alone from its config")
+        raise UserError(
+            f"{exp.location}: a {spec.scheduler.type} trial continues from other trials' weights "
+            "mid-run; it cannot be retrained alone from its config"
+        )
     t = pick_trial(exp, trial)
     epochs = recorded_epochs(list(t.results))
     if not epochs:
@@ -138,38 +152,56 @@ def reproduce(exp: Experiment, trial: str | None = None, out_dir: Path | None = 
     stop_after = int(epochs[-1]["epoch"])
     stop = ["--stop-after", str(stop_after)] if stop_after < cfg.epochs else []
     # --force: once this retraining has run, its folder holds a run that the printed command replaces
-    command = shlex.join(["python", "-m", "raydigits.train", "--config", str(config_file), *stop,
-                          "--out", str(out_dir), "--force"])
+    command = shlex.join(
+        ["python", "-m", "raydigits.train", "--config", str(config_file), *stop, "--out", str(out_dir), "--force"]
+    )
     if not quiet:
-        print(f"reproducing trial {t.trial_id} ({stop_after} epochs, recorded on {was}):\n  {command}",
-              flush=True)
+        print(f"reproducing trial {t.trial_id} ({stop_after} epochs, recorded on {was}):\n  {command}", flush=True)
     trainer = train.run(cfg, out_dir, quiet=quiet, stop_after=stop_after)
     now = str(trainer.device)
     rows = _compared(epochs, trainer.history)
     cpu_both = was == "cpu" and now == "cpu"
-    result = Reproduction(t.trial_id, was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command,
-                          str(out_dir), rows)
-    write_text(out_dir / RESULT_FILE, json.dumps({**asdict(result), "reproduced": result.reproduced,
-                                                  "max_val_acc_diff": result.max_acc_diff,
-                                                  "max_val_loss_diff": result.max_loss_diff,
-                                                  "overrides": extra}, indent=2, default=str))
+    result = Reproduction(t.trial_id, was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command, str(out_dir), rows)
+    write_text(
+        out_dir / RESULT_FILE,
+        json.dumps(
+            {
+                **asdict(result),
+                "reproduced": result.reproduced,
+                "max_val_acc_diff": result.max_acc_diff,
+                "max_val_loss_diff": result.max_loss_diff,
+                "overrides": extra,
+            },
+            indent=2,
+            default=str,
+        ),
+    )
     return result
 
 
 def _compared(recorded: list[dict], history: list[dict]) -> list[dict]:
     """Per recorded epoch: the recorded and the reproduced validation accuracy and loss."""
     mine = {int(m["epoch"]): m for m in history}
-    return [{"epoch": int(r["epoch"]), "recorded_val_acc": r["val_acc"], "reproduced_val_acc":
-             mine.get(int(r["epoch"]), {}).get("val_acc"), "recorded_val_loss": r["val_loss"],
-             "reproduced_val_loss": mine.get(int(r["epoch"]), {}).get("val_loss")} for r in recorded]
+    return [
+        {
+            "epoch": int(r["epoch"]),
+            "recorded_val_acc": r["val_acc"],
+            "reproduced_val_acc": mine.get(int(r["epoch"]), {}).get("val_acc"),
+            "recorded_val_loss": r["val_loss"],
+            "reproduced_val_loss": mine.get(int(r["epoch"]), {}).get("val_loss"),
+        }
+        for r in recorded
+    ]
 
 
 def summary(r: Reproduction) -> str:
     rule = "equal every epoch (CPU)" if r.tolerance == 0 else f"within {r.tolerance:g} every epoch (GPU)"
     rule = f"required val_acc {rule}"
     verdict = "reproduced" if r.reproduced else "NOT reproduced"
-    return (f"{r.table()}\n"
-            f"trial {r.trial_id}: {verdict} ({rule}); largest val_acc difference {r.max_acc_diff:.2g}, "
-            f"val_loss {r.max_loss_diff:.2g} (recorded on {r.recorded_device}, retrained on {r.device})\n"
-            f"the same run: {r.command}\n"
-            f"outputs: {r.out_dir}")
+    return (
+        f"{r.table()}\n"
+        f"trial {r.trial_id}: {verdict} ({rule}); largest val_acc difference {r.max_acc_diff:.2g}, "
+        f"val_loss {r.max_loss_diff:.2g} (recorded on {r.recorded_device}, retrained on {r.device})\n"
+        f"the same run: {r.command}\n"
+        f"outputs: {r.out_dir}"
+    )

@@ -2,6 +2,7 @@
 (threads, cuDNN, the GPU memory cap, the seed), set in one place: `setup_process`. Every Trainer
 calls it first, so the Ray-free CLI (train.py) and a Tune trial (search/trainable.py, which hands
 over its CPU share as the default thread count) set up their process the same way."""
+
 from __future__ import annotations
 
 import torch
@@ -57,7 +58,6 @@ def release_cuda_memory(device: torch.device, memory_fraction: float) -> str:
         return ""
     total = torch.cuda.get_device_properties(device).total_memory
     cap = f", capped at {memory_fraction:.0%}" if memory_fraction else ""
-    peak = (f" (peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB of "
-            f"{total / 2**30:.0f} GiB{cap})")
+    peak = f" (peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB of {total / 2**30:.0f} GiB{cap})"
     torch.cuda.empty_cache()
     return peak

@@ -9,6 +9,7 @@ A local location writes atomically (temp file + rename); a remote one writes eac
 which object stores make visible all at once. Credentials and endpoints come from the environment as
 pyarrow reads them (for S3: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION,
 AWS_ENDPOINT_URL for an S3-compatible server); on a cluster every node needs them."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,10 @@ PROBE_ENV, PROBE_S = "RAYDIGITS_STORAGE_PROBE_S", 30.0
 
 def check_name(name: str, what: str = "--name") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name.startswith("-"):
-        raise UserError(f"{what} {name!r}: an experiment name is one folder name (letters, digits and "
-                        "._-+=@, only; no '/', no '..', not starting with '.' or '-', at most 200 characters)")
+        raise UserError(
+            f"{what} {name!r}: an experiment name is one folder name (letters, digits and "
+            "._-+=@, only; no '/', no '..', not starting with '.' or '-', at most 200 characters)"
+        )
     return name
 
 
@@ -70,8 +73,10 @@ class Location:
                 raise UserError(f"{what} {text}: a file:// URI needs an absolute path (file:///abs/path)")
             return cls(str(Path(rest).absolute()))
         if scheme not in SCHEMES:
-            raise UserError(f"{what} {text}: not a storage URI pyarrow can open (scheme {scheme!r}; "
-                            f"use a local path or one of {', '.join(s + '://' for s in sorted(SCHEMES))})")
+            raise UserError(
+                f"{what} {text}: not a storage URI pyarrow can open (scheme {scheme!r}; "
+                f"use a local path or one of {', '.join(s + '://' for s in sorted(SCHEMES))})"
+            )
         if not rest.strip("/"):
             raise UserError(f"{what} {text}: the URI names no bucket or folder")
         return cls(text.rstrip("/"))
@@ -122,6 +127,7 @@ class Location:
     @property
     def _fs_path(self):
         import pyarrow.fs as pafs
+
         if self._fs is None:
             if self.local is not None:
                 self._fs = (pafs.LocalFileSystem(), str(self.local))
@@ -134,6 +140,7 @@ class Location:
 
     def _info(self):
         import pyarrow.fs as pafs
+
         fs, path = self._fs_path
         try:
             return fs.get_file_info(path).type
@@ -144,19 +151,23 @@ class Location:
 
     def exists(self) -> bool:
         import pyarrow.fs as pafs
+
         return self._info() != pafs.FileType.NotFound
 
     def is_dir(self) -> bool:
         import pyarrow.fs as pafs
+
         return self._info() == pafs.FileType.Directory
 
     def is_file(self) -> bool:
         import pyarrow.fs as pafs
+
         return self._info() == pafs.FileType.File
 
     def iterdir(self) -> list["Location"]:
         """The entries directly under this folder ([] when it does not exist)."""
         import pyarrow.fs as pafs
+
         if self.local is not None:
             return [Location(str(p)) for p in sorted(self.local.iterdir())] if self.local.is_dir() else []
         fs, path = self._fs_path
@@ -210,6 +221,7 @@ class Location:
     def delete(self) -> None:
         """Remove this file or folder tree (nothing when it does not exist)."""
         import pyarrow.fs as pafs
+
         fs, path = self._fs_path
         kind = self._info()
         if kind == pafs.FileType.Directory:
@@ -246,6 +258,7 @@ class Location:
             kind = fs.get_file_info(bucket).type
             fs.get_file_info(path)
             return bucket, kind
+
         bucket, kind = _within_probe_time(probe, f"{what} {self}")
         if kind != pafs.FileType.Directory:
             raise UserError(f"{what} {self}: no bucket {bucket!r} there (create it first)")
@@ -270,8 +283,10 @@ def _within_probe_time(fn, shown: str):
     thread.start()
     thread.join(wait)
     if thread.is_alive():
-        raise UserError(f"{shown}: no answer from the storage in {wait:g} s (check its credentials and the "
-                        f"network; {PROBE_ENV} sets the wait)")
+        raise UserError(
+            f"{shown}: no answer from the storage in {wait:g} s (check its credentials and the "
+            f"network; {PROBE_ENV} sets the wait)"
+        )
     if "error" in box:
         if isinstance(box["error"], OSError):
             raise UserError(f"{shown}: cannot reach the storage ({_first_line(box['error'])})") from None

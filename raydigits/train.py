@@ -4,6 +4,7 @@ one training run, no Ray. Writes config.yaml, last.pt, best.pt and metrics.csv i
 Everything is validated (config, output folder, data, checkpoint) before the first file is written.
 An output folder holding an earlier run is refused unless --force (which deletes that run's files
 first) or --resume names a checkpoint inside it (continuing that run)."""
+
 from __future__ import annotations
 
 import csv
@@ -27,9 +28,11 @@ INTERRUPTED_EXIT = 130
 def format_epoch(m: dict) -> str:
     flags = " (frozen)" if m.get("frozen") else ""
     flags += " DIVERGED" if m.get("diverged") else ""
-    return (f"epoch {m['epoch']:3d}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
-            f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  lr {m['lr']:.2e}  "
-            f"{m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s{flags}")
+    return (
+        f"epoch {m['epoch']:3d}  train_loss {m['train_loss']:.4f}  train_acc {m['train_acc']:.4f}  "
+        f"val_loss {m['val_loss']:.4f}  val_acc {m['val_acc']:.4f}  lr {m['lr']:.2e}  "
+        f"{m['epoch_time_s']:.1f}s  {m['images_per_s']:.0f} img/s{flags}"
+    )
 
 
 def check_out(out_dir: Path, force: bool = False, resume: Path | None = None) -> bool:
@@ -47,17 +50,26 @@ def check_out(out_dir: Path, force: bool = False, resume: Path | None = None) ->
     earlier = [f for f in RUN_FILES if (out / f).exists()]
     continuing = resume is not None and Path(resume).resolve().parent == out.resolve()
     if earlier and not force and not continuing:
-        raise UserError(f"--out {out_dir}: holds an earlier run ({earlier[0]}); give another --out, add "
-                        f"--force to replace it, or --resume {Path(out_dir) / 'last.pt'} to continue it")
+        raise UserError(
+            f"--out {out_dir}: holds an earlier run ({earlier[0]}); give another --out, add "
+            f"--force to replace it, or --resume {Path(out_dir) / 'last.pt'} to continue it"
+        )
     return bool(earlier) and not continuing
 
 
-def run(cfg, out_dir: Path, resume: Path | None = None, quiet: bool = False, stop_after: int | None = None,
-        replace: bool = False):
+def run(
+    cfg,
+    out_dir: Path,
+    resume: Path | None = None,
+    quiet: bool = False,
+    stop_after: int | None = None,
+    replace: bool = False,
+):
     """Train `cfg` into `out_dir`. The data, the trainer and the checkpoint to resume are all loaded
     (and so validated) before the first file is written; `replace` deletes an earlier run's files."""
     data = load_dataset(ensure_prepared(Path(cfg.data_dir)))
     from .trainer import Trainer  # torch import kept out of argument parsing and data checks
+
     trainer = Trainer(cfg, data)
     if resume:
         trainer.resume(resume)
@@ -88,12 +100,23 @@ def run(cfg, out_dir: Path, resume: Path | None = None, quiet: bool = False, sto
 def _parser() -> OneLineParser:
     p = OneLineParser(prog="python -m raydigits.train", description=__doc__)
     p.add_argument("--config", type=Path, default=None, help="TrainConfig YAML (default: all defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (repeatable)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt checkpoint")
-    p.add_argument("--stop-after", type=int, default=None, metavar="N",
-                   help="stop after epoch N; the lr schedule still spans `epochs` (a trial stopped early, replayed)")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after epoch N; the lr schedule still spans `epochs` (a trial stopped early, replayed)",
+    )
     p.add_argument("--force", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--debug", action="store_true", help="show tracebacks for user errors")
     return p

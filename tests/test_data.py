@@ -1,5 +1,6 @@
 """Data preparation: split sizes and ids, checksum refusal before unpickling, IDX parsing, image
 folders (natural class order, corrupt files named, mismatched classes), the exported image tree."""
+
 from __future__ import annotations
 
 import gzip
@@ -62,8 +63,12 @@ def test_tampered_wheel_is_refused_before_unpickling(hub_wheel, tmp_path, monkey
         sources.load_hub_wheel(bad)
     # the CLI says so in one line and exits 2, writing nothing
     out = tmp_path / "store"
-    proc = subprocess.run([sys.executable, "-m", "raydigits.data", "prepare", "--wheel", str(bad), "--out", str(out)],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydigits.data", "prepare", "--wheel", str(bad), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
     assert "sha256" in proc.stderr and "refusing to unpickle" in proc.stderr and proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -150,6 +155,7 @@ def _small_store(path, mnist, n=200):
     """A real store of the first n MNIST digits per split (write_store, as prepare does)."""
     from raydigits.data.sources import Split
     from raydigits.data.store import write_store
+
     splits = {s: Split(mnist.images[s][:n], mnist.labels[s][:n], mnist.ids[s][:n]) for s in ("train", "val", "test")}
     write_store(path, splits, mnist.class_names, "test")
     return path
@@ -169,23 +175,40 @@ def _flip_byte(path):
 
 DAMAGE = {
     # case: (damage done to a store, words the one-line error must contain)
-    "a byte changed": (lambda s: _flip_byte(s / "val.parquet"),
-                       ["split val: val.parquet: sha256", "differs from the manifest's"]),
-    "a split truncated": (lambda s: (s / "train.parquet").write_bytes((s / "train.parquet").read_bytes()[:5000]),
-                          ["split train: train.parquet: 5,000 bytes, the manifest says", "truncated"]),
+    "a byte changed": (
+        lambda s: _flip_byte(s / "val.parquet"),
+        ["split val: val.parquet: sha256", "differs from the manifest's"],
+    ),
+    "a split truncated": (
+        lambda s: (s / "train.parquet").write_bytes((s / "train.parquet").read_bytes()[:5000]),
+        ["split train: train.parquet: 5,000 bytes, the manifest says", "truncated"],
+    ),
     "a split missing": (lambda s: (s / "test.parquet").unlink(), ["split test: test.parquet: missing"]),
-    "manifest row count changed": (lambda s: _edit_manifest(s, lambda m: m["splits"]["train"].update(count=199)),
-                                   ["split train: train.parquet: 200 rows, the manifest says 199"]),
-    "manifest shape changed": (lambda s: _edit_manifest(s, lambda m: m["splits"]["val"].update(shape=[200, 32, 32, 1])),
-                               ["split val: val.parquet: the manifest says shape [200, 32, 32, 1]"]),
-    "manifest image shape changed": (lambda s: _edit_manifest(s, lambda m: m.update(image_shape=[32, 32, 1])),
-                                     ["split train: train.parquet: images of 784 bytes", "needs 1024"]),
-    "manifest class counts changed": (lambda s: _edit_manifest(s, lambda m: m["splits"]["train"]["class_counts"].reverse()),
-                                      ["split train: train.parquet: per-class counts"]),
+    "manifest row count changed": (
+        lambda s: _edit_manifest(s, lambda m: m["splits"]["train"].update(count=199)),
+        ["split train: train.parquet: 200 rows, the manifest says 199"],
+    ),
+    "manifest shape changed": (
+        lambda s: _edit_manifest(s, lambda m: m["splits"]["val"].update(shape=[200, 32, 32, 1])),
+        ["split val: val.parquet: the manifest says shape [200, 32, 32, 1]"],
+    ),
+    "manifest image shape changed": (
+        lambda s: _edit_manifest(s, lambda m: m.update(image_shape=[32, 32, 1])),
+        ["split train: train.parquet: images of 784 bytes", "needs 1024"],
+    ),
+    "manifest class counts changed": (
+        lambda s: _edit_manifest(s, lambda m: m["splits"]["train"]["class_counts"].reverse()),
+        ["split train: train.parquet: per-class counts"],
+    ),
     "manifest not JSON": (lambda s: (s / "manifest.json").write_text("{not json"), ["manifest.json: not valid JSON"]),
-    "manifest without splits": (lambda s: _edit_manifest(s, lambda m: m.pop("splits")), ["manifest.json: splits: Field required"]),
-    "split file from another store": (lambda s: shutil.copy(s / "val.parquet", s / "test.parquet"),
-                                      ["split test: test.parquet"]),
+    "manifest without splits": (
+        lambda s: _edit_manifest(s, lambda m: m.pop("splits")),
+        ["manifest.json: splits: Field required"],
+    ),
+    "split file from another store": (
+        lambda s: shutil.copy(s / "val.parquet", s / "test.parquet"),
+        ["split test: test.parquet"],
+    ),
 }
 
 
@@ -207,8 +230,10 @@ def test_damaged_store_through_the_cli(mnist, tmp_path):
     """`prepare` (no --force) verifies an existing store; training refuses it: one line each, exit 2."""
     store = _small_store(tmp_path / "store", mnist)
     _flip_byte(store / "train.parquet")
-    for cmd in (["-m", "raydigits.data", "prepare", "--out", str(store)],
-                ["-m", "raydigits.train", "--set", f"data_dir={store}", "--out", str(tmp_path / "run")]):
+    for cmd in (
+        ["-m", "raydigits.data", "prepare", "--out", str(store)],
+        ["-m", "raydigits.train", "--set", f"data_dir={store}", "--out", str(tmp_path / "run")],
+    ):
         proc = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -246,6 +271,7 @@ def _kill_when(proc, ready, timeout=120.0):
     import os
     import signal
     import time
+
     deadline = time.time() + timeout
     while not ready():
         assert proc.poll() is None, "prepare ended before the kill point"
@@ -265,8 +291,8 @@ def test_prepare_killed_mid_way_leaves_the_old_store(hub_wheel, mnist, tmp_path)
     for kill_point in ("temp store created", "first split written"):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tmp = tmp_path / f"store.tmp-{proc.pid}"
-        ready = {"temp store created": tmp.is_dir,
-                 "first split written": lambda: (tmp / "train.parquet").exists()}[kill_point]  # noqa: B023
+        split_written = lambda: (tmp / "train.parquet").exists()  # noqa: B023 — used before the next iteration
+        ready = {"temp store created": tmp.is_dir, "first split written": split_written}[kill_point]
         _kill_when(proc, ready)
         assert json.loads((store / "manifest.json").read_text()) == before, kill_point
         ds = load_dataset(store)

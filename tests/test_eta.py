@@ -1,5 +1,6 @@
 """The search ETA's model (search/eta.py), without Ray: every term moves the estimate the way it
 should, so dropping one fails a test."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from raydigits.experiment.records import MAX_ESTIMATES, Estimate, read_estimates
 from raydigits.search import eta
 from raydigits.spec import asha_rungs, parse_spec
 
-ASHA = eta.Schedule(max_t=4, rungs=(1, 2), reduction_factor=2)   # grace 1, rf 2, max_t 4
+ASHA = eta.Schedule(max_t=4, rungs=(1, 2), reduction_factor=2)  # grace 1, rf 2, max_t 4
 FIFO = eta.Schedule(max_t=4)
 
 
@@ -26,7 +27,9 @@ def test_expected_epochs_follow_the_rung_survival_fractions():
     rf3 = eta.Schedule(max_t=9, rungs=(1, 3), reduction_factor=3)
     assert eta.expected_epochs(rf3) == pytest.approx(1 + 2 / 3 + 6 / 9)
     # the shipped schedule reads its rungs from the spec
-    spec = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2}})
+    spec = parse_spec(
+        {"name": "t", "scheduler": {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2}}
+    )
     assert tuple(sorted(asha_rungs(spec))) == ASHA.rungs
 
 
@@ -35,17 +38,17 @@ def test_each_term_of_the_estimate_counts():
     t = eta.estimate_remaining_s(**base)
     work = eta.expected_epochs(ASHA, 1) + eta.expected_epochs(ASHA, 0) + 4 * eta.expected_epochs(ASHA)
     assert t == pytest.approx(work * 10 / 2)
-    assert eta.estimate_remaining_s(**{**base, "epoch_s": 20.0}) == pytest.approx(2 * t)           # epoch time
-    assert eta.estimate_remaining_s(**{**base, "concurrency": 1}) == pytest.approx(2 * t)          # concurrency
-    assert eta.estimate_remaining_s(**{**base, "not_started": 6}) > t                               # trials left
+    assert eta.estimate_remaining_s(**{**base, "epoch_s": 20.0}) == pytest.approx(2 * t)  # epoch time
+    assert eta.estimate_remaining_s(**{**base, "concurrency": 1}) == pytest.approx(2 * t)  # concurrency
+    assert eta.estimate_remaining_s(**{**base, "not_started": 6}) > t  # trials left
     # (a survivor of every rung has more left than a fresh trial: [2, 2] would not be shorter)
-    assert eta.estimate_remaining_s(**{**base, "running_epochs": [3, 3]}) < t                       # progress made
-    assert eta.estimate_remaining_s(**{**base, "schedule": FIFO}) > t                               # the scheduler
-    assert eta.estimate_remaining_s(**{**base, "schedule": eta.Schedule(4, (1, 2), 4)}) < t        # its rf
-    assert eta.estimate_remaining_s(**{**base, "schedule": eta.Schedule(8, (1, 2, 4), 2)}) > t     # its max_t
-    assert eta.estimate_remaining_s(**{**base, "schedule": eta.Schedule(4, (2,), 2)}) > t          # its grace
-    assert eta.estimate_remaining_s(**base, start_s=5.0) == pytest.approx(t + 4 * 5.0 / 2)          # start-up
-    assert eta.estimate_remaining_s(**base, budget_left_s=7.0) == 7.0                                # the budget caps
+    assert eta.estimate_remaining_s(**{**base, "running_epochs": [3, 3]}) < t  # progress made
+    assert eta.estimate_remaining_s(**{**base, "schedule": FIFO}) > t  # the scheduler
+    assert eta.estimate_remaining_s(**{**base, "schedule": eta.Schedule(4, (1, 2), 4)}) < t  # its rf
+    assert eta.estimate_remaining_s(**{**base, "schedule": eta.Schedule(8, (1, 2, 4), 2)}) > t  # its max_t
+    assert eta.estimate_remaining_s(**{**base, "schedule": eta.Schedule(4, (2,), 2)}) > t  # its grace
+    assert eta.estimate_remaining_s(**base, start_s=5.0) == pytest.approx(t + 4 * 5.0 / 2)  # start-up
+    assert eta.estimate_remaining_s(**base, budget_left_s=7.0) == 7.0  # the budget caps
     assert eta.estimate_remaining_s(**base, budget_left_s=1e6) == pytest.approx(t)
     # fewer trials left than slots: they cannot use the idle slots
     assert eta.estimate_remaining_s(10.0, [0], 0, 4, FIFO) == pytest.approx(40.0)
@@ -56,7 +59,7 @@ def test_concurrency_is_the_tightest_of_the_limit_and_the_cluster():
     assert eta.concurrency(2, {"CPU": 8}, 1, 0) == 2
     assert eta.concurrency(None, {"CPU": 8}, 2, 0) == 4
     assert eta.concurrency(None, {"CPU": 16, "GPU": 1}, 1, 0.25) == 4
-    assert eta.concurrency(8, {"CPU": 1}, 2, 0) == 1   # never 0
+    assert eta.concurrency(8, {"CPU": 1}, 2, 0) == 1  # never 0
 
 
 def test_line_and_the_first_estimate_against_the_actual_time(tmp_path):
@@ -66,7 +69,10 @@ def test_line_and_the_first_estimate_against_the_actual_time(tmp_path):
     write_estimates(tmp_path, [Estimate(110.0, 80.0, 0, 6), Estimate(150.0, 45.0, 3, 6)])
     s = eta.summary(tmp_path, 100.0, 200.0)
     assert s == {"first_estimate_after_s": 10.0, "first_estimate_total_s": 90.0, "actual_s": 100.0, "n_estimates": 2}
-    assert eta.summary_line(s) == "ETA: the first estimate (after 0m 10s) said 1m 30s in all; the search took 1m 40s (-10%)"
+    assert (
+        eta.summary_line(s)
+        == "ETA: the first estimate (after 0m 10s) said 1m 30s in all; the search took 1m 40s (-10%)"
+    )
     write_estimates(tmp_path, [Estimate(float(i), 1.0) for i in range(MAX_ESTIMATES + 50)])
     kept = json.loads((tmp_path / ETA_FILE).read_text())["estimates"]
     assert len(kept) == MAX_ESTIMATES and kept[0]["at"] == 0.0 and kept[-1]["at"] == MAX_ESTIMATES + 49

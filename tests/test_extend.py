@@ -1,6 +1,7 @@
 """`launch.py extend`'s pieces without Ray: the extension's spec and seed, the request checks, and
 TPE warm-started from finished trials (its suggestions move to where the finished trials scored
 best). The whole command runs in tests/test_search_e2e.py."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,10 +12,18 @@ from raydigits.search.extend import check_request, extension_spec
 from raydigits.search.tune_space import build_search_alg
 from raydigits.spec import parse_spec
 
-SPACE = {"name": "t", "method": "tpe", "num_samples": 4, "seed": 3, "scheduler": {"type": "asha", "max_t": 3},
-         "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
-                        "optimizer": {"values": ["sgd", "adamw"]},
-                        "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.99, "when": {"optimizer": "sgd"}}}}
+SPACE = {
+    "name": "t",
+    "method": "tpe",
+    "num_samples": 4,
+    "seed": 3,
+    "scheduler": {"type": "asha", "max_t": 3},
+    "parameters": {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+        "optimizer": {"values": ["sgd", "adamw"]},
+        "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.99, "when": {"optimizer": "sgd"}},
+    },
+}
 
 
 def test_extension_spec_has_its_own_seed_samples_and_budget():
@@ -28,12 +37,16 @@ def test_extension_spec_has_its_own_seed_samples_and_budget():
 GRID = {"method": "grid", "parameters": {"optimizer": {"values": ["sgd", "adamw"]}}}
 
 
-@pytest.mark.parametrize("change, words", [(GRID, "grid search"), ({}, "--num-samples 0"),
-                                           ({}, "--max-t 2"), ({}, "--promote -1")])
+@pytest.mark.parametrize(
+    "change, words", [(GRID, "grid search"), ({}, "--num-samples 0"), ({}, "--max-t 2"), ({}, "--promote -1")]
+)
 def test_bad_extension_requests(change, words):
     spec = parse_spec({**SPACE, **change}, "t")
-    n, max_t, promote = (0 if "num-samples" in words else 1), (2 if "max-t" in words else None), \
-        (-1 if "promote" in words else 1)
+    n, max_t, promote = (
+        (0 if "num-samples" in words else 1),
+        (2 if "max-t" in words else None),
+        (-1 if "promote" in words else 1),
+    )
     with pytest.raises(UserError, match=words):
         check_request(spec, n, max_t, promote)
 
@@ -56,11 +69,11 @@ def test_tpe_starts_from_the_finished_trials():
     assert dist(hot) < 0.5 < dist(cold), (dist(hot), dist(cold))
 
 
-
 def test_pinned_configs_keep_their_conditional_values():
     """Random search re-runs a promoted config through points_to_evaluate (its unconditional values)
     and the conditional samplers, which give a trial with exactly those values the config's own."""
     from raydigits.search.tune_space import param_space
+
     spec = parse_spec({**SPACE, "method": "random"}, "t")
     best = {"lr": 0.0123, "optimizer": "sgd", "momentum": 0.8765}
     momentum = param_space(spec, pinned=(best,))["momentum"].func
@@ -73,6 +86,6 @@ def test_pinned_configs_keep_their_conditional_values():
 
 def test_extension_seeds_stay_in_range_and_edge_requests_pass():
     top = parse_spec({**SPACE, "seed": 2**32 - 1}, "t")
-    assert 0 <= extension_spec(top, 1, 2, None).seed < 2**32   # parse_spec would refuse otherwise
+    assert 0 <= extension_spec(top, 1, 2, None).seed < 2**32  # parse_spec would refuse otherwise
     spec = parse_spec(SPACE, "t")
-    check_request(spec, 1, spec.epochs, 0)   # the same epochs, and promoting none, are allowed
+    check_request(spec, 1, spec.epochs, 0)  # the same epochs, and promoting none, are allowed

@@ -1,6 +1,7 @@
 """The final stage's parts, fast and without Ray: how a trial's outcome is told (recorded or, for
 older experiments, derived), which (trial, epoch) is chosen, what pre.csv and the metrics hold, and
 that the saved predictor and the exported program agree with the trainer on real digits."""
+
 from __future__ import annotations
 
 import json
@@ -23,31 +24,43 @@ SPEC = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 9, "grace
 
 def test_asha_rungs_are_grace_times_factor_powers_below_max_t():
     assert asha_rungs(SPEC) == {1, 3}
-    spec = parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": 12, "grace_period": 2, "reduction_factor": 2}})
+    spec = parse_spec(
+        {"name": "t", "scheduler": {"type": "asha", "max_t": 12, "grace_period": 2, "reduction_factor": 2}}
+    )
     assert asha_rungs(spec) == {2, 4, 8}
     assert asha_rungs(parse_spec({"name": "t", "scheduler": {"type": "fifo", "max_t": 5}})) == set()
 
 
-@pytest.mark.parametrize("status, results, outcome", [
-    ("ERROR", [{"epoch": 1}], "error"),
-    ("TERMINATED", [{"epoch": 1, "diverged": True}], "diverged"),
-    ("TERMINATED", [{"epoch": 1}, {"epoch": 2, "stop_reason": "oom"}], "oom"),
-    ("RUNNING", [{"epoch": 1}], "interrupted"),
-    ("TERMINATED", [{"epoch": 1}, {"epoch": 2, "stop_reason": "early_stop"}], "early_stopped"),
-    ("TERMINATED", [], "not_started"),
-    ("TERMINATED", [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], "asha_stopped"),   # stopped at a rung
-    ("TERMINATED", [{"epoch": 1}, {"epoch": 2}], "time_budget"),                 # between rungs
-    ("TERMINATED", [{"epoch": e} for e in range(1, 10)], "completed"),
-])
+@pytest.mark.parametrize(
+    "status, results, outcome",
+    [
+        ("ERROR", [{"epoch": 1}], "error"),
+        ("TERMINATED", [{"epoch": 1, "diverged": True}], "diverged"),
+        ("TERMINATED", [{"epoch": 1}, {"epoch": 2, "stop_reason": "oom"}], "oom"),
+        ("RUNNING", [{"epoch": 1}], "interrupted"),
+        ("TERMINATED", [{"epoch": 1}, {"epoch": 2, "stop_reason": "early_stop"}], "early_stopped"),
+        ("TERMINATED", [], "not_started"),
+        ("TERMINATED", [{"epoch": 1}, {"epoch": 2}, {"epoch": 3}], "asha_stopped"),  # stopped at a rung
+        ("TERMINATED", [{"epoch": 1}, {"epoch": 2}], "time_budget"),  # between rungs
+        ("TERMINATED", [{"epoch": e} for e in range(1, 10)], "completed"),
+    ],
+)
 def test_outcome_derived_for_experiments_without_a_record(status, results, outcome):
     epochs = max((r["epoch"] for r in results), default=0)
     assert derive_outcome(status, results, epochs, SPEC) == outcome
 
 
-@pytest.mark.parametrize("last, outcome", [
-    ({"epoch": 9}, "completed"), ({"epoch": 3}, "asha_stopped"), ({"epoch": 2, "stop_reason": "early_stop"}, "early_stopped"),
-    ({"epoch": 2, "stop_reason": "oom"}, "oom"), ({"epoch": 1, "diverged": True}, "diverged"), (None, "not_started"),
-])
+@pytest.mark.parametrize(
+    "last, outcome",
+    [
+        ({"epoch": 9}, "completed"),
+        ({"epoch": 3}, "asha_stopped"),
+        ({"epoch": 2, "stop_reason": "early_stop"}, "early_stopped"),
+        ({"epoch": 2, "stop_reason": "oom"}, "oom"),
+        ({"epoch": 1, "diverged": True}, "diverged"),
+        (None, "not_started"),
+    ],
+)
 def test_outcome_recorded_when_a_trial_ends(last, outcome):
     assert ended_outcome(last, 9) == outcome
 
@@ -61,8 +74,18 @@ def _trials(tmp_path, rows):
             ck.mkdir(parents=True)
             (ck / "checkpoint.pt").write_bytes(b"x")
             results.append({"epoch": epoch, "val_acc": v, "checkpoint_dir_name": ck.name, "config": {"id": trial_id}})
-        out.append(Trial("search", trial_id, "TERMINATED", outcome, len(vals), {"id": trial_id}, tuple(results),
-                         as_location(tmp_path / trial_id)))
+        out.append(
+            Trial(
+                "search",
+                trial_id,
+                "TERMINATED",
+                outcome,
+                len(vals),
+                {"id": trial_id},
+                tuple(results),
+                as_location(tmp_path / trial_id),
+            )
+        )
     return out
 
 
@@ -72,8 +95,16 @@ def _with(trials, **extra):
 
 
 def test_choose_best_takes_the_best_epoch_of_usable_trials_earliest_on_ties(tmp_path):
-    trials = _trials(tmp_path, [("b", "diverged", [0.99]), ("a", "completed", [0.5, 0.9, 0.9]),
-                                ("c", "oom", [0.98]), ("d", "error", [0.97]), ("e", "asha_stopped", [0.8])])
+    trials = _trials(
+        tmp_path,
+        [
+            ("b", "diverged", [0.99]),
+            ("a", "completed", [0.5, 0.9, 0.9]),
+            ("c", "oom", [0.98]),
+            ("d", "error", [0.97]),
+            ("e", "asha_stopped", [0.8]),
+        ],
+    )
     c = choose_best(trials, SPEC)
     assert (c.trial_id, c.epoch, c.value) == ("a", 2, 0.9) and c.checkpoint.name == "checkpoint.pt"
     assert c.checkpoint.parent.name == "checkpoint_000002" and c.config == {"id": "a"}
@@ -99,8 +130,10 @@ def test_choose_best_takes_the_latest_epoch_within_one_standard_error_of_the_tri
     trials = _with(trials, val_n=10_000)
     c = choose_best(trials, SPEC)  # epoch 4 (0.9891) is within 0.000995 of 0.99; epoch 5 is not
     assert (c.trial_id, c.epoch, c.value, c.checkpoint.parent.name) == ("a", 4, 0.9891, "checkpoint_000004")
-    assert c.note == ("val_acc 0.9891, the latest epoch within one standard error (0.0010 on 10,000 "
-                      "images) of the trial's best, 0.9900 at epoch 2")
+    assert c.note == (
+        "val_acc 0.9891, the latest epoch within one standard error (0.0010 on 10,000 "
+        "images) of the trial's best, 0.9900 at epoch 2"
+    )
     (tmp_path / "a" / "checkpoint_000004" / "checkpoint.pt").unlink()  # not kept: the next latest
     assert choose_best(trials, SPEC).epoch == 3
     small = _with(trials, val_n=100_000_000)
@@ -121,9 +154,11 @@ def test_statistical_ties_are_the_usable_trials_within_two_standard_errors_of_th
     t = statistical_ties(trials, SPEC, choose_best(trials, SPEC).trial_id)
     assert (t.best, t.val_n, t.trials) == (0.99, 10_000, [("c", 0.989), ("b", 0.9882)])
     assert t.margin == pytest.approx(2 * (0.99 * 0.01 / 10_000) ** 0.5)
-    assert ties_line(t, "val_acc") == ("2 other trials are within 2 standard errors (0.0020 on 10,000 validation "
-                                       "images) of its best val_acc 0.9900: c 0.9890, b 0.9882; the validation "
-                                       "cannot rank these apart, so any of them is as good a pick")
+    assert ties_line(t, "val_acc") == (
+        "2 other trials are within 2 standard errors (0.0020 on 10,000 validation "
+        "images) of its best val_acc 0.9900: c 0.9890, b 0.9882; the validation "
+        "cannot rank these apart, so any of them is as good a pick"
+    )
     big = _with(trials, val_n=1_000_000)
     alone = statistical_ties(big, SPEC, "a")
     assert alone.trials == [] and ties_line(alone, "val_acc").startswith("no other trial is within 2 standard errors")
@@ -141,15 +176,18 @@ def test_choose_best_skips_an_epoch_whose_checkpoint_folder_a_later_epoch_wrote_
     assert (c.trial_id, c.epoch) == ("b", 2)
 
 
-@pytest.mark.parametrize("reported, kept", [
-    ([1, 2, 3], [1, 2, 3]),
-    ([1, 2, 3, 4, 3, 4], [1, 2, 3, 4]),            # went on from its epoch-2 checkpoint: the re-run counts
-    ([1, 2, 3, 4, 2, 3], [1, 2, 3]),               # from epoch 1: the abandoned epoch 4 goes too
-    ([1, 2, 5, 6], [1, 2, 5, 6]),                  # PBT: continued from a donor further on
-])
+@pytest.mark.parametrize(
+    "reported, kept",
+    [
+        ([1, 2, 3], [1, 2, 3]),
+        ([1, 2, 3, 4, 3, 4], [1, 2, 3, 4]),  # went on from its epoch-2 checkpoint: the re-run counts
+        ([1, 2, 3, 4, 2, 3], [1, 2, 3]),  # from epoch 1: the abandoned epoch 4 goes too
+        ([1, 2, 5, 6], [1, 2, 5, 6]),  # PBT: continued from a donor further on
+    ],
+)
 def test_read_results_keeps_the_run_the_trial_ended_with(tmp_path, reported, kept):
     lines = [json.dumps({"epoch": e, "val_acc": e / 10 + 0.01 * i}) for i, e in enumerate(reported)]
-    (tmp_path / "result.json").write_text("\n".join(lines) + "\n{\"epoch\": 9, \"val_a")  # cut by a crash
+    (tmp_path / "result.json").write_text("\n".join(lines) + '\n{"epoch": 9, "val_a')  # cut by a crash
     rows = read_results(tmp_path)
     assert [r["epoch"] for r in rows] == kept
     last_of = {e: i for i, e in enumerate(reported)}  # each kept epoch is its last report
@@ -159,14 +197,18 @@ def test_read_results_keeps_the_run_the_trial_ended_with(tmp_path, reported, kep
 def test_predictions_frame_is_sorted_by_id_with_the_top_class_and_its_probability():
     probs = np.array([[0.1, 0.9], [0.7, 0.3], [0.2, 0.8]])
     df = predictions_frame(["02", "00", "01"], probs, ["cat", "dog"])
-    assert df.to_dict("list") == {"image_id": ["00", "01", "02"], "label": ["cat", "dog", "dog"],
-                                  "score": [0.7, 0.8, 0.9]}
+    assert df.to_dict("list") == {
+        "image_id": ["00", "01", "02"],
+        "label": ["cat", "dog", "dog"],
+        "score": [0.7, 0.8, 0.9],
+    }
     with pytest.raises(UserError, match="duplicate image ids"):
         predictions_frame(["a", "a"], probs[:2], ["cat", "dog"])
 
 
 def test_split_metrics_match_scikit_learn_and_name_the_split():
     from sklearn.metrics import f1_score
+
     y_true, y_pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 2, 0])
     m = split_metrics(y_true, y_pred, ["a", "b", "c"], "val")
     assert m["val_accuracy"] == pytest.approx(4 / 6) and "test_accuracy" not in m
@@ -183,6 +225,7 @@ def test_split_metrics_match_scikit_learn_and_name_the_split():
 def test_saved_predictor_and_exported_program_agree_with_the_trainer(small_mnist):
     from raydigits.inference import export_program, predict_state, predictor_from_state
     from raydigits.trainer import Trainer
+
     t = Trainer(tiny_cfg(epochs=1, aug_strength=1.0), small_mnist)
     t.fit()
     state = t.state_dict()
@@ -208,20 +251,36 @@ def test_saved_predictor_and_exported_program_agree_with_the_trainer(small_mnist
 def test_a_trial_exactly_at_the_tie_margin_ties_and_an_unknown_winner_has_no_ties(tmp_path):
     """p = 0.5 on 10,000 images: 2 SE = 0.01 exactly, so 0.49 lies on the margin and counts as a tie;
     a winner with no usable report (or no such trial) gives no tie list rather than an error."""
-    trials = _with(_trials(tmp_path, [("a", "completed", [0.5]), ("b", "completed", [0.49]),
-                                      ("c", "completed", [0.4899]), ("z", "error", [0.7])]), val_n=10_000)
+    trials = _with(
+        _trials(
+            tmp_path,
+            [
+                ("a", "completed", [0.5]),
+                ("b", "completed", [0.49]),
+                ("c", "completed", [0.4899]),
+                ("z", "error", [0.7]),
+            ],
+        ),
+        val_n=10_000,
+    )
     t = statistical_ties(trials, SPEC, "a")
     assert t.margin == 0.01 and t.trials == [("b", 0.49)]
     assert ties_line(t, "val_acc").startswith("1 other trial is within 2 standard errors (0.0100 on 10,000 validation")
-    assert statistical_ties(trials, SPEC, "z") is None        # errored: not among the usable trials
+    assert statistical_ties(trials, SPEC, "z") is None  # errored: not among the usable trials
     assert statistical_ties(trials, SPEC, "nobody") is None
 
 
 def test_read_results_skips_a_cut_line_mid_file_and_keep_reruns_keeps_every_line(tmp_path):
     """A retry appends after the line the crash cut: what follows it is still read. A report without an
     epoch is not taken for a re-run of epoch 1; keep_reruns keeps every line as written."""
-    lines = ['{"note": "no epoch"}', '{"epoch": 1}', '{"epoch": 2}', '{"epoch": 3, "val_a', '{"epoch": 2, "again": 1}',
-             '{"epoch": 3}']
+    lines = [
+        '{"note": "no epoch"}',
+        '{"epoch": 1}',
+        '{"epoch": 2}',
+        '{"epoch": 3, "val_a',
+        '{"epoch": 2, "again": 1}',
+        '{"epoch": 3}',
+    ]
     (tmp_path / "result.json").write_text("\n".join(lines) + "\n")
     rows = read_results(tmp_path)
     assert [r.get("epoch") for r in rows] == [None, 1, 2, 3] and rows[2] == {"epoch": 2, "again": 1}

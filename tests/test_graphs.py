@@ -2,6 +2,7 @@
 sync) are replaced by stand-ins, so that what the runner decides (warm up, capture once per key,
 replay, fall back to eager after a failed capture and say why) runs on the CPU. The real capture
 is tests/test_gpu.py's."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,6 +17,7 @@ from raydigits.config import make_config
 
 class FakeGraph:
     """A CapturedStep stand-in: capture runs `fn` once (inside the lr context), a replay returns its output."""
+
     fail: ClassVar[Exception | None] = None
     made: ClassVar[list] = []
     opt: ClassVar[torch.optim.Optimizer]
@@ -57,10 +59,11 @@ def test_warmup_then_one_capture_per_key_then_replays(runner):
     def step(idx):
         calls.append(len(idx))
         return "eager"
+
     idx = torch.arange(4)
     out = [runner.train_step(False, step, idx) for _ in range(graphs.WARMUP_STEPS + 3)]
-    assert out[:graphs.WARMUP_STEPS] == ["eager"] * graphs.WARMUP_STEPS
-    assert out[graphs.WARMUP_STEPS:] == [("replay", "eager")] * 3
+    assert out[: graphs.WARMUP_STEPS] == ["eager"] * graphs.WARMUP_STEPS
+    assert out[graphs.WARMUP_STEPS :] == [("replay", "eager")] * 3
     assert len(FakeGraph.made) == 1 and FakeGraph.made[0].replays == 3
     assert len(calls) == graphs.WARMUP_STEPS + 1  # the warmups and the capture; replays call nothing
     assert FakeGraph.made[0].lr_during_capture == "Tensor"  # the device-side lr is swapped in for capture

@@ -3,6 +3,7 @@ changed value differs from one built without it in the part of the run that fiel
 model, the optimiser, the lr schedule, the pipeline, the loss, the data, the run itself). A field
 whose change leaves that part as it was fails here; a new field without a case fails the coverage test.
 Each case changes one knob from the defaults, in the context it applies to (momentum with sgd, ...)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -78,8 +79,10 @@ def _digest(t: torch.Tensor) -> tuple:
 
 
 def _groups(opt) -> list:
-    return [{k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in g.items() if k != "params"}
-            for g in opt.param_groups]
+    return [
+        {k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in g.items() if k != "params"}
+        for g in opt.param_groups
+    ]
 
 
 def fingerprint(values: dict, data) -> dict:
@@ -89,16 +92,27 @@ def fingerprint(values: dict, data) -> dict:
         t = Trainer(make_config(values), data)
     except UserError as exc:
         return {"device": f"refused: {exc}"}
-    fp = {"threads": torch.get_num_threads(), "device": str(t.device), "amp": str(t.amp_dtype),
-          "graphs": t.graph_blocker, "model": repr(t.model),
-          "memory_cap": torch.cuda.get_per_process_memory_fraction() if t.device.type == "cuda" else None,
-          "weights0": _digest(torch.cat([p.flatten() for p in t.model.parameters()])),
-          "memory_format": [p.is_contiguous(memory_format=torch.channels_last)
-                            for p in t.model.parameters() if p.ndim == 4][:3],
-          "optimizer": (type(t.optimizer).__name__, _groups(t.optimizer)),
-          "data": (len(t.train_set), len(t.val_set), _digest(t.train_set.labels), _digest(t.val_set.labels),
-                   _digest(t.train_set.images.float()[:, :, 10:18, 10:18])),
-          "bn_sample": None if t.bn_index is None else _digest(t.bn_index)}
+    fp = {
+        "threads": torch.get_num_threads(),
+        "device": str(t.device),
+        "amp": str(t.amp_dtype),
+        "graphs": t.graph_blocker,
+        "model": repr(t.model),
+        "memory_cap": torch.cuda.get_per_process_memory_fraction() if t.device.type == "cuda" else None,
+        "weights0": _digest(torch.cat([p.flatten() for p in t.model.parameters()])),
+        "memory_format": [
+            p.is_contiguous(memory_format=torch.channels_last) for p in t.model.parameters() if p.ndim == 4
+        ][:3],
+        "optimizer": (type(t.optimizer).__name__, _groups(t.optimizer)),
+        "data": (
+            len(t.train_set),
+            len(t.val_set),
+            _digest(t.train_set.labels),
+            _digest(t.val_set.labels),
+            _digest(t.train_set.images.float()[:, :, 10:18, 10:18]),
+        ),
+        "bn_sample": None if t.bn_index is None else _digest(t.bn_index),
+    }
     batch = t.train_set.images[:16]
     fp["pipeline_train"] = _digest(t.pre.train(batch, torch.Generator(device=t.device).manual_seed(0)))
     fp["pipeline_eval"] = _digest(t.pre.eval(batch))
@@ -111,20 +125,32 @@ def fingerprint(values: dict, data) -> dict:
     def record_step():
         step()
         lrs.append(round(float(t.optimizer.param_groups[0]["lr"]), 10))
+
     t.scheduler.step_batch = record_step
     t.model.register_forward_pre_hook(lambda m, args: batches.append(int(args[0].shape[0])))
     history = t.fit()
-    fp.update(lrs=lrs, batches=batches, stop=t.stop_reason, optimizer_after=_groups(t.optimizer),
-              scheduler=repr(sorted((k, v) for k, v in t.scheduler.main.state_dict().items()
-                                    if not callable(v) and k != "_get_lr_called_within_step")),
-              history=[{k: v for k, v in m.items() if not k.endswith("_s") and k != "images_per_s"} for m in history],
-              final_weights=_digest(torch.cat([p.flatten() for p in t.model.parameters()])))
+    fp.update(
+        lrs=lrs,
+        batches=batches,
+        stop=t.stop_reason,
+        optimizer_after=_groups(t.optimizer),
+        scheduler=repr(
+            sorted(
+                (k, v)
+                for k, v in t.scheduler.main.state_dict().items()
+                if not callable(v) and k != "_get_lr_called_within_step"
+            )
+        ),
+        history=[{k: v for k, v in m.items() if not k.endswith("_s") and k != "images_per_s"} for m in history],
+        final_weights=_digest(torch.cat([p.flatten() for p in t.model.parameters()])),
+    )
     return fp
 
 
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     from raydigits.models import build_model
+
     path = tmp_path_factory.mktemp("w") / "other_init.pt"
     torch.manual_seed(123)
     torch.save(build_model(make_config({}), 10).state_dict(), path)
@@ -169,8 +195,10 @@ def test_onecycle_keeps_the_configured_momentum_and_betas(small_mnist):
         seen = set()
         t.fit(lambda m, tr: seen.add(repr(tr.optimizer.param_groups[0][key])))  # noqa: B023
         assert seen == {repr(value)}, seen
-        cyc = Trainer(make_config({**BASE, "optimizer": opt, "scheduler": "onecycle", key: value,
-                                   "cycle_momentum": True}), small_mnist)
+        cyc = Trainer(
+            make_config({**BASE, "optimizer": opt, "scheduler": "onecycle", key: value, "cycle_momentum": True}),
+            small_mnist,
+        )
         cyc.fit()
         first = cyc.optimizer.param_groups[0][key]
         assert (first if key == "momentum" else first[0]) != (value if key == "momentum" else value[0])
@@ -179,11 +207,14 @@ def test_onecycle_keeps_the_configured_momentum_and_betas(small_mnist):
 def test_precise_bn_sample_is_stratified_seeded_and_shuffled(small_mnist):
     """The recalibration sample covers every class in proportion, whatever the store's order."""
     from raydigits.data.store import Dataset
+
     order = np.argsort(small_mnist.labels["train"], kind="stable")  # a store grouped by class
-    grouped = Dataset({"train": small_mnist.images["train"][order], "val": small_mnist.images["val"]},
-                      {"train": small_mnist.labels["train"][order], "val": small_mnist.labels["val"]},
-                      {"train": [small_mnist.ids["train"][i] for i in order], "val": small_mnist.ids["val"]},
-                      small_mnist.class_names)
+    grouped = Dataset(
+        {"train": small_mnist.images["train"][order], "val": small_mnist.images["val"]},
+        {"train": small_mnist.labels["train"][order], "val": small_mnist.labels["val"]},
+        {"train": [small_mnist.ids["train"][i] for i in order], "val": small_mnist.ids["val"]},
+        small_mnist.class_names,
+    )
     t = Trainer(make_config({"bn_recalibrate": 100}), grouped)
     labels = t.train_set.labels[t.bn_index].numpy()
     assert len(labels) == 100 and len(set(t.bn_index.tolist())) == 100

@@ -1,5 +1,6 @@
 """launch.py's error boundary, in process (fast): each hostile input below is refused with one
 `error:` line naming what is wrong, exit 2, before Ray starts and before anything is written."""
+
 from __future__ import annotations
 
 import sys
@@ -55,8 +56,10 @@ def test_hostile_launch_inputs_get_one_line_and_exit_2(argv, words, tmp_path, ca
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
-@pytest.mark.parametrize("argv", [["--search-space", "smoke", "--dashboard-port", "99999"],
-                                  ["--search-space", "smoke", "--gpus-per-trial", "lots"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--search-space", "smoke", "--dashboard-port", "99999"], ["--search-space", "smoke", "--gpus-per-trial", "lots"]],
+)
 def test_bad_option_values_are_argparse_errors(argv, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
@@ -78,6 +81,7 @@ def test_export_never_writes_over_inputs_and_over_outputs_only_with_force(tmp_pa
 
     from raydigits.inference import save_models
     from raydigits.trainer import Trainer
+
     exp = tmp_path / "exp"
     (exp / "final").mkdir(parents=True)
     (exp / "raydigits_search.yaml").write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
@@ -89,9 +93,11 @@ def test_export_never_writes_over_inputs_and_over_outputs_only_with_force(tmp_pa
     image = (imgs / "d1.png").read_bytes()
     out = tmp_path / "pre.csv"
     out.write_text("an earlier run's predictions")
-    for argv, words in ([["--out", str(out)], "already exists; pass --force"],
-                        [["--out", str(imgs / "d1.png"), "--force"], "one of the input images"],
-                        [["--out", str(imgs)], "is a folder"]):
+    for argv, words in (
+        [["--out", str(out)], "already exists; pass --force"],
+        [["--out", str(imgs / "d1.png"), "--force"], "one of the input images"],
+        [["--out", str(imgs)], "is a folder"],
+    ):
         assert cli.main(["export", str(exp), "--images", str(imgs), *argv]) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err

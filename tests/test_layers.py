@@ -1,6 +1,7 @@
 """The package's layers (CONTRIBUTING.md): every import arrow points down, none closes a cycle
 (imports inside functions counted, `if TYPE_CHECKING:` ones not), and the experiment folder and the
 search-space language are read without Ray or torch."""
+
 from __future__ import annotations
 
 import ast
@@ -15,13 +16,35 @@ PKG = Path(__file__).resolve().parents[1] / "raydigits"
 # a module's layer: lower numbers may not import higher ones
 LAYERS = [
     ("base", ["raydigits.errors", "raydigits.atomic", "raydigits.storage", "raydigits.ray_compat"]),
-    ("training", ["raydigits.config", "raydigits.data", "raydigits.models", "raydigits.optim", "raydigits.pipeline",
-                  "raydigits.graphs", "raydigits.trainer", "raydigits.train", "raydigits.runtime"]),
+    (
+        "training",
+        [
+            "raydigits.config",
+            "raydigits.data",
+            "raydigits.models",
+            "raydigits.optim",
+            "raydigits.pipeline",
+            "raydigits.graphs",
+            "raydigits.trainer",
+            "raydigits.train",
+            "raydigits.runtime",
+        ],
+    ),
     ("spec", ["raydigits.spec"]),
     ("experiment", ["raydigits.experiment"]),
     ("search", ["raydigits.search"]),
-    ("after", ["raydigits.final", "raydigits.report", "raydigits.report_html", "raydigits.insight",
-               "raydigits.reproduce", "raydigits.evaluation", "raydigits.inference"]),
+    (
+        "after",
+        [
+            "raydigits.final",
+            "raydigits.report",
+            "raydigits.report_html",
+            "raydigits.insight",
+            "raydigits.reproduce",
+            "raydigits.evaluation",
+            "raydigits.inference",
+        ],
+    ),
     ("cli", ["raydigits.cli", "raydigits.__main__"]),
 ]
 
@@ -49,7 +72,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         if _type_checking(node):
             return
         if isinstance(node, ast.ImportFrom):
-            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             for alias in node.names:  # `from . import x` imports the submodule x
                 sub = f"{target}.{alias.name}"
@@ -85,7 +108,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state:
                 found = dfs(n)
                 if found:
@@ -108,8 +131,12 @@ def test_no_import_cycle_counting_imports_inside_functions():
 
 
 def test_every_import_points_down_the_layers():
-    wrong = [f"{m} ({LAYERS[_layer(m)][0]}) imports {n} ({LAYERS[_layer(n)][0]})"
-             for m, targets in sorted(_graph().items()) for n in sorted(targets) if _layer(n) > _layer(m)]
+    wrong = [
+        f"{m} ({LAYERS[_layer(m)][0]}) imports {n} ({LAYERS[_layer(n)][0]})"
+        for m, targets in sorted(_graph().items())
+        for n in sorted(targets)
+        if _layer(n) > _layer(m)
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -128,6 +155,7 @@ def _tiny_experiment(root: Path) -> Path:
     """An experiment folder as a search leaves it: the saved spec, Tune's state (JSON), two trials'
     result.json and checkpoints."""
     import json
+
     exp = root / "exp"
     exp.mkdir()
     (exp / "raydigits_search.yaml").write_text((PKG.parent / "search_spaces" / "smoke.yaml").read_text())
@@ -146,12 +174,15 @@ def _tiny_experiment(root: Path) -> Path:
     return exp
 
 
-@pytest.mark.parametrize("code", [
-    "import raydigits.experiment, raydigits.spec",
-    # reading a finished experiment, not only importing the package
-    "from raydigits.experiment import Experiment; e = Experiment.open(EXP); "
-    "assert (e.best().trial_id, e.best().epoch) == ('a_00001', 2); e.frame(); e.ties('a_00001')",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import raydigits.experiment, raydigits.spec",
+        # reading a finished experiment, not only importing the package
+        "from raydigits.experiment import Experiment; e = Experiment.open(EXP); "
+        "assert (e.best().trial_id, e.best().epoch) == ('a_00001', 2); e.frame(); e.ties('a_00001')",
+    ],
+)
 def test_experiment_and_spec_need_neither_ray_nor_torch(code, tmp_path):
     code = code.replace("EXP", repr(str(_tiny_experiment(tmp_path))))
     check = f"{code}; import sys; bad = [m for m in ('ray', 'torch') if m in sys.modules]; assert not bad, bad"

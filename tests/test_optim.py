@@ -1,5 +1,6 @@
 """Registries: every optimiser, scheduler and loss by name; warmup lr values; float step gamma;
 focal loss; unknown names list the valid ones."""
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,18 @@ def _lrs(cfg, spe=10, epochs=None, metric=lambda e: 0.5):
 @pytest.mark.parametrize("name", optim.list_schedulers())
 @pytest.mark.parametrize("warmup", [0.0, 1.0])
 def test_every_scheduler_runs_with_and_without_warmup(name, warmup):
-    cfg = make_config({"scheduler": name, "epochs": 6, "lr": 0.1, "warmup_epochs": warmup,
-                       "milestones": [2, 4], "step_size": 2, "gamma": 0.5, "restart_epochs": 2})
+    cfg = make_config(
+        {
+            "scheduler": name,
+            "epochs": 6,
+            "lr": 0.1,
+            "warmup_epochs": warmup,
+            "milestones": [2, 4],
+            "step_size": 2,
+            "gamma": 0.5,
+            "restart_epochs": 2,
+        }
+    )
     lrs, _opt, sched = _lrs(cfg)
     assert all(math.isfinite(v) and v > 0 for v in lrs), lrs
     assert lrs[0] > 0 and max(lrs) <= 0.1 * (1 + 1e-6) + 1e-9 or name == "onecycle"
@@ -73,10 +84,11 @@ def test_onecycle_peaks_at_pct_start_and_spans_the_steps_after_warmup():
     anneals to lr/25e4 at the run's last step, in every parameter group; one step past the run is
     refused (the cycle is exactly as long as the run)."""
     for pct, warmup in ((0.3, 0.0), (0.5, 1.0)):
-        cfg = make_config({"scheduler": "onecycle", "lr": 0.1, "epochs": 6, "onecycle_pct_start": pct,
-                           "warmup_epochs": warmup})
+        cfg = make_config(
+            {"scheduler": "onecycle", "lr": 0.1, "epochs": 6, "onecycle_pct_start": pct, "warmup_epochs": warmup}
+        )
         lrs, opt, sched = _lrs(cfg)  # 10 steps an epoch
-        main = lrs[round(warmup * 10):]
+        main = lrs[round(warmup * 10) :]
         assert max(main) == pytest.approx(0.1) and main.index(max(main)) == round(pct * len(main)) - 1
         assert main[0] == pytest.approx(0.1 / 25) and main[-1] == pytest.approx(0.1 / 25 / 1e4)
         assert len({g["lr"] for g in opt.param_groups}) == 1
@@ -85,8 +97,7 @@ def test_onecycle_peaks_at_pct_start_and_spans_the_steps_after_warmup():
 
 
 def test_warmup_lrs_are_what_they_claim():
-    cfg = make_config({"scheduler": "none", "lr": 0.1, "epochs": 3, "warmup_epochs": 1,
-                       "warmup_start_factor": 0.2})
+    cfg = make_config({"scheduler": "none", "lr": 0.1, "epochs": 3, "warmup_epochs": 1, "warmup_start_factor": 0.2})
     lrs, _, _ = _lrs(cfg, spe=4)
     assert lrs[:5] == pytest.approx([0.02, 0.04, 0.06, 0.08, 0.1])  # never 0; full lr after warmup
     assert lrs[5:] == pytest.approx([0.1] * 7)
@@ -97,8 +108,16 @@ def test_warmup_then_cosine_and_plateau():
     lrs, _, _ = _lrs(cfg, spe=4)
     assert lrs[0] == pytest.approx(0.01) and lrs[4] == pytest.approx(0.1)  # cosine starts at full lr
     assert lrs[-1] < 0.01 and all(a >= b for a, b in zip(lrs[4:], lrs[5:]))  # noqa: RUF007
-    cfg = make_config({"scheduler": "plateau", "lr": 0.1, "epochs": 5, "warmup_epochs": 1,
-                       "plateau_patience": 0, "plateau_factor": 0.5})
+    cfg = make_config(
+        {
+            "scheduler": "plateau",
+            "lr": 0.1,
+            "epochs": 5,
+            "warmup_epochs": 1,
+            "plateau_patience": 0,
+            "plateau_factor": 0.5,
+        }
+    )
     lrs, _, _ = _lrs(cfg, spe=2)  # the metric never improves → halves every epoch after the first
     assert lrs[0] == pytest.approx(0.01) and lrs[2] == pytest.approx(0.1)
     assert lrs[4] == pytest.approx(0.05) and lrs[6] == pytest.approx(0.025)
@@ -135,7 +154,9 @@ def test_focal_loss_matches_ce_at_gamma_zero_and_down_weights_easy_examples():
             assert fl.item() == pytest.approx(ce.item(), rel=1e-5)
     assert optim.FocalLoss(2.0)(logits, y) < nn.CrossEntropyLoss()(logits, y)
     few = y % 3  # a batch without the last classes still scores all 10 logits
-    assert optim.FocalLoss(0.0)(logits, few).item() == pytest.approx(nn.CrossEntropyLoss()(logits, few).item(), rel=1e-5)
+    assert optim.FocalLoss(0.0)(logits, few).item() == pytest.approx(
+        nn.CrossEntropyLoss()(logits, few).item(), rel=1e-5
+    )
 
 
 def test_class_weights_change_the_loss_and_must_match_classes():
@@ -147,9 +168,15 @@ def test_class_weights_change_the_loss_and_must_match_classes():
         optim.build_loss(make_config({"class_weights": [1.0, 2.0]}), 3)
 
 
-@pytest.mark.parametrize("key,value,valid", [("optimizer", "adamx", "adabelief, adam, adamw, ranger, sgd"),
-                                             ("scheduler", "sgdr", "cosine"), ("loss", "hinge", "ce, focal"),
-                                             ("model", "mobilenetv3", "mobilenet_v3_small")])
+@pytest.mark.parametrize(
+    "key,value,valid",
+    [
+        ("optimizer", "adamx", "adabelief, adam, adamw, ranger, sgd"),
+        ("scheduler", "sgdr", "cosine"),
+        ("loss", "hinge", "ce, focal"),
+        ("model", "mobilenetv3", "mobilenet_v3_small"),
+    ],
+)
 def test_unknown_names_list_the_valid_ones(key, value, valid):
     with pytest.raises(UserError) as err:
         make_config({key: value})
@@ -171,8 +198,16 @@ def test_each_optimizer_takes_the_configured_hyperparameters(name):
     betas (adam family) or momentum and nesterov (sgd); torch's fused kernel where there is one; the
     capturable step exactly when the trainer asks for it."""
     model, _, _ = _toy()
-    cfg = make_config({"optimizer": name, "lr": 0.037, "weight_decay": 0.0123, "momentum": 0.77,
-                       "nesterov": True, "betas": (0.81, 0.977)})
+    cfg = make_config(
+        {
+            "optimizer": name,
+            "lr": 0.037,
+            "weight_decay": 0.0123,
+            "momentum": 0.77,
+            "nesterov": True,
+            "betas": (0.81, 0.977),
+        }
+    )
     for capturable in (False, True):
         opt = optim.build_optimizer(model, cfg, capturable=capturable)
         assert type(opt).__name__.lower() == name  # SGD, Adam, AdamW, AdaBelief, Ranger
@@ -201,11 +236,13 @@ def test_the_optimizer_table_says_what_each_builds(name):
     """OptimInfo's capabilities match the optimiser built: momentum or betas in its param groups, torch's
     fused kernel, and the capturable ones are those graphs.py replays."""
     from raydigits import graphs
+
     info = optim.optimizer_info(name)
     group = optim.build_optimizer(_toy()[0], make_config({"optimizer": name})).param_groups[0]
     assert info.name == name and ("momentum" in group) == info.has_momentum and ("betas" in group) == info.has_betas
     assert (group.get("fused") is True) == info.fused
     assert (name in graphs.CAPTURABLE_OPTIMIZERS) == info.capturable
+
 
 def _cosine_at(t, lr, floor, period):
     return floor + (lr - floor) * (1 + math.cos(math.pi * t / period)) / 2
@@ -222,8 +259,16 @@ def test_step_multistep_and_restarts_count_epochs_in_steps():
     assert _lrs(cfg, spe=4)[0] == pytest.approx([1.0] + [0.5] * 4 + [0.25] * 3)
     # cosine_restarts: first cycle restart_epochs long (here 1 step), each next restart_mult times longer,
     # annealing to min_lr
-    cfg = make_config({"scheduler": "cosine_restarts", "lr": 1.0, "min_lr": 0.01, "epochs": 4,
-                       "restart_epochs": 0.25, "restart_mult": 2})
+    cfg = make_config(
+        {
+            "scheduler": "cosine_restarts",
+            "lr": 1.0,
+            "min_lr": 0.01,
+            "epochs": 4,
+            "restart_epochs": 0.25,
+            "restart_mult": 2,
+        }
+    )
     expect, t, period = [], 0, 1
     for _ in range(16):
         expect.append(_cosine_at(t, 1.0, 0.01, period))
@@ -231,9 +276,16 @@ def test_step_multistep_and_restarts_count_epochs_in_steps():
         if t == period:
             t, period = 0, period * 2
     lrs = _lrs(cfg, spe=4)[0]
-    assert lrs == pytest.approx(expect) and [i for i, v in enumerate(lrs) if v == pytest.approx(1.0)] == [0, 1, 3, 7, 15]
-    cfg = make_config({"scheduler": "cosine_restarts", "lr": 1.0, "epochs": 2, "restart_epochs": 0.75,
-                       "restart_mult": 1})
+    assert lrs == pytest.approx(expect) and [i for i, v in enumerate(lrs) if v == pytest.approx(1.0)] == [
+        0,
+        1,
+        3,
+        7,
+        15,
+    ]
+    cfg = make_config(
+        {"scheduler": "cosine_restarts", "lr": 1.0, "epochs": 2, "restart_epochs": 0.75, "restart_mult": 1}
+    )
     assert _lrs(cfg, spe=4)[0] == pytest.approx([_cosine_at(i % 3, 1.0, 0.0, 3) for i in range(8)])
 
 
@@ -247,8 +299,17 @@ def test_cosine_anneals_to_min_lr_over_the_steps_after_warmup():
 def test_plateau_follows_the_monitored_metric_direction_patience_factor_and_floor(monitor):
     """plateau cuts the lr by plateau_factor once the monitored metric has not improved for more than
     plateau_patience epochs (improving = rising for val_acc, falling for val_loss), never below min_lr."""
-    cfg = make_config({"scheduler": "plateau", "lr": 1.0, "epochs": 9, "monitor": monitor,
-                       "plateau_factor": 0.5, "plateau_patience": 1, "min_lr": 0.2})
+    cfg = make_config(
+        {
+            "scheduler": "plateau",
+            "lr": 1.0,
+            "epochs": 9,
+            "monitor": monitor,
+            "plateau_factor": 0.5,
+            "plateau_patience": 1,
+            "min_lr": 0.2,
+        }
+    )
     better, worse = (lambda e: 0.5 + e / 100), (lambda e: 0.5 - e / 100)
     if monitor == "val_loss":
         better, worse = worse, better
@@ -264,11 +325,13 @@ def test_each_loss_takes_the_configured_smoothing_weights_and_gamma():
     w = [0.5, 2.0, 1.0]
     ce = nn.CrossEntropyLoss(weight=torch.tensor(w), label_smoothing=0.15)(logits, y).item()
     for loss, gamma in (("ce", 2.0), ("focal", 0.0)):
-        fn = optim.build_loss(make_config({"loss": loss, "label_smoothing": 0.15, "class_weights": w,
-                                           "focal_gamma": gamma}), 3)
+        fn = optim.build_loss(
+            make_config({"loss": loss, "label_smoothing": 0.15, "class_weights": w, "focal_gamma": gamma}), 3
+        )
         assert fn(logits, y).item() == pytest.approx(ce, rel=1e-5), loss
-    fn = optim.build_loss(make_config({"loss": "focal", "label_smoothing": 0.15, "class_weights": w,
-                                       "focal_gamma": 1.5}), 3)
+    fn = optim.build_loss(
+        make_config({"loss": "focal", "label_smoothing": 0.15, "class_weights": w, "focal_gamma": 1.5}), 3
+    )
     assert isinstance(fn, optim.FocalLoss) and (fn.gamma, fn.label_smoothing) == (1.5, 0.15)
     assert torch.equal(fn.weight, torch.tensor(w))
     assert fn(logits, y).item() == pytest.approx(optim.FocalLoss(1.5, torch.tensor(w), 0.15)(logits, y).item())

@@ -4,6 +4,7 @@ in). The bottom trial continues from the top trial's checkpoint (Tune's PBT log 
 changed, its epochs go on from 2 rather than from 0, and its checkpoint's history is the donor's),
 with the perturbed values in effect (its reported lr is the new one); both trials keep their processes
 across the exploit (reuse_actors)."""
+
 from __future__ import annotations
 
 import json
@@ -27,10 +28,26 @@ def pbt_run(tmp_path_factory, mnist_dir):
     space["scheduler"].update(max_t=4, perturbation_interval=2, quantile_fraction=0.5, synch=True)
     space["fixed"].update(train_items=300, val_items=200, batch_size=32)
     (tmp / "pbt_small.yaml").write_text(yaml.safe_dump(space))
-    proc = subprocess.run([sys.executable, "launch.py", "--search-space", str(tmp / "pbt_small.yaml"),
-                           "--storage-path", str(tmp), "--name", "pbt_e2e", "--no-final", "--verbose", "0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "RAYDIGITS_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "--search-space",
+            str(tmp / "pbt_small.yaml"),
+            "--storage-path",
+            str(tmp),
+            "--name",
+            "pbt_e2e",
+            "--no-final",
+            "--verbose",
+            "0",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "RAYDIGITS_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"},
+    )
     return {"rc": proc.returncode, "out": proc.stdout + proc.stderr, "exp": tmp / "pbt_e2e"}
 
 
@@ -44,7 +61,7 @@ def test_a_trial_continues_from_another_trials_weights_with_perturbed_values(pbt
     *_, donor_config, new_config = json.loads(policies[0].read_text().splitlines()[0])
     trials = {d.name.removeprefix("pbt_"): d for d in exp.iterdir() if (d / "result.json").exists()}
     target = trials.pop(target_id)
-    (donor_id, donor), = trials.items()
+    ((donor_id, donor),) = trials.items()
 
     mine, theirs = results(target), results(donor)
     assert [r["epoch"] for r in mine] == [1, 2, 3, 4]  # on from epoch 2, not from 0
@@ -66,6 +83,7 @@ def test_a_trial_continues_from_another_trials_weights_with_perturbed_values(pbt
 
 def test_pbt_trials_end_completed_and_the_best_checkpoint_is_its_epochs(pbt_run):
     from raydigits.experiment import Experiment
+
     exp = Experiment.open(pbt_run["exp"])
     trials = exp.trials
     assert [t.outcome for t in trials] == ["completed", "completed"] and [t.epochs for t in trials] == [4, 4]

@@ -1,5 +1,6 @@
 """The on-device pipeline: exact normalisation, channels_last output, augmentation only in training
 and doing what its knobs say."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,9 @@ from raydigits.pipeline import IMAGENET_MEAN, IMAGENET_STD, Preprocess, SplitBat
 
 def _reference(x_u8, size):
     x = F.interpolate(x_u8.float() / 255, size=(size, size), mode="bilinear", align_corners=False)
-    return (x.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+        1, 3, 1, 1
+    )
 
 
 def test_eval_preprocessing_is_resize_plus_imagenet_normalisation(small_mnist):
@@ -73,8 +76,10 @@ def test_training_path_is_the_eval_path_under_a_near_identity_warp(small_mnist):
 
 def test_shifts_reach_as_far_vertically_as_horizontally(small_mnist):
     x = torch.from_numpy(small_mnist.images["train"][:256].copy()).permute(0, 3, 1, 2)
-    pre = Preprocess(make_config({"img_size": 28, "aug_shift": 0.2, "aug_rotate": 0, "aug_scale": 0,
-                                  "channels_last": False}), torch.device("cpu"))
+    pre = Preprocess(
+        make_config({"img_size": 28, "aug_shift": 0.2, "aug_rotate": 0, "aug_scale": 0, "channels_last": False}),
+        torch.device("cpu"),
+    )
     a, plain = pre.train(x, torch.Generator().manual_seed(3)), pre.eval(x)
     dx = [abs(_centroid_x(a[i] - a[i].min()) - _centroid_x(plain[i] - plain[i].min())) for i in range(256)]
     dy = [abs(_centroid_y(a[i] - a[i].min()) - _centroid_y(plain[i] - plain[i].min())) for i in range(256)]

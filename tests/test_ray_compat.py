@@ -1,6 +1,7 @@
 """One test per place raydigits relies on Ray beyond its public API (raydigits/ray_compat.py),
 plus the outcome recorder on a tiny real Tune run. Each fails loudly when a Ray upgrade moves or
 changes what we rely on: read these failures before changing the pinned Ray version."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -29,8 +30,14 @@ def _source(module: str) -> str:
 
 
 def _python(code: str, **env) -> str:
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **env})
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip()
 
@@ -46,21 +53,34 @@ def test_installed_ray_is_the_tested_one_and_pyproject_pins_it():
 
 
 def test_env_defaults_are_read_where_we_assume():
-    where = {"RAY_AIR_NEW_OUTPUT": "ray.tune.experimental.output",
-             "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "ray.tune.execution.experiment_state",
-             "RAY_DEDUP_LOGS": "ray._private.ray_constants"}
+    where = {
+        "RAY_AIR_NEW_OUTPUT": "ray.tune.experimental.output",
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "ray.tune.execution.experiment_state",
+        "RAY_DEDUP_LOGS": "ray._private.ray_constants",
+    }
     assert set(where) == set(ray_compat.ENV_DEFAULTS)
     for var, module in where.items():
         assert f'"{var}"' in _source(module), f"{module} no longer reads {var}"
     # set before Ray's first import, they take effect (RAY_DEDUP_LOGS is read at import)
     env = {k: v for k, v in os.environ.items() if k not in where}
-    proc = subprocess.run([sys.executable, "-c", (
-        "from raydigits import ray_compat; ray_compat.set_env_defaults()\n"
-        "from ray._private import ray_constants as c\n"
-        "from ray.tune.experimental.output import get_air_verbosity\n"
-        "from ray.tune.execution.experiment_state import _ExperimentCheckpointManager\n"
-        "print(c.RAY_DEDUP_LOGS, get_air_verbosity(1))")],
-        capture_output=True, text=True, timeout=120, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            (
+                "from raydigits import ray_compat; ray_compat.set_env_defaults()\n"
+                "from ray._private import ray_constants as c\n"
+                "from ray.tune.experimental.output import get_air_verbosity\n"
+                "from ray.tune.execution.experiment_state import _ExperimentCheckpointManager\n"
+                "print(c.RAY_DEDUP_LOGS, get_air_verbosity(1))"
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["False", "None"]  # no dedup; the classic (non-AIR) output
 
@@ -118,8 +138,10 @@ def test_trial_class_is_named_asks_for_resources_and_shows_its_trial():
     assert repr(obj) == "smoke_00003"
 
 
-@pytest.mark.parametrize("grace, rf, max_t, brackets", [
-    (1, 2, 8, 1), (2, 3, 12, 1), (1, 3, 9, 1), (1, 2.5, 10, 1), (2, 1.5, 20, 1), (1, 2, 16, 3), (3, 4, 5, 1)])
+@pytest.mark.parametrize(
+    "grace, rf, max_t, brackets",
+    [(1, 2, 8, 1), (2, 3, 12, 1), (1, 3, 9, 1), (1, 2.5, 10, 1), (2, 1.5, 20, 1), (1, 2, 16, 3), (3, 4, 5, 1)],
+)
 def test_asha_rungs_are_the_epochs_rays_brackets_compare_at(grace, rf, max_t, brackets):
     """spec.asha_rungs (the outcome of a stopped trial, the report's rung table, the ETA) computes
     ASHA's milestones itself; Ray keeps them in its private brackets. A trial is compared at the first
@@ -129,11 +151,31 @@ def test_asha_rungs_are_the_epochs_rays_brackets_compare_at(grace, rf, max_t, br
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     from raydigits.spec import asha_rungs, parse_spec
-    sched = AsyncHyperBandScheduler(time_attr="training_iteration", metric="val_acc", mode="max", max_t=max_t,
-                                    grace_period=grace, reduction_factor=rf, brackets=brackets)
+
+    sched = AsyncHyperBandScheduler(
+        time_attr="training_iteration",
+        metric="val_acc",
+        mode="max",
+        max_t=max_t,
+        grace_period=grace,
+        reduction_factor=rf,
+        brackets=brackets,
+    )
     rays = {math.ceil(m - 1e-9) for b in sched._brackets for m, _ in b._rungs} - set(range(max_t, 10 * max_t))
-    ours = asha_rungs(parse_spec({"name": "t", "scheduler": {"type": "asha", "max_t": max_t, "grace_period": grace,
-                                                            "reduction_factor": rf, "brackets": brackets}}))
+    ours = asha_rungs(
+        parse_spec(
+            {
+                "name": "t",
+                "scheduler": {
+                    "type": "asha",
+                    "max_t": max_t,
+                    "grace_period": grace,
+                    "reduction_factor": rf,
+                    "brackets": brackets,
+                },
+            }
+        )
+    )
     assert ours == rays
 
 
@@ -142,9 +184,12 @@ def test_resolver_guard_retries_an_unsampled_key():
     on the unresolved key and the resolver comes back to it."""
     from ray import tune
     from ray.tune.search.variant_generator import RecursiveDependencyError, generate_variants
+
     assert issubclass(RecursiveDependencyError, Exception)
-    space = {"a": tune.sample_from(lambda spec: ray_compat.read_config_key(spec.config, "z") * 10),
-             "z": tune.choice([1, 2, 3])}
+    space = {
+        "a": tune.sample_from(lambda spec: ray_compat.read_config_key(spec.config, "z") * 10),
+        "z": tune.choice([1, 2, 3]),
+    }
     for _ in range(10):
         _, cfg = next(generate_variants({"config": space}))
         assert cfg["config"]["a"] == cfg["config"]["z"] * 10
@@ -155,6 +200,7 @@ def _logger_run(cls, name: str, tmp_path, local_lines: int | None, remote_lines:
     --resume) and `remote_lines` in storage (synced earlier) starts again from a checkpoint, then
     reports one more result; the iterations its results file ends with."""
     import pyarrow.fs
+
     local, remote = tmp_path / "driver" / "t0", tmp_path / "storage" / "t0"
     remote.mkdir(parents=True)
     logger = cls()
@@ -164,8 +210,9 @@ def _logger_run(cls, name: str, tmp_path, local_lines: int | None, remote_lines:
         def __init__(self, path):
             self.local_path, self.checkpoint, self.config = str(path), object(), {"lr": 0.1}
             self.init_local_path()  # Tune makes the trial's folder before its loggers run
-            self.storage = types.SimpleNamespace(trial_fs_path=str(remote),
-                                                 storage_filesystem=pyarrow.fs.LocalFileSystem())
+            self.storage = types.SimpleNamespace(
+                trial_fs_path=str(remote), storage_filesystem=pyarrow.fs.LocalFileSystem()
+            )
 
         def init_local_path(self):
             Path(self.local_path).mkdir(parents=True, exist_ok=True)
@@ -196,10 +243,13 @@ def test_result_loggers_keep_the_drivers_results_when_a_trial_restarts(tmp_path)
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from raydigits.search.recorder import CsvResults, JsonResults, result_loggers
+
     assert [type(c) for c in result_loggers()] == [JsonResults, CsvResults]
     assert "def _restore_from_remote(self, file_name" in _source("ray.tune.logger.logger")
-    for ours, theirs, name in ((JsonResults, JsonLoggerCallback, "result.json"),
-                               (CsvResults, CSVLoggerCallback, "progress.csv")):
+    for ours, theirs, name in (
+        (JsonResults, JsonLoggerCallback, "result.json"),
+        (CsvResults, CSVLoggerCallback, "progress.csv"),
+    ):
         assert issubclass(ours, theirs)  # so Tune adds no default logger of that class beside ours
         assert _logger_run(theirs, name, tmp_path / theirs.__name__, 3, 1) == [1, 9]  # Tune's: lines lost
         assert _logger_run(ours, name, tmp_path / ours.__name__, 3, 1) == [1, 2, 3, 9]
@@ -237,9 +287,15 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
         tuner = tune.Tuner(
             ray_compat.named_trainable(trial, {"CPU": 0.5}),
             param_space={"kind": tune.grid_search(["complete", "early", "error", "slow"])},
-            run_config=tune.RunConfig(name="tiny", storage_path=str(tmp_path), verbose=0,
-                                      callbacks=[OutcomeRecorder(exp, max_epochs=3)], stop=BudgetStopper(40, exp),
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+            run_config=tune.RunConfig(
+                name="tiny",
+                storage_path=str(tmp_path),
+                verbose=0,
+                callbacks=[OutcomeRecorder(exp, max_epochs=3)],
+                stop=BudgetStopper(40, exp),
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             tuner.fit()
@@ -255,7 +311,11 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
         assert "num_failures" in runtime, sorted(runtime)
     trials = {t["config"]["kind"]: t for t in ray_compat.trial_states(exp)}
     assert {k: t["status"] for k, t in trials.items()} == {
-        "complete": "TERMINATED", "early": "TERMINATED", "error": "ERROR", "slow": "TERMINATED"}
+        "complete": "TERMINATED",
+        "early": "TERMINATED",
+        "error": "ERROR",
+        "slow": "TERMINATED",
+    }
     assert all((t["path"] / "result.json").exists() for t in trials.values())
     # outcomes, recorded when they happened
     assert (exp / OUTCOMES_FILE).exists()

@@ -1,5 +1,6 @@
 """The records raydigits keeps beside Tune's state (experiment/records.py): what each one reads back,
 from files written by this version, by older ones, or cut short."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def test_the_outcome_record_round_trips_and_reads_older_files(tmp_path):
     assert r.with_trial("a", "error", 3).outcome("a") == "error" and r.outcome("a") == "completed"  # a new value
     write_record(tmp_path, r)
     assert json.loads((tmp_path / OUTCOMES_FILE).read_text()) == {
-        "trials": {"a": {"outcome": "completed", "epochs": 9}, "b": {"outcome": "oom", "epochs": 2}}, "ended": None}
+        "trials": {"a": {"outcome": "completed", "epochs": 9}, "b": {"outcome": "oom", "epochs": 2}},
+        "ended": None,
+    }
     again = read_record(tmp_path)
     assert dict(again.trials) == dict(r.trials) and again.ended is None and again.budget_fired is None
     done = OutcomeRecord(r.trials, "time_budget", False)
@@ -32,8 +35,11 @@ def test_the_outcome_record_round_trips_and_reads_older_files(tmp_path):
     back = read_record(tmp_path)
     assert (back.ended, back.budget_fired, back.trials["a"].epochs) == ("time_budget", False, 9)
     # an older file: ids not strings, epochs missing, a malformed entry, budget_fired as 0 / 1
-    old = {"trials": {"7": {"outcome": "completed"}, "8": "junk", "9": {"outcome": "error", "epochs": None}},
-           "ended": "finished", "budget_fired": 1}
+    old = {
+        "trials": {"7": {"outcome": "completed"}, "8": "junk", "9": {"outcome": "error", "epochs": None}},
+        "ended": "finished",
+        "budget_fired": 1,
+    }
     (tmp_path / OUTCOMES_FILE).write_text(json.dumps(old))
     back = read_record(tmp_path)
     assert sorted(back.trials) == ["7", "9"] and back.trials["7"].epochs == 0 and back.trials["9"].epochs == 0

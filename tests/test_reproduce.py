@@ -1,6 +1,7 @@
 """`launch.py reproduce`: a small real search, then its best trial retrained without Ray matches the
 recorded validation epoch for epoch (CPU: equal), a trial ASHA stopped early replays only its epochs,
 the printed `python -m raydigits.train` command is the same run, and a changed seed does not match."""
+
 from __future__ import annotations
 
 import json
@@ -21,16 +22,33 @@ pytestmark = pytest.mark.slow
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAYDIGITS_NO_PROGRESS": "1"}
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "launch.py", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
 def search(tmp_path_factory, mnist_dir):
     storage = tmp_path_factory.mktemp("ray_results")
-    proc = launch(["--search-space", "smoke", "--num-samples", "2", "--set", "train_items=300",
-                   "--set", "val_items=200", "--storage-path", str(storage), "--name", "repro", "--no-final",
-                   "--verbose", "0"])
+    proc = launch(
+        [
+            "--search-space",
+            "smoke",
+            "--num-samples",
+            "2",
+            "--set",
+            "train_items=300",
+            "--set",
+            "val_items=200",
+            "--storage-path",
+            str(storage),
+            "--name",
+            "repro",
+            "--no-final",
+            "--verbose",
+            "0",
+        ]
+    )
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     return storage / "repro"
@@ -38,6 +56,7 @@ def search(tmp_path_factory, mnist_dir):
 
 def _recorded(exp, trial_id):
     from raydigits.experiment import Experiment
+
     trial = Experiment.open(exp).trial(trial_id)
     return trial, [r["val_acc"] for r in trial.results]
 
@@ -46,6 +65,7 @@ def test_best_trial_reproduces_exactly_and_the_printed_command_is_the_same_run(s
     done = _cli(["reproduce", str(search)])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     from raydigits.experiment import Experiment
+
     best = Experiment.open(search).best().trial_id
     out = search / "reproduce" / best
     result = json.loads((out / "reproduce.json").read_text())
@@ -59,14 +79,21 @@ def test_best_trial_reproduces_exactly_and_the_printed_command_is_the_same_run(s
     assert argv[:3] == ["python", "-m", "raydigits.train"]
     out = Path(argv[argv.index("--out") + 1])  # run verbatim: over the retraining's own folder (--force)
     (out / "metrics.csv").unlink()
-    again = subprocess.run([sys.executable, *argv[1:]], cwd=REPO, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, "RAYDIGITS_NO_PROGRESS": "1"})
+    again = subprocess.run(
+        [sys.executable, *argv[1:]],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "RAYDIGITS_NO_PROGRESS": "1"},
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert pd.read_csv(out / "metrics.csv")["val_acc"].tolist() == recorded
 
 
 def test_a_trial_stopped_early_replays_only_its_epochs(search, capsys):
     from raydigits.experiment import Experiment
+
     exp = Experiment.open(search)
     short = [t for t in exp.trials if t.epochs < exp.spec.epochs]
     if not short:
@@ -80,6 +107,7 @@ def test_a_trial_stopped_early_replays_only_its_epochs(search, capsys):
 
 def test_a_changed_seed_does_not_reproduce(search, tmp_path, capsys):
     from raydigits.experiment import Experiment
+
     shortest = min(Experiment.open(search).trials, key=lambda t: t.epochs).trial_id  # quickest
     rc = main(["reproduce", str(search), "--trial", shortest, "--set", "seed=7", "--out", str(tmp_path / "seed7")])
     out = capsys.readouterr().out

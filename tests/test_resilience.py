@@ -1,5 +1,6 @@
 """Resilience against real faults: a worker node of a real two-node cluster dies mid-search; a trial
 diverges; Ctrl-C on the driver. Each runs the real CLI in a subprocess against a real Ray."""
+
 from __future__ import annotations
 
 import io
@@ -47,15 +48,20 @@ def test_search_on_s3_survives_losing_a_worker_node(tmp_path, mnist_dir, mnist, 
     there; export predicts a folder with the model it reads from S3. Nothing lands on local disk."""
     from raydigits.experiment import read_results
     from raydigits.storage import Location
+
     space = _space(tmp_path, name="cluster", num_samples=3)
     name = f"s3c{os.getpid()}"
     with s3_server() as (port, env, client):
+
         def endpoint(cluster):  # the head's address: the worker node (maybe another netns) reaches it
             return s3_env(cluster.head_ip, port)
+
         with TwoNodeCluster(tmp_path, extra_env=endpoint) as cluster:
             uri = f"s3://{BUCKET}/shared"
-            proc = launch(["--search-space", str(space), "--address", cluster.address, "--storage-path", uri,
-                           "--name", name], env=cluster.env)
+            proc = launch(
+                ["--search-space", str(space), "--address", cluster.address, "--storage-path", uri, "--name", name],
+                env=cluster.env,
+            )
             victim, deadline = None, time.time() + 300
             while victim is None and time.time() < deadline and proc.poll() is None:
                 time.sleep(0.5)
@@ -73,13 +79,14 @@ def test_search_on_s3_survives_losing_a_worker_node(tmp_path, mnist_dir, mnist, 
         assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" in out
         assert f"ssh -L {cluster.dashboard_port}:localhost:{cluster.dashboard_port}" in out and "login:" in out
         from support.browser import read_token
+
         assert read_token() not in out
         for k, v in env.items():  # this process reads the bucket through the storage layer too
             monkeypatch.setenv(k, v)
         exp = Location.parse(f"{uri}/{name}")
         trial_name, before = victim
         rows = read_results(exp / trial_name)
-        assert rows[:len(before)] == before
+        assert rows[: len(before)] == before
         assert [r["epoch"] for r in rows] == [1, 2, 3]  # continued from its checkpoint, nothing done twice
         assert rows[-1]["pid"] != before[-1]["pid"]
         if cluster.netns:  # the two nodes had different IPs: the retry ran on the head
@@ -98,13 +105,19 @@ def test_search_on_s3_survives_losing_a_worker_node(tmp_path, mnist_dir, mnist, 
         assert not list(REPO.glob("s3*")) and not (REPO / "ray_results" / name).exists()
         # export reads best_model.pt from S3 and predicts a local folder
         import cv2
+
         folder = tmp_path / "imgs"
         folder.mkdir()
         for i in range(4):
             cv2.imwrite(str(folder / f"d{i}.png"), mnist.images["test"][i, :, :, 0])
-        proc = subprocess.run([sys.executable, "launch.py", "export", str(exp), "--images", str(folder)],
-                              cwd=REPO, capture_output=True, text=True, timeout=300,
-                              env={**os.environ, **env})  # the head's IP is gone with the cluster
+        proc = subprocess.run(
+            [sys.executable, "launch.py", "export", str(exp), "--images", str(folder)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )  # the head's IP is gone with the cluster
         assert proc.returncode == 0, proc.stderr[-3000:]
         exported = pd.read_csv(folder / "pre.csv", dtype=str)
         assert exported["image_id"].tolist() == [f"d{i}.png" for i in range(4)]
@@ -115,10 +128,24 @@ def test_search_on_s3_survives_losing_a_worker_node(tmp_path, mnist_dir, mnist, 
 def test_diverging_trial_is_marked_and_never_chosen(tmp_path, mnist_dir):
     """An absurd learning rate makes the loss non-finite: that trial ends after one epoch, marked
     diverged in trials.csv; the other trial and the final stage go on without it."""
-    space = _space(tmp_path, name="diverge", method="grid", num_samples=1, scheduler={"type": "fifo", "max_t": 2},
-                   fixed={"train_items": 600, "val_items": 300, "img_size": 32, "batch_size": 32,
-                          "scheduler": "none", "aug_strength": 0.0, "optimizer": "sgd", "momentum": 0.9},
-                   parameters={"lr": {"values": [1.0e6, 0.01]}})
+    space = _space(
+        tmp_path,
+        name="diverge",
+        method="grid",
+        num_samples=1,
+        scheduler={"type": "fifo", "max_t": 2},
+        fixed={
+            "train_items": 600,
+            "val_items": 300,
+            "img_size": 32,
+            "batch_size": 32,
+            "scheduler": "none",
+            "aug_strength": 0.0,
+            "optimizer": "sgd",
+            "momentum": 0.9,
+        },
+        parameters={"lr": {"values": [1.0e6, 0.01]}},
+    )
     proc = launch(["--search-space", str(space), "--storage-path", str(tmp_path), "--name", "d"])
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-4000:]
@@ -136,9 +163,25 @@ def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     """SIGINT to the driver's whole process group, as a terminal's Ctrl-C sends it: the driver says
     how to resume and exits 130 without a traceback; --resume finishes and re-runs nothing. The
     storage is given as a file:// URI: the experiment is the plain folder it names."""
-    proc = launch(["--search-space", "smoke", "--storage-path", f"file://{tmp_path}", "--name", "ctrlc",
-                    "--num-samples", "3", "--max-concurrent", "1", "--no-final",
-                    "--set", "train_items=500", "--set", "val_items=200"])
+    proc = launch(
+        [
+            "--search-space",
+            "smoke",
+            "--storage-path",
+            f"file://{tmp_path}",
+            "--name",
+            "ctrlc",
+            "--num-samples",
+            "3",
+            "--max-concurrent",
+            "1",
+            "--no-final",
+            "--set",
+            "train_items=500",
+            "--set",
+            "val_items=200",
+        ]
+    )
     exp, seen, deadline = tmp_path / "ctrlc", {}, time.time() + 300
     while not seen and time.time() < deadline:
         time.sleep(0.5)
@@ -150,11 +193,16 @@ def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     assert f"Resume with: python launch.py --resume {exp}" in out
     assert "Traceback" not in out and "Tuner.restore" not in out
     snapshot = {name: results(exp / name) for name in seen}
-    resumed = subprocess.run([sys.executable, "launch.py", "--resume", str(exp), "--no-final"], cwd=REPO,
-                             capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "launch.py", "--resume", str(exp), "--no-final"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
     assert len(dirs) == 3 and all(results(d)[-1].get("done") for d in dirs)
     for name, rows in snapshot.items():  # what had been reported is kept, not redone
-        assert results(exp / name)[:len(rows)] == rows
+        assert results(exp / name)[: len(rows)] == rows
     assert not (REPO / "file:").exists() and (exp / "raydigits_outcomes.json").exists()

@@ -1,6 +1,7 @@
 """The real CLI in a subprocess against a real local Ray: a smoke search with ASHA (some trials
 stopped early), the dashboard answering while it runs, a trial that crashes once mid-epoch and is
 retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources."""
+
 from __future__ import annotations
 
 import html
@@ -29,10 +30,17 @@ def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
     """Runs beside the search (a thread): the browser checks, once a trial has reported."""
     try:
         import psutil
+
         port = int(url.rsplit(":", 1)[1].strip("/"))
-        found["listening_on"] = sorted({c.laddr.ip for c in psutil.net_connections("tcp")
-                                        if c.status == psutil.CONN_LISTEN and c.laddr.port == port})
+        found["listening_on"] = sorted(
+            {
+                c.laddr.ip
+                for c in psutil.net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            }
+        )
         from support.browser import browser_missing, check_dashboard
+
         why = browser_missing()
         if why:
             found["skipped"] = why
@@ -44,6 +52,7 @@ def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
         found.update(check_dashboard(url, node_ip, "raydigits smoke_e2e"))
     except Exception:  # noqa: BLE001 — reported by the browser test, not lost in a thread
         import traceback
+
         found["error"] = traceback.format_exc()
 
 
@@ -52,11 +61,14 @@ def smoke_run(tmp_path_factory, mnist_dir):
     """One smoke search shared by several tests (it is the expensive part); a browser watches its
     dashboard while it runs."""
     import threading
+
     storage = tmp_path_factory.mktemp("ray_results")
     marker, oom_marker = storage / "fault_marker", storage / "oom_marker"
     with stale_cluster_record():  # what a killed `ray start` leaves: must not be waited for
-        proc = launch(["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
-                      env={**os.environ, "RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker};oom_once:1:{oom_marker}"})
+        proc = launch(
+            ["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
+            env={**os.environ, "RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker};oom_once:1:{oom_marker}"},
+        )
         first = proc.stdout.readline()
     lines, dashboard_status, browser, watcher = [], None, {}, None
     deadline = time.time() + 600
@@ -75,8 +87,15 @@ def smoke_run(tmp_path_factory, mnist_dir):
     if watcher:
         watcher.join(timeout=120)
     out = "".join(lines)
-    return {"rc": proc.returncode, "out": out, "exp": storage / "smoke_e2e", "marker": marker, "oom_marker": oom_marker,
-            "dashboard_status": dashboard_status, "browser": browser}
+    return {
+        "rc": proc.returncode,
+        "out": out,
+        "exp": storage / "smoke_e2e",
+        "marker": marker,
+        "oom_marker": oom_marker,
+        "dashboard_status": dashboard_status,
+        "browser": browser,
+    }
 
 
 def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):
@@ -116,7 +135,9 @@ def test_the_audit_trains_the_best_stopped_trial_on_from_its_checkpoint_and_repo
         assert rows[0]["config"][key] == pytest.approx(results(next(exp.glob(f"smoke_{picked}")))[0]["config"][key])
     metrics = json.loads((exp / "final" / "metrics.json").read_text())
     es = metrics["early_stopping"]
-    assert [a["trial_id"] for a in es["audited"]] == [picked] and es["audited"][0]["at_stop"] == pytest.approx(last[picked])
+    assert [a["trial_id"] for a in es["audited"]] == [picked] and es["audited"][0]["at_stop"] == pytest.approx(
+        last[picked]
+    )
     kept = search[~search["outcome"].isin(["asha_stopped", "diverged", "oom", "error"])]["best_val_acc"].max()
     assert es["kept_best"] == pytest.approx(kept)
     assert es["cost"] == pytest.approx(max(0.0, es["audited"][0]["best"] - kept))
@@ -144,7 +165,9 @@ def test_out_of_memory_trial_ends_as_oom_and_the_search_goes_on(smoke_run):
     assert (trials["outcome"] == "oom").sum() == 1
     assert [r["epoch"] for r in results(smoke_run["exp"] / oom)] == [1]  # no retry, no second epoch
     assert not any((smoke_run["exp"] / oom).glob("checkpoint_*"))
-    assert re.search(rf"\({re.escape(oom)} pid=\d+\)\S* out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][-3000:]
+    assert re.search(rf"\({re.escape(oom)} pid=\d+\)\S* out of memory in epoch 1", smoke_run["out"]), smoke_run["out"][
+        -3000:
+    ]
     metrics = json.loads((smoke_run["exp"] / "final" / "metrics.json").read_text())
     assert metrics["n_oom"] == 1 and metrics["best_trial"] != oom.removeprefix("smoke_")
     # every other trial still ran: at least one reached the last epoch
@@ -162,6 +185,7 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
     acc = float((pre["label"].to_numpy() == truth).mean())
     assert acc == pytest.approx(metrics["test_accuracy"], abs=1e-12)
     from sklearn.metrics import f1_score
+
     f1 = f1_score(truth, pre["label"].to_numpy(), labels=[str(d) for d in range(10)], average=None, zero_division=0)
     assert [metrics["per_class"][str(d)]["f1"] for d in range(10)] == pytest.approx(list(f1))
     assert ((pre["score"] > 0) & (pre["score"] <= 1)).all()
@@ -183,6 +207,7 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
     # best_model.pt loads with weights_only and the self-contained export agrees with it
     state = torch.load(final / "best_model.pt", map_location="cpu", weights_only=True)
     from raydigits.inference import predict_state
+
     imgs = mnist.images["test"][:300]
     probs = predict_state(state, imgs, "cpu")  # the one predictor, as the final stage ran it
     ours = probs.argmax(1)
@@ -195,10 +220,12 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
 
 def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mnist):
     import cv2
+
     exp = smoke_run["exp"]
     before = (exp / "final" / "pre.csv").read_text()
-    proc = subprocess.run([sys.executable, "launch.py", "export", str(exp)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "export", str(exp)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (exp / "final" / "pre.csv").read_text() == before
     folder = tmp_path / "imgs"
@@ -210,18 +237,29 @@ def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mni
         else:
             cv2.imwrite(str(folder / f"d{i}.png"), img)
     (folder / "broken.png").write_bytes(b"not a png")
-    proc = subprocess.run([sys.executable, "launch.py", "export", str(exp), "--images", str(folder)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "export", str(exp), "--images", str(folder)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "broken.png" in proc.stderr and "Traceback" not in proc.stderr
     out = tmp_path / "pre.csv"
-    proc = subprocess.run([sys.executable, "launch.py", "export", str(exp), "--images", str(folder),
-                           "--out", str(out), "--skip-corrupt"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "export", str(exp), "--images", str(folder), "--out", str(out), "--skip-corrupt"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "skipped 1 unreadable: ['broken.png']" in proc.stdout
     pre = pd.read_csv(out, dtype=str)
     assert pre["image_id"].tolist() == ["d0.png", "d2.png", "d4.png", "sub/d1.jpg", "sub/d3.jpg", "sub/d5.jpg"]
-    proc = subprocess.run([sys.executable, "launch.py", "export", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "export", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "not a raydigits experiment" in proc.stderr
 
 
@@ -232,13 +270,31 @@ def test_killed_search_on_s3_resumes_without_rerunning_finished_trials(tmp_path,
     from raydigits.experiment import read_results
     from raydigits.ray_compat import trial_states
     from raydigits.storage import Location
+
     with s3_server() as (port, env, client):
         for k, v in env.items():  # this process reads the bucket through the storage layer too
             monkeypatch.setenv(k, v)
         uri = f"s3://{BUCKET}/runs/killme"
-        proc = launch(["--search-space", "smoke", "--storage-path", f"s3://{BUCKET}/runs", "--name", "killme",
-                       "--max-concurrent", "1", "--num-samples", "3", "--no-final",
-                       "--set", "train_items=500", "--set", "val_items=200"], env={**os.environ, **env})
+        proc = launch(
+            [
+                "--search-space",
+                "smoke",
+                "--storage-path",
+                f"s3://{BUCKET}/runs",
+                "--name",
+                "killme",
+                "--max-concurrent",
+                "1",
+                "--num-samples",
+                "3",
+                "--no-final",
+                "--set",
+                "train_items=500",
+                "--set",
+                "val_items=200",
+            ],
+            env={**os.environ, **env},
+        )
         exp = Location.parse(uri)
         deadline = time.time() + 300
         finished = {}
@@ -254,8 +310,14 @@ def test_killed_search_on_s3_resumes_without_rerunning_finished_trials(tmp_path,
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait(timeout=30)
         time.sleep(2)
-        resumed = subprocess.run([sys.executable, "launch.py", "--resume", uri, "--no-final"], cwd=REPO,
-                                 capture_output=True, text=True, timeout=600, env={**os.environ, **env})
+        resumed = subprocess.run(
+            [sys.executable, "launch.py", "--resume", uri, "--no-final"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, **env},
+        )
         assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
         assert "search finished in" in resumed.stdout and uri in resumed.stdout
         for name, rows in finished.items():
@@ -271,8 +333,22 @@ def test_killed_search_on_s3_resumes_without_rerunning_finished_trials(tmp_path,
 
 def test_impossible_resources_are_refused_in_seconds(tmp_path):
     start = time.time()
-    proc = subprocess.run([sys.executable, "launch.py", "--search-space", "smoke", "--gpus-per-trial", "1",
-                           "--storage-path", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "--search-space",
+            "smoke",
+            "--gpus-per-trial",
+            "1",
+            "--storage-path",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "resources: each trial asks for cpu=1 gpu=1" in proc.stderr and "Traceback" not in proc.stderr
     assert time.time() - start < 60
@@ -307,20 +383,28 @@ def test_local_dashboard_listens_on_loopback_only(smoke_run):
 
 def test_terminal_shows_the_table_and_our_lines_not_ray_noise(smoke_run):
     from support.browser import read_token
+
     out = smoke_run["out"]
     assert "login: the page asks for a token" in out and "ray get-auth-token" in out
     assert read_token() not in out  # says where the token is, never the token
     assert "Number of trials:" in out  # Tune's progress table
     # each trial's epoch line, prefixed by the trial's own name (its actor's repr), never merged
     assert re.search(r"\(smoke_\w+_\d{5} pid=\d+\)\S* \[smoke_\w+_\d{5}\] epoch 1 val_acc", out)
-    for noise in ("Checkpoint successfully created", "Token authentication is enabled", "excessive",
-                  "[repeated", "Tuner.restore", "max_concurrent_trials` will be ignored"):
+    for noise in (
+        "Checkpoint successfully created",
+        "Token authentication is enabled",
+        "excessive",
+        "[repeated",
+        "Tuner.restore",
+        "max_concurrent_trials` will be ignored",
+    ):
         assert noise not in out, noise
 
 
 def test_tensorboard_shows_every_trial(smoke_run):
     """`tensorboard --logdir <experiment dir>` reads one event file per trial holding its curves."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     trial_dirs = sorted(d for d in smoke_run["exp"].glob("smoke_*") if d.is_dir())
     assert len(trial_dirs) == 6
     for d in trial_dirs:
@@ -337,21 +421,22 @@ def test_tensorboard_shows_every_trial(smoke_run):
 def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
     from raydigits.experiment import Experiment
     from raydigits.insight import importance
+
     exp = smoke_run["exp"]
-    page = (exp / "final" / "report.html").read_text()   # written by the final stage
+    page = (exp / "final" / "report.html").read_text()  # written by the final stage
     for anchor in ("best", "trials", "importance", "asha", "curves", "confusion", "mistakes"):
         assert f"<section id={anchor}>" in page
     assert not re.search(r"<(script|img|link)[^>]*\s(src|href)=[\"']?https?:", page)  # plotly inlined: nothing fetched
-    assert page.count("<img alt='misclassified images' src='data:image/png;base64,") == 1   # embedded
+    assert page.count("<img alt='misclassified images' src='data:image/png;base64,") == 1  # embedded
     metrics = json.loads((exp / "final" / "metrics.json").read_text())
     assert f"<td>{metrics['best_trial']}</td>" in page
     experiment = Experiment.open(exp)
     imp = importance(experiment.frame(), experiment.spec)
-    assert imp.trust == "not meaningful" and "Trust: not meaningful" in page   # 5 scored trials of 6
+    assert imp.trust == "not meaningful" and "Trust: not meaningful" in page  # 5 scored trials of 6
     for name, value in imp.mean.items():
         assert f"<td>{name}</td><td>{value:.3f}</td>" in page
     # the rung table: every trial recorded as stopped by ASHA is listed in its rung's row, at its value there
-    asha = page[page.index("<section id=asha>"):page.index("<section id=audit>")]
+    asha = page[page.index("<section id=asha>") : page.index("<section id=audit>")]
     rows = {int(m.group(1)): m.group(0) for m in re.finditer(r"<tr><td>epoch (\d+)</td>.*?</tr>", asha)}
     assert sorted(rows) == [1, 2]
     record = experiment.outcomes.trials
@@ -367,6 +452,7 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
 
 def test_report_renders_offline_in_a_browser(smoke_run):
     from support.browser import ARTIFACTS, browser_missing, check_report
+
     why = browser_missing()
     if why:
         pytest.skip(why)
@@ -375,7 +461,7 @@ def test_report_renders_offline_in_a_browser(smoke_run):
     assert seen["sections"] == ["best", "trials", "importance", "asha", "curves", "confusion", "mistakes"]
     # plotly (inlined) drew every plot: parallel coordinates, importance, curves, confusion matrix
     assert seen["plots_drawn"] == ["plot_parcoords", "plot_importance", "plot_curves", "plot_confusion_heatmap"]
-    assert seen["parcoords_axes"] == 3            # optimizer, lr, best val_acc (momentum/nesterov are constants)
+    assert seen["parcoords_axes"] == 3  # optimizer, lr, best val_acc (momentum/nesterov are constants)
     assert seen["parcoords_lines"] > 0 and seen["curve_traces"] == 6
     assert seen["images_loaded"] == [True]
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
@@ -384,19 +470,22 @@ def test_report_renders_offline_in_a_browser(smoke_run):
 def test_report_command_rebuilds_the_page_without_training(smoke_run, tmp_path):
     exp = smoke_run["exp"]
     (exp / "final" / "report.html").unlink()
-    proc = subprocess.run([sys.executable, "launch.py", "report", str(exp)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "report", str(exp)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "<section id=asha>" in (exp / "final" / "report.html").read_text()
     # an experiment whose final stage never ran: one line saying what to run
     bare = tmp_path / "bare"
     bare.mkdir()
     (bare / "raydigits_search.yaml").write_text((exp / "raydigits_search.yaml").read_text())
-    proc = subprocess.run([sys.executable, "launch.py", "report", str(bare)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "report", str(bare)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {bare}/final: metrics.json, misclassified.png missing; run `python launch.py export {bare}` first"]
+        f"error: {bare}/final: metrics.json, misclassified.png missing; run `python launch.py export {bare}` first"
+    ]
     assert not (bare / "final").exists()
 
 
@@ -413,8 +502,11 @@ def test_progress_shows_an_eta_and_the_summary_weighs_it(smoke_run):
     e = metrics["eta"]
     assert e["actual_s"] == pytest.approx(metrics["search_wall_time_s"])
     assert 0 < e["first_estimate_after_s"] < e["actual_s"] and e["first_estimate_total_s"] > e["first_estimate_after_s"]
-    assert re.search(r"ETA: the first estimate \(after \d+m \d+s\) said \d+m \d+s in all; the search took "
-                     r"\d+m \d+s \([+-]\d+%\)", out)
+    assert re.search(
+        r"ETA: the first estimate \(after \d+m \d+s\) said \d+m \d+s in all; the search took "
+        r"\d+m \d+s \([+-]\d+%\)",
+        out,
+    )
 
 
 def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(smoke_run, tmp_path):
@@ -424,13 +516,19 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     import shutil
 
     from raydigits.experiment import Experiment
+
     exp = tmp_path / "ext"
     shutil.copytree(smoke_run["exp"], exp)
     spec = Experiment.open(exp).spec
     before = Experiment.open(exp).frame()
     best = max(Experiment.open(exp).trials, key=lambda t: t.best("val_acc", "max"))
-    proc = subprocess.run([sys.executable, "launch.py", "extend", str(exp), "--num-samples", "2", "--max-t", "4",
-                           "--promote", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "extend", str(exp), "--num-samples", "2", "--max-t", "4", "--promote", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "extend: run 1 of ext: 2 more trials" in proc.stdout and "the 1 best finished configs first" in proc.stdout
     extended = Experiment.open(exp)
@@ -441,7 +539,7 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     new = [t for t in extended.trials if t.run == "extend_1"]
     searched = {k: v for k, v in best.config.items() if k in spec.parameters}
     promoted = [t.config for t in new if {k: t.config.get(k) for k in searched} == searched]
-    assert promoted, (searched, [t.config for t in new])   # the best finished config, re-run
+    assert promoted, (searched, [t.config for t in new])  # the best finished config, re-run
     assert max(t.epochs for t in new) <= 4 and all(t.outcome != "error" for t in new)
     ext_spec = extended.runs[1].spec
     assert ext_spec.epochs == 4 and ext_spec.seed != spec.seed and ext_spec.num_samples == 2
@@ -450,7 +548,12 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     trials_csv = pd.read_csv(exp / "final" / "trials.csv")
     assert sorted(trials_csv["run"].unique()) == ["extend_1", "search"] and len(trials_csv) == len(after)
     # extending again makes extend_2; a grid search or a shorter budget is refused before Ray starts
-    bad = subprocess.run([sys.executable, "launch.py", "extend", str(exp), "--num-samples", "1", "--max-t", "2"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "launch.py", "extend", str(exp), "--num-samples", "1", "--max-t", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "--max-t 2: below the search's 3 epochs" in bad.stderr
     assert "Ray dashboard" not in bad.stdout and not (exp / "extend_2").exists()

@@ -1,6 +1,7 @@
 """Search-space YAML: each mistake gives one message naming the key path and exit 2, before Ray
 starts; W&B-style parameters become the right Tune / Optuna objects; conditionals apply only when
 their condition holds."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +16,8 @@ from raydigits.search.tune_space import OptunaSpace, param_space
 from raydigits.spec import load_spec, parse_spec, trial_values
 
 GOOD = {
-    "name": "t", "num_samples": 2,
+    "name": "t",
+    "num_samples": 2,
     "fixed": {"train_items": 100},
     "parameters": {
         "optimizer": {"values": ["sgd", "adamw"]},
@@ -28,6 +30,7 @@ GOOD = {
 
 def _bad(mutate):
     import copy
+
     d = copy.deepcopy(GOOD)
     mutate(d)
     return d
@@ -35,45 +38,99 @@ def _bad(mutate):
 
 CASES = [
     ("unknown top-level key", lambda d: d.update(trials=3), "trials: unknown key"),
-    ("unknown parameter name", lambda d: d["parameters"].update(learning_rate={"values": [1]}),
-     "parameters.learning_rate: unknown parameter"),
+    (
+        "unknown parameter name",
+        lambda d: d["parameters"].update(learning_rate={"values": [1]}),
+        "parameters.learning_rate: unknown parameter",
+    ),
     ("unknown parameter key", lambda d: d["parameters"]["lr"].update(mean=1), "parameters.lr.mean: unknown key"),
     ("min > max", lambda d: d["parameters"]["lr"].update(min=0.1, max=0.01), "parameters.lr: min (0.1) > max (0.01)"),
-    ("log over non-positive", lambda d: d["parameters"]["lr"].update(min=0.0), "parameters.lr: log_uniform_values needs min > 0"),
+    (
+        "log over non-positive",
+        lambda d: d["parameters"]["lr"].update(min=0.0),
+        "parameters.lr: log_uniform_values needs min > 0",
+    ),
     ("in fixed and parameters", lambda d: d["fixed"].update(lr=0.1), "lr is in both fixed and parameters"),
-    ("TrainConfig rejects a value", lambda d: d["parameters"]["optimizer"].update(values=["sgd", "adamx"]),
-     "parameters.optimizer.values[1]: 'adamx' rejected: unknown optimizer"),
-    ("TrainConfig rejects a range end", lambda d: d["parameters"]["momentum"].update(max=1.5),
-     "parameters.momentum.max: 1.5 rejected"),
+    (
+        "TrainConfig rejects a value",
+        lambda d: d["parameters"]["optimizer"].update(values=["sgd", "adamx"]),
+        "parameters.optimizer.values[1]: 'adamx' rejected: unknown optimizer",
+    ),
+    (
+        "TrainConfig rejects a range end",
+        lambda d: d["parameters"]["momentum"].update(max=1.5),
+        "parameters.momentum.max: 1.5 rejected",
+    ),
     ("wrong type", lambda d: d.update(num_samples="many"), "num_samples: Input should be a valid integer"),
-    ("bad fixed value", lambda d: d["fixed"].update(batch_size=0), "fixed.batch_size: Input should be greater than or equal to 1"),
+    (
+        "bad fixed value",
+        lambda d: d["fixed"].update(batch_size=0),
+        "fixed.batch_size: Input should be greater than or equal to 1",
+    ),
     ("unknown fixed key", lambda d: d["fixed"].update(lr_decay=0.1), "fixed.lr_decay: unknown key"),
     ("unknown method", lambda d: d.update(method="bayes"), "method: Input should be 'random', 'grid' or 'tpe'"),
-    ("grid over a distribution", lambda d: (d.update(method="grid"), d["parameters"].pop("momentum"),
-                                           d["parameters"].pop("betas")), "parameters.lr: method grid needs `values`"),
+    (
+        "grid over a distribution",
+        lambda d: (d.update(method="grid"), d["parameters"].pop("momentum"), d["parameters"].pop("betas")),
+        "parameters.lr: method grid needs `values`",
+    ),
     ("two kinds", lambda d: d["parameters"]["lr"].update(values=[1]), "parameters.lr: give exactly one of"),
     ("unknown model", lambda d: d["fixed"].update(model="mobilenetv3"), "fixed.model: unknown model 'mobilenetv3'"),
-    ("impossible scheduler", lambda d: d.update(scheduler={"type": "pbt2"}), "scheduler.type: Input should be 'family_asha', 'asha', 'fifo', 'pbt' or 'pb2'"),
-    ("uniform without max", lambda d: d["parameters"]["momentum"].pop("max"),
-     "parameters.momentum: distribution uniform needs min and max"),
-    ("int_uniform without min", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "max": 64}),
-     "parameters.batch_size: distribution int_uniform needs min and max"),
-    ("q_uniform without either", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "q": 0.1}),
-     "parameters.dropout: distribution q_uniform needs min and max"),
-    ("uniform min > max", lambda d: d["parameters"]["momentum"].update(min=0.95, max=0.8),
-     "parameters.momentum: min (0.95) > max (0.8)"),
-    ("int_uniform min > max", lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "min": 64, "max": 16}),
-     "parameters.batch_size: min (64) > max (16)"),
-    ("q_uniform min > max", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.5, "max": 0.1}),
-     "parameters.dropout: min (0.5) > max (0.1)"),
-    ("q_uniform q 0", lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0}),
-     "parameters.dropout: q must be > 0"),
-    ("normal without sigma", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4}),
-     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
-    ("normal without mu", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "sigma": 1e-4}),
-     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
-    ("normal sigma 0", lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 0}),
-     "parameters.weight_decay: distribution normal needs mu and sigma > 0"),
+    (
+        "impossible scheduler",
+        lambda d: d.update(scheduler={"type": "pbt2"}),
+        "scheduler.type: Input should be 'family_asha', 'asha', 'fifo', 'pbt' or 'pb2'",
+    ),
+    (
+        "uniform without max",
+        lambda d: d["parameters"]["momentum"].pop("max"),
+        "parameters.momentum: distribution uniform needs min and max",
+    ),
+    (
+        "int_uniform without min",
+        lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "max": 64}),
+        "parameters.batch_size: distribution int_uniform needs min and max",
+    ),
+    (
+        "q_uniform without either",
+        lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "q": 0.1}),
+        "parameters.dropout: distribution q_uniform needs min and max",
+    ),
+    (
+        "uniform min > max",
+        lambda d: d["parameters"]["momentum"].update(min=0.95, max=0.8),
+        "parameters.momentum: min (0.95) > max (0.8)",
+    ),
+    (
+        "int_uniform min > max",
+        lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "min": 64, "max": 16}),
+        "parameters.batch_size: min (64) > max (16)",
+    ),
+    (
+        "q_uniform min > max",
+        lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.5, "max": 0.1}),
+        "parameters.dropout: min (0.5) > max (0.1)",
+    ),
+    (
+        "q_uniform q 0",
+        lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0}),
+        "parameters.dropout: q must be > 0",
+    ),
+    (
+        "normal without sigma",
+        lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4}),
+        "parameters.weight_decay: distribution normal needs mu and sigma > 0",
+    ),
+    (
+        "normal without mu",
+        lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "sigma": 1e-4}),
+        "parameters.weight_decay: distribution normal needs mu and sigma > 0",
+    ),
+    (
+        "normal sigma 0",
+        lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 0}),
+        "parameters.weight_decay: distribution normal needs mu and sigma > 0",
+    ),
     ("negative gpu", lambda d: d.update(resources={"gpu": -1}), "resources: gpu must be >= 0 or auto, got -1"),
 ]
 
@@ -86,22 +143,44 @@ def test_each_mistake_names_its_key(label, mutate, message):
 
 
 ANCHORED = [  # the whole start of the line: the file, then the key path
-    ("a key shared with an unconditional parameter",
-     lambda d: d["parameters"].update(lr_sgd={"key": "lr", "values": [0.1], "when": {"optimizer": "sgd"}}),
-     "space.yaml: parameters.lr: sets 'lr' like lr_sgd; parameters sharing a key need `when` conditions"),
-    ("fixed.epochs against max_t", lambda d: (d["fixed"].update(epochs=4), d.update(scheduler={"max_t": 3})),
-     "space.yaml: fixed.epochs (4) differs from scheduler.max_t (3); give one"),
-    ("an unknown key through key", lambda d: d["parameters"].update(lr_x={"key": "learning_rate", "values": [1]}),
-     "space.yaml: parameters.lr_x: unknown key 'learning_rate' (not a TrainConfig key)"),
-    ("grid over a conditional", lambda d: (d.update(method="grid"), d["parameters"].update(lr={"values": [0.1]})),
-     "space.yaml: parameters.momentum.when: method grid does not take conditional parameters"),
-    ("tpe over normal", lambda d: (d.update(method="tpe"), d["parameters"].update(
-        weight_decay={"distribution": "normal", "mu": 0.1, "sigma": 0.01})),
-     "space.yaml: parameters.weight_decay: method tpe does not support distribution normal"),
-    ("population check", lambda d: d.update(scheduler={"type": "pbt", "max_t": 4, "mutate": ["weight_decay"]}),
-     "space.yaml: scheduler.mutate[0]: 'weight_decay' is not a searched parameter"),
-    ("condition check", lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"}),
-     "space.yaml: parameters.momentum.when.optimizer: 'sgdd' can never hold"),
+    (
+        "a key shared with an unconditional parameter",
+        lambda d: d["parameters"].update(lr_sgd={"key": "lr", "values": [0.1], "when": {"optimizer": "sgd"}}),
+        "space.yaml: parameters.lr: sets 'lr' like lr_sgd; parameters sharing a key need `when` conditions",
+    ),
+    (
+        "fixed.epochs against max_t",
+        lambda d: (d["fixed"].update(epochs=4), d.update(scheduler={"max_t": 3})),
+        "space.yaml: fixed.epochs (4) differs from scheduler.max_t (3); give one",
+    ),
+    (
+        "an unknown key through key",
+        lambda d: d["parameters"].update(lr_x={"key": "learning_rate", "values": [1]}),
+        "space.yaml: parameters.lr_x: unknown key 'learning_rate' (not a TrainConfig key)",
+    ),
+    (
+        "grid over a conditional",
+        lambda d: (d.update(method="grid"), d["parameters"].update(lr={"values": [0.1]})),
+        "space.yaml: parameters.momentum.when: method grid does not take conditional parameters",
+    ),
+    (
+        "tpe over normal",
+        lambda d: (
+            d.update(method="tpe"),
+            d["parameters"].update(weight_decay={"distribution": "normal", "mu": 0.1, "sigma": 0.01}),
+        ),
+        "space.yaml: parameters.weight_decay: method tpe does not support distribution normal",
+    ),
+    (
+        "population check",
+        lambda d: d.update(scheduler={"type": "pbt", "max_t": 4, "mutate": ["weight_decay"]}),
+        "space.yaml: scheduler.mutate[0]: 'weight_decay' is not a searched parameter",
+    ),
+    (
+        "condition check",
+        lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"}),
+        "space.yaml: parameters.momentum.when.optimizer: 'sgdd' can never hold",
+    ),
     ("semantic check", lambda d: d["fixed"].update(train_items=5), "space.yaml: fixed.train_items: 5 is fewer"),
 ]
 
@@ -125,26 +204,42 @@ def test_what_the_checks_let_through():
     assert parse_spec(_bad(lambda d: d.update(metric="val_loss"))).mode == "min"  # the best is the lowest
     assert parse_spec(GOOD).mode == "max"
     assert parse_spec(_bad(lambda d: d.update(resources={"gpu": "auto"}))).resources.gpu == "auto"
-    single = parse_spec(_bad(lambda d: d["parameters"].update(
-        batch_size={"distribution": "int_uniform", "min": 32, "max": 32})))  # a one-value range
+    single = parse_spec(
+        _bad(lambda d: d["parameters"].update(batch_size={"distribution": "int_uniform", "min": 32, "max": 32}))
+    )  # a one-value range
     assert single.parameters["batch_size"].min == single.parameters["batch_size"].max == 32
 
 
 def test_cli_reports_yaml_mistakes_in_one_line_exit_2(tmp_path):
-    cases = {"malformed.yaml": "name: x\nparameters: {lr: [1, 2\n",
-             "minmax.yaml": yaml.safe_dump(_bad(lambda d: d["parameters"]["lr"].update(min=0.1, max=0.01)))}
+    cases = {
+        "malformed.yaml": "name: x\nparameters: {lr: [1, 2\n",
+        "minmax.yaml": yaml.safe_dump(_bad(lambda d: d["parameters"]["lr"].update(min=0.1, max=0.01))),
+    }
     for fname, text in cases.items():
         (tmp_path / fname).write_text(text)
-        proc = subprocess.run([sys.executable, "launch.py", "--search-space", str(tmp_path / fname)],
-                              capture_output=True, text=True, cwd=REPO, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "launch.py", "--search-space", str(tmp_path / fname)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr, proc.stderr
         assert fname in lines[0]
-    assert "malformed YAML (line 3" in subprocess.run(
-        [sys.executable, "launch.py", "--search-space", str(tmp_path / "malformed.yaml")],
-        capture_output=True, text=True, cwd=REPO).stderr
-    proc = subprocess.run([sys.executable, "launch.py", "--search-space", "nope"], capture_output=True, text=True, cwd=REPO)
+    assert (
+        "malformed YAML (line 3"
+        in subprocess.run(
+            [sys.executable, "launch.py", "--search-space", str(tmp_path / "malformed.yaml")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        ).stderr
+    )
+    proc = subprocess.run(
+        [sys.executable, "launch.py", "--search-space", "nope"], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 2 and "smoke" in proc.stderr  # lists the shipped spaces
 
 
@@ -155,6 +250,7 @@ def test_shipped_spaces_are_valid_and_found_by_name():
 
 def test_random_space_samples_conditionals_only_when_they_apply():
     from ray.tune.search.variant_generator import generate_variants
+
     spec = parse_spec(GOOD)
     seen = set()
     for _ in range(20):
@@ -173,6 +269,7 @@ def test_random_space_samples_conditionals_only_when_they_apply():
 
 def test_per_choice_ranges_through_key():
     from ray.tune.search.variant_generator import generate_variants
+
     spec = load_spec("sgd_vs_adamw")
     for _ in range(20):
         _, resolved = next(generate_variants({"config": param_space(spec)}))
@@ -186,6 +283,7 @@ def test_per_choice_ranges_through_key():
 
 def test_tpe_space_is_define_by_run_and_seeded():
     import optuna
+
     spec = parse_spec({**GOOD, "method": "tpe"})
     space = OptunaSpace(spec)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
@@ -211,6 +309,7 @@ def test_load_spec_names_the_file_and_lists_the_shipped_spaces(tmp_path):
 
 def test_trial_config_runs_the_spec_epochs_and_sets_each_target():
     from raydigits.spec import trial_train_config
+
     spec = load_spec("sgd_vs_adamw")
     config = {"optimizer": "sgd", "lr_sgd": 0.1, "lr_adamw": None}
     cfg = trial_train_config(spec, config, "data/mnist", "trial t")
@@ -248,12 +347,15 @@ def test_tpe_space_gives_each_kind_of_parameter_its_values():
     """Constants, lists (Optuna picks an index), int_uniform (ints), q_uniform (multiples of q) and a
     conditional listed before the key it depends on."""
     import optuna
-    params = {"momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
-              "optimizer": {"values": ["sgd", "adamw"]},
-              "betas": {"values": [[0.9, 0.999], [0.9, 0.99]], "when": {"optimizer": "adamw"}},
-              "batch_size": {"distribution": "int_uniform", "min": 16, "max": 64},
-              "dropout": {"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0.1},
-              "nesterov": {"value": True}}
+
+    params = {
+        "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
+        "optimizer": {"values": ["sgd", "adamw"]},
+        "betas": {"values": [[0.9, 0.999], [0.9, 0.99]], "when": {"optimizer": "adamw"}},
+        "batch_size": {"distribution": "int_uniform", "min": 16, "max": 64},
+        "dropout": {"distribution": "q_uniform", "min": 0.1, "max": 0.5, "q": 0.1},
+        "nesterov": {"value": True},
+    }
     spec = parse_spec({"name": "k", "method": "tpe", "parameters": params})
     assert param_space(spec) == {}  # Tune gets no param_space to resolve: the searcher owns the space
     space = OptunaSpace(spec)
@@ -274,14 +376,22 @@ def test_tpe_space_gives_each_kind_of_parameter_its_values():
     assert seen == {"sgd", "adamw"}
 
 
-TPE = {"name": "s", "method": "tpe", "seed": 3, "num_samples": 8,
-       "parameters": {"lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
-                      "optimizer": {"values": ["sgd", "adamw"]}}}
+TPE = {
+    "name": "s",
+    "method": "tpe",
+    "seed": 3,
+    "num_samples": 8,
+    "parameters": {
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-1},
+        "optimizer": {"values": ["sgd", "adamw"]},
+    },
+}
 
 
 def _tpe_searcher(spec, **kwargs):
     """The searcher as Tune sets it up (TuneConfig passes neither metric nor mode)."""
     from raydigits.search.tune_space import build_search_alg
+
     alg = build_search_alg(spec, **kwargs)
     alg.set_search_properties(None, None, param_space(spec))
     return alg
@@ -303,6 +413,7 @@ def test_tpe_minimises_val_loss_from_its_own_and_from_finished_trials():
     """With metric val_loss TPE moves towards the lowest loss, both from the results Tune reports to
     it and from finished trials it is warm-started with (`extend`)."""
     import numpy as np
+
     spec = parse_spec({**TPE, "metric": "val_loss", "parameters": {"lr": TPE["parameters"]["lr"]}})
     loss = lambda lr: abs(np.log10(lr) - np.log10(3e-2))  # noqa: E731  best near lr = 3e-2
     dist = lambda lrs: float(np.median([loss(lr) for lr in lrs]))  # noqa: E731
@@ -319,10 +430,12 @@ def test_tpe_minimises_val_loss_from_its_own_and_from_finished_trials():
 
 def test_rejected_values_name_the_key_that_holds_them():
     """A value TrainConfig rejects is named by where it is in the parameter: value, min / max, mu."""
-    cases = [("batch_size", {"value": 0}, "parameters.batch_size.value: 0 rejected"),
-             ("batch_size", {"distribution": "int_uniform", "min": 0, "max": 64}, "parameters.batch_size.min: 0 rejected"),
-             ("img_size", {"distribution": "int_uniform", "min": 32, "max": 2048}, "parameters.img_size.max: 2048 rejected"),
-             ("batch_size", {"distribution": "normal", "mu": -16, "sigma": 4}, "parameters.batch_size.mu: -16.0 rejected")]
+    cases = [
+        ("batch_size", {"value": 0}, "parameters.batch_size.value: 0 rejected"),
+        ("batch_size", {"distribution": "int_uniform", "min": 0, "max": 64}, "parameters.batch_size.min: 0 rejected"),
+        ("img_size", {"distribution": "int_uniform", "min": 32, "max": 2048}, "parameters.img_size.max: 2048 rejected"),
+        ("batch_size", {"distribution": "normal", "mu": -16, "sigma": 4}, "parameters.batch_size.mu: -16.0 rejected"),
+    ]
     for name, param, message in cases:
         with pytest.raises(UserError) as err:
             parse_spec({"name": "r", "parameters": {name: param}}, "space.yaml")
@@ -331,6 +444,7 @@ def test_rejected_values_name_the_key_that_holds_them():
 
 def test_a_condition_matches_whole_values_only():
     from raydigits.spec import Param
+
     adamw = Param(values=[[0.9, 0.99]], when={"optimizer": "adamw"})
     assert adamw.condition_holds({"optimizer": "adamw"})
     assert not adamw.condition_holds({"optimizer": "adam"})  # not a substring match
@@ -341,8 +455,13 @@ def test_a_condition_matches_whole_values_only():
 
 
 def test_grid_expands_values():
-    spec = parse_spec({"name": "g", "method": "grid", "parameters": {"optimizer": {"values": ["sgd", "adam"]},
-                                                                    "lr": {"values": [0.1, 0.01]}}})
+    spec = parse_spec(
+        {
+            "name": "g",
+            "method": "grid",
+            "parameters": {"optimizer": {"values": ["sgd", "adam"]}, "lr": {"values": [0.1, 0.01]}},
+        }
+    )
     space = param_space(spec)
     assert space["optimizer"] == {"grid_search": ["sgd", "adam"]}
 
@@ -356,15 +475,26 @@ def test_readme_example_is_a_valid_space():
 
 def test_a_first_rung_of_a_few_steps_is_warned_about():
     from raydigits.spec import early_rung_warning
+
     smoke = load_spec("smoke")  # 1,500 images, batch 32: 46 steps before ASHA's first decision
     w = early_rung_warning(smoke, 50_000)
     assert w and "46 optimiser steps on 1,500 training images" in w
     assert early_rung_warning(load_spec("sgd_vs_adamw"), 50_000) is None  # 2 × 390 steps
-    grid = parse_spec({"name": "g", "method": "grid", "fixed": {"train_items": 3000},
-                       "parameters": {"batch_size": {"values": [16, 64]}}})
+    grid = parse_spec(
+        {
+            "name": "g",
+            "method": "grid",
+            "fixed": {"train_items": 3000},
+            "parameters": {"batch_size": {"values": [16, 64]}},
+        }
+    )
     assert "46 optimiser steps" in early_rung_warning(grid, 50_000)  # the largest batch counts
-    assert early_rung_warning(parse_spec({"name": "f", "scheduler": {"type": "fifo"},
-                                          "fixed": {"train_items": 100}}), 50_000) is None
+    assert (
+        early_rung_warning(
+            parse_spec({"name": "f", "scheduler": {"type": "fifo"}, "fixed": {"train_items": 100}}), 50_000
+        )
+        is None
+    )
 
 
 def test_the_first_rung_warning_counts_steps_as_the_trainer_takes_them():
@@ -377,10 +507,12 @@ def test_the_first_rung_warning_counts_steps_as_the_trainer_takes_them():
         if batch is not None:
             d["parameters"] = {"batch_size": batch}
         return early_rung_warning(parse_spec(d), train_size)
+
     assert "23 optimiser steps on 3,000" in warning({"train_items": 3000})  # default batch 128
     assert "46 optimiser steps on 3,000" in warning({"train_items": 3000}, {"value": 64})
-    assert "30 optimiser steps on 3,000" in warning({"train_items": 3000},
-                                                    {"distribution": "int_uniform", "min": 16, "max": 100})
+    assert "30 optimiser steps on 3,000" in warning(
+        {"train_items": 3000}, {"distribution": "int_uniform", "min": 16, "max": 100}
+    )
     assert "1 optimiser steps on 100 " in warning({"train_items": 100})  # fewer images than a batch
     assert "25 optimiser steps on 3,200" in warning({}, train_size=3200)  # the whole split
     assert warning({"train_items": 128 * MIN_RUNG_STEPS}) is None  # exactly enough steps
@@ -389,31 +521,40 @@ def test_the_first_rung_warning_counts_steps_as_the_trainer_takes_them():
 
 
 # ------------------------------------------------------------------ PBT / PB2
-PBT = {"name": "p", "num_samples": 2, "scheduler": {"type": "pbt", "max_t": 4, "perturbation_interval": 2},
-       "parameters": {"optimizer": {"values": ["sgd", "adamw"]},
-                      "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
-                      "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
-                      "label_smoothing": {"values": [0.0, 0.05, 0.1]},
-                      "img_size": {"values": [32, 48]},
-                      "nesterov": {"value": True}}}
+PBT = {
+    "name": "p",
+    "num_samples": 2,
+    "scheduler": {"type": "pbt", "max_t": 4, "perturbation_interval": 2},
+    "parameters": {
+        "optimizer": {"values": ["sgd", "adamw"]},
+        "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+        "momentum": {"distribution": "uniform", "min": 0.8, "max": 0.95, "when": {"optimizer": "sgd"}},
+        "label_smoothing": {"values": [0.0, 0.05, 0.1]},
+        "img_size": {"values": [32, 48]},
+        "nesterov": {"value": True},
+    },
+}
 
 
 def _pbt(**scheduler):
     import copy
+
     d = copy.deepcopy(PBT)
     d["scheduler"].update(scheduler)
     return d
 
 
 PBT_CASES = [
-    ("structural knob", {"mutate": ["lr", "img_size"]},
-     "scheduler.mutate[1]: 'img_size' cannot change mid-training"),
+    ("structural knob", {"mutate": ["lr", "img_size"]}, "scheduler.mutate[1]: 'img_size' cannot change mid-training"),
     ("optimizer type", {"mutate": ["optimizer"]}, "scheduler.mutate[0]: 'optimizer' cannot change mid-training"),
     ("not searched", {"mutate": ["weight_decay"]}, "scheduler.mutate[0]: 'weight_decay' is not a searched parameter"),
     ("conditional", {"mutate": ["momentum"]}, "scheduler.mutate[0]: 'momentum' is conditional"),
     ("constant", {"mutate": ["nesterov"]}, "scheduler.mutate[0]: 'nesterov' is a constant"),
-    ("pb2 over values", {"type": "pb2", "mutate": ["label_smoothing"]},
-     "scheduler.mutate[0]: pb2 perturbs continuous parameters (min, max) only"),
+    (
+        "pb2 over values",
+        {"type": "pb2", "mutate": ["label_smoothing"]},
+        "scheduler.mutate[0]: pb2 perturbs continuous parameters (min, max) only",
+    ),
     ("interval too long", {"perturbation_interval": 4}, "scheduler.perturbation_interval (4) must be below max_t (4)"),
     ("mutate without pbt", {"type": "asha", "mutate": ["lr"]}, "scheduler.mutate: only for scheduler type pbt or pb2"),
 ]
@@ -442,6 +583,7 @@ def test_pbt_perturbs_what_the_space_searches_within_its_ranges():
 
     from raydigits.search.tune_space import ClipToRange, build_tune_scheduler
     from raydigits.spec import mutated
+
     spec = parse_spec(_pbt())
     assert mutated(spec) == ["lr", "label_smoothing"]  # not structural, conditional or constant ones
     pbt = build_tune_scheduler(spec)
@@ -464,6 +606,7 @@ def test_population_schedulers_take_the_spec_settings_in_epochs():
     from ray.tune.schedulers.pb2 import PB2
 
     from raydigits.search.tune_space import build_tune_scheduler
+
     d = {**_pbt(quantile_fraction=0.5, resample_probability=0.5, synch=True), "metric": "val_loss"}
     pbt = build_tune_scheduler(parse_spec(d))
     assert (pbt._time_attr, pbt._metric, pbt._mode) == ("training_iteration", "val_loss", "min")
@@ -472,7 +615,11 @@ def test_population_schedulers_take_the_spec_settings_in_epochs():
     d["scheduler"]["type"] = "pb2"
     d["scheduler"].pop("resample_probability")
     pb2 = build_tune_scheduler(parse_spec(d))
-    assert isinstance(pb2, PB2) and (pb2._time_attr, pb2._metric, pb2._mode) == ("training_iteration", "val_loss", "min")
+    assert isinstance(pb2, PB2) and (pb2._time_attr, pb2._metric, pb2._mode) == (
+        "training_iteration",
+        "val_loss",
+        "min",
+    )
     assert (pb2._quantile_fraction, pb2._synch, pb2._perturbation_interval) == (0.5, True, 2)
 
 
@@ -481,6 +628,7 @@ def test_fifo_never_stops_a_trial_early_and_asha_takes_its_settings():
 
     from raydigits.search.family_asha import FamilyASHA
     from raydigits.search.tune_space import build_tune_scheduler, family_parameters
+
     fifo = build_tune_scheduler(parse_spec({**GOOD, "scheduler": {"type": "fifo"}}))
     assert isinstance(fifo, FIFOScheduler) and not isinstance(fifo, (AsyncHyperBandScheduler, FamilyASHA))
     ray_asha = build_tune_scheduler(parse_spec({**GOOD, "scheduler": {"type": "asha"}}))
@@ -500,6 +648,7 @@ def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
     searched parameters and the perturbable keys."""
     from raydigits.config import MUTABLE_KNOBS
     from raydigits.spec import mutated
+
     assert mutated(parse_spec(_pbt(mutate=["label_smoothing", "lr"]))) == ["label_smoothing", "lr"]
     assert mutated(parse_spec(_pbt(type="pb2"))) == ["lr"]  # a list has no range for PB2
     hint = f"no searched parameter can be perturbed; search one of {', '.join(MUTABLE_KNOBS)} without `when`"
@@ -525,68 +674,139 @@ def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
 
 def test_shipped_pbt_space_is_valid():
     from raydigits.spec import mutated
+
     spec = load_spec("pbt")
     assert spec.scheduler.type == "pbt" and mutated(spec) == ["lr", "weight_decay", "label_smoothing"]
 
 
 # ---------------------------------------------------------------- semantic checks: valid keys that could not work
 SEMANTIC = [
-    ("when: a value its parameter never takes", lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"}),
-     "parameters.momentum.when.optimizer: 'sgdd' can never hold: parameters.optimizer takes only ['sgd', 'adamw']"),
-    ("when: an empty list", lambda d: d["parameters"]["momentum"].update(when={"optimizer": []}),
-     "parameters.momentum.when.optimizer: an empty list of values never holds"),
-    ("when: a key that is not searched", lambda d: d["parameters"]["momentum"].update(when={"scheduler": "step"}),
-     "parameters.momentum.when.scheduler: scheduler is not a searched parameter (every trial has scheduler = 'cosine')"),
-    ("when: an exact value of a continuous draw", lambda d: d["parameters"]["momentum"].update(when={"lr": 0.001}),
-     "parameters.momentum.when.lr: 0.001 can never hold: parameters.lr is drawn from log_uniform_values [0.0001, 0.01]"),
-    ("when: an int_uniform value out of range",
-     lambda d: (d["parameters"].update(plateau_patience={"distribution": "int_uniform", "min": 1, "max": 3}),
-                d["parameters"]["momentum"].update(when={"plateau_patience": 7})),
-     "parameters.momentum.when.plateau_patience: 7 can never hold"),
-    ("normal over a bound", lambda d: d["parameters"].update(lr={"distribution": "normal", "mu": 0.01, "sigma": 0.005}),
-     "parameters.lr.normal: samples can be <= 0 (lr must be > 0)"),
-    ("normal over a lower bound of 0", lambda d: d["parameters"].update(
-        weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 1e-4}),
-     "parameters.weight_decay.normal: samples can be < 0 (weight_decay must be >= 0)"),
-    ("uniform reaching an exclusive bound", lambda d: d["parameters"].update(
-        dropout={"distribution": "uniform", "min": 0.1, "max": 1.0}),
-     "parameters.dropout.max: 1.0 rejected: Input should be less than 1"),
-    ("uniform crossing a bound", lambda d: d["parameters"]["lr"].update(distribution="uniform", min=-0.01),
-     "parameters.lr.min: -0.01 rejected: Input should be greater than 0"),
-    ("fractional samples of an integer key", lambda d: d["parameters"].update(
-        batch_size={"distribution": "uniform", "min": 16, "max": 64}),
-     "parameters.batch_size.uniform: samples are fractional (batch_size takes integers); use int_uniform"),
-    ("fractional q for an integer key", lambda d: d["parameters"].update(
-        batch_size={"distribution": "q_uniform", "min": 16, "max": 64, "q": 0.5}),
-     "parameters.batch_size.q_uniform: q=0.5 gives fractional samples"),
-    ("q_uniform with no grid point", lambda d: d["parameters"].update(
-        dropout={"distribution": "q_uniform", "min": 0.11, "max": 0.19, "q": 0.1}),
-     "parameters.dropout.q_uniform: no multiple of q=0.1 lies between min 0.11 and max 0.19"),
-    ("inf in a range", lambda d: d["parameters"]["lr"].update(max=float("inf")), "parameters.lr.max: Input should be a finite number"),
-    ("epochs searched", lambda d: d["parameters"].update(epochs={"values": [2, 4]}),
-     "parameters.epochs: epochs cannot be searched"),
-    ("data_dir searched through key", lambda d: d["parameters"].update(dd={"key": "data_dir", "values": ["a", "b"]}),
-     "parameters.dd: data_dir cannot be searched"),
-    ("grace_period beyond max_t", lambda d: d.update(scheduler={"max_t": 3, "grace_period": 5}),
-     "scheduler.grace_period: 5 epochs exceeds the 3 a trial runs (scheduler.max_t)"),
-    ("grace_period beyond default epochs", lambda d: d.update(scheduler={"grace_period": 9}),
-     "exceeds the 5 a trial runs (TrainConfig's default epochs)"),
-    ("fifo with ASHA settings", lambda d: d.update(scheduler={"type": "fifo", "reduction_factor": 3}),
-     "scheduler.reduction_factor: only used by scheduler type family_asha or asha (this one is fifo)"),
-    ("reduction_factor 1", lambda d: d.update(scheduler={"reduction_factor": 1}),
-     "scheduler.reduction_factor: Input should be greater than 1"),
+    (
+        "when: a value its parameter never takes",
+        lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"}),
+        "parameters.momentum.when.optimizer: 'sgdd' can never hold: parameters.optimizer takes only ['sgd', 'adamw']",
+    ),
+    (
+        "when: an empty list",
+        lambda d: d["parameters"]["momentum"].update(when={"optimizer": []}),
+        "parameters.momentum.when.optimizer: an empty list of values never holds",
+    ),
+    (
+        "when: a key that is not searched",
+        lambda d: d["parameters"]["momentum"].update(when={"scheduler": "step"}),
+        "parameters.momentum.when.scheduler: scheduler is not a searched parameter (every trial has scheduler = 'cosine')",
+    ),
+    (
+        "when: an exact value of a continuous draw",
+        lambda d: d["parameters"]["momentum"].update(when={"lr": 0.001}),
+        "parameters.momentum.when.lr: 0.001 can never hold: parameters.lr is drawn from log_uniform_values [0.0001, 0.01]",
+    ),
+    (
+        "when: an int_uniform value out of range",
+        lambda d: (
+            d["parameters"].update(plateau_patience={"distribution": "int_uniform", "min": 1, "max": 3}),
+            d["parameters"]["momentum"].update(when={"plateau_patience": 7}),
+        ),
+        "parameters.momentum.when.plateau_patience: 7 can never hold",
+    ),
+    (
+        "normal over a bound",
+        lambda d: d["parameters"].update(lr={"distribution": "normal", "mu": 0.01, "sigma": 0.005}),
+        "parameters.lr.normal: samples can be <= 0 (lr must be > 0)",
+    ),
+    (
+        "normal over a lower bound of 0",
+        lambda d: d["parameters"].update(weight_decay={"distribution": "normal", "mu": 1e-4, "sigma": 1e-4}),
+        "parameters.weight_decay.normal: samples can be < 0 (weight_decay must be >= 0)",
+    ),
+    (
+        "uniform reaching an exclusive bound",
+        lambda d: d["parameters"].update(dropout={"distribution": "uniform", "min": 0.1, "max": 1.0}),
+        "parameters.dropout.max: 1.0 rejected: Input should be less than 1",
+    ),
+    (
+        "uniform crossing a bound",
+        lambda d: d["parameters"]["lr"].update(distribution="uniform", min=-0.01),
+        "parameters.lr.min: -0.01 rejected: Input should be greater than 0",
+    ),
+    (
+        "fractional samples of an integer key",
+        lambda d: d["parameters"].update(batch_size={"distribution": "uniform", "min": 16, "max": 64}),
+        "parameters.batch_size.uniform: samples are fractional (batch_size takes integers); use int_uniform",
+    ),
+    (
+        "fractional q for an integer key",
+        lambda d: d["parameters"].update(batch_size={"distribution": "q_uniform", "min": 16, "max": 64, "q": 0.5}),
+        "parameters.batch_size.q_uniform: q=0.5 gives fractional samples",
+    ),
+    (
+        "q_uniform with no grid point",
+        lambda d: d["parameters"].update(dropout={"distribution": "q_uniform", "min": 0.11, "max": 0.19, "q": 0.1}),
+        "parameters.dropout.q_uniform: no multiple of q=0.1 lies between min 0.11 and max 0.19",
+    ),
+    (
+        "inf in a range",
+        lambda d: d["parameters"]["lr"].update(max=float("inf")),
+        "parameters.lr.max: Input should be a finite number",
+    ),
+    (
+        "epochs searched",
+        lambda d: d["parameters"].update(epochs={"values": [2, 4]}),
+        "parameters.epochs: epochs cannot be searched",
+    ),
+    (
+        "data_dir searched through key",
+        lambda d: d["parameters"].update(dd={"key": "data_dir", "values": ["a", "b"]}),
+        "parameters.dd: data_dir cannot be searched",
+    ),
+    (
+        "grace_period beyond max_t",
+        lambda d: d.update(scheduler={"max_t": 3, "grace_period": 5}),
+        "scheduler.grace_period: 5 epochs exceeds the 3 a trial runs (scheduler.max_t)",
+    ),
+    (
+        "grace_period beyond default epochs",
+        lambda d: d.update(scheduler={"grace_period": 9}),
+        "exceeds the 5 a trial runs (TrainConfig's default epochs)",
+    ),
+    (
+        "fifo with ASHA settings",
+        lambda d: d.update(scheduler={"type": "fifo", "reduction_factor": 3}),
+        "scheduler.reduction_factor: only used by scheduler type family_asha or asha (this one is fifo)",
+    ),
+    (
+        "reduction_factor 1",
+        lambda d: d.update(scheduler={"reduction_factor": 1}),
+        "scheduler.reduction_factor: Input should be greater than 1",
+    ),
     ("time budget 0", lambda d: d.update(time_budget_s=0), "time_budget_s: Input should be greater than 0"),
-    ("time budget inf", lambda d: d.update(time_budget_s=float("inf")), "time_budget_s: Input should be a finite number"),
+    (
+        "time budget inf",
+        lambda d: d.update(time_budget_s=float("inf")),
+        "time_budget_s: Input should be a finite number",
+    ),
     ("num_samples 0", lambda d: d.update(num_samples=0), "num_samples: Input should be greater than or equal to 1"),
     ("negative seed", lambda d: d.update(seed=-1), "seed: Input should be greater than or equal to 0"),
-    ("mode against metric", lambda d: d.update(metric="val_loss", mode="max"),
-     "mode: max with metric val_loss would pick the worst trial"),
-    ("train_items below the classes", lambda d: d["fixed"].update(train_items=5),
-     "fixed.train_items: 5 is fewer than the 10 classes in the train split"),
-    ("searched val_items below the classes", lambda d: d["parameters"].update(val_items={"values": [200, 4]}),
-     "parameters.val_items.values[1]: 4 is fewer than the 10 classes in the val split"),
-    ("class weights for other classes", lambda d: d["fixed"].update(class_weights=[1.0, 2.0]),
-     "fixed.class_weights: 2 weights for the 10 classes"),
+    (
+        "mode against metric",
+        lambda d: d.update(metric="val_loss", mode="max"),
+        "mode: max with metric val_loss would pick the worst trial",
+    ),
+    (
+        "train_items below the classes",
+        lambda d: d["fixed"].update(train_items=5),
+        "fixed.train_items: 5 is fewer than the 10 classes in the train split",
+    ),
+    (
+        "searched val_items below the classes",
+        lambda d: d["parameters"].update(val_items={"values": [200, 4]}),
+        "parameters.val_items.values[1]: 4 is fewer than the 10 classes in the val split",
+    ),
+    (
+        "class weights for other classes",
+        lambda d: d["fixed"].update(class_weights=[1.0, 2.0]),
+        "fixed.class_weights: 2 weights for the 10 classes",
+    ),
 ]
 
 
@@ -600,8 +820,15 @@ def test_semantic_mistakes_are_named(label, mutate, message, mnist_dir):
 def _weights_files(tmp_path):
     import torch
     import torchvision
-    files = {"missing": tmp_path / "none.pt", "folder": tmp_path / "a folder", "text": tmp_path / "notes.txt",
-             "resnet": tmp_path / "resnet18.pt", "store_file": tmp_path / "store.txt", "not_store": tmp_path / "imgs"}
+
+    files = {
+        "missing": tmp_path / "none.pt",
+        "folder": tmp_path / "a folder",
+        "text": tmp_path / "notes.txt",
+        "resnet": tmp_path / "resnet18.pt",
+        "store_file": tmp_path / "store.txt",
+        "not_store": tmp_path / "imgs",
+    }
     files["folder"].mkdir()
     files["text"].write_text("not torch")
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), files["resnet"])
@@ -634,6 +861,7 @@ def test_usable_weights_pass(tmp_path, small_mnist):
     from support.helpers import tiny_cfg
 
     from raydigits.trainer import Trainer
+
     ckpt = Trainer(tiny_cfg(epochs=1), small_mnist).save(tmp_path / "last.pt")
     assert parse_spec(_bad(lambda d: d["fixed"].update(pretrained=str(ckpt)))).fixed["pretrained"] == str(ckpt)
 
@@ -641,8 +869,13 @@ def test_usable_weights_pass(tmp_path, small_mnist):
 def test_a_saved_spec_is_read_without_the_semantic_checks(tmp_path):
     """An experiment stays readable (resume, export) when its weights file has gone or a check was added."""
     from raydigits.experiment.layout import SPEC_FILE, read_spec
-    saved = _bad(lambda d: (d["fixed"].update(pretrained=str(tmp_path / "gone.pt")),
-                            d.update(scheduler={"max_t": 2, "grace_period": 4})))
+
+    saved = _bad(
+        lambda d: (
+            d["fixed"].update(pretrained=str(tmp_path / "gone.pt")),
+            d.update(scheduler={"max_t": 2, "grace_period": 4}),
+        )
+    )
     (tmp_path / SPEC_FILE).write_text(yaml.safe_dump(saved))
     assert read_spec(tmp_path).scheduler.grace_period == 4
     with pytest.raises(UserError, match="scheduler.grace_period: 4 epochs exceeds"):
@@ -652,18 +885,40 @@ def test_a_saved_spec_is_read_without_the_semantic_checks(tmp_path):
 def test_semantic_mistakes_stop_launch_before_ray(tmp_path):
     """Through the real CLI: one line naming the key path, exit 2, in seconds, no experiment folder."""
     import time
-    cases = {"normal.yaml": (_bad(lambda d: d["parameters"].update(lr={"distribution": "normal", "mu": 0.01, "sigma": 0.005})),
-                             "parameters.lr.normal: samples can be <= 0 (lr must be > 0)"),
-             "when.yaml": (_bad(lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"})),
-                           "parameters.momentum.when.optimizer: 'sgdd' can never hold"),
-             "weights.yaml": (_bad(lambda d: d["fixed"].update(pretrained=str(tmp_path / "none.pt"))),
-                              f"fixed.pretrained: {tmp_path / 'none.pt'}: no such file")}
+
+    cases = {
+        "normal.yaml": (
+            _bad(lambda d: d["parameters"].update(lr={"distribution": "normal", "mu": 0.01, "sigma": 0.005})),
+            "parameters.lr.normal: samples can be <= 0 (lr must be > 0)",
+        ),
+        "when.yaml": (
+            _bad(lambda d: d["parameters"]["momentum"].update(when={"optimizer": "sgdd"})),
+            "parameters.momentum.when.optimizer: 'sgdd' can never hold",
+        ),
+        "weights.yaml": (
+            _bad(lambda d: d["fixed"].update(pretrained=str(tmp_path / "none.pt"))),
+            f"fixed.pretrained: {tmp_path / 'none.pt'}: no such file",
+        ),
+    }
     storage = tmp_path / "results"
     for fname, (content, message) in cases.items():
         (tmp_path / fname).write_text(yaml.safe_dump(content))
         start = time.time()
-        proc = subprocess.run([sys.executable, "launch.py", "--search-space", str(tmp_path / fname),
-                               "--storage-path", str(storage), "--name", "n"], capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "launch.py",
+                "--search-space",
+                str(tmp_path / fname),
+                "--storage-path",
+                str(storage),
+                "--name",
+                "n",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+        )
         took = time.time() - start
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -677,19 +932,25 @@ def test_every_shipped_space_round_trips_through_to_dict_with_its_checks(name):
     """to_dict → parse_spec (with the semantic checks) gives the same spec: what `extend` and the
     saved copy beside an experiment rely on."""
     from raydigits.spec import load_spec
+
     spec = load_spec(name)
     again = parse_spec(spec.to_dict(), name)
     assert again == spec
 
 
 # ------------------------------------------------------------------ the distribution registry (spec/kinds.py)
-KIND_PARAMS = {"uniform": {"min": 0.1, "max": 0.3}, "log_uniform_values": {"min": 1e-4, "max": 1e-1},
-               "int_uniform": {"min": 2, "max": 5}, "q_uniform": {"min": 0.0, "max": 1.0, "q": 0.25},
-               "normal": {"mu": 0.5, "sigma": 0.1}}
+KIND_PARAMS = {
+    "uniform": {"min": 0.1, "max": 0.3},
+    "log_uniform_values": {"min": 1e-4, "max": 1e-1},
+    "int_uniform": {"min": 2, "max": 5},
+    "q_uniform": {"min": 0.0, "max": 1.0, "q": 0.25},
+    "normal": {"mu": 0.5, "sigma": 0.1},
+}
 
 
 def test_every_distribution_kind_has_a_case():
     from raydigits.spec import list_distributions
+
     assert sorted(list_distributions()) == sorted(KIND_PARAMS)
 
 
@@ -707,6 +968,7 @@ def test_each_distribution_kind_draws_what_its_entry_says_in_tune_and_optuna(nam
     from raydigits.insight import _distribution
     from raydigits.search.tune_space import _domain
     from raydigits.spec import Param
+
     p = Param(distribution=name, **KIND_PARAMS[name])
     k = p.kind
     rs = np.random.RandomState(0)
@@ -729,12 +991,20 @@ def test_each_distribution_kind_draws_what_its_entry_says_in_tune_and_optuna(nam
             continue
         if name in ("int_uniform", "q_uniform"):  # every point of the grid, both ends included
             step = p.q or 1
-            assert sorted(set(draws)) == pytest.approx([p.min + i * step for i in range(int((p.max - p.min) / step) + 1)])
-        centre = {"uniform": ((p.min or 0) + (p.max or 0)) / 2, "normal": p.mu,
-                  "log_uniform_values": float(np.sqrt((p.min or 1) * (p.max or 1)))}.get(name)
+            assert sorted(set(draws)) == pytest.approx(
+                [p.min + i * step for i in range(int((p.max - p.min) / step) + 1)]
+            )
+        centre = {
+            "uniform": ((p.min or 0) + (p.max or 0)) / 2,
+            "normal": p.mu,
+            "log_uniform_values": float(np.sqrt((p.min or 1) * (p.max or 1))),
+        }.get(name)
         if centre is not None:  # linear, logarithmic or normal as the name says (median of the draws)
-            spread = (np.log(p.max / p.min) if name == "log_uniform_values" else
-                      (p.sigma * 4 if name == "normal" else p.max - p.min))
+            spread = (
+                np.log(p.max / p.min)
+                if name == "log_uniform_values"
+                else (p.sigma * 4 if name == "normal" else p.max - p.min)
+            )
             mid = np.log(np.median(draws) / centre) if name == "log_uniform_values" else np.median(draws) - centre
             assert abs(mid) < 0.15 * spread, (name, np.median(draws), centre)
     if k.fractional:
@@ -761,11 +1031,12 @@ def test_which_exact_values_a_grid_kind_can_draw_and_its_grid():
     q defaulting to 1, booleans never; `q_grid` the first and last multiples of q inside [min, max]."""
     from raydigits.spec import Param
     from raydigits.spec.kinds import kind, q_grid
+
     q = Param(distribution="q_uniform", min=0.25, max=1.0, q=0.25)
     assert q.can_hold([0.25]) and q.can_hold([1.0]) and q.can_hold([0.5 + 1e-12]) and q.can_hold([1])
     assert not q.can_hold([0.0]) and not q.can_hold([1.25]) and not q.can_hold([0.5 + 1e-6])
     assert not q.can_hold(["0.5"]) and not q.can_hold([None])
-    no_q = Param(distribution="q_uniform", min=1, max=3)   # q: 1
+    no_q = Param(distribution="q_uniform", min=1, max=3)  # q: 1
     assert no_q.can_hold([2]) and no_q.can_hold([3.0]) and not no_q.can_hold([2.5]) and not no_q.can_hold([True])
     assert q_grid(no_q) == (1, 3) and q_grid(q) == (1, 4)
     assert q_grid(Param(distribution="q_uniform", min=0.3, max=1.1, q=0.25)) == (2, 4)
@@ -775,7 +1046,10 @@ def test_which_exact_values_a_grid_kind_can_draw_and_its_grid():
     assert i.can_hold([2]) and i.can_hold([5]) and i.can_hold([4.0])
     assert not i.can_hold([1]) and not i.can_hold([6]) and not i.can_hold(["3"])
     assert not Param(distribution="int_uniform", min=0, max=1).can_hold([True, False])  # a bool is no draw
-    with pytest.raises(ValueError, match=r"^unknown distribution 'gauss'; valid: uniform, log_uniform_values, "
-                                         r"int_uniform, q_uniform, normal$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown distribution 'gauss'; valid: uniform, log_uniform_values, "
+        r"int_uniform, q_uniform, normal$",
+    ):
         kind("gauss")
     assert kind("normal").name == "normal"

@@ -1,6 +1,7 @@
 """Security properties that a code change could silently break, checked over the source itself:
 every torch.load uses weights_only=True, the only pickle load is the checksum-verified archive, and
 no shell strings (the dashboard's loopback binding is checked on a live search in test_search_e2e.py)."""
+
 from __future__ import annotations
 
 import ast
@@ -24,15 +25,20 @@ def test_every_torch_load_is_weights_only():
             if name == "torch.load":
                 seen += 1
                 kw = {k.arg: k.value for k in call.keywords}
-                assert "weights_only" in kw and ast.literal_eval(kw["weights_only"]) is True, \
+                assert "weights_only" in kw and ast.literal_eval(kw["weights_only"]) is True, (
                     f"{path.name}:{call.lineno}"
+                )
     assert seen >= 1
 
 
 def test_the_only_unpickling_is_the_verified_archive():
-    hits = [(p.relative_to(REPO).as_posix(), c.lineno) for p in SOURCES for c, name in _calls(p)
-            if name in ("pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads", "torch.load")
-            and name.startswith(("pickle", "cloudpickle"))]
+    hits = [
+        (p.relative_to(REPO).as_posix(), c.lineno)
+        for p in SOURCES
+        for c, name in _calls(p)
+        if name in ("pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads", "torch.load")
+        and name.startswith(("pickle", "cloudpickle"))
+    ]
     assert [h[0] for h in hits] == ["raydigits/data/sources.py"], hits
     # ... and in that file it comes after both sha256 checks
     text = (REPO / "raydigits/data/sources.py").read_text()

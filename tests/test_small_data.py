@@ -3,6 +3,7 @@ reported (6 random trials over sgd/adamw and lr on 1,500 training images, 4 epoc
 at its default) used to pick a 10 % model. Now every reported validation tracks training accuracy,
 and the chosen model is as good on the test split as the same checkpoint re-validated with exact
 BatchNorm statistics computed here. A dataset without a test split is evaluated on val and says so."""
+
 from __future__ import annotations
 
 import json
@@ -17,18 +18,31 @@ from support.helpers import REPO, results
 
 pytestmark = pytest.mark.slow
 
-SMALL = {"name": "small_defaults", "num_samples": 6, "method": "random", "seed": 0, "max_concurrent": 2,
-         "scheduler": {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
-         "fixed": {"train_items": 1500},
-         "parameters": {"optimizer": {"values": ["sgd", "adamw"]},
-                        "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1}}}
+SMALL = {
+    "name": "small_defaults",
+    "num_samples": 6,
+    "method": "random",
+    "seed": 0,
+    "max_concurrent": 2,
+    "scheduler": {"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 2},
+    "fixed": {"train_items": 1500},
+    "parameters": {
+        "optimizer": {"values": ["sgd", "adamw"]},
+        "lr": {"distribution": "log_uniform_values", "min": 1e-3, "max": 1e-1},
+    },
+}
 
 
 def _search(tmp_path: Path, space: dict, name: str) -> subprocess.CompletedProcess:
     f = tmp_path / f"{name}.yaml"
     f.write_text(yaml.safe_dump(space))
-    return subprocess.run([sys.executable, "launch.py", "--search-space", str(f), "--storage-path", str(tmp_path),
-                           "--name", name], cwd=REPO, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "launch.py", "--search-space", str(f), "--storage-path", str(tmp_path), "--name", name],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_small_data_search_with_defaults_picks_a_real_model(tmp_path, mnist):
@@ -47,6 +61,7 @@ def test_small_data_search_with_defaults_picks_a_real_model(tmp_path, mnist):
     from raydigits.config import make_config
     from raydigits.pipeline import SplitBatches
     from raydigits.trainer import Trainer, load_checkpoint
+
     state = load_checkpoint(metrics["checkpoint"])
     t = Trainer(make_config({**state["config"], "bn_recalibrate": 1500, "device": "cpu"}), mnist)
     t.load_state_dict(state)
@@ -65,12 +80,21 @@ def test_dataset_without_a_test_split_is_evaluated_on_val_and_says_so(tmp_path, 
             d.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(d / f"{i:04d}.png"), mnist.images[split][i])
     store = tmp_path / "store"
-    prep = subprocess.run([sys.executable, "-m", "raydigits.data", "prepare", "--folder", str(root), "--out",
-                           str(store), "--size", "28"], cwd=REPO, capture_output=True, text=True)
+    prep = subprocess.run(
+        [sys.executable, "-m", "raydigits.data", "prepare", "--folder", str(root), "--out", str(store), "--size", "28"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert prep.returncode == 0, prep.stdout + prep.stderr
-    space = {"name": "no_test", "num_samples": 2, "max_concurrent": 2, "scheduler": {"type": "fifo", "max_t": 1},
-             "fixed": {"data_dir": str(store), "batch_size": 32},
-             "parameters": {"lr": {"values": [1e-3, 3e-3]}}}
+    space = {
+        "name": "no_test",
+        "num_samples": 2,
+        "max_concurrent": 2,
+        "scheduler": {"type": "fifo", "max_t": 1},
+        "fixed": {"data_dir": str(store), "batch_size": 32},
+        "parameters": {"lr": {"values": [1e-3, 3e-3]}},
+    }
     proc = _search(tmp_path, space, "no_test")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "no_test" / "final" / "metrics.json").read_text())

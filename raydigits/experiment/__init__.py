@@ -8,6 +8,7 @@ reading a finished experiment (report, export, reproduce, extend's bookkeeping) 
 - `records.py`   outcome, run and ETA records (frozen); the outcomes and "unfinished"; the legacy derivation
 - `trials.py`    `Trial` (its best score, scores, checkpoints) and `read_results`, Tune's result.json read once
 - `selection.py` the best (trial, epoch) on validation (`choose_best`) and its statistical ties"""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,14 +27,25 @@ from .trials import Checkpoint, Trial, frame, read_results, read_trials
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Checkpoint", "Choice", "Experiment", "Run", "Ties", "Trial", "choose_best", "read_results",
-           "statistical_ties", "ties_line"]
+__all__ = [
+    "Checkpoint",
+    "Choice",
+    "Experiment",
+    "Run",
+    "Ties",
+    "Trial",
+    "choose_best",
+    "read_results",
+    "statistical_ties",
+    "ties_line",
+]
 
 
 @dataclass(frozen=True)
 class Run:
     """One Tune run of the experiment: the search itself, or an `extend` run inside it."""
-    name: str               # "search" or "extend_<k>"
+
+    name: str  # "search" or "extend_<k>"
     location: Location
     spec: SearchSpec
 

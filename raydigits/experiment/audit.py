@@ -2,6 +2,7 @@
 best value at their last rung are trained on from their last checkpoint to max_t (an audit run,
 search/audit.py), and their ends are compared with the best trial early stopping kept. Here, Ray-
 and torch-free: which trials to audit, and the verdict from the runs' results."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,8 @@ from ..spec import AUDIT_KEY, SearchSpec
 from .layout import AUDIT_PREFIX
 from .trials import Checkpoint, Trial
 
-STOPPED = ("asha_stopped",)   # outcomes of trials the scheduler ended early
-NOISE_SE = 2.0                # a cost within this many binomial standard errors is not measurable
+STOPPED = ("asha_stopped",)  # outcomes of trials the scheduler ended early
+NOISE_SE = 2.0  # a cost within this many binomial standard errors is not measurable
 
 
 def audit_candidates(trials: Iterable[Trial], spec: SearchSpec, top_k: int) -> list[tuple[Trial, Checkpoint]]:
@@ -37,21 +38,21 @@ def audit_candidates(trials: Iterable[Trial], spec: SearchSpec, top_k: int) -> l
 
 @dataclass(frozen=True)
 class Audited:
-    trial_id: str          # the stopped trial
-    audit_trial_id: str    # its continuation
+    trial_id: str  # the stopped trial
+    audit_trial_id: str  # its continuation
     stopped_epoch: int
-    at_stop: float         # its value at the rung where it was stopped
-    at_max_t: float        # the continuation's value at its last epoch
-    best: float            # the continuation's best value
+    at_stop: float  # its value at the rung where it was stopped
+    at_max_t: float  # the continuation's value at its last epoch
+    best: float  # the continuation's best value
 
 
 @dataclass(frozen=True)
 class Regret:
     audited: tuple[Audited, ...]
-    kept_best: float       # the best value of any usable trial early stopping did not stop
+    kept_best: float  # the best value of any usable trial early stopping did not stop
     kept_trial: str
-    cost: float            # max(0, best audited - kept_best), in the metric's units
-    margin: float | None   # NOISE_SE binomial standard errors of kept_best (None: no val_n / not accuracy)
+    cost: float  # max(0, best audited - kept_best), in the metric's units
+    margin: float | None  # NOISE_SE binomial standard errors of kept_best (None: no val_n / not accuracy)
     above: tuple[str, ...]  # audited trials ending above every trial early stopping kept
     metric: str = "val_acc"  # val_acc: fractions, shown in percentage points; val_loss: in its own units
 
@@ -60,10 +61,17 @@ class Regret:
         return self.cost > (self.margin if self.margin is not None else 0.0)
 
     def to_json(self) -> dict[str, Any]:
-        return {"audited": [a.__dict__ for a in self.audited], "kept_best": self.kept_best,
-                "kept_trial": self.kept_trial, "cost": self.cost, "margin": self.margin,
-                "measurable": self.measurable, "ended_above_every_kept_trial": list(self.above),
-                "metric": self.metric, "line": regret_line(self)}
+        return {
+            "audited": [a.__dict__ for a in self.audited],
+            "kept_best": self.kept_best,
+            "kept_trial": self.kept_trial,
+            "cost": self.cost,
+            "margin": self.margin,
+            "measurable": self.measurable,
+            "ended_above_every_kept_trial": list(self.above),
+            "metric": self.metric,
+            "line": regret_line(self),
+        }
 
 
 def early_stopping_cost(trials: Iterable[Trial], spec: SearchSpec) -> Regret | None:
@@ -78,10 +86,21 @@ def early_stopping_cost(trials: Iterable[Trial], spec: SearchSpec) -> Regret | N
         if original is None or not scores or not a.usable:
             continue
         stop = original.scores(spec.metric)
-        audited.append(Audited(original.trial_id, a.trial_id, original.epochs, stop[-1][1] if stop else math.nan,
-                               scores[-1][1], a.best(spec.metric, spec.mode or "max")))
-    kept = [t for t in trials if t.usable and t.outcome not in STOPPED and not t.run.startswith(AUDIT_PREFIX)
-            and t.scores(spec.metric)]
+        audited.append(
+            Audited(
+                original.trial_id,
+                a.trial_id,
+                original.epochs,
+                stop[-1][1] if stop else math.nan,
+                scores[-1][1],
+                a.best(spec.metric, spec.mode or "max"),
+            )
+        )
+    kept = [
+        t
+        for t in trials
+        if t.usable and t.outcome not in STOPPED and not t.run.startswith(AUDIT_PREFIX) and t.scores(spec.metric)
+    ]
     if not audited or not kept:
         return None
     top = max(kept, key=lambda t: sign * t.best(spec.metric, spec.mode or "max"))
@@ -89,19 +108,26 @@ def early_stopping_cost(trials: Iterable[Trial], spec: SearchSpec) -> Regret | N
     best_audit = max(sign * a.best for a in audited) * sign
     report = top.best_report(spec.metric, spec.mode or "max") or {}
     n = report.get("val_n")
-    margin = (NOISE_SE * math.sqrt(kept_best * (1 - kept_best) / n)
-              if spec.metric == "val_acc" and n and 0 <= kept_best <= 1 else None)
+    margin = (
+        NOISE_SE * math.sqrt(kept_best * (1 - kept_best) / n)
+        if spec.metric == "val_acc" and n and 0 <= kept_best <= 1
+        else None
+    )
     above = tuple(a.trial_id for a in audited if sign * (a.best - kept_best) > 0)
-    return Regret(tuple(audited), kept_best, top.trial_id, max(0.0, sign * (best_audit - kept_best)), margin, above,
-                  spec.metric)
+    return Regret(
+        tuple(audited), kept_best, top.trial_id, max(0.0, sign * (best_audit - kept_best)), margin, above, spec.metric
+    )
 
 
 def regret_line(r: Regret) -> str:
     """The summary's and report's sentence about what early stopping cost in this search."""
     pp = 100 if r.metric == "val_acc" else 1  # a loss in [0, 1] is not a fraction to show in pp
     unit = " pp" if pp == 100 else ""
-    each = "; ".join(f"{a.trial_id} stopped at epoch {a.stopped_epoch} at {a.at_stop:.4f}, "
-                     f"{a.at_max_t:.4f} at max_t (best {a.best:.4f})" for a in r.audited)
+    each = "; ".join(
+        f"{a.trial_id} stopped at epoch {a.stopped_epoch} at {a.at_stop:.4f}, "
+        f"{a.at_max_t:.4f} at max_t (best {a.best:.4f})"
+        for a in r.audited
+    )
     noise = f" (noise: {pp * r.margin:.2f}{unit}, {NOISE_SE:g} standard errors)" if r.margin is not None else ""
     if r.measurable:
         verdict = f"early stopping cost {pp * r.cost:.2f}{unit}{noise}"
@@ -110,6 +136,7 @@ def regret_line(r: Regret) -> str:
     line = f"{verdict}: best kept trial {r.kept_trial} {r.kept_best:.4f}; audited: {each}"
     if r.above:
         side = "above" if r.metric == "val_acc" else "below"  # a lower loss is the better end
-        line += (f". {', '.join(r.above)}, stopped early, ended {side} every trial early stopping kept"
-                 + ("" if r.measurable else " (within noise)"))
+        line += f". {', '.join(r.above)}, stopped early, ended {side} every trial early stopping kept" + (
+            "" if r.measurable else " (within noise)"
+        )
     return line

@@ -1,15 +1,16 @@
 """Every file name of an experiment folder, and reading / writing the spec and the run record.
 
-    <experiment>/
-      raydigits_search.yaml     the spec as run (SPEC_FILE; data_dir made absolute)
-      raydigits_run.json        the run record: name, started, finished (RUN_FILE)
-      raydigits_outcomes.json   each trial's outcome as it ended (OUTCOMES_FILE, records.py)
-      raydigits_eta.json        the ETA's estimates (ETA_FILE)
-      experiment_state-*.json   Tune's own state (ray_compat.trial_states reads it as JSON)
-      <name>_<trial id>/        one per trial: result.json (RESULT_FILE), checkpoint_*/checkpoint.pt
-      extend_<k>/               each `launch.py extend` run, an experiment folder of its own
-      audit_<k>/                each audit run (stopped trials trained on to max_t), likewise
-      final/                    the final stage's outputs (FINAL_DIR)"""
+<experiment>/
+  raydigits_search.yaml     the spec as run (SPEC_FILE; data_dir made absolute)
+  raydigits_run.json        the run record: name, started, finished (RUN_FILE)
+  raydigits_outcomes.json   each trial's outcome as it ended (OUTCOMES_FILE, records.py)
+  raydigits_eta.json        the ETA's estimates (ETA_FILE)
+  experiment_state-*.json   Tune's own state (ray_compat.trial_states reads it as JSON)
+  <name>_<trial id>/        one per trial: result.json (RESULT_FILE), checkpoint_*/checkpoint.pt
+  extend_<k>/               each `launch.py extend` run, an experiment folder of its own
+  audit_<k>/                each audit run (stopped trials trained on to max_t), likewise
+  final/                    the final stage's outputs (FINAL_DIR)"""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,8 +25,8 @@ SPEC_FILE = "raydigits_search.yaml"
 RUN_FILE = "raydigits_run.json"
 OUTCOMES_FILE = "raydigits_outcomes.json"
 ETA_FILE = "raydigits_eta.json"
-RESULT_FILE = "result.json"         # Tune's per-trial results, one JSON line per report
-CHECKPOINT_FILE = "checkpoint.pt"   # inside each of a trial's checkpoint_* folders
+RESULT_FILE = "result.json"  # Tune's per-trial results, one JSON line per report
+CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folders
 FINAL_DIR = "final"
 EXTEND_PREFIX = "extend_"
 AUDIT_PREFIX = "audit_"
@@ -66,8 +67,8 @@ def read_spec(exp: Location | str) -> SearchSpec:
 
 # ------------------------------------------------------------------ extensions
 def _numbered(exp: Location, prefix: str) -> list[Location]:
-    runs = [r for r in exp.glob(f"{prefix}*") if r.name[len(prefix):].isdigit()]
-    return sorted(runs, key=lambda r: int(r.name[len(prefix):]))
+    runs = [r for r in exp.glob(f"{prefix}*") if r.name[len(prefix) :].isdigit()]
+    return sorted(runs, key=lambda r: int(r.name[len(prefix) :]))
 
 
 def extension_runs(exp: Location) -> list[Location]:

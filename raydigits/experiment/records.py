@@ -3,6 +3,7 @@
 finished) and the ETA's estimates; plus the one definition of the outcomes and of "unfinished".
 Also the legacy path: the outcome of a trial with no record (experiments written before outcomes
 were recorded, or trials of a killed driver), derived from its status and results."""
+
 from __future__ import annotations
 
 import json
@@ -16,12 +17,21 @@ from ..spec import SearchSpec, asha_rungs
 from ..storage import Location, as_location
 from .layout import ETA_FILE, OUTCOMES_FILE, RUN_FILE
 
-OUTCOMES = ("completed", "asha_stopped", "time_budget", "not_started", "early_stopped", "diverged", "oom",
-            "error", "interrupted")
+OUTCOMES = (
+    "completed",
+    "asha_stopped",
+    "time_budget",
+    "not_started",
+    "early_stopped",
+    "diverged",
+    "oom",
+    "error",
+    "interrupted",
+)
 NEVER_CHOSEN = ("error", "diverged", "oom")
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # Tune statuses of a trial that has not ended
-ACTIVE = ("RUNNING", "PAUSED")                 # ... of those, the ones that started (the ETA's running trials)
-ENDED = ("TERMINATED", "ERROR")                # every other status
+ACTIVE = ("RUNNING", "PAUSED")  # ... of those, the ones that started (the ETA's running trials)
+ENDED = ("TERMINATED", "ERROR")  # every other status
 # a trial's own reason to stop (Trainer.stop_reason) → its outcome
 STOP_REASONS = {"early_stop": "early_stopped", "oom": "oom", "diverged": "diverged"}
 ENDINGS = (None, "finished", "time_budget", "interrupted")  # how a fit ended; None while it runs
@@ -39,6 +49,7 @@ class TrialOutcome:
 class OutcomeRecord:
     """<experiment>/raydigits_outcomes.json: {"trials": {id: {"outcome", "epochs"}}, "ended",
     "budget_fired"}; `ended` is None while a fit runs (or after its driver was killed)."""
+
     trials: Mapping[str, TrialOutcome] = field(default_factory=lambda: MappingProxyType({}))
     ended: str | None = None
     budget_fired: bool | None = None  # None: written before the budget was recorded
@@ -51,16 +62,21 @@ class OutcomeRecord:
         return replace(self, trials=MappingProxyType({**self.trials, trial_id: TrialOutcome(outcome, epochs)}))
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"trials": {k: {"outcome": v.outcome, "epochs": v.epochs} for k, v in self.trials.items()},
-                             "ended": self.ended}
+        d: dict[str, Any] = {
+            "trials": {k: {"outcome": v.outcome, "epochs": v.epochs} for k, v in self.trials.items()},
+            "ended": self.ended,
+        }
         if self.budget_fired is not None:
             d["budget_fired"] = self.budget_fired
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "OutcomeRecord":
-        trials = {str(k): TrialOutcome(str(v.get("outcome")), int(v.get("epochs") or 0))
-                  for k, v in d["trials"].items() if isinstance(v, dict)}
+        trials = {
+            str(k): TrialOutcome(str(v.get("outcome")), int(v.get("epochs") or 0))
+            for k, v in d["trials"].items()
+            if isinstance(v, dict)
+        }
         fired = d.get("budget_fired")
         return cls(MappingProxyType(trials), d.get("ended"), None if fired is None else bool(fired))
 
@@ -122,6 +138,7 @@ def derive_outcome(status: str, results: list[dict[str, Any]], epochs: int, spec
 @dataclass(frozen=True)
 class RunRecord:
     """<experiment>/raydigits_run.json: when the search started and finished (None: unknown / not yet)."""
+
     name: str = ""
     started: float | None = None
     finished: float | None = None
@@ -130,14 +147,17 @@ class RunRecord:
         return replace(self, finished=at)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in (("name", self.name), ("started", self.started), ("finished", self.finished))
-                if v is not None}
+        return {
+            k: v
+            for k, v in (("name", self.name), ("started", self.started), ("finished", self.finished))
+            if v is not None
+        }
 
     @classmethod
     def from_json(cls, d: Any) -> "RunRecord":
         if not isinstance(d, dict):
             return cls()
-        num = (lambda v: float(v) if isinstance(v, (int, float)) else None)
+        num = lambda v: float(v) if isinstance(v, (int, float)) else None
         return cls(str(d.get("name") or ""), num(d.get("started")), num(d.get("finished")))
 
 
@@ -162,14 +182,15 @@ def finish_run(exp: Location) -> None:
 @dataclass(frozen=True)
 class Estimate:
     """One ETA estimate, as progress.py made it."""
-    at: float                           # wall clock of the estimate
-    remaining_s: float                  # the time it said was left
-    done: int = 0                       # trials ended by then, of `total`
+
+    at: float  # wall clock of the estimate
+    remaining_s: float  # the time it said was left
+    done: int = 0  # trials ended by then, of `total`
     total: int = 0
-    running: tuple[int, ...] = ()       # the epochs the running trials had reached
-    epoch_s: float | None = None        # the median epoch time it used
-    start_s: float | None = None        # a trial's measured start-up
-    concurrency: int | None = None      # trials running at once
+    running: tuple[int, ...] = ()  # the epochs the running trials had reached
+    epoch_s: float | None = None  # the median epoch time it used
+    start_s: float | None = None  # a trial's measured start-up
+    concurrency: int | None = None  # trials running at once
     budget_left_s: float | None = None  # the time budget left, if any
 
     def to_json(self) -> dict[str, Any]:
@@ -189,5 +210,5 @@ def read_estimates(exp_dir: Location | str) -> list[Estimate]:
 
 
 def write_estimates(exp_dir: Location | str, estimates: list[Estimate]) -> None:
-    kept = estimates if len(estimates) <= MAX_ESTIMATES else [estimates[0], *estimates[-(MAX_ESTIMATES - 1):]]
+    kept = estimates if len(estimates) <= MAX_ESTIMATES else [estimates[0], *estimates[-(MAX_ESTIMATES - 1) :]]
     (as_location(exp_dir) / ETA_FILE).write_text(json.dumps({"estimates": [e.to_json() for e in kept]}, indent=1))

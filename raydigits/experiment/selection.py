@@ -1,5 +1,6 @@
 """Which (trial, epoch) the final stage ships, on validation only, and which other trials the
 validation cannot tell from it."""
+
 from __future__ import annotations
 
 import math
@@ -40,13 +41,23 @@ def choose_best(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
         raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
     if spec.select_epoch == "within_se" and spec.metric == "val_acc" and best.val_n:
         se = math.sqrt(best.value * (1 - best.value) / best.val_n)
-        later = sorted((c for c in candidates if c.trial_id == best.trial_id and c.epoch > best.epoch
-                        and c.value >= best.value - se), key=lambda c: c.epoch, reverse=True)
+        later = sorted(
+            (
+                c
+                for c in candidates
+                if c.trial_id == best.trial_id and c.epoch > best.epoch and c.value >= best.value - se
+            ),
+            key=lambda c: c.epoch,
+            reverse=True,
+        )
         pick = next((c for c in later if c.location.exists()), None)  # only this trial's folders are asked
         if pick is not None:
-            return replace(_choice(pick), note=f"{spec.metric} {pick.value:.4f}, the latest epoch within one standard "
-                                               f"error ({se:.4f} on {int(best.val_n):,} images) of the trial's best, "
-                                               f"{best.value:.4f} at epoch {best.epoch}")
+            return replace(
+                _choice(pick),
+                note=f"{spec.metric} {pick.value:.4f}, the latest epoch within one standard "
+                f"error ({se:.4f} on {int(best.val_n):,} images) of the trial's best, "
+                f"{best.value:.4f} at epoch {best.epoch}",
+            )
     return _choice(best)
 
 
@@ -55,9 +66,9 @@ TIE_SE = 2.0  # trials within this many standard errors of the winner's best can
 
 @dataclass(frozen=True)
 class Ties:
-    margin: float                # TIE_SE binomial standard errors of the winner's best, on val_n images
+    margin: float  # TIE_SE binomial standard errors of the winner's best, on val_n images
     val_n: int
-    best: float                  # the winner's best value
+    best: float  # the winner's best value
     trials: list[tuple[str, float]]  # other usable trials within the margin, best first
 
 
@@ -77,8 +88,9 @@ def statistical_ties(trials: Iterable[Trial], spec: SearchSpec, winner: str) -> 
     if not n:
         return None
     margin = TIE_SE * math.sqrt(p * (1 - p) / n)
-    close = sorted(((tid, v) for tid, (v, _) in best.items() if tid != winner and v >= p - margin),
-                   key=lambda tv: -tv[1])
+    close = sorted(
+        ((tid, v) for tid, (v, _) in best.items() if tid != winner and v >= p - margin), key=lambda tv: -tv[1]
+    )
     return Ties(margin, int(n), p, close)
 
 
@@ -88,5 +100,7 @@ def ties_line(t: Ties, metric: str) -> str:
     if not t.trials:
         return f"no other trial is {within}: the validation ranks it first"
     listed = ", ".join(f"{tid} {v:.4f}" for tid, v in t.trials)
-    return (f"{len(t.trials)} other trial{'s are' if len(t.trials) > 1 else ' is'} {within}: {listed}; "
-            "the validation cannot rank these apart, so any of them is as good a pick")
+    return (
+        f"{len(t.trials)} other trial{'s are' if len(t.trials) > 1 else ' is'} {within}: {listed}; "
+        "the validation cannot rank these apart, so any of them is as good a pick"
+    )

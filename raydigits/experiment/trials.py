@@ -1,6 +1,7 @@
 """A trial of a finished (or interrupted) experiment as a frozen value: its config, status,
 outcome, reported results and checkpoints, read once from Tune's state and result files (plain
 JSON: no pickle is loaded). `Trial.best` is the one definition of a trial's best usable score."""
+
 from __future__ import annotations
 
 import json
@@ -22,23 +23,24 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Checkpoint:
     """One kept epoch of a trial: its reported value and where its weights are."""
+
     trial_id: str
     epoch: int
     value: float
-    location: Location            # .../checkpoint_<n>/checkpoint.pt
-    val_n: int | None             # validation images the value was measured on (None: older runs)
+    location: Location  # .../checkpoint_<n>/checkpoint.pt
+    val_n: int | None  # validation images the value was measured on (None: older runs)
     config: dict[str, Any]
 
 
 @dataclass(frozen=True)
 class Trial:
-    run: str                      # "search", or the `extend_<k>` run it belongs to
+    run: str  # "search", or the `extend_<k>` run it belongs to
     trial_id: str
-    status: str                   # Tune's
-    outcome: str                  # records.OUTCOMES
-    epochs: int                   # the last epoch it reported
+    status: str  # Tune's
+    outcome: str  # records.OUTCOMES
+    epochs: int  # the last epoch it reported
     config: dict[str, Any]
-    results: tuple[dict[str, Any], ...]     # its reports, epoch by epoch of the weights it ended with
+    results: tuple[dict[str, Any], ...]  # its reports, epoch by epoch of the weights it ended with
     path: Location
     retries: int = 0
 
@@ -53,8 +55,11 @@ class Trial:
 
     def scores(self, metric: str) -> list[tuple[int, float]]:
         """(epoch, value) of every report with a finite `metric`, diverged reports left out."""
-        return [(int(r.get("epoch") or 0), float(r[metric])) for r in self.results
-                if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]) and not r.get("diverged")]
+        return [
+            (int(r.get("epoch") or 0), float(r[metric]))
+            for r in self.results
+            if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]) and not r.get("diverged")
+        ]
 
     def best(self, metric: str, mode: str) -> float:
         """Its best usable score over the epochs it ran; nan when it has none."""
@@ -66,8 +71,11 @@ class Trial:
     def best_report(self, metric: str, mode: str) -> dict[str, Any] | None:
         """The report holding `best` (the earliest such epoch)."""
         sign = 1 if mode == "max" else -1
-        rows = [r for r in self.results if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])
-                and not r.get("diverged")]
+        rows = [
+            r
+            for r in self.results
+            if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]) and not r.get("diverged")
+        ]
         return max(rows, key=lambda r: (sign * r[metric], -int(r.get("epoch") or 0))) if rows else None
 
     def checkpoints(self, metric: str) -> list[Checkpoint]:
@@ -81,15 +89,30 @@ class Trial:
             v, name = r.get(metric), r.get("checkpoint_dir_name")
             if not isinstance(v, (int, float)) or not math.isfinite(v) or not name or last_writer[name] != i:
                 continue
-            out.append(Checkpoint(self.trial_id, int(r["epoch"]), float(v), self.path / name / CHECKPOINT_FILE,
-                                  r.get("val_n"), r.get("config", {})))
+            out.append(
+                Checkpoint(
+                    self.trial_id,
+                    int(r["epoch"]),
+                    float(v),
+                    self.path / name / CHECKPOINT_FILE,
+                    r.get("val_n"),
+                    r.get("config", {}),
+                )
+            )
         return out
 
     def row(self, spec: SearchSpec) -> dict[str, Any]:
         """Its row of trials.csv (and of the report's tables)."""
-        return {"run": self.run, "trial_id": self.trial_id, "status": self.status, "outcome": self.outcome,
-                "epochs": self.epochs, f"best_{spec.metric}": self.best(spec.metric, spec.mode or "max"),
-                "retries": self.retries, **{f"param.{k}": v for k, v in self.config.items()}}
+        return {
+            "run": self.run,
+            "trial_id": self.trial_id,
+            "status": self.status,
+            "outcome": self.outcome,
+            "epochs": self.epochs,
+            f"best_{spec.metric}": self.best(spec.metric, spec.mode or "max"),
+            "retries": self.retries,
+            **{f"param.{k}": v for k, v in self.config.items()},
+        }
 
 
 def read_results(trial_dir: Location | str, keep_reruns: bool = False) -> list[dict[str, Any]]:
@@ -126,12 +149,24 @@ def read_trials(run: Location, run_name: str, run_spec: SearchSpec) -> list[Tria
         if recorded == "interrupted" and state["status"] not in UNFINISHED:
             recorded = None  # provisional: the trial ran on after a resume
         outcome = recorded or derive_outcome(state["status"], results, epochs, run_spec)
-        out.append(Trial(run_name, state["trial_id"], state["status"], outcome, epochs, dict(state["config"]),
-                         tuple(results), as_location(state["path"]), int(state["num_failures"])))
+        out.append(
+            Trial(
+                run_name,
+                state["trial_id"],
+                state["status"],
+                outcome,
+                epochs,
+                dict(state["config"]),
+                tuple(results),
+                as_location(state["path"]),
+                int(state["num_failures"]),
+            )
+        )
     return sorted(out, key=lambda t: t.trial_id)
 
 
 def frame(trials: Iterable[Trial], spec: SearchSpec) -> "pd.DataFrame":
     """One row per trial (`Trial.row`), for trials.csv, the report's tables and fANOVA."""
     import pandas as pd
+
     return pd.DataFrame([t.row(spec) for t in trials])

@@ -3,6 +3,7 @@ their last rung train on from their last checkpoint to max_t, as Tune trials of 
 (`EXP/audit_<k>/`: resumable and on the dashboard like any run). They are ordinary finished trials
 afterwards: the final stage may choose one, and experiment/audit.py measures what early stopping
 cost. Ray cannot pause and resume a trial ASHA stopped (ray-project/ray#44256), hence a run of its own."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,18 +30,22 @@ def audit_space(configs: dict[str, dict]) -> dict:
     from ray import tune
 
     from ..ray_compat import read_config_key as get
+
     keys = sorted({k for c in configs.values() for k in c})
 
     def value(key: str):
         def draw(s):
             cfg = get(s, "config") if "config" in s else s
             return configs[get(cfg, AUDIT_KEY)].get(key)
+
         return tune.sample_from(draw)
+
     return {AUDIT_KEY: tune.grid_search(sorted(configs)), **{k: value(k) for k in keys if k != AUDIT_KEY}}
 
 
-def run_audit(exp: Experiment, data: Dataset, top_k: int, verbose: int = 1,
-              data_dir: Path | None = None) -> Location | None:
+def run_audit(
+    exp: Experiment, data: Dataset, top_k: int, verbose: int = 1, data_dir: Path | None = None
+) -> Location | None:
     """Audit the experiment's best `top_k` stopped trials not audited yet; the run's folder, or None
     when there is nothing to audit."""
     picked = audit_candidates(exp.trials, exp.spec, top_k)
@@ -50,9 +55,20 @@ def run_audit(exp: Experiment, data: Dataset, top_k: int, verbose: int = 1,
     starts = {t.trial_id: str(c.location) for t, c in picked}
     spec = audit_spec(exp.spec, len(picked))
     listed = ", ".join(f"{t.trial_id} ({exp.spec.metric} {c.value:.4f} at epoch {c.epoch})" for t, c in picked)
-    print(f"audit: training on to epoch {spec.epochs} the {len(picked)} best trial(s) early stopping ended: {listed}",
-          flush=True)
+    print(
+        f"audit: training on to epoch {spec.epochs} the {len(picked)} best trial(s) early stopping ended: {listed}",
+        flush=True,
+    )
     from ray.tune.search.basic_variant import BasicVariantGenerator
+
     alg = BasicVariantGenerator(max_concurrent=spec.max_concurrent or 0)
-    return run_search(spec, next_audit(exp.location), data, verbose, data_dir=data_dir, search_alg=alg,
-                      space=audit_space(configs), starts=starts)
+    return run_search(
+        spec,
+        next_audit(exp.location),
+        data,
+        verbose,
+        data_dir=data_dir,
+        search_alg=alg,
+        space=audit_space(configs),
+        starts=starts,
+    )

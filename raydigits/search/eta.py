@@ -20,6 +20,7 @@ The model, and what it assumes:
   left than slots) with no idle time between trials;
 - the time budget caps it: the search ends when the budget does, whatever is left.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,11 +32,11 @@ from ..storage import Location
 
 @dataclass(frozen=True)
 class Schedule:
-    max_t: int                          # epochs a trial may run
-    rungs: tuple[int, ...] = ()         # ASHA's milestones below max_t (experiment.asha_rungs); () = FIFO
+    max_t: int  # epochs a trial may run
+    rungs: tuple[int, ...] = ()  # ASHA's milestones below max_t (experiment.asha_rungs); () = FIFO
     reduction_factor: float = 2.0
-    n_trials: int | None = None         # the search's size (None: 1/rf at every rung, the large-search limit)
-    audit_k: int = 0                    # stopped trials the audit trains on to max_t after the search
+    n_trials: int | None = None  # the search's size (None: 1/rf at every rung, the large-search limit)
+    audit_k: int = 0  # stopped trials the audit trains on to max_t after the search
 
 
 def audit_epochs(schedule: Schedule) -> float:
@@ -54,9 +55,9 @@ def asha_survival(n: int, rf: float) -> float:
     interpolation) of the k - 1 values recorded before it; the first always does."""
     q, kept = 1.0 - 1.0 / rf, 1.0
     for k in range(2, n + 1):
-        p = q * (k - 2)                     # the cut-off's position among the k - 1 earlier values
+        p = q * (k - 2)  # the cut-off's position among the k - 1 earlier values
         lo = math.floor(p)
-        above = (k - 1) - (lo + 1)          # ranks strictly above the cut-off's upper neighbour
+        above = (k - 1) - (lo + 1)  # ranks strictly above the cut-off's upper neighbour
         between = (1.0 - (p - lo)) if p != lo else 0.0  # between its two neighbours: linear share
         kept += (above + between + (1.0 if p == lo else 0.0)) / k
     return kept / max(1, n)
@@ -89,8 +90,15 @@ def expected_epochs(schedule: Schedule, done: int = 0) -> float:
     return left
 
 
-def estimate_remaining_s(epoch_s: float, running_epochs: list[int], not_started: int, concurrency: int,
-                         schedule: Schedule, budget_left_s: float | None = None, start_s: float = 0.0) -> float:
+def estimate_remaining_s(
+    epoch_s: float,
+    running_epochs: list[int],
+    not_started: int,
+    concurrency: int,
+    schedule: Schedule,
+    budget_left_s: float | None = None,
+    start_s: float = 0.0,
+) -> float:
     """Seconds until the search ends: `running_epochs` are the epochs each running trial has
     finished, `not_started` the trials still to run (pending or not yet generated)."""
     active = min(max(1, concurrency), len(running_epochs) + not_started)
@@ -98,8 +106,9 @@ def estimate_remaining_s(epoch_s: float, running_epochs: list[int], not_started:
     audit_s = (audit * epoch_s / min(max(1, concurrency), schedule.audit_k) + start_s) if audit else 0.0
     if active == 0:
         return audit_s
-    trial_epochs = sum(expected_epochs(schedule, e) for e in running_epochs) \
-        + not_started * expected_epochs(schedule, 0)
+    trial_epochs = sum(expected_epochs(schedule, e) for e in running_epochs) + not_started * expected_epochs(
+        schedule, 0
+    )
     seconds = (trial_epochs * epoch_s + not_started * start_s) / active
     # the time budget caps the search; the audit runs after it
     return (seconds if budget_left_s is None else max(0.0, min(seconds, budget_left_s))) + audit_s
@@ -134,14 +143,18 @@ def summary(exp_dir: Location | str, started: float | None, finished: float | No
     if not estimates or not started or not finished:
         return None
     first = estimates[0]
-    return {"first_estimate_after_s": first.at - started,
-            "first_estimate_total_s": first.at + first.remaining_s - started,
-            "actual_s": finished - started, "n_estimates": len(estimates)}
+    return {
+        "first_estimate_after_s": first.at - started,
+        "first_estimate_total_s": first.at + first.remaining_s - started,
+        "actual_s": finished - started,
+        "n_estimates": len(estimates),
+    }
 
 
 def summary_line(s: dict) -> str:
     err = (s["first_estimate_total_s"] - s["actual_s"]) / s["actual_s"] * 100 if s["actual_s"] > 0 else 0.0
-    return (f"ETA: the first estimate (after {duration(s['first_estimate_after_s'])}) said "
-            f"{duration(s['first_estimate_total_s'])} in all; the search took {duration(s['actual_s'])} "
-            f"({err:+.0f}%)")
-
+    return (
+        f"ETA: the first estimate (after {duration(s['first_estimate_after_s'])}) said "
+        f"{duration(s['first_estimate_total_s'])} in all; the search took {duration(s['actual_s'])} "
+        f"({err:+.0f}%)"
+    )

@@ -12,6 +12,7 @@ the main run and every extension, and the final stage chooses among all of them.
 - `--max-t M` (more epochs than the search allowed) gives the extension's trials up to M epochs, and
   re-runs the `promote` best finished configs first under that budget (from scratch: the learning
   rate schedule spans the whole run, so a finished trial cannot simply train on)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..storage import Location
 from .runner import run_search
 from .tune_space import build_search_alg
 
-SEED_STEP = 1_000_003        # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs
+SEED_STEP = 1_000_003  # extension k samples with seed + k * SEED_STEP (mod 2**32): fresh configs
 
 
 def extension_spec(spec: SearchSpec, k: int, num_samples: int, max_t: int | None) -> SearchSpec:
@@ -45,8 +46,9 @@ def check_request(spec: SearchSpec, num_samples: int, max_t: int | None, promote
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: must be at least 1")
     if max_t is not None and max_t < spec.epochs:
-        raise UserError(f"--max-t {max_t}: below the search's {spec.epochs} epochs; the finished trials "
-                        "already ran that long")
+        raise UserError(
+            f"--max-t {max_t}: below the search's {spec.epochs} epochs; the finished trials already ran that long"
+        )
     if promote < 0:
         raise UserError(f"--promote {promote}: must be 0 or more")
 
@@ -62,15 +64,24 @@ def finished_scores(trials: tuple[Trial, ...], spec: SearchSpec) -> list[tuple[d
     return out
 
 
-def extend_search(exp: Experiment, data: Dataset, num_samples: int, max_t: int | None, promote: int,
-                  verbose: int = 1, data_dir: Path | None = None) -> Location:
+def extend_search(
+    exp: Experiment,
+    data: Dataset,
+    num_samples: int,
+    max_t: int | None,
+    promote: int,
+    verbose: int = 1,
+    data_dir: Path | None = None,
+) -> Location:
     """Run the next extension of `exp`; returns its folder."""
     spec = exp.spec
     check_request(spec, num_samples, max_t, promote)
     busy = [t for t in exp.trials if t.unfinished]
     if busy:
-        raise UserError(f"{exp.location}: {len(busy)} trial(s) never finished; continue the search with "
-                        f"`python launch.py --resume {exp.location}` first")
+        raise UserError(
+            f"{exp.location}: {len(busy)} trial(s) never finished; continue the search with "
+            f"`python launch.py --resume {exp.location}` first"
+        )
     run = next_extension(exp.location)
     k = int(run.name.removeprefix(EXTEND_PREFIX))
     ext = extension_spec(spec, k, num_samples, max_t)
@@ -78,15 +89,19 @@ def extend_search(exp: Experiment, data: Dataset, num_samples: int, max_t: int |
     points = []
     if max_t is not None and max_t > spec.epochs and promote:
         ranked = sorted(scored, key=lambda s: s[2], reverse=spec.mode == "max")
-        points = [cfg for cfg, _, _ in ranked[:min(promote, num_samples)]]
+        points = [cfg for cfg, _, _ in ranked[: min(promote, num_samples)]]
     if ext.method == "tpe":  # Optuna enqueues whole configs, conditional values included
         starts = [{k: v for k, v in cfg.items() if v is not None} for cfg in points]
     else:  # Tune's points cannot set sample_from keys: the conditional samplers take them (`pinned`)
         plain = [k for k, p in ext.parameters.items() if not p.when]
         starts = [{k: cfg.get(k) for k in plain} for cfg in points]
     alg = build_search_alg(ext, warm=[(cfg, last) for cfg, last, _ in scored], points=starts)
-    print(f"extend: run {k} of {exp.name}: {num_samples} more trials (seed {ext.seed}, up to {ext.epochs} "
-          f"epochs){f', the {len(points)} best finished configs first' if points else ''}"
-          f"{f'; TPE starts from {len(scored)} finished trials' if ext.method == 'tpe' else ''}", flush=True)
-    return run_search(ext, run, data, verbose, data_dir=data_dir, search_alg=alg,
-                      pinned=tuple(points) if ext.method != "tpe" else ())
+    print(
+        f"extend: run {k} of {exp.name}: {num_samples} more trials (seed {ext.seed}, up to {ext.epochs} "
+        f"epochs){f', the {len(points)} best finished configs first' if points else ''}"
+        f"{f'; TPE starts from {len(scored)} finished trials' if ext.method == 'tpe' else ''}",
+        flush=True,
+    )
+    return run_search(
+        ext, run, data, verbose, data_dir=data_dir, search_alg=alg, pinned=tuple(points) if ext.method != "tpe" else ()
+    )

@@ -1,6 +1,7 @@
 """The search's ETA while it runs: a Tune callback on the driver that measures trial-epoch and
 trial start-up times, prints `eta.line` at most every PRINT_EVERY_S seconds and records each
 estimate printed in <experiment>/raydigits_eta.json (eta.py: the model). Public Tune API only."""
+
 from __future__ import annotations
 
 import statistics
@@ -19,16 +20,24 @@ PRINT_EVERY_S = 15.0
 
 
 class EtaReporter(tune.Callback):
-    def __init__(self, exp_dir: Location | str, schedule: eta.Schedule, total_trials: int, max_concurrent: int | None,
-                 cpu: float, gpu: float, time_budget_s: float | None):
+    def __init__(
+        self,
+        exp_dir: Location | str,
+        schedule: eta.Schedule,
+        total_trials: int,
+        max_concurrent: int | None,
+        cpu: float,
+        gpu: float,
+        time_budget_s: float | None,
+    ):
         self.exp_dir = as_location(exp_dir)
         self.schedule, self.total = schedule, total_trials
         self.max_concurrent, self.cpu, self.gpu = max_concurrent, cpu, gpu
-        self.budget_left_s = time_budget_s   # what is left of the budget (travels with a resume)
+        self.budget_left_s = time_budget_s  # what is left of the budget (travels with a resume)
         self._budget_end: float | None = None
         self._slots = 1
-        self._epoch_s: list[float] = []      # Tune's time_this_iter_s, start-up iterations excluded
-        self._start_s: list[float] = []      # trial start → its first epoch began
+        self._epoch_s: list[float] = []  # Tune's time_this_iter_s, start-up iterations excluded
+        self._start_s: list[float] = []  # trial start → its first epoch began
         self._started: dict[str, float] = {}  # trials starting: when a slot was free for them
         self._printed = 0.0
 
@@ -41,6 +50,7 @@ class EtaReporter(tune.Callback):
 
     def setup(self, **info) -> None:
         import ray
+
         self._budget_end = time.time() + self.budget_left_s if self.budget_left_s is not None else None
         self._slots = eta.concurrency(self.max_concurrent, ray.cluster_resources(), self.cpu, self.gpu)
 
@@ -79,10 +89,12 @@ class EtaReporter(tune.Callback):
         budget_left = None if self._budget_end is None else max(0.0, self._budget_end - time.time())
         epoch_s = statistics.median(self._epoch_s)
         start_s = statistics.median(self._start_s) if self._start_s else 0.0
-        seconds = eta.estimate_remaining_s(epoch_s, running, max(0, self.total - done - len(running)), self._slots,
-                                           self.schedule, budget_left, start_s)
-        return Estimate(time.time(), seconds, done, self.total, tuple(running), epoch_s, start_s, self._slots,
-                        budget_left)
+        seconds = eta.estimate_remaining_s(
+            epoch_s, running, max(0, self.total - done - len(running)), self._slots, self.schedule, budget_left, start_s
+        )
+        return Estimate(
+            time.time(), seconds, done, self.total, tuple(running), epoch_s, start_s, self._slots, budget_left
+        )
 
     def _report(self, trials) -> None:
         self._printed = time.time()
@@ -102,7 +114,12 @@ def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     if spec.method == "grid":
         for p in spec.parameters.values():
             total *= len(p.values) if p.values is not None else 1
-    schedule = eta.Schedule(spec.epochs, tuple(sorted(asha_rungs(spec))), spec.scheduler.reduction_factor, total,
-                            audit_k=spec.audit.top_k if spec.scheduler.type in EARLY_STOPPING else 0)
+    schedule = eta.Schedule(
+        spec.epochs,
+        tuple(sorted(asha_rungs(spec))),
+        spec.scheduler.reduction_factor,
+        total,
+        audit_k=spec.audit.top_k if spec.scheduler.type in EARLY_STOPPING else 0,
+    )
     gpu = 0.0 if spec.resources.gpu == "auto" else float(spec.resources.gpu)
     return EtaReporter(exp_dir, schedule, total, spec.max_concurrent, spec.resources.cpu, gpu, spec.time_budget_s)

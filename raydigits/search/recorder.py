@@ -1,6 +1,7 @@
 """Tune hooks that record each trial's outcome when it happens (experiment/records.py): a `tune.Callback`
 and the time budget as a `TimeoutStopper` that remembers it fired; and Tune's result loggers with
 their restore step fixed (ray_compat.KeepDriverResults), which replace Tune's defaults."""
+
 from __future__ import annotations
 
 from dataclasses import replace

@@ -1,5 +1,6 @@
 """Start or attach to Ray, check that trials can ever be scheduled, assemble the Tuner (or restore
 one), run it. The dataset is loaded once here and put once into the object store."""
+
 from __future__ import annotations
 
 import os
@@ -19,13 +20,18 @@ from .tune_space import build_search_alg, build_tune_scheduler, param_space
 
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-PROBE_TIMEOUT_S = 5.0        # a HOST:PORT that does not answer in this long is refused
-ERROR_CHARS = 200            # the part of a connection error shown in our one-line message
-METRIC_COLUMNS = {"epoch": "epoch", "val_acc": "val_acc", "val_loss": "val_loss", "lr": "lr_now",
-                  "images_per_s": "img/s"}
-PARAMETER_COLUMNS = 8        # the progress table shows at most this many searched parameters
-REPORT_EVERY_S = 15          # the progress table is printed at most this often
-SYNC_PERIOD_S = 30           # remote storage: Tune uploads the experiment's state at least this often
+PROBE_TIMEOUT_S = 5.0  # a HOST:PORT that does not answer in this long is refused
+ERROR_CHARS = 200  # the part of a connection error shown in our one-line message
+METRIC_COLUMNS = {
+    "epoch": "epoch",
+    "val_acc": "val_acc",
+    "val_loss": "val_loss",
+    "lr": "lr_now",
+    "images_per_s": "img/s",
+}
+PARAMETER_COLUMNS = 8  # the progress table shows at most this many searched parameters
+REPORT_EVERY_S = 15  # the progress table is printed at most this often
+SYNC_PERIOD_S = 30  # remote storage: Tune uploads the experiment's state at least this often
 
 
 def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
@@ -35,8 +41,9 @@ def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     hostport = address.split("://", 1)[-1].rstrip("/")
     if address == "auto":  # the cluster a `ray start` on this machine recorded (maybe long dead)
         if not RAY_CURRENT_CLUSTER.exists():
-            raise UserError("--address auto: no Ray cluster was started on this machine "
-                            "(run `ray start --head`, or give HOST:PORT)")
+            raise UserError(
+                "--address auto: no Ray cluster was started on this machine (run `ray start --head`, or give HOST:PORT)"
+            )
         hostport = RAY_CURRENT_CLUSTER.read_text().strip()
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
@@ -44,8 +51,10 @@ def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
-        raise UserError(f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
-                        "is `ray start --head` running there?") from None
+        raise UserError(
+            f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+            "is `ray start --head` running there?"
+        ) from None
 
 
 def start_ray(address: str | None, dashboard_port: int | None = None, job_name: str | None = None) -> dict:
@@ -55,6 +64,7 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
     ray_compat.set_env_defaults()  # before the first `import ray`: Ray reads some of them then
     import ray
     from ray.job_config import JobConfig
+
     address = address or os.environ.get("RAY_ADDRESS")
     ray_compat.quiet_ray_noise()
     job = JobConfig(metadata={"job_name": f"raydigits {job_name}"} if job_name else {})  # the Jobs page's Name
@@ -64,21 +74,32 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
             ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True, job_config=job)
         else:
             # "local": always a new Ray of our own, never a cluster some earlier `ray start` left behind
-            ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", job_config=job,
-                           dashboard_port=dashboard_port, logging_level="WARNING")
+            ctx = ray.init(
+                address="local",
+                include_dashboard=True,
+                dashboard_host="127.0.0.1",
+                job_config=job,
+                dashboard_port=dashboard_port,
+                logging_level="WARNING",
+            )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"--address {address}: cannot connect to a Ray cluster ({first[:ERROR_CHARS]})") from None
     url = ctx.dashboard_url
     if url and not url.startswith("http"):
         url = f"http://{url}"
-    return {"dashboard_url": url, "address": ctx.address_info.get("address"), "attached": bool(address),
-            "token_auth": ray_compat.token_auth_enabled()}
+    return {
+        "dashboard_url": url,
+        "address": ctx.address_info.get("address"),
+        "attached": bool(address),
+        "token_auth": ray_compat.token_auth_enabled(),
+    }
 
 
 def check_resources(spec: SearchSpec) -> None:
     """Refuse, before any trial starts, per-trial resources that no alive node could ever give."""
     import ray
+
     gpu = 1.0 if spec.resources.gpu == "auto" else spec.resources.gpu  # auto: at least a GPU somewhere
     need = {"CPU": spec.resources.cpu, "GPU": gpu}
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -86,11 +107,18 @@ def check_resources(spec: SearchSpec) -> None:
         have = node.get("Resources", {})
         if all(have.get(k, 0.0) >= v for k, v in need.items() if v > 0):
             return
-    summary = ", ".join(f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU "
-                        f"{n['Resources'].get('GPU', 0):g} GPU" for n in nodes) or "no alive nodes"
-    raise UserError(f"resources: each trial asks for cpu={spec.resources.cpu:g} gpu={spec.resources.gpu}, "
-                    f"but no node of this cluster has that ({summary}); lower resources.cpu/gpu "
-                    "(or --cpus-per-trial / --gpus-per-trial)")
+    summary = (
+        ", ".join(
+            f"{n.get('NodeManagerAddress')}: {n['Resources'].get('CPU', 0):g} CPU {n['Resources'].get('GPU', 0):g} GPU"
+            for n in nodes
+        )
+        or "no alive nodes"
+    )
+    raise UserError(
+        f"resources: each trial asks for cpu={spec.resources.cpu:g} gpu={spec.resources.gpu}, "
+        f"but no node of this cluster has that ({summary}); lower resources.cpu/gpu "
+        "(or --cpus-per-trial / --gpus-per-trial)"
+    )
 
 
 def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path, starts: dict[str, str] | None = None):
@@ -100,9 +128,11 @@ def _trainable(spec: SearchSpec, data: Dataset, data_dir: Path, starts: dict[str
     from ray import tune
 
     from .trainable import train_trial
+
     threads = trial_threads(spec)
-    fn = tune.with_parameters(train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir),
-                              starts=starts or {})
+    fn = tune.with_parameters(
+        train_trial, spec=spec, data=data, threads=threads, data_dir=str(data_dir), starts=starts or {}
+    )
     return ray_compat.named_trainable(fn, {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu})
 
 
@@ -114,17 +144,26 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
 
     from .progress import eta_reporter
     from .recorder import OutcomeRecorder, result_loggers
-    reporter = tune.CLIReporter(metric_columns=METRIC_COLUMNS,
-                                parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
-                                max_report_frequency=REPORT_EVERY_S, sort_by_metric=False,
-                                metric=spec.metric, mode=spec.mode)
+
+    reporter = tune.CLIReporter(
+        metric_columns=METRIC_COLUMNS,
+        parameter_columns=list(spec.parameters)[:PARAMETER_COLUMNS],
+        max_report_frequency=REPORT_EVERY_S,
+        sort_by_metric=False,
+        metric=spec.metric,
+        mode=spec.mode,
+    )
     return tune.RunConfig(
-        name=exp.name, storage_path=exp.parent.tune_path, verbose=verbose, progress_reporter=reporter,
+        name=exp.name,
+        storage_path=exp.parent.tune_path,
+        verbose=verbose,
+        progress_reporter=reporter,
         callbacks=[OutcomeRecorder(exp, spec.epochs), eta_reporter(spec, exp), *result_loggers()],
         stop=_stopper(spec, exp),
         sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        checkpoint_config=_checkpoint_config(spec))
+        checkpoint_config=_checkpoint_config(spec),
+    )
 
 
 def _stopper(spec: SearchSpec, exp_dir: Location):
@@ -133,6 +172,7 @@ def _stopper(spec: SearchSpec, exp_dir: Location):
     from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
 
     from .recorder import BudgetStopper
+
     stoppers = [BudgetStopper(spec.time_budget_s, exp_dir)] if spec.time_budget_s else []
     if spec.scheduler.type in POPULATION:
         stoppers.append(MaximumIterationStopper(spec.epochs))  # a trial's iterations are its epochs
@@ -144,10 +184,12 @@ def _checkpoint_config(spec: SearchSpec):
     trial may be handed any other trial's latest checkpoint, which a best-by-metric rule may have
     deleted by the time it starts from it (Tune then fails the trial)."""
     from ray import tune
+
     if spec.scheduler.type in POPULATION:
         return tune.CheckpointConfig()
-    return tune.CheckpointConfig(num_to_keep=spec.checkpoints_to_keep, checkpoint_score_attribute=spec.metric,
-                                 checkpoint_score_order=spec.mode)
+    return tune.CheckpointConfig(
+        num_to_keep=spec.checkpoints_to_keep, checkpoint_score_attribute=spec.metric, checkpoint_score_order=spec.mode
+    )
 
 
 def data_dir_of(spec: SearchSpec) -> Path:
@@ -165,15 +207,24 @@ def check_new_experiment(exp: Location) -> None:
     """Refuse a place that already holds something: a search (ours or another Tune run's) is
     never written over; an earlier search is continued with --resume."""
     if layout.holds_search(exp):
-        raise UserError(f"--name {exp.name}: {exp} already holds a search; pick another --name or "
-                        f"continue it with --resume {exp}")
+        raise UserError(
+            f"--name {exp.name}: {exp} already holds a search; pick another --name or continue it with --resume {exp}"
+        )
     if exp.exists() and (not exp.is_dir() or exp.iterdir()):
         raise UserError(f"--name {exp.name}: {exp} already exists and is not an empty folder; pick another --name")
 
 
-def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
-               data_dir: Path | None = None, search_alg=None, pinned: tuple[dict, ...] = (),
-               space: dict | None = None, starts: dict[str, str] | None = None) -> Location:
+def run_search(
+    spec: SearchSpec,
+    exp: Location,
+    data: Dataset,
+    verbose: int = 1,
+    data_dir: Path | None = None,
+    search_alg=None,
+    pinned: tuple[dict, ...] = (),
+    space: dict | None = None,
+    starts: dict[str, str] | None = None,
+) -> Location:
     """A fresh search over `data` (from `load_data`; `data_dir` is where it came from, by default
     the spec's) into the experiment folder `exp`. Returns `exp` (experiment/ reads the results
     from there). A search that fails before Tune wrote any state leaves nothing behind. `space`
@@ -184,8 +235,16 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
     layout.write_spec(exp, spec, data_dir)
     records.start_run(exp)
     try:
-        _fit_new(spec, exp, data, data_dir, verbose, search_alg or build_search_alg(spec),
-                 space if space is not None else param_space(spec, pinned), starts)
+        _fit_new(
+            spec,
+            exp,
+            data,
+            data_dir,
+            verbose,
+            search_alg or build_search_alg(spec),
+            space if space is not None else param_space(spec, pinned),
+            starts,
+        )
     except BaseException:
         if not exp.glob(ray_compat.STATE_GLOB):  # nothing to resume: do not block the same --name
             exp.delete()
@@ -194,34 +253,52 @@ def run_search(spec: SearchSpec, exp: Location, data: Dataset, verbose: int = 1,
     return exp
 
 
-def _fit_new(spec: SearchSpec, exp: Location, data: Dataset, data_dir: Path, verbose: int, search_alg,
-             space: dict, starts: dict[str, str] | None) -> None:
+def _fit_new(
+    spec: SearchSpec,
+    exp: Location,
+    data: Dataset,
+    data_dir: Path,
+    verbose: int,
+    search_alg,
+    space: dict,
+    starts: dict[str, str] | None,
+) -> None:
     from ray import tune
+
     tuner = tune.Tuner(
         _trainable(spec, data, data_dir, starts),
         param_space=space,
-        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=build_tune_scheduler(spec),
-                                    num_samples=spec.num_samples,  # concurrency: build_search_alg
-                                    # time budget: a stopper in _run_config
-                                    trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
-                                    trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}",
-                                    # PBT / PB2 pause and restart trials at every perturbation: keep
-                                    # their processes (torch loaded, the dataset mapped) instead of new ones
-                                    reuse_actors=spec.scheduler.type in POPULATION),
-        run_config=_run_config(spec, exp, verbose))
+        tune_config=tune.TuneConfig(
+            search_alg=search_alg,
+            scheduler=build_tune_scheduler(spec),
+            num_samples=spec.num_samples,  # concurrency: build_search_alg
+            # time budget: a stopper in _run_config
+            trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
+            trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}",
+            # PBT / PB2 pause and restart trials at every perturbation: keep
+            # their processes (torch loaded, the dataset mapped) instead of new ones
+            reuse_actors=spec.scheduler.type in POPULATION,
+        ),
+        run_config=_run_config(spec, exp, verbose),
+    )
     tuner.fit()
 
 
 def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Location:
     """Continue an experiment whose spec the caller read (`Experiment.open`)."""
     from ray import tune
+
     if not tune.Tuner.can_restore(exp.tune_path):
         raise UserError(f"{exp}: no Tune experiment state to resume from")
     # param_space again: Tune saved its sample_from functions as placeholders, and trials the
     # searcher has yet to generate need the real functions back
-    tuner = tune.Tuner.restore(exp.tune_path, trainable=_trainable(spec, data, data_dir or data_dir_of(spec)),
-                               param_space=param_space(spec),
-                               resume_unfinished=True, resume_errored=True)
+    tuner = tune.Tuner.restore(
+        exp.tune_path,
+        trainable=_trainable(spec, data, data_dir or data_dir_of(spec)),
+        param_space=param_space(spec),
+        resume_unfinished=True,
+        resume_errored=True,
+    )
     tuner.fit()
     records.finish_run(exp)
     return exp

@@ -25,6 +25,7 @@ and its value is recorded. A trial is assigned a bracket at random on arrival, w
   and the last one may have none below max_t (it never stops a trial). "ray" weights as Ray does,
   "equal" gives every bracket the same share, or an explicit list of weights.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,25 +73,41 @@ class StoppingCore:
         grace * reduction_factor**k), one share or one per milestone below max_t (ascending).
     stop_last_trials: STOP a trial at max_t (Ray's default)."""
 
-    def __init__(self, max_t: float, grace_period: float = 1, reduction_factor: float = 2.0, brackets: int = 1,
-                 stratify: bool = False, min_peers: int = 1, bracket_weights="ray",
-                 rng: random.Random | None = None, stop_last_trials: bool = True,
-                 keep: float | Sequence[float] | None = None):
+    def __init__(
+        self,
+        max_t: float,
+        grace_period: float = 1,
+        reduction_factor: float = 2.0,
+        brackets: int = 1,
+        stratify: bool = False,
+        min_peers: int = 1,
+        bracket_weights="ray",
+        rng: random.Random | None = None,
+        stop_last_trials: bool = True,
+        keep: float | Sequence[float] | None = None,
+    ):
         if not (max_t > 0 and 0 < grace_period <= max_t and reduction_factor > 1 and brackets >= 1 and min_peers >= 1):
-            raise ValueError(f"bad early stopping: max_t {max_t}, grace_period {grace_period}, "
-                             f"reduction_factor {reduction_factor}, brackets {brackets}, min_peers {min_peers}")
+            raise ValueError(
+                f"bad early stopping: max_t {max_t}, grace_period {grace_period}, "
+                f"reduction_factor {reduction_factor}, brackets {brackets}, min_peers {min_peers}"
+            )
         self.max_t, self.grace_period, self.rf = max_t, grace_period, reduction_factor
         self.stratify, self.min_peers, self.stop_last_trials = stratify, min_peers, stop_last_trials
         # the share each milestone keeps, by milestone (a list: one per first-bracket milestone below max_t)
         first = [m for m in bracket_milestones(grace_period, max_t, reduction_factor, 0) if m < max_t]
-        keeps = [1 / reduction_factor if keep is None else keep] * len(first) if keep is None or isinstance(
-            keep, (int, float)) else [float(k) for k in keep]
+        keeps = (
+            [1 / reduction_factor if keep is None else keep] * len(first)
+            if keep is None or isinstance(keep, (int, float))
+            else [float(k) for k in keep]
+        )
         if len(keeps) != len(first) or not all(0 < k < 1 for k in keeps):
             raise ValueError(f"keep: one share in (0, 1) per milestone {first}, got {keep}")
         self.keep = dict(zip(first, keeps))
         # per bracket: [(milestone, {(family or None): {trial_id: value}})], descending as Ray's
-        self.brackets = [[(m, {}) for m in reversed(bracket_milestones(grace_period, max_t, reduction_factor, s))]
-                         for s in range(brackets)]
+        self.brackets = [
+            [(m, {}) for m in reversed(bracket_milestones(grace_period, max_t, reduction_factor, s))]
+            for s in range(brackets)
+        ]
         counts = [len(b) for b in self.brackets]
         if bracket_weights == "ray":
             self.weights = ray_bracket_weights(counts)
@@ -168,9 +185,13 @@ class StoppingCore:
     def debug_string(self) -> str:
         lines = []
         for s, b in enumerate(self.brackets):
-            rungs = " | ".join(f"t={m:g}: " + ", ".join(f"{fam if fam is not None else 'all'} n={len(r)}"
-                                                       for fam, r in sorted(fams.items(), key=str))
-                               for m, fams in b)
+            rungs = " | ".join(
+                f"t={m:g}: "
+                + ", ".join(
+                    f"{fam if fam is not None else 'all'} n={len(r)}" for fam, r in sorted(fams.items(), key=str)
+                )
+                for m, fams in b
+            )
             lines.append(f"bracket {s} (p={self.weights[s]:.2f}): {rungs or 'never stops'}")
         return "\n".join(lines)
 

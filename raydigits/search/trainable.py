@@ -1,5 +1,6 @@
 """One Tune trial: resume from Tune's checkpoint → the foundation Trainer's epoch loop →
 `tune.report(metrics, checkpoint=...)` every epoch. No second training loop lives here."""
+
 from __future__ import annotations
 
 import os
@@ -33,11 +34,13 @@ def _fault_hook():
             if ep == epoch and step == 2 and not marker.exists():
                 marker.write_text(tune.get_context().get_trial_name())
                 raise error(f"injected fault in epoch {ep}, step {step}")
+
     return hook
 
 
-def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, data_dir: str,
-                starts: dict[str, str] | None = None) -> None:
+def train_trial(
+    config: dict, spec: SearchSpec, data: Dataset, threads: int, data_dir: str, starts: dict[str, str] | None = None
+) -> None:
     """`data_dir`: where `data` came from (absolute), recorded in the trial's TrainConfig. `starts`:
     for an audit trial (its config names the stopped trial under AUDIT_KEY), the checkpoint it
     trains on from when Tune has none of its own yet."""
@@ -57,11 +60,13 @@ def train_trial(config: dict, spec: SearchSpec, data: Dataset, threads: int, dat
         print(f"resumed from epoch {trainer.epoch}" + (f" with {changed}" if changed else ""), flush=True)
 
     def report(metrics: dict, t: Trainer) -> None:
-        print(f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
-              f"val_acc {metrics['val_acc']:.4f} train_loss {metrics['train_loss']:.4f} "
-              f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.0f} img/s", flush=True)
-        clean = {k: (float(v) if isinstance(v, (bool, int, float)) and k != "epoch" else v)
-                 for k, v in metrics.items()}
+        print(
+            f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
+            f"val_acc {metrics['val_acc']:.4f} train_loss {metrics['train_loss']:.4f} "
+            f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.0f} img/s",
+            flush=True,
+        )
+        clean = {k: (float(v) if isinstance(v, (bool, int, float)) and k != "epoch" else v) for k, v in metrics.items()}
         clean["stop_reason"] = t.stop_reason or ""
         clean["device"] = str(t.device)  # what `launch.py reproduce` compares against (CPU: exactly)
         clean["uss_mb"] = psutil.Process().memory_full_info().uss / 2**20  # memory this trial alone holds

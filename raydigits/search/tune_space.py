@@ -2,6 +2,7 @@
 conditional parameters as seeded `sample_from`s), the Optuna define-by-run space (tpe), the search
 algorithm (optionally warm-started, with configs to run first) and the trial scheduler (ASHA, FIFO,
 PBT, PB2). Ray is imported only inside the builders."""
+
 from __future__ import annotations
 
 import hashlib
@@ -21,6 +22,7 @@ def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
     from ray import tune
 
     from ..ray_compat import read_config_key as get  # Tune retries while a condition key is unsampled
+
     domain = _domain(p)
 
     def sample(spec):
@@ -32,7 +34,9 @@ def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
             if all(k in plain and plain[k] == v for k, v in keys.items()):
                 return config.get(name)
         key = json.dumps(plain, sort_keys=True, default=str)
-        rs = np.random.RandomState(int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:SEED_HEX_DIGITS], 16))
+        rs = np.random.RandomState(
+            int(hashlib.sha256(f"{seed}:{name}:{key}".encode()).hexdigest()[:SEED_HEX_DIGITS], 16)
+        )
         return domain.sample(random_state=rs) if hasattr(domain, "sample") else domain
 
     return tune.sample_from(sample)
@@ -41,6 +45,7 @@ def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
 def _domain(p: Param):
     """The parameter as a Tune domain (its kind's entry names the `ray.tune` function), or its constant."""
     from ray import tune
+
     if p.values is not None:
         return tune.choice(p.values)
     if p.is_constant:
@@ -52,6 +57,7 @@ def param_space(spec: SearchSpec, pinned: tuple[dict, ...] = ()) -> dict:
     """Tune param_space for random and grid search; empty for tpe (its space is `OptunaSpace`).
     `pinned`: full configs that points_to_evaluate re-runs (see `_conditional`)."""
     from ray import tune
+
     space = {}
     if spec.method == "tpe":
         return space
@@ -99,15 +105,23 @@ def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float]] = (), poin
     before its first suggestion (`launch.py extend`; random search ignores them)."""
     if spec.method != "tpe":
         from ray.tune.search.basic_variant import BasicVariantGenerator
-        return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0,
-                                     points_to_evaluate=list(points) or None)
+
+        return BasicVariantGenerator(
+            random_state=spec.seed, max_concurrent=spec.max_concurrent or 0, points_to_evaluate=list(points) or None
+        )
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    searcher = OptunaSearch(space=OptunaSpace(spec), metric=spec.metric, mode=spec.mode,
-                            sampler=optuna.samplers.TPESampler(seed=spec.seed),
-                            points_to_evaluate=list(points) or None, **_warm_study(spec, warm))
+    searcher = OptunaSearch(
+        space=OptunaSpace(spec),
+        metric=spec.metric,
+        mode=spec.mode,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        points_to_evaluate=list(points) or None,
+        **_warm_study(spec, warm),
+    )
     return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
 
 
@@ -122,9 +136,11 @@ def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
     if not warm:
         return {}
     import optuna
+
     storage = optuna.storages.InMemoryStorage()
-    study = optuna.create_study(storage=storage, study_name=WARM_STUDY,
-                                direction="maximize" if spec.mode == "max" else "minimize")
+    study = optuna.create_study(
+        storage=storage, study_name=WARM_STUDY, direction="maximize" if spec.mode == "max" else "minimize"
+    )
     space = OptunaSpace(spec)
     for config, value in warm:
         fixed = optuna.trial.FixedTrial(config)
@@ -132,8 +148,7 @@ def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
             space(fixed)
         except ValueError:  # a config from another space (e.g. a conditional the spec no longer has)
             continue
-        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions,
-                                                  value=value))
+        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions, value=value))
     return {"storage": storage, "study_name": WARM_STUDY}
 
 
@@ -155,18 +170,33 @@ def _population_scheduler(spec: SearchSpec):
     """PBT (perturbed parameters: the same distribution, or the list of values) or PB2 (their bounds)."""
     from ray.tune.schedulers import PopulationBasedTraining
     from ray.tune.schedulers.pb2 import PB2
+
     s, names = spec.scheduler, mutated(spec)
-    bounds = {n: (spec.parameters[n].min, spec.parameters[n].max) for n in names
-              if spec.parameters[n].kind is not None and spec.parameters[n].kind.bounded}
-    common = dict(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
-                  perturbation_interval=s.perturbation_interval, quantile_fraction=s.quantile_fraction,
-                  synch=s.synch)
+    bounds = {
+        n: (spec.parameters[n].min, spec.parameters[n].max)
+        for n in names
+        if spec.parameters[n].kind is not None and spec.parameters[n].kind.bounded
+    }
+    common = dict(
+        time_attr="training_iteration",
+        metric=spec.metric,
+        mode=spec.mode,
+        perturbation_interval=s.perturbation_interval,
+        quantile_fraction=s.quantile_fraction,
+        synch=s.synch,
+    )
     if s.type == "pb2":
         return PB2(hyperparam_bounds={n: list(b) for n, b in bounds.items()}, **common)
-    mutations = {n: list(spec.parameters[n].values) if spec.parameters[n].values is not None
-                 else _domain(spec.parameters[n]) for n in names}
-    return PopulationBasedTraining(hyperparam_mutations=mutations, resample_probability=s.resample_probability,
-                                   custom_explore_fn=ClipToRange(bounds), **common)
+    mutations = {
+        n: list(spec.parameters[n].values) if spec.parameters[n].values is not None else _domain(spec.parameters[n])
+        for n in names
+    }
+    return PopulationBasedTraining(
+        hyperparam_mutations=mutations,
+        resample_probability=s.resample_probability,
+        custom_explore_fn=ClipToRange(bounds),
+        **common,
+    )
 
 
 def family_parameters(spec: SearchSpec) -> list[str]:
@@ -179,6 +209,7 @@ def build_tune_scheduler(spec: SearchSpec):
     """Tune's trial scheduler (family ASHA, Ray's ASHA, FIFO, PBT or PB2); optim.build_scheduler is the
     learning-rate schedule."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
     s = spec.scheduler
     if s.type == "fifo":
         return FIFOScheduler()
@@ -186,9 +217,22 @@ def build_tune_scheduler(spec: SearchSpec):
         return _population_scheduler(spec)
     if s.type == "family_asha":
         from .family_asha import default_scheduler
-        return default_scheduler(metric=spec.metric, mode=spec.mode, max_t=spec.epochs,
-                                 grace_period=min(s.grace_period, spec.epochs), reduction_factor=s.reduction_factor,
-                                 family=family_parameters(spec), seed=spec.seed)
-    return ASHAScheduler(time_attr="training_iteration", metric=spec.metric, mode=spec.mode,
-                         max_t=spec.epochs, grace_period=min(s.grace_period, spec.epochs),
-                         reduction_factor=s.reduction_factor, brackets=s.brackets)
+
+        return default_scheduler(
+            metric=spec.metric,
+            mode=spec.mode,
+            max_t=spec.epochs,
+            grace_period=min(s.grace_period, spec.epochs),
+            reduction_factor=s.reduction_factor,
+            family=family_parameters(spec),
+            seed=spec.seed,
+        )
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=spec.metric,
+        mode=spec.mode,
+        max_t=spec.epochs,
+        grace_period=min(s.grace_period, spec.epochs),
+        reduction_factor=s.reduction_factor,
+        brackets=s.brackets,
+    )

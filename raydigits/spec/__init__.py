@@ -10,31 +10,55 @@ Ray nor torch (tests/test_layers.py).
 - `derived.py` what follows from a spec: ASHA's rungs, PBT's perturbed parameters, a trial's TrainConfig
 
 Errors name the key path (`parameters.lr.min`)."""
+
 from .derived import (
-                      MIN_RUNG_STEPS,
-                      asha_rungs,
-                      early_rung_warning,
-                      mutated,
-                      trial_threads,
-                      trial_train_config,
-                      trial_values,
+    MIN_RUNG_STEPS,
+    asha_rungs,
+    early_rung_warning,
+    mutated,
+    trial_threads,
+    trial_train_config,
+    trial_values,
 )
 from .kinds import DISTRIBUTIONS, Kind, kind, list_distributions
 from .load import SEARCH_SPACES_DIR, load_spec, parse_spec, resolve_path
 from .model import (
-                      AUDIT_KEY,
-                      EARLY_STOPPING,
-                      INDEX_SUFFIX,
-                      POPULATION,
-                      SEED_HEX_DIGITS,
-                      AuditSpec,
-                      Param,
-                      Resources,
-                      SchedulerSpec,
-                      SearchSpec,
+    AUDIT_KEY,
+    EARLY_STOPPING,
+    INDEX_SUFFIX,
+    POPULATION,
+    SEED_HEX_DIGITS,
+    AuditSpec,
+    Param,
+    Resources,
+    SchedulerSpec,
+    SearchSpec,
 )
 
-__all__ = ["AUDIT_KEY", "AuditSpec", "DISTRIBUTIONS", "EARLY_STOPPING", "INDEX_SUFFIX", "MIN_RUNG_STEPS", "POPULATION", "SEARCH_SPACES_DIR", "SEED_HEX_DIGITS",
-           "Kind", "Param", "Resources", "SchedulerSpec", "SearchSpec", "asha_rungs", "early_rung_warning", "kind",
-           "list_distributions", "load_spec", "mutated", "parse_spec", "resolve_path", "trial_threads",
-           "trial_train_config", "trial_values"]
+__all__ = [
+    "AUDIT_KEY",
+    "AuditSpec",
+    "DISTRIBUTIONS",
+    "EARLY_STOPPING",
+    "INDEX_SUFFIX",
+    "MIN_RUNG_STEPS",
+    "POPULATION",
+    "SEARCH_SPACES_DIR",
+    "SEED_HEX_DIGITS",
+    "Kind",
+    "Param",
+    "Resources",
+    "SchedulerSpec",
+    "SearchSpec",
+    "asha_rungs",
+    "early_rung_warning",
+    "kind",
+    "list_distributions",
+    "load_spec",
+    "mutated",
+    "parse_spec",
+    "resolve_path",
+    "trial_threads",
+    "trial_train_config",
+    "trial_values",
+]

@@ -7,6 +7,7 @@ that contradict each other or go unused, PBT settings, and files named in the sp
 used (a weights file, the dataset, and the sizes and class weights that must fit that dataset).
 
 Each problem is one UserError naming its key path (`parameters.lr.normal: ...`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,8 +45,10 @@ def check_spec(spec: SearchSpec, where: str, semantic: bool = True) -> None:
 def _check_targets(spec: SearchSpec, targets: dict[str, str], where: str) -> None:
     """Each parameter sets a key that may be searched, once (or under `when` conditions)."""
     for name, target in targets.items():
-        why = {"data_dir": "the dataset is loaded once",
-               "epochs": "scheduler.max_t or fixed.epochs sets every trial's epochs"}.get(target)
+        why = {
+            "data_dir": "the dataset is loaded once",
+            "epochs": "scheduler.max_t or fixed.epochs sets every trial's epochs",
+        }.get(target)
         if why:
             raise UserError(f"{where}: parameters.{name}: {target} cannot be searched ({why})")
     both = sorted(set(spec.fixed) & set(targets.values()))
@@ -54,15 +57,19 @@ def _check_targets(spec: SearchSpec, targets: dict[str, str], where: str) -> Non
     for name, target in targets.items():
         same = [n for n, t in targets.items() if t == target and n != name]
         if same and not (spec.parameters[name].when and all(spec.parameters[n].when for n in same)):
-            raise UserError(f"{where}: parameters.{name}: sets {target!r} like {same[0]}; parameters "
-                            "sharing a key need `when` conditions")
+            raise UserError(
+                f"{where}: parameters.{name}: sets {target!r} like {same[0]}; parameters "
+                "sharing a key need `when` conditions"
+            )
 
 
 def _check_fixed(spec: SearchSpec, where: str) -> dict[str, Any]:
     """`fixed` (with the epochs) is a valid TrainConfig; returns it as the base of every trial."""
     if "epochs" in spec.fixed and spec.scheduler.max_t and spec.fixed["epochs"] != spec.scheduler.max_t:
-        raise UserError(f"{where}: fixed.epochs ({spec.fixed['epochs']}) differs from scheduler.max_t "
-                        f"({spec.scheduler.max_t}); give one")
+        raise UserError(
+            f"{where}: fixed.epochs ({spec.fixed['epochs']}) differs from scheduler.max_t "
+            f"({spec.scheduler.max_t}); give one"
+        )
     base = {**spec.fixed, "epochs": spec.epochs}
     try:
         TrainConfig(**base)
@@ -80,11 +87,13 @@ def _check_param_keys(spec: SearchSpec, name: str, p: Param, target: str, where:
         if key not in TrainConfig.model_fields:
             raise UserError(f"{where}: parameters.{name}.when.{key}: unknown key")
         if key in spec.parameters and spec.parameters[key].when:
-            raise UserError(f"{where}: parameters.{name}.when.{key}: conditions on conditional "
-                            "parameters are not supported")
+            raise UserError(
+                f"{where}: parameters.{name}.when.{key}: conditions on conditional parameters are not supported"
+            )
     if p.when and spec.method == "grid":
-        raise UserError(f"{where}: parameters.{name}.when: method grid does not take conditional "
-                        "parameters; use random or tpe")
+        raise UserError(
+            f"{where}: parameters.{name}.when: method grid does not take conditional parameters; use random or tpe"
+        )
     if spec.method == "grid" and p.distribution is not None:
         raise UserError(f"{where}: parameters.{name}: method grid needs `values` (or `value`)")
     if spec.method == "tpe" and p.kind is not None and not p.kind.suggest:
@@ -110,34 +119,48 @@ def check_population(spec: SearchSpec, where: str) -> None:
             raise UserError(f"{where}: scheduler.mutate: only for scheduler type pbt or pb2")
         return
     if spec.method == "tpe":
-        raise UserError(f"{where}: scheduler.type {s.type}: its trials take their configs from each other; "
-                        "use method random or grid")
+        raise UserError(
+            f"{where}: scheduler.type {s.type}: its trials take their configs from each other; "
+            "use method random or grid"
+        )
     if s.perturbation_interval >= spec.epochs:
-        raise UserError(f"{where}: scheduler.perturbation_interval ({s.perturbation_interval}) must be below "
-                        f"max_t ({spec.epochs}) epochs, or no trial is ever perturbed")
+        raise UserError(
+            f"{where}: scheduler.perturbation_interval ({s.perturbation_interval}) must be below "
+            f"max_t ({spec.epochs}) epochs, or no trial is ever perturbed"
+        )
     for i, name in enumerate(s.mutate or []):
         _check_mutated(spec, i, name, where)
     if not mutated(spec):
-        raise UserError(f"{where}: scheduler.type {s.type}: no searched parameter can be perturbed; search one "
-                        f"of {', '.join(MUTABLE_KNOBS)} without `when`" + (" with a distribution" if s.type == "pb2" else ""))
+        raise UserError(
+            f"{where}: scheduler.type {s.type}: no searched parameter can be perturbed; search one "
+            f"of {', '.join(MUTABLE_KNOBS)} without `when`" + (" with a distribution" if s.type == "pb2" else "")
+        )
 
 
 def _check_mutated(spec: SearchSpec, i: int, name: str, where: str) -> None:
     p = spec.parameters.get(name)
     if p is None:
-        raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} is not a searched parameter "
-                        f"(parameters: {', '.join(spec.parameters) or 'none'})")
+        raise UserError(
+            f"{where}: scheduler.mutate[{i}]: {name!r} is not a searched parameter "
+            f"(parameters: {', '.join(spec.parameters) or 'none'})"
+        )
     if spec.target(name) not in MUTABLE_KNOBS:
-        raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} cannot change mid-training (the weights "
-                        f"or optimiser state would not fit it); perturbable: {', '.join(MUTABLE_KNOBS)}")
+        raise UserError(
+            f"{where}: scheduler.mutate[{i}]: {name!r} cannot change mid-training (the weights "
+            f"or optimiser state would not fit it); perturbable: {', '.join(MUTABLE_KNOBS)}"
+        )
     if p.when:
-        raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} is conditional (when); a trial copying "
-                        "another's config could leave it unset")
+        raise UserError(
+            f"{where}: scheduler.mutate[{i}]: {name!r} is conditional (when); a trial copying "
+            "another's config could leave it unset"
+        )
     if p.is_constant:
         raise UserError(f"{where}: scheduler.mutate[{i}]: {name!r} is a constant; nothing to perturb")
     if spec.scheduler.type == "pb2" and not (p.kind and p.kind.bounded):
-        raise UserError(f"{where}: scheduler.mutate[{i}]: pb2 perturbs continuous parameters (min, max) only; "
-                        f"{name!r} is not one (use scheduler type pbt)")
+        raise UserError(
+            f"{where}: scheduler.mutate[{i}]: pb2 perturbs continuous parameters (min, max) only; "
+            f"{name!r} is not one (use scheduler type pbt)"
+        )
 
 
 # ------------------------------------------------------------------ semantic checks
@@ -161,8 +184,10 @@ def check_semantics(spec: SearchSpec, where: str) -> None:
 def _check_metric_mode(spec: SearchSpec, where: str) -> None:
     best = BEST_MODE[spec.metric]
     if spec.mode != best:
-        raise UserError(f"{where}: mode: {spec.mode} with metric {spec.metric} would pick the worst trial; "
-                        f"give mode: {best} (or leave mode out)")
+        raise UserError(
+            f"{where}: mode: {spec.mode} with metric {spec.metric} would pick the worst trial; "
+            f"give mode: {best} (or leave mode out)"
+        )
 
 
 def _check_scheduler(spec: SearchSpec, where: str) -> None:
@@ -170,22 +195,30 @@ def _check_scheduler(spec: SearchSpec, where: str) -> None:
     given = s.model_fields_set
     unused = [k for k in ASHA_ONLY if k in given] if s.type not in EARLY_STOPPING else []
     if unused:
-        raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type family_asha or asha "
-                        f"(this one is {s.type})")
+        raise UserError(
+            f"{where}: scheduler.{unused[0]}: only used by scheduler type family_asha or asha (this one is {s.type})"
+        )
     unused = [k for k in PBT_ONLY if k in given] if s.type not in ("pbt", "pb2") else []
     if unused:
-        raise UserError(f"{where}: scheduler.{unused[0]}: only used by scheduler type pbt or pb2 (this one is {s.type})")
+        raise UserError(
+            f"{where}: scheduler.{unused[0]}: only used by scheduler type pbt or pb2 (this one is {s.type})"
+        )
     if s.type not in EARLY_STOPPING:
         return
     if s.type == "family_asha" and s.brackets != 1:
-        raise UserError(f"{where}: scheduler.brackets: family_asha runs one bracket (BENCHMARKS.md: a hedge bracket "
-                        "protected less than comparing within families); use type asha for Ray's brackets")
+        raise UserError(
+            f"{where}: scheduler.brackets: family_asha runs one bracket (BENCHMARKS.md: a hedge bracket "
+            "protected less than comparing within families); use type asha for Ray's brackets"
+        )
     epochs = spec.epochs
-    source = ("scheduler.max_t" if s.max_t else "fixed.epochs" if "epochs" in spec.fixed
-              else "TrainConfig's default epochs")
+    source = (
+        "scheduler.max_t" if s.max_t else "fixed.epochs" if "epochs" in spec.fixed else "TrainConfig's default epochs"
+    )
     if s.grace_period > epochs:
-        raise UserError(f"{where}: scheduler.grace_period: {s.grace_period} epochs exceeds the {epochs} a trial "
-                        f"runs ({source}), so ASHA could never stop a trial early; lower it or use type fifo")
+        raise UserError(
+            f"{where}: scheduler.grace_period: {s.grace_period} epochs exceeds the {epochs} a trial "
+            f"runs ({source}), so ASHA could never stop a trial early; lower it or use type fifo"
+        )
 
 
 # ------------------------------------------------------------------ distributions vs TrainConfig bounds
@@ -205,7 +238,7 @@ def _takes_int(key: str) -> bool:
     return ann is int or (int in args and float not in args)
 
 
-BROKEN = {"gt": "<=", "ge": "<", "lt": ">=", "le": ">"}   # what a sample breaking a bound looks like
+BROKEN = {"gt": "<=", "ge": "<", "lt": ">=", "le": ">"}  # what a sample breaking a bound looks like
 KEPT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -220,14 +253,18 @@ def _check_support(name: str, p: Param, key: str, where: str) -> None:
         bounds = _bounds(key)
         if bounds:
             op, value = bounds[0]
-            raise UserError(f"{path}: samples can be {BROKEN[op]} {value:g} ({key} must be {KEPT[op]} {value:g}); "
-                            "use uniform or log_uniform_values inside the bounds")
+            raise UserError(
+                f"{path}: samples can be {BROKEN[op]} {value:g} ({key} must be {KEPT[op]} {value:g}); "
+                "use uniform or log_uniform_values inside the bounds"
+            )
     if k.name == "q_uniform":
         q = p.q or 1.0
         lo, hi = q_grid(p)
         if lo > hi:
-            raise UserError(f"{path}: no multiple of q={q:g} lies between min {p.min:g} and max {p.max:g}, "
-                            "so there is nothing to sample")
+            raise UserError(
+                f"{path}: no multiple of q={q:g} lies between min {p.min:g} and max {p.max:g}, "
+                "so there is nothing to sample"
+            )
         if _takes_int(key) and abs(q - round(q)) > INT_TOLERANCE:
             raise UserError(f"{path}: q={q:g} gives fractional samples ({key} takes integers)")
 
@@ -243,14 +280,20 @@ def check_conditions(spec: SearchSpec, where: str) -> None:
                 raise UserError(f"{path}: an empty list of values never holds")
             if key not in spec.parameters:
                 now = spec.fixed.get(key, TrainConfig().model_dump().get(key))
-                raise UserError(f"{path}: {key} is not a searched parameter (every trial has {key} = {now!r}), "
-                                "so the condition never changes; drop it or search that key")
+                raise UserError(
+                    f"{path}: {key} is not a searched parameter (every trial has {key} = {now!r}), "
+                    "so the condition never changes; drop it or search that key"
+                )
             cond = spec.parameters[key]
             if not cond.can_hold(allowed):
                 possible = cond.possible()
-                takes = (f"takes only {possible}" if possible is not None else
-                         f"is drawn from {cond.distribution} [{cond.min:g}, {cond.max:g}]"
-                         if cond.min is not None else f"is drawn from {cond.distribution}")
+                takes = (
+                    f"takes only {possible}"
+                    if possible is not None
+                    else f"is drawn from {cond.distribution} [{cond.min:g}, {cond.max:g}]"
+                    if cond.min is not None
+                    else f"is drawn from {cond.distribution}"
+                )
                 raise UserError(f"{path}: {want!r} can never hold: parameters.{key} {takes}")
 
 
@@ -259,8 +302,12 @@ def _values_of(spec: SearchSpec, key: str) -> list[tuple[str, Any]]:
     """(key path, value) for every value `key` can take: fixed, or each candidate of a parameter."""
     if key in spec.fixed:
         return [(f"fixed.{key}", spec.fixed[key])]
-    out = [(f"parameters.{name}.{sub}", v) for name, p in spec.parameters.items() if spec.target(name) == key
-           for sub, v in p.candidates()]
+    out = [
+        (f"parameters.{name}.{sub}", v)
+        for name, p in spec.parameters.items()
+        if spec.target(name) == key
+        for sub, v in p.candidates()
+    ]
     return out or [(f"{key} (TrainConfig default)", TrainConfig.model_fields[key].default)]
 
 
@@ -270,6 +317,7 @@ def _check_weights(spec: SearchSpec, where: str) -> None:
     models = [v for _, v in _values_of(spec, "model")]
     for path in [k for k, v in _values_of(spec, "pretrained") if v == "imagenet"][:1]:
         from ..models import imagenet_file
+
         for model in models:
             file = imagenet_file(model)
             if file is None or not file.exists():
@@ -280,6 +328,7 @@ def _check_weights(spec: SearchSpec, where: str) -> None:
     import torchvision
 
     from ..models import read_state_dict
+
     for path, value in paths:
         try:
             state = read_state_dict(value)
@@ -288,13 +337,15 @@ def _check_weights(spec: SearchSpec, where: str) -> None:
         for model in models:
             own = torchvision.models.get_model(model, weights=None).state_dict()
             if not any(k in own and getattr(v, "shape", None) == own[k].shape for k, v in state.items()):
-                raise UserError(f"{where}: {path}: {value}: no tensor matches model {model} (weights of "
-                                "another architecture?)")
+                raise UserError(
+                    f"{where}: {path}: {value}: no tensor matches model {model} (weights of another architecture?)"
+                )
 
 
 def _check_data(spec: SearchSpec, where: str) -> None:
     """The dataset folder, and the sizes and weights that must fit it (when it is prepared)."""
     from ..data.store import MANIFEST, is_store, read_manifest
+
     data_dir = Path(spec.fixed.get("data_dir") or default_data_dir())
     key = "fixed.data_dir" if "data_dir" in spec.fixed else "data_dir (default)"
     if data_dir.exists() and not data_dir.is_dir():
@@ -303,8 +354,10 @@ def _check_data(spec: SearchSpec, where: str) -> None:
         if data_dir.name == "mnist":
             return  # prepared on demand
         what = "no such folder" if not data_dir.exists() else f"no prepared dataset (no {MANIFEST})"
-        raise UserError(f"{where}: {key}: {data_dir}: {what}; prepare one with `python -m raydigits.data "
-                        f"prepare --folder ROOT --out {data_dir}`")
+        raise UserError(
+            f"{where}: {key}: {data_dir}: {what}; prepare one with `python -m raydigits.data "
+            f"prepare --folder ROOT --out {data_dir}`"
+        )
     manifest = read_manifest(data_dir)
     classes = len(manifest["class_names"])
     for size_key, split in SUBSET_KEYS.items():
@@ -312,8 +365,10 @@ def _check_data(spec: SearchSpec, where: str) -> None:
         present = sum(1 for c in info.get("class_counts") or [] if c > 0) or classes
         for path, n in _values_of(spec, size_key):
             if isinstance(n, int) and 0 < n < min(present, info.get("count", n + 1)):
-                raise UserError(f"{where}: {path}: {n} is fewer than the {present} classes in the {split} "
-                                f"split of {data_dir}; give 0 (all) or at least {present}")
+                raise UserError(
+                    f"{where}: {path}: {n} is fewer than the {present} classes in the {split} "
+                    f"split of {data_dir}; give 0 (all) or at least {present}"
+                )
     for path, weights in _values_of(spec, "class_weights"):
         if weights is not None and len(weights) != classes:
             raise UserError(f"{where}: {path}: {len(weights)} weights for the {classes} classes of {data_dir}")

@@ -1,5 +1,6 @@
 """What follows from a validated spec: ASHA's rungs and the early-rung warning, the parameters PBT
 perturbs, and a trial's sampled config as the TrainConfig it trains with."""
+
 from __future__ import annotations
 
 import math
@@ -27,9 +28,14 @@ def mutated(spec: SearchSpec) -> list[str]:
     """The parameters PBT / PB2 perturb: scheduler.mutate, or every searched one that may be."""
     if spec.scheduler.mutate is not None:
         return list(spec.scheduler.mutate)
-    return [name for name, p in spec.parameters.items()
-            if spec.target(name) in MUTABLE_KNOBS and not p.when and not p.is_constant
-            and (spec.scheduler.type != "pb2" or (p.kind is not None and p.kind.bounded))]
+    return [
+        name
+        for name, p in spec.parameters.items()
+        if spec.target(name) in MUTABLE_KNOBS
+        and not p.when
+        and not p.is_constant
+        and (spec.scheduler.type != "pb2" or (p.kind is not None and p.kind.bounded))
+    ]
 
 
 MIN_RUNG_STEPS = 100  # below this many optimiser steps, a first rung ranks trials on their start
@@ -43,15 +49,21 @@ def early_rung_warning(spec: SearchSpec, train_size: int) -> str | None:
         return None
     items = int(spec.fixed.get("train_items") or 0)
     n = min(items, train_size) if items else train_size
-    batches = [int(v) for name, p in spec.parameters.items() if spec.target(name) == "batch_size"
-               for v in (p.values or [p.value if p.is_constant else p.max])]
+    batches = [
+        int(v)
+        for name, p in spec.parameters.items()
+        if spec.target(name) == "batch_size"
+        for v in (p.values or [p.value if p.is_constant else p.max])
+    ]
     batches = batches or [int(spec.fixed.get("batch_size", TrainConfig.model_fields["batch_size"].default))]
     steps = max(1, n // max(batches)) * min(spec.scheduler.grace_period, spec.epochs)
     if steps >= MIN_RUNG_STEPS:
         return None
-    return (f"warning: scheduler.grace_period {spec.scheduler.grace_period} = {steps} optimiser steps on {n:,} "
-            f"training images: ASHA will stop trials on how they start, not how they end; give a "
-            f"grace_period of at least {MIN_RUNG_STEPS} steps' worth of epochs, or use scheduler type fifo")
+    return (
+        f"warning: scheduler.grace_period {spec.scheduler.grace_period} = {steps} optimiser steps on {n:,} "
+        f"training images: ASHA will stop trials on how they start, not how they end; give a "
+        f"grace_period of at least {MIN_RUNG_STEPS} steps' worth of epochs, or use scheduler type fifo"
+    )
 
 
 # ------------------------------------------------------------------ trial config → TrainConfig

@@ -1,5 +1,6 @@
 """A search space from a file, a shipped name or a dict, validated: structure by the models
 (model.py), everything else by `checks.check_spec`."""
+
 from __future__ import annotations
 
 from pathlib import Path

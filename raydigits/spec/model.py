@@ -6,6 +6,7 @@ Parameter syntax follows W&B sweeps: `{values: [...]}`, `{value: x}`,
 (kinds.py: one entry per distribution). A parameter that only applies to one choice adds
 `when: {optimizer: sgd}` (or a list of values): it is sampled only for trials where the condition
 holds and otherwise keeps TrainConfig's default."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -15,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import TrainConfig
 from .kinds import DISTRIBUTIONS, Kind
 
-AUDIT_KEY = "audit_of"        # an audit trial's config: the id of the stopped trial it continues
-INDEX_SUFFIX = "__index"      # Optuna picks an index for values it cannot store (lists): `<name>__index`
-SEED_HEX_DIGITS = 8           # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
-POPULATION = ("pbt", "pb2")   # schedulers whose trials take their configs from each other
+AUDIT_KEY = "audit_of"  # an audit trial's config: the id of the stopped trial it continues
+INDEX_SUFFIX = "__index"  # Optuna picks an index for values it cannot store (lists): `<name>__index`
+SEED_HEX_DIGITS = 8  # a conditional draw's seed: 8 hex digits = 32 bits, what RandomState takes
+POPULATION = ("pbt", "pb2")  # schedulers whose trials take their configs from each other
 SCHEDULERS = ("family_asha", "asha", "fifo", "pbt", "pb2")
 # schedulers that stop trials at rungs (grace_period * reduction_factor**k): family_asha, the default,
 # compares a trial only with trials of its own family (search/family_asha.py); asha is Ray's own
@@ -39,8 +40,8 @@ class Param(_Strict):
     mu: float | None = None
     sigma: float | None = None
     when: dict[str, Any] | None = None  # {key: value or [values]} — sample only when it holds
-    key: str | None = None              # the TrainConfig key it sets (default: its own name), so
-                                        # `lr_sgd` and `lr_adamw` can give `lr` per-optimiser ranges
+    key: str | None = None  # the TrainConfig key it sets (default: its own name), so
+    # `lr_sgd` and `lr_adamw` can give `lr` per-optimiser ranges
 
     @model_validator(mode="after")
     def _shape(self) -> "Param":
@@ -111,8 +112,8 @@ class Param(_Strict):
 
 class SchedulerSpec(_Strict):
     type: Literal["family_asha", "asha", "fifo", "pbt", "pb2"] = "family_asha"
-    max_t: int | None = Field(None, ge=1)          # epochs a trial may run (= TrainConfig.epochs)
-    grace_period: int = Field(1, ge=1)             # epochs before ASHA may stop a trial
+    max_t: int | None = Field(None, ge=1)  # epochs a trial may run (= TrainConfig.epochs)
+    grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1.0)
     brackets: int = Field(1, ge=1)
     # pbt / pb2: every `perturbation_interval` epochs a trial in the bottom `quantile_fraction` continues
@@ -120,9 +121,9 @@ class SchedulerSpec(_Strict):
     perturbation_interval: int = Field(1, ge=1)
     quantile_fraction: float = Field(0.25, gt=0.0, le=0.5)
     resample_probability: float = Field(0.25, ge=0.0, le=1.0)  # pbt: resample instead of x1.2 / x0.8 or a neighbour
-    mutate: list[str] | None = None                # searched parameters to perturb (default: every one that may)
+    mutate: list[str] | None = None  # searched parameters to perturb (default: every one that may)
     synch: bool = False  # pbt/pb2: trials wait for each other at every interval (else a trial is compared
-                         # with the others' latest results, and a fast trial may finish before any is in)
+    # with the others' latest results, and a fast trial may finish before any is in)
 
 
 class AuditSpec(_Strict):
@@ -137,8 +138,8 @@ class Resources(_Strict):
     # per trial: a fraction of a GPU (0.25 = four trials share one), or auto: a probe measures one
     # trial's peak memory and packs as many per GPU as fit (search/packing.py)
     gpu: float | Literal["auto"] = 0.0
-    gpu_margin: float = Field(0.15, ge=0.0, lt=0.9)     # gpu: auto — memory kept free, per GPU and per trial
-    max_trials_per_gpu: int = Field(8, ge=1)             # gpu: auto — at most this many trials share a GPU
+    gpu_margin: float = Field(0.15, ge=0.0, lt=0.9)  # gpu: auto — memory kept free, per GPU and per trial
+    max_trials_per_gpu: int = Field(8, ge=1)  # gpu: auto — at most this many trials share a GPU
 
     @model_validator(mode="after")
     def _gpu(self) -> "Resources":
@@ -150,7 +151,7 @@ class Resources(_Strict):
 class SearchSpec(_Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     metric: Literal["val_acc", "val_loss"] = "val_acc"
-    mode: Literal["max", "min"] | None = None      # default: max for val_acc, min for val_loss
+    mode: Literal["max", "min"] | None = None  # default: max for val_acc, min for val_loss
     num_samples: int = Field(8, ge=1)
     method: Literal["random", "grid", "tpe"] = "random"
     scheduler: SchedulerSpec = SchedulerSpec()
@@ -159,8 +160,8 @@ class SearchSpec(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
     time_budget_s: float | None = Field(None, gt=0)
     seed: int = Field(0, ge=0, lt=2**32)  # numpy and Optuna take seeds in [0, 2**32)
-    max_failures: int = Field(2, ge=0)             # retries of a crashed trial, from its last checkpoint
-    checkpoints_to_keep: int = Field(2, ge=1)      # best-by-metric checkpoints kept per trial
+    max_failures: int = Field(2, ge=0)  # retries of a crashed trial, from its last checkpoint
+    checkpoints_to_keep: int = Field(2, ge=1)  # best-by-metric checkpoints kept per trial
     # the final stage's epoch of the best trial: 'within_se' = the latest kept epoch whose val_acc is
     # within one standard error (binomial, on the validation's size) of the trial's best, since epochs
     # closer than the validation's own noise cannot be told apart and the schedule's end is the model

@@ -1,6 +1,7 @@
 """Look at a running search's Ray dashboard the way a user does: headless Chromium (Debian's
 /usr/bin/chromium, driven by Playwright; no browser download), first without the token (only the
 login prompt), then logging in through that prompt with the token; screenshots as artifacts."""
+
 from __future__ import annotations
 
 import json
@@ -61,6 +62,7 @@ def actors(url: str, token: str) -> list[dict]:
 def check_dashboard(url: str, node_ip: str, job_name: str) -> dict:
     """Everything the test asserts, gathered while the search runs."""
     from playwright.sync_api import sync_playwright
+
     ARTIFACTS.mkdir(exist_ok=True)
     token = read_token()
     out: dict = {"api_without_token": api_status(url, None), "api_with_token": api_status(url, token)}
@@ -108,8 +110,11 @@ def check_dashboard(url: str, node_ip: str, job_name: str) -> dict:
     # the log a trial's "Log" link opens holds its per-epoch lines (finished trials' logs stay)
     deadline, logs = time.time() + 90, {}
     while time.time() < deadline:
-        logs = {a["repr_name"]: actor_log(url, token, a["actor_id"]) for a in actors(url, token)
-                if (a.get("repr_name") or "").startswith("smoke_") and a.get("pid")}
+        logs = {
+            a["repr_name"]: actor_log(url, token, a["actor_id"])
+            for a in actors(url, token)
+            if (a.get("repr_name") or "").startswith("smoke_") and a.get("pid")
+        }
         if any(f"[{name}] epoch 1 val_acc" in log for name, log in logs.items()):
             break
         time.sleep(2)
@@ -121,12 +126,14 @@ def check_report(report: Path, screenshot: Path) -> dict:
     """Open a report.html from disk with every network request refused (and counted), wait for its
     plots, screenshot the whole page. Returns what the test asserts."""
     from playwright.sync_api import sync_playwright
+
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     out: dict = {"network_requests": [], "console_errors": []}
     with sync_playwright() as p:
         # SwiftShader: parallel coordinates draw their lines with WebGL, and there is no GPU here
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--use-angle=swiftshader",
-                                                                     "--enable-unsafe-swiftshader"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+        )
         try:
             page = browser.new_context(viewport={"width": 1300, "height": 900}, offline=True).new_page()
 
@@ -135,21 +142,26 @@ def check_report(report: Path, screenshot: Path) -> dict:
                     out["network_requests"].append(route.request.url)
                     return route.abort()
                 return route.continue_()
+
             page.route("**/*", refuse)
             page.on("console", lambda msg: out["console_errors"].append(msg.text) if msg.type == "error" else None)
             page.on("pageerror", lambda exc: out["console_errors"].append(str(exc)))
             page.goto(report.resolve().as_uri())
-            page.wait_for_function("[...document.querySelectorAll('.plotly-graph-div')].every("
-                                   "d => d.querySelector('.main-svg'))", timeout=60_000)
+            page.wait_for_function(
+                "[...document.querySelectorAll('.plotly-graph-div')].every(d => d.querySelector('.main-svg'))",
+                timeout=60_000,
+            )
             page.wait_for_timeout(1_000)
             out["sections"] = page.eval_on_selector_all("section", "els => els.map(e => e.id)")
             out["plots_drawn"] = page.eval_on_selector_all(
-                ".plotly-graph-div", "els => els.filter(e => e.querySelector('.main-svg')).map(e => e.id)")
+                ".plotly-graph-div", "els => els.filter(e => e.querySelector('.main-svg')).map(e => e.id)"
+            )
             out["parcoords_lines"] = page.eval_on_selector_all("#plot_parcoords canvas", "els => els.length")
             out["parcoords_axes"] = page.eval_on_selector_all("#plot_parcoords .y-axis", "els => els.length")
             out["curve_traces"] = page.eval_on_selector_all("#plot_curves .scatterlayer .trace", "els => els.length")
             out["images_loaded"] = page.eval_on_selector_all(
-                "img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+                "img", "els => els.map(e => e.complete && e.naturalWidth > 0)"
+            )
             out["text"] = page.inner_text("body")
             page.screenshot(path=str(screenshot), full_page=True)
         finally:

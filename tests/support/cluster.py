@@ -3,6 +3,7 @@
 worker lives in its own network namespace joined to the head by a veth pair, so the two nodes talk
 over a real (virtual) network with different IPs; otherwise both use loopback. Every process started
 here is killed on exit, and the namespace is deleted."""
+
 from __future__ import annotations
 
 import os
@@ -71,8 +72,13 @@ class TwoNodeCluster:
     # ------------------------------------------------------------------ nodes
     def _start(self, name: str, args: list[str], prefix: list[str] = ()) -> None:
         log = open(self.log_dir / f"{name}.log", "w")
-        self.procs[name] = subprocess.Popen([*prefix, RAY, "start", "--block", *args], stdout=log,
-                                            stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            [*prefix, RAY, "start", "--block", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
 
     @property
     def env(self) -> dict:
@@ -92,13 +98,31 @@ class TwoNodeCluster:
         # the token every node and client reads from ~/.ray/auth_token (made once if missing)
         subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=self.env)
         self.netns = self._setup_netns()
-        self._start("head", ["--head", f"--node-ip-address={self.head_ip}", f"--port={self.port}",
-                             f"--num-cpus={self.head_cpus}", "--num-gpus=0", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={self.dashboard_port}", "--include-dashboard=true"])
+        self._start(
+            "head",
+            [
+                "--head",
+                f"--node-ip-address={self.head_ip}",
+                f"--port={self.port}",
+                f"--num-cpus={self.head_cpus}",
+                "--num-gpus=0",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dashboard_port}",
+                "--include-dashboard=true",
+            ],
+        )
         self._wait_for_nodes(1)
         prefix = ["ip", "netns", "exec", self.ns] if self.netns else []
-        self._start("worker", [f"--address={self.address}", f"--node-ip-address={self.worker_ip}",
-                               f"--num-cpus={self.worker_cpus}", "--num-gpus=0"], prefix)
+        self._start(
+            "worker",
+            [
+                f"--address={self.address}",
+                f"--node-ip-address={self.worker_ip}",
+                f"--num-cpus={self.worker_cpus}",
+                "--num-gpus=0",
+            ],
+            prefix,
+        )
         self._wait_for_nodes(2)
 
     @property
@@ -111,8 +135,9 @@ class TwoNodeCluster:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"ray {name} exited: {(self.log_dir / f'{name}.log').read_text()[-2000:]}")
-            proc = subprocess.run([RAY, "status", f"--address={self.address}"], capture_output=True, text=True,
-                                  env=self.env)
+            proc = subprocess.run(
+                [RAY, "status", f"--address={self.address}"], capture_output=True, text=True, env=self.env
+            )
             if proc.returncode == 0 and proc.stdout.count(" node_") >= n:
                 return
             time.sleep(2)
@@ -154,5 +179,6 @@ class TwoNodeCluster:
             self._teardown_netns()
         # what `ray stop` would do: forget this cluster, so a later ray.init() does not look for it
         from raydigits.search.runner import RAY_CURRENT_CLUSTER as current
+
         if current.exists() and current.read_text().strip() == self.address:
             current.unlink()

@@ -1,6 +1,7 @@
 """A real S3-compatible server for tests: moto's server mode on a free port, every interface (so a
 worker node in its own network namespace reaches it at the head's IP), a bucket made, and the
 environment that pyarrow (ours and Ray Tune's) reads to find and sign in to it."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,9 +17,13 @@ def _free_port() -> int:
 
 
 def s3_env(host: str, port: int) -> dict:
-    return {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true"}
+    return {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
 
 
 @contextlib.contextmanager
@@ -26,12 +31,18 @@ def s3_server():
     """Yields (port, env for 127.0.0.1, boto3 client); the server stops on exit."""
     import boto3
     from moto.server import ThreadedMotoServer
+
     port = _free_port()
     server = ThreadedMotoServer(ip_address="0.0.0.0", port=port, verbose=False)
     server.start()
     env = s3_env("127.0.0.1", port)
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     client.create_bucket(Bucket=BUCKET)
     try:
         yield port, env, client
