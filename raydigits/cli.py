@@ -76,10 +76,8 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     return {"common": common, "experiment": experiment, "ray": ray, "run": run}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _parents()
-    top = OneLineParser(prog="launch.py", description="Ray Tune hyperparameter search.")
-    subs = top.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+def _search_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`search` (the default): a new search from a space, or --resume."""
     s = subs.add_parser("search", parents=[p["common"], p["ray"], p["run"]], help="run or resume a search (default)")
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--search-space", help="a YAML path, or a name in search_spaces/ (e.g. smoke)")
@@ -105,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fixed trainer value for every trial (repeatable)",
     )
     s.set_defaults(func=cmd_search)
+
+
+def _export_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`export`: the final stage again, or a folder of images predicted."""
     e = subs.add_parser(
         "export",
         parents=[p["common"], p["experiment"], p["ray"]],
@@ -115,12 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
     e.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (reported)")
     e.set_defaults(func=cmd_export)
+
+
+def _report_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`report`: report.html rebuilt."""
     r = subs.add_parser(
         "report",
         parents=[p["common"], p["experiment"]],
         help="rebuild final/report.html from a finished experiment (no training)",
     )
     r.set_defaults(func=cmd_report)
+
+
+def _extend_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`extend`: more trials for a finished search."""
     x = subs.add_parser(
         "extend",
         parents=[p["common"], p["experiment"], p["ray"], p["run"]],
@@ -140,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --max-t: how many of the best finished configs are re-run first (default 2)",
     )
     x.set_defaults(func=cmd_extend)
+
+
+def _audit_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`audit`: stopped trials trained on to max_t."""
     a = subs.add_parser(
         "audit",
         parents=[p["common"], p["experiment"], p["ray"], p["run"]],
@@ -147,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--top-k", type=int, default=None, help="how many stopped trials (default: the space's audit.top_k)")
     a.set_defaults(func=cmd_audit)
+
+
+def _reproduce_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
+    """`reproduce`: a trial retrained without Ray."""
     q = subs.add_parser(
         "reproduce",
         parents=[p["common"], p["experiment"]],
@@ -163,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="change a trainer value (a what-if: then it should not reproduce)",
     )
     q.set_defaults(func=cmd_reproduce)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _parents()
+    top = OneLineParser(prog="launch.py", description="Ray Tune hyperparameter search.")
+    subs = top.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for add in (_search_command, _export_command, _report_command, _extend_command, _audit_command, _reproduce_command):
+        add(subs, p)
     return top
 
 

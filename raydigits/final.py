@@ -63,37 +63,9 @@ def _final(exp: Experiment, out: Path) -> dict:
     pre = predictions_frame(data.ids[split], probs, names)
     write_csv(out / "pre.csv", pre)
     metrics = split_metrics(data.labels[split], y_pred, names, split)
-    run = exp.run_record
-    last = max((r.get("timestamp", 0) for t in trials for r in t.results), default=0)
-    counts = Counter(t.outcome for t in trials)
-    ties = exp.ties(choice.trial_id)
     regret = early_stopping_cost(trials, spec)
-    effective = {spec.target(n) for n in spec.parameters}
-    metrics.update(
-        {
-            "evaluated_split": split,
-            "best_trial": choice.trial_id,
-            "best_epoch": choice.epoch,
-            "epoch_note": choice.note,
-            f"best_{spec.metric}": choice.value,
-            "best_config": state["config"],
-            "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
-            "checkpoint": str(choice.checkpoint),
-            "n_trials": len(trials),
-            "n_asha_stopped": counts["asha_stopped"],
-            "n_early_stopped": counts["early_stopped"],
-            "n_failed": counts["error"],
-            "n_diverged": counts["diverged"],
-            "n_completed": counts["completed"],
-            "n_oom": counts["oom"],
-            "n_time_budget": counts["time_budget"] + counts["not_started"],
-            "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
-            "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
-            "ties": ties_line(ties, spec.metric) if ties else None,
-            "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
-            "early_stopping": regret.to_json() if regret else None,  # the audit's verdict (experiment/audit.py)
-        }
-    )
+    metrics.update(_search_metrics(exp, choice, state["config"], regret))
+    metrics["evaluated_split"] = split
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_csv(out / "trials.csv", _with_audit(exp.frame(), regret))
     save_models(out, state, manifest["image_shape"])
@@ -109,6 +81,38 @@ def _final(exp: Experiment, out: Path) -> dict:
             flush=True,
         )
     return metrics
+
+
+def _search_metrics(exp: Experiment, choice, config: dict, regret) -> dict:
+    """metrics.json's account of the search: the chosen (trial, epoch), the trials' outcomes, the
+    wall time and ETA, the statistical ties and what early stopping cost."""
+    spec, trials, run = exp.spec, exp.trials, exp.run_record
+    last = max((r.get("timestamp", 0) for t in trials for r in t.results), default=0)
+    counts = Counter(t.outcome for t in trials)
+    ties = exp.ties(choice.trial_id)
+    effective = {spec.target(n) for n in spec.parameters}
+    return {
+        "best_trial": choice.trial_id,
+        "best_epoch": choice.epoch,
+        "epoch_note": choice.note,
+        f"best_{spec.metric}": choice.value,
+        "best_config": config,
+        "best_params": {k: v for k, v in trial_values(spec, choice.config).items() if k in effective},
+        "checkpoint": str(choice.checkpoint),
+        "n_trials": len(trials),
+        "n_asha_stopped": counts["asha_stopped"],
+        "n_early_stopped": counts["early_stopped"],
+        "n_failed": counts["error"],
+        "n_diverged": counts["diverged"],
+        "n_completed": counts["completed"],
+        "n_oom": counts["oom"],
+        "n_time_budget": counts["time_budget"] + counts["not_started"],
+        "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
+        "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
+        "ties": ties_line(ties, spec.metric) if ties else None,
+        "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
+        "early_stopping": regret.to_json() if regret else None,  # the audit's verdict (experiment/audit.py)
+    }
 
 
 def _with_audit(table, regret):

@@ -258,15 +258,8 @@ def _importance_section(trials, spec: SearchSpec) -> str:
     )
 
 
-def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
-    title = "ASHA, rung by rung"
-    if spec.scheduler.type not in EARLY_STOPPING:
-        return _section(
-            "asha",
-            title,
-            f"<p>This search used the {_e(spec.scheduler.type)} scheduler: no trial was stopped early.</p>",
-        )
-    rungs = rung_decisions(trials, spec)
+def _asha_rule(spec: SearchSpec) -> str:
+    """How the search's early stopping decided, in words, for the rung table."""
     s = spec.scheduler
     rule = (
         f"ASHA (grace period {s.grace_period}, reduction factor {s.reduction_factor:g}, max_t {spec.epochs} "
@@ -297,6 +290,19 @@ def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
             "against its own. Tune does not record a trial's bracket, so this table pools them: a trial "
             "that went on past a rung with a weak value there may simply have been in a later bracket."
         )
+    return rule
+
+
+def _asha_section(trials: tuple[Trial, ...], spec: SearchSpec) -> str:
+    title = "ASHA, rung by rung"
+    if spec.scheduler.type not in EARLY_STOPPING:
+        return _section(
+            "asha",
+            title,
+            f"<p>This search used the {_e(spec.scheduler.type)} scheduler: no trial was stopped early.</p>",
+        )
+    rungs = rung_decisions(trials, spec)
+    rule = _asha_rule(spec)
     rows = []
     for r in rungs:
         stopped = ", ".join(f"{_e(t)} ({v:.4f})" for t, v in sorted(r.stopped.items(), key=lambda kv: kv[1])) or "—"

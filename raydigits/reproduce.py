@@ -140,14 +140,9 @@ def reproduce(
     extra = parse_overrides(overrides)
     if "device" not in extra and was == "cpu":
         extra["device"] = "cpu"  # the trial saw no GPU; neither does its retraining
-    values = {**cfg.model_dump(mode="json"), **extra}
-    if out_dir is None:  # beside the experiment; for one in remote storage, under ./reproduce/<name>/
-        local = exp.location.local
-        out_dir = (local / OUT_FOLDER if local is not None else Path(OUT_FOLDER) / exp.name) / t.trial_id
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(exp, t.trial_id, out_dir)
     config_file = out_dir / "config.yaml"
-    write_text(config_file, yaml.safe_dump(values, sort_keys=False))
+    write_text(config_file, yaml.safe_dump({**cfg.model_dump(mode="json"), **extra}, sort_keys=False))
     cfg = load_config(config_file)  # what the printed command reads
     stop_after = int(epochs[-1]["epoch"])
     stop = ["--stop-after", str(stop_after)] if stop_after < cfg.epochs else []
@@ -162,21 +157,30 @@ def reproduce(
     rows = _compared(epochs, trainer.history)
     cpu_both = was == "cpu" and now == "cpu"
     result = Reproduction(t.trial_id, was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command, str(out_dir), rows)
-    write_text(
-        out_dir / RESULT_FILE,
-        json.dumps(
-            {
-                **asdict(result),
-                "reproduced": result.reproduced,
-                "max_val_acc_diff": result.max_acc_diff,
-                "max_val_loss_diff": result.max_loss_diff,
-                "overrides": extra,
-            },
-            indent=2,
-            default=str,
-        ),
-    )
+    _write_result(out_dir, result, extra)
     return result
+
+
+def _out_dir(exp: Experiment, trial_id: str, out_dir: Path | None) -> Path:
+    """The retraining's folder (made): `out_dir`, else beside the experiment (for one in remote
+    storage, under ./reproduce/<name>/), one per trial."""
+    if out_dir is None:
+        local = exp.location.local
+        out_dir = (local / OUT_FOLDER if local is not None else Path(OUT_FOLDER) / exp.name) / trial_id
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _write_result(out_dir: Path, result: Reproduction, overrides: dict) -> None:
+    summary = {
+        **asdict(result),
+        "reproduced": result.reproduced,
+        "max_val_acc_diff": result.max_acc_diff,
+        "max_val_loss_diff": result.max_loss_diff,
+        "overrides": overrides,
+    }
+    write_text(out_dir / RESULT_FILE, json.dumps(summary, indent=2, default=str))
 
 
 def _compared(recorded: list[dict], history: list[dict]) -> list[dict]:
