@@ -424,7 +424,7 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
 
     exp = smoke_run["exp"]
     page = (exp / "final" / "report.html").read_text()  # written by the final stage
-    for anchor in ("best", "trials", "importance", "asha", "curves", "confusion", "mistakes"):
+    for anchor in ("best", "trials", "importance", "asha", "audit", "curves", "confusion", "mistakes"):
         assert f"<section id={anchor}>" in page
     assert not re.search(r"<(script|img|link)[^>]*\s(src|href)=[\"']?https?:", page)  # plotly inlined: nothing fetched
     assert page.count("<img alt='misclassified images' src='data:image/png;base64,") == 1  # embedded
@@ -458,7 +458,7 @@ def test_report_renders_offline_in_a_browser(smoke_run):
         pytest.skip(why)
     seen = check_report(smoke_run["exp"] / "final" / "report.html", ARTIFACTS / "report.png")
     assert seen["network_requests"] == [] and seen["console_errors"] == []
-    assert seen["sections"] == ["best", "trials", "importance", "asha", "curves", "confusion", "mistakes"]
+    assert seen["sections"] == ["best", "trials", "importance", "asha", "audit", "curves", "confusion", "mistakes"]
     # plotly (inlined) drew every plot: parallel coordinates, importance, curves, confusion matrix
     assert seen["plots_drawn"] == ["plot_parcoords", "plot_importance", "plot_curves", "plot_confusion_heatmap"]
     assert seen["parcoords_axes"] == 3  # optimizer, lr, best val_acc (momentum/nesterov are constants)
@@ -546,7 +546,7 @@ def test_extend_adds_trials_keeps_the_finished_ones_and_reruns_the_final_stage(s
     metrics = json.loads((exp / "final" / "metrics.json").read_text())
     assert metrics["n_trials"] == len(after)
     trials_csv = pd.read_csv(exp / "final" / "trials.csv")
-    assert sorted(trials_csv["run"].unique()) == ["extend_1", "search"] and len(trials_csv) == len(after)
+    assert sorted(trials_csv["run"].unique()) == ["audit_1", "extend_1", "search"] and len(trials_csv) == len(after)
     # extending again makes extend_2; a grid search or a shorter budget is refused before Ray starts
     bad = subprocess.run(
         [sys.executable, "launch.py", "extend", str(exp), "--num-samples", "1", "--max-t", "2"],
