@@ -462,7 +462,7 @@ def test_report_renders_offline_in_a_browser(smoke_run):
     # plotly (inlined) drew every plot: parallel coordinates, importance, curves, confusion matrix
     assert seen["plots_drawn"] == ["plot_parcoords", "plot_importance", "plot_curves", "plot_confusion_heatmap"]
     assert seen["parcoords_axes"] == 3  # optimizer, lr, best val_acc (momentum/nesterov are constants)
-    assert seen["parcoords_lines"] > 0 and seen["curve_traces"] == 6
+    assert seen["parcoords_lines"] > 0 and seen["curve_traces"] == 7  # 6 search trials, 1 audited
     assert seen["images_loaded"] == [True]
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
 
