@@ -22,9 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import OneLineParser, UserError, guarded
 from .spec.model import EARLY_STOPPING
+
+if TYPE_CHECKING:
+    from .spec import SearchSpec
+    from .storage import Location
 
 DEFAULT_STORAGE = "ray_results"
 INTERRUPTED_EXIT = 130
@@ -212,11 +217,11 @@ def main(argv: list[str] | None = None) -> int:
 class SearchRun:
     """What differs between a new search, --resume and `extend`; `run_search_command` does the rest."""
 
-    spec: object  # the SearchSpec whose data, resources and warning apply
-    experiment: object  # the experiment Location (what --resume and the final stage get)
+    spec: SearchSpec  # the SearchSpec whose data, resources and warning apply
+    experiment: Location  # the experiment Location (what --resume and the final stage get)
     job_name: str
     fit: Callable  # (data, data_dir) → the run's folder
-    folder: object  # the run's folder as known before it starts (for the Ctrl-C line)
+    folder: Location  # the run's folder as known before it starts (for the Ctrl-C line)
     extension: bool = False
     audit: bool = False  # after the fit, train on the best trials early stopping ended
     before_fit: Callable | None = None  # (data) → spec, after Ray started (gpu: auto)
