@@ -251,7 +251,8 @@ def run_search_command(args, run: SearchRun) -> int:
         return _interrupted(run.experiment, folder if run.extension else None)
     print(f"{'extension' if run.extension else 'search'} finished in {time.time() - started:.0f}s: {folder}")
     if run.audit and not args.no_final:  # --no-final: the search alone (`launch.py audit EXP` later)
-        _audit(Experiment.open(run.experiment), data, spec.audit.top_k, args.verbose, data_dir)
+        if not _audit(Experiment.open(run.experiment), data, spec.audit.top_k, args.verbose, data_dir):
+            return INTERRUPTED_EXIT
     if not args.no_final:
         from .final import run_final
 
@@ -259,24 +260,32 @@ def run_search_command(args, run: SearchRun) -> int:
     return 0
 
 
-def _audit(exp, data, top_k: int, verbose: int, data_dir) -> None:
-    """The audit run (search/audit.py): what early stopping cost, measured."""
+def _audit(exp, data, top_k: int, verbose: int, data_dir) -> bool:
+    """The audit run (search/audit.py): what early stopping cost, measured. False when a Ctrl-C
+    interrupted it (said on stderr, with how to continue it)."""
+    from .experiment import Experiment
     from .experiment.records import finish_run
     from .search.audit import run_audit
 
     if top_k <= 0 or exp.spec.scheduler.type not in EARLY_STOPPING:
-        return
+        return True
     started = time.time()
     try:
         run = run_audit(exp, data, top_k, verbose, data_dir)
+        interrupted = run is not None and bool(Experiment.open(run).unfinished())  # Tune returned on a Ctrl-C
     except KeyboardInterrupt:
-        raise UserError(
-            f"the audit was interrupted; the search itself is complete: `python launch.py audit "
-            f"{exp.location}` runs it again, `python launch.py export {exp.location}` skips it"
-        ) from None
+        interrupted = True
+    if interrupted:
+        print(
+            f"\nthe audit was interrupted; the search itself is complete: `python launch.py audit "
+            f"{exp.location}` continues it, `python launch.py export {exp.location}` skips it",
+            file=sys.stderr,
+        )
+        return False
     if run is not None:
         finish_run(exp.location)  # the search's wall time (and the ETA's actual) include its audit
         print(f"audit finished in {time.time() - started:.0f}s: {run}", flush=True)
+    return True
 
 
 def _was_interrupted(exp, started: float) -> bool:
@@ -366,11 +375,18 @@ def _new_search(args) -> SearchRun:
 
 def _resumed_search(args) -> SearchRun:
     from .experiment import Experiment
+    from .experiment.layout import AUDIT_PREFIX, SPEC_FILE
     from .search import runner
     from .storage import Location
 
     _refuse_with_resume(args)
-    exp = Experiment.open(Location.parse(args.resume, "--resume"))
+    where = Location.parse(args.resume, "--resume")
+    if where.name.startswith(AUDIT_PREFIX) and (where.parent / SPEC_FILE).exists():
+        raise UserError(
+            f"--resume {args.resume}: an audit run inside {where.parent}; continue it with "
+            f"`python launch.py audit {where.parent}`"
+        )
+    exp = Experiment.open(where)
 
     def fit(spec, data, data_dir):
         return runner.resume_search(exp.location, spec, data, data_dir)
@@ -414,7 +430,8 @@ def cmd_audit(args) -> int:
     data_dir = runner.data_dir_of(exp.spec)
     data = runner.load_data(exp.spec, data_dir)
     print_dashboard(runner.start_ray(args.address, args.dashboard_port, job_name=f"{exp.name} (audit)"))
-    _audit(exp, data, top_k, args.verbose, data_dir)
+    if not _audit(exp, data, top_k, args.verbose, data_dir):
+        return INTERRUPTED_EXIT
     if not args.no_final:
         from .final import run_final
 

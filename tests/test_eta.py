@@ -79,10 +79,11 @@ def test_line_and_the_first_estimate_against_the_actual_time(tmp_path):
     assert read_estimates(tmp_path)[-1] == Estimate(MAX_ESTIMATES + 49.0, 1.0)
 
 
-@pytest.mark.parametrize("n, rf", [(1, 3), (2, 3), (3, 3), (8, 3), (6, 2), (30, 3)])
+@pytest.mark.parametrize("n, rf", [(1, 3), (2, 3), (3, 3), (8, 3), (6, 2), (30, 3), (9, 4 / 3)])
 def test_asha_survival_matches_ashas_rule_on_random_arrivals(n, rf):
     """The expected fraction kept at a rung equals a simulation of ASHA's rule (each arrival against
-    the (1 - 1/rf) quantile of those recorded before it; the first always goes on)."""
+    the (1 - 1/rf) quantile of those recorded before it; the first always goes on); 1/rf is the
+    share the rung keeps (3/4: family_asha's first rung)."""
     rng = np.random.default_rng(n)
     kept = []
     for _ in range(3000):
@@ -91,14 +92,14 @@ def test_asha_survival_matches_ashas_rule_on_random_arrivals(n, rf):
             going_on += not recorded or v >= np.percentile(recorded, (1 - 1 / rf) * 100)
             recorded.append(v)
         kept.append(going_on / n)
-    assert eta.asha_survival(n, rf) == pytest.approx(np.mean(kept), abs=0.015)
+    assert eta.asha_survival(n, 1 / rf) == pytest.approx(np.mean(kept), abs=0.015)
 
 
 def test_a_small_search_keeps_more_than_one_in_rf():
     """8 trials at rf 3 (the CPU headline's ASHA): more trial-epochs than the 1/rf model says, and
     the size's effect fades for a large search."""
     small = eta.Schedule(12, (2, 6), 3, n_trials=8)
-    assert eta.rung_fractions(small)[0] == pytest.approx(eta.asha_survival(8, 3))
+    assert eta.rung_fractions(small)[0] == pytest.approx(eta.asha_survival(8, 1 / 3))
     assert eta.expected_epochs(small) > 1.3 * eta.expected_epochs(eta.Schedule(12, (2, 6), 3))
     big = eta.Schedule(12, (2, 6), 3, n_trials=2000)
     assert eta.expected_epochs(big) == pytest.approx(eta.expected_epochs(eta.Schedule(12, (2, 6), 3)), rel=0.02)
@@ -117,3 +118,32 @@ def test_the_eta_counts_the_audit_after_the_search():
     capped = eta.estimate_remaining_s(10.0, [], 12, 2, audited, budget_left_s=60.0, start_s=3.0)
     assert capped == pytest.approx(60.0 + 2 * 7 * 10.0 / 2 + 3.0)
     assert eta.estimate_remaining_s(10.0, [], 0, 2, audited) == pytest.approx(70.0)  # search done, audit left
+
+
+def test_family_asha_rungs_keep_their_share_of_each_familys_trials():
+    """family_asha: each family has rungs of its own (12 trials, 2 families: 6 arrive at each) and the
+    first rung keeps 3/4 — more trial-epochs than Ray's rule over all 12 trials."""
+    ray = eta.Schedule(8, (1, 2, 4), 2.0, n_trials=12)
+    fam = eta.Schedule(8, (1, 2, 4), 2.0, n_trials=12, keep=(0.75, 0.5, 0.5), families=2)
+    first = eta.rung_fractions(fam)
+    assert first[0] == pytest.approx(eta.asha_survival(6, 0.75))
+    assert first[1] == pytest.approx(eta.asha_survival(round(6 * first[0]), 0.5))
+    assert eta.expected_epochs(fam) > eta.expected_epochs(ray)
+
+
+def test_the_search_eta_uses_the_schedulers_own_rungs(tmp_path):
+    """The reporter of a family_asha search gets its keep shares and its number of families (the
+    searched categorical parameters' values); an asha search gets Ray's rule."""
+    from raydigits.search.progress import eta_reporter
+    from raydigits.spec import parse_spec
+
+    space = {
+        "name": "t",
+        "num_samples": 12,
+        "scheduler": {"type": "family_asha", "max_t": 8},
+        "parameters": {"optimizer": {"values": ["sgd", "adamw"]}, "lr": {"values": [0.1, 0.01, 0.001]}},
+    }
+    fam = eta_reporter(parse_spec(space, "t"), tmp_path).schedule
+    assert fam.keep == (0.75, 0.5, 0.5) and fam.families == 6 and fam.rungs == (1, 2, 4)
+    ray = eta_reporter(parse_spec({**space, "scheduler": {"type": "asha", "max_t": 8}}, "t"), tmp_path).schedule
+    assert ray.keep == () and ray.families == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,3 +207,53 @@ def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     for name, rows in snapshot.items():  # what had been reported is kept, not redone
         assert results(exp / name)[: len(rows)] == rows
     assert not (REPO / "file:").exists() and (exp / "raydigits_outcomes.json").exists()
+
+
+def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_path, mnist_dir):
+    """Ctrl-C during the audit (after the search finished): exit 130 with how to continue; then
+    `launch.py audit EXP` continues audit_1 from the audited trial's own checkpoint (what it had
+    reported is kept, not redone), runs to max_t, and starts no audit_2 for the same trial. One
+    trial at a time, so the search (and which trial ASHA stops) is the same on every CPU run."""
+    args = ["--storage-path", str(tmp_path), "--name", "aud", "--num-samples", "4", "--max-concurrent", "1"]
+    sets = ["--set", "train_items=500", "--set", "val_items=200"]
+    search = subprocess.run(
+        [sys.executable, "launch.py", "--search-space", "smoke", *args, "--no-final", *sets],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    exp = tmp_path / "aud"
+    stopped = [d for d in exp.glob("smoke_*") if len(results(d)) == 1]
+    assert stopped, "ASHA stopped no trial at its first rung: nothing to audit"
+    proc = launch(["audit", str(exp), "--no-final"])
+    lines, deadline = [], time.time() + 300
+    for line in proc.stdout:  # Ctrl-C once the audited trial reported its first epoch of two
+        lines.append(line)
+        if "audit: trial" in "".join(lines) and re.search(r"\[smoke_\w+\] epoch 2 ", line) or time.time() > deadline:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out = "".join(lines) + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert f"`python launch.py audit {exp}` continues it" in out and "Traceback" not in out
+    (audit_dir,) = [d for d in (exp / "audit_1").glob("smoke_*") if d.is_dir()]
+    before = results(audit_dir)
+    assert not before or before[-1]["epoch"] < 3, "the audit finished before the Ctrl-C: nothing left to continue"
+    again = subprocess.run(
+        [sys.executable, "launch.py", "audit", str(exp), "--no-final"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "continuing the interrupted audit_1" in again.stdout
+    after = results(audit_dir)
+    assert after[: len(before)] == before and after[-1]["epoch"] == 3 and after[-1].get("done")
+    assert [r["epoch"] for r in after] == list(range(after[0]["epoch"], 4))
+    assert not (exp / "audit_2").exists()
+    resume = subprocess.run(
+        [sys.executable, "launch.py", "--resume", str(exp / "audit_1")], cwd=REPO, capture_output=True, text=True
+    )
+    assert resume.returncode == 2 and f"continue it with `python launch.py audit {exp}`" in resume.stderr

@@ -28,12 +28,17 @@ def audit_candidates(trials: Iterable[Trial], spec: SearchSpec, top_k: int) -> l
     for t in trials:
         if t.outcome not in STOPPED or t.trial_id in audited or t.run.startswith(AUDIT_PREFIX):
             continue
-        last = [c for c in t.checkpoints(spec.metric) if c.epoch == t.epochs]
-        if last:
-            ranked.append((t, last[0]))
+        last = last_checkpoint(t, spec)
+        if last is not None:
+            ranked.append((t, last))
     ranked.sort(key=lambda tc: (-sign * tc[1].value, tc[0].trial_id))
     kept = (tc for tc in ranked if tc[1].location.exists())  # asked of storage in rank order only
     return [tc for _, tc in zip(range(top_k), kept)]
+
+
+def last_checkpoint(trial: Trial, spec: SearchSpec) -> Checkpoint | None:
+    """The checkpoint of a stopped trial's last reported epoch: where its audit trains on from."""
+    return next((c for c in trial.checkpoints(spec.metric) if c.epoch == trial.epochs), None)
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,8 @@ class Schedule:
     reduction_factor: float = 2.0
     n_trials: int | None = None  # the search's size (None: 1/rf at every rung, the large-search limit)
     audit_k: int = 0  # stopped trials the audit trains on to max_t after the search
+    keep: tuple[float, ...] = ()  # the share each rung keeps (family_asha's); () = 1/rf at every rung, as Ray
+    families: int = 1  # family_asha: each family has rungs of its own, so n_trials / families arrive at each
 
 
 def audit_epochs(schedule: Schedule) -> float:
@@ -49,11 +51,12 @@ def audit_epochs(schedule: Schedule) -> float:
     return min(schedule.audit_k, max(1.0, stopped)) * (schedule.max_t - rungs[0])
 
 
-def asha_survival(n: int, rf: float) -> float:
-    """Expected fraction of `n` trials reaching a rung in random order that ASHA lets go on: the
-    k-th arrival goes on when its value is at least the (1 - 1/rf) quantile (numpy's linear
-    interpolation) of the k - 1 values recorded before it; the first always does."""
-    q, kept = 1.0 - 1.0 / rf, 1.0
+def asha_survival(n: int, keep: float) -> float:
+    """Expected fraction of `n` trials reaching a rung in random order that ASHA lets go on when the
+    rung keeps the share `keep` (Ray: 1/rf): the k-th arrival goes on when its value is at least the
+    (1 - keep) quantile (numpy's linear interpolation) of the k - 1 values recorded before it; the
+    first always does."""
+    q, kept = 1.0 - keep, 1.0
     for k in range(2, n + 1):
         p = q * (k - 2)  # the cut-off's position among the k - 1 earlier values
         lo = math.floor(p)
@@ -66,11 +69,12 @@ def asha_survival(n: int, rf: float) -> float:
 def rung_fractions(schedule: Schedule) -> list[float]:
     """The expected fraction kept at each rung below max_t, in order."""
     rungs = sorted(r for r in schedule.rungs if r < schedule.max_t)
+    keeps = list(schedule.keep) or [1.0 / schedule.reduction_factor] * len(rungs)
     if not schedule.n_trials:
-        return [1.0 / schedule.reduction_factor] * len(rungs)
-    out, arriving = [], float(schedule.n_trials)
-    for _ in rungs:
-        out.append(asha_survival(max(1, round(arriving)), schedule.reduction_factor))
+        return keeps
+    out, arriving = [], schedule.n_trials / max(1, schedule.families)
+    for keep in keeps:
+        out.append(asha_survival(max(1, round(arriving)), keep))
         arriving *= out[-1]
     return out
 

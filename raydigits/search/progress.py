@@ -4,6 +4,7 @@ estimate printed in <experiment>/raydigits_eta.json (eta.py: the model). Public 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 
@@ -107,6 +108,19 @@ class EtaReporter(tune.Callback):
             print(f"raydigits: could not record the ETA in {self.exp_dir}: {exc}", flush=True)
 
 
+def _family_rungs(spec) -> dict:
+    """family_asha's keep shares and number of families, for the ETA's Schedule."""
+    if spec.scheduler.type != "family_asha":
+        return {}
+    from .family_asha import default_keep
+    from .tune_space import family_parameters
+
+    s = spec.scheduler
+    keep = default_keep(spec.epochs, min(s.grace_period, spec.epochs), s.reduction_factor) or ()
+    families = math.prod(len(spec.parameters[name].values or ()) or 1 for name in family_parameters(spec))
+    return {"keep": tuple(keep), "families": families}
+
+
 def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     """The reporter for a search: its trial count (a grid multiplies num_samples by the grid's
     size), scheduler, concurrency limit, per-trial resources and time budget."""
@@ -120,6 +134,7 @@ def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
         spec.scheduler.reduction_factor,
         total,
         audit_k=spec.audit.top_k if spec.scheduler.type in EARLY_STOPPING else 0,
+        **_family_rungs(spec),
     )
     gpu = 0.0 if spec.resources.gpu == "auto" else float(spec.resources.gpu)
     return EtaReporter(exp_dir, schedule, total, spec.max_concurrent, spec.resources.cpu, gpu, spec.time_budget_s)

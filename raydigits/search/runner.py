@@ -284,8 +284,16 @@ def _fit_new(
     tuner.fit()
 
 
-def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path | None = None) -> Location:
-    """Continue an experiment whose spec the caller read (`Experiment.open`)."""
+def resume_search(
+    exp: Location,
+    spec: SearchSpec,
+    data: Dataset,
+    data_dir: Path | None = None,
+    space: dict | None = None,
+    starts: dict[str, str] | None = None,
+) -> Location:
+    """Continue an experiment whose spec the caller read (`Experiment.open`); `space` and `starts`
+    as `run_search` got them (an audit run)."""
     from ray import tune
 
     if not tune.Tuner.can_restore(exp.tune_path):
@@ -294,8 +302,8 @@ def resume_search(exp: Location, spec: SearchSpec, data: Dataset, data_dir: Path
     # searcher has yet to generate need the real functions back
     tuner = tune.Tuner.restore(
         exp.tune_path,
-        trainable=_trainable(spec, data, data_dir or data_dir_of(spec)),
-        param_space=param_space(spec),
+        trainable=_trainable(spec, data, data_dir or data_dir_of(spec), starts),
+        param_space=space if space is not None else param_space(spec),
         resume_unfinished=True,
         resume_errored=True,
     )
