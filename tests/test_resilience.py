@@ -214,10 +214,12 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     `launch.py audit EXP` continues audit_1 from the audited trial's own checkpoint (what it had
     reported is kept, not redone), runs to max_t, and starts no audit_2 for the same trial. One
     trial at a time, so the search (and which trial ASHA stops) is the same on every CPU run."""
+    # smoke with one rung (epoch 1) under max_t 4, so the audited trial has three epochs left to run
+    space = _space(tmp_path, scheduler={"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 4})
     args = ["--storage-path", str(tmp_path), "--name", "aud", "--num-samples", "4", "--max-concurrent", "1"]
     sets = ["--set", "train_items=500", "--set", "val_items=200"]
     search = subprocess.run(
-        [sys.executable, "launch.py", "--search-space", "smoke", *args, "--no-final", *sets],
+        [sys.executable, "launch.py", "--search-space", str(space), *args, "--no-final", *sets],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -229,17 +231,21 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     assert stopped, "ASHA stopped no trial at its first rung: nothing to audit"
     proc = launch(["audit", str(exp), "--no-final"])
     lines, deadline = [], time.time() + 300
-    for line in proc.stdout:  # Ctrl-C once the audited trial reported its first epoch of two
+    for line in proc.stdout:  # the audited trial reported its first epoch of three ...
         lines.append(line)
         if "audit: trial" in "".join(lines) and re.search(r"\[smoke_\w+\] epoch 2 ", line) or time.time() > deadline:
             break
+    first = exp / "audit_1"
+    while time.time() < deadline and not list(first.glob("smoke_*/checkpoint_000000")):
+        time.sleep(0.2)  # ... and its checkpoint is on disk: Ctrl-C now
     os.killpg(proc.pid, signal.SIGINT)
     out = "".join(lines) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-3000:]
     assert f"`python launch.py audit {exp}` continues it" in out and "Traceback" not in out
-    (audit_dir,) = [d for d in (exp / "audit_1").glob("smoke_*") if d.is_dir()]
+    (audit_dir,) = [d for d in first.glob("smoke_*") if d.is_dir()]
+    kept = sorted(p.name for p in audit_dir.glob("checkpoint_*"))
+    assert kept and "checkpoint_000002" not in kept, f"nothing to continue from, or the audit had finished: {kept}"
     before = results(audit_dir)
-    assert not before or before[-1]["epoch"] < 3, "the audit finished before the Ctrl-C: nothing left to continue"
     again = subprocess.run(
         [sys.executable, "launch.py", "audit", str(exp), "--no-final"],
         cwd=REPO,
@@ -249,9 +255,11 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "continuing the interrupted audit_1" in again.stdout
+    trained = [int(n) for n in re.findall(r"\[smoke_\w+\] epoch (\d+) ", again.stdout)]
+    assert trained and trained[-1] == 4 and 2 not in trained, trained  # epoch 2 is not trained again
     after = results(audit_dir)
-    assert after[: len(before)] == before and after[-1]["epoch"] == 3 and after[-1].get("done")
-    assert [r["epoch"] for r in after] == list(range(after[0]["epoch"], 4))
+    assert after[: len(before)] == before
+    assert [r["epoch"] for r in after] == [2, 3, 4]  # from the stopped trial's epoch 1 on, once each
     assert not (exp / "audit_2").exists()
     resume = subprocess.run(
         [sys.executable, "launch.py", "--resume", str(exp / "audit_1")], cwd=REPO, capture_output=True, text=True
