@@ -109,7 +109,7 @@ def test_the_sentence_says_what_the_test_cannot_say():
         "correction: b 0.9400 (1 vs 0 images, p=1) (not evidence that they are as good"
     )
     assert "2 more within the screen not tested (at most 5): y, z" in line and "as good a pick" not in line
-    assert line.endswith("so its validation score is optimistic; only images no choice saw (the test split) measure it")
+    assert line.endswith("so its validation score is optimistic; only images no choice saw (a test split) measure it")
     # a candidate the shipped checkpoint is worse than, told apart: said to be higher
     better = paired_ties(("w", 3, _right(100, set(range(20)))), [("h", 1, 0.99, _right(100, {0}))], Screen([], [], 0))
     assert "distinguishable: h 0.9900 (higher, p=3.8e-06)" in ties_line(better) and better.tied == []

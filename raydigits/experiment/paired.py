@@ -200,6 +200,6 @@ def ties_line(t: PairedTies) -> str:
         )
     parts.append(
         "the winner is the maximum over every trial and epoch on these same images, so its validation score is "
-        "optimistic; only images no choice saw (the test split) measure it"
+        "optimistic; only images no choice saw (a test split) measure it"
     )
     return "; ".join(parts)
