@@ -202,6 +202,7 @@ def _trained_experiment(root, data, runs):
     return exp
 
 
+@pytest.mark.slow  # trains four small trials on real MNIST
 def test_the_final_stage_names_the_trials_an_exact_mcnemar_test_cannot_tell_from_the_shipped_checkpoint(
     tmp_path, small_mnist
 ):
