@@ -23,6 +23,7 @@ from .inference import predict_state, save_models
 from .search import eta
 from .spec import SearchSpec, trial_values
 from .storage import Location, staged
+from .ties import evaluate_ties
 
 TASK_CPUS = 1  # the evaluation task's CPUs (and one GPU when the cluster has one)
 
@@ -64,7 +65,8 @@ def _final(exp: Experiment, out: Path) -> dict:
     write_csv(out / "pre.csv", pre)
     metrics = split_metrics(data.labels[split], y_pred, names, split)
     regret = early_stopping_cost(trials, spec)
-    metrics.update(_search_metrics(exp, choice, state["config"], regret))
+    ties = evaluate_ties(exp, choice, state, data, predict_on_cluster)  # paired, on the winner's validation
+    metrics.update(_search_metrics(exp, choice, state["config"], regret, ties))
     metrics["evaluated_split"] = split
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     write_csv(out / "trials.csv", _with_audit(exp.frame(), regret))
@@ -83,13 +85,12 @@ def _final(exp: Experiment, out: Path) -> dict:
     return metrics
 
 
-def _search_metrics(exp: Experiment, choice, config: dict, regret) -> dict:
+def _search_metrics(exp: Experiment, choice, config: dict, regret, ties) -> dict:
     """metrics.json's account of the search: the chosen (trial, epoch), the trials' outcomes, the
-    wall time and ETA, the statistical ties and what early stopping cost."""
+    wall time and ETA, the paired ties (ties.py) and what early stopping cost."""
     spec, trials, run = exp.spec, exp.trials, exp.run_record
     last = max((r.get("timestamp", 0) for t in trials for r in t.results), default=0)
     counts = Counter(t.outcome for t in trials)
-    ties = exp.ties(choice.trial_id)
     effective = {spec.target(n) for n in spec.parameters}
     return {
         "best_trial": choice.trial_id,
@@ -109,8 +110,9 @@ def _search_metrics(exp: Experiment, choice, config: dict, regret) -> dict:
         "n_time_budget": counts["time_budget"] + counts["not_started"],
         "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
         "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
-        "ties": ties_line(ties, spec.metric) if ties else None,
-        "tied_trials": [tid for tid, _ in ties.trials] if ties else None,
+        "ties": ties_line(ties) if ties else None,
+        "tied_trials": ties.tied if ties else None,
+        "paired_ties": ties.to_json() if ties else None,  # per candidate: b, c, p, Holm's p; the cost
         "early_stopping": regret.to_json() if regret else None,  # the audit's verdict (experiment/audit.py)
     }
 

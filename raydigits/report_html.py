@@ -146,7 +146,7 @@ def _best_section(m: dict, spec: SearchSpec) -> str:
         ("trials", _e(f"{m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA)")),
     ]
     if m.get("ties"):
-        rows.append(("statistical ties", _e(m["ties"])))
+        rows.append(("paired ties (validation)", _e(m["ties"])))
     if m.get("search_wall_time_s"):
         rows.append(("search time", _e(f"{m['search_wall_time_s']:.0f} s")))
     params = _table([(_e(k), _fmt(v)) for k, v in m["best_params"].items()], ["searched parameter", "value"])

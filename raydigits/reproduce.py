@@ -11,7 +11,10 @@ Determinism: the trainer seeds model init, data order, augmentation, dropout and
 sample from `seed` and the epoch, so a CPU trial reproduces bit for bit: its val_acc must be equal
 every epoch (val_loss's largest difference is reported). The torch thread count changes CPU results
 (reductions split differently), which is why the trial's own count is used. On a GPU (autotuned
-cuDNN kernels, atomics) a stated tolerance applies instead. Exit status 1 when it does not reproduce.
+cuDNN kernels, atomics) runs differ, and a tolerance in binomial standard errors applies
+(`GPU_TOLERANCE_SE`), to be derived from the measured run-to-run spread of one trial on one GPU;
+until it is measured a GPU comparison that is not equal every epoch is "not verified", never
+"reproduced". Exit status 1 unless it reproduced (not verified included).
 PBT trials are refused: their weights came from other trials mid-run."""
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ from .errors import UserError
 from .experiment import Experiment, Trial
 from .spec import POPULATION, trial_train_config
 
-GPU_VAL_ACC_TOLERANCE = 0.01  # absolute, per epoch, when the trial or the retraining ran on a GPU
+# On a GPU, val_acc must lie within this many binomial standard errors (√(p(1−p)/n), p the recorded
+# val_acc, n its validation images; at least one image) of the record every epoch. UNMEASURED: no
+# run-to-run spread of the same trial on the same GPU (bench/gpu_check.sh, step 3b) is recorded yet,
+# so it is None and a GPU comparison that is not exactly equal says "not verified". Set it from that
+# measurement (the largest spread seen, in these units), and say in BENCHMARKS.md where it came from.
+GPU_TOLERANCE_SE: float | None = None
 OUT_FOLDER = "reproduce"  # <experiment>/reproduce/<trial id>/ by default
 RESULT_FILE = "reproduce.json"
 
@@ -40,10 +48,10 @@ class Reproduction:
     trial_id: str
     recorded_device: str
     device: str
-    tolerance: float  # on val_acc, absolute per epoch (0: equal)
     command: str
     out_dir: str
-    rows: list[dict] = field(default_factory=list)  # epoch, recorded/reproduced val_acc and val_loss
+    rows: list[dict] = field(default_factory=list)  # epoch, val_n, recorded/reproduced val_acc and val_loss
+    tolerance_se: float | None = GPU_TOLERANCE_SE  # on a GPU (None: unmeasured); on the CPU: equal
 
     @property
     def max_acc_diff(self) -> float:
@@ -54,9 +62,34 @@ class Reproduction:
         return max((_diff(r["recorded_val_loss"], r["reproduced_val_loss"]) for r in self.rows), default=math.inf)
 
     @property
+    def on_cpu(self) -> bool:
+        """Trained and retrained on the CPU: deterministic, so equal is the only pass."""
+        return self.recorded_device == "cpu" and self.device == "cpu"
+
+    @property
+    def max_acc_diff_se(self) -> float | None:
+        """The largest val_acc difference in binomial standard errors of its epoch (None without val_n)."""
+        units = [_se(r) for r in self.rows]
+        if not self.rows or None in units:
+            return None
+        return max(_diff(r["recorded_val_acc"], r["reproduced_val_acc"]) / u for r, u in zip(self.rows, units))
+
+    @property
+    def verdict(self) -> str:
+        """ "reproduced", "NOT reproduced", or "not verified" (a GPU difference with no measured tolerance)."""
+        complete = bool(self.rows) and all(r["reproduced_val_acc"] is not None for r in self.rows)
+        if complete and self.max_acc_diff == 0:
+            return "reproduced"  # equal needs no tolerance, on any device
+        if not complete or self.on_cpu:
+            return "NOT reproduced"
+        worst = self.max_acc_diff_se
+        if self.tolerance_se is None or worst is None:
+            return "not verified"
+        return "reproduced" if worst <= self.tolerance_se else "NOT reproduced"
+
+    @property
     def reproduced(self) -> bool:
-        complete = all(r["reproduced_val_acc"] is not None for r in self.rows)
-        return bool(self.rows) and complete and self.max_acc_diff <= self.tolerance
+        return self.verdict == "reproduced"
 
     def table(self) -> str:
         lines = [
@@ -72,6 +105,14 @@ class Reproduction:
                 f"{_diff(r['recorded_val_loss'], loss):>8.1e}"
             )
         return "\n".join(lines)
+
+
+def _se(row: dict) -> float | None:
+    """One binomial standard error of the row's recorded val_acc (at least one image); None without val_n."""
+    n, p = row.get("val_n"), row["recorded_val_acc"]
+    if not n or p is None or not math.isfinite(p):
+        return None
+    return max(math.sqrt(p * (1 - p) / n), 1 / n)
 
 
 def _diff(a, b) -> float:
@@ -155,8 +196,7 @@ def reproduce(
     trainer = train.run(cfg, out_dir, quiet=quiet, stop_after=stop_after)
     now = str(trainer.device)
     rows = _compared(epochs, trainer.history)
-    cpu_both = was == "cpu" and now == "cpu"
-    result = Reproduction(t.trial_id, was, now, 0.0 if cpu_both else GPU_VAL_ACC_TOLERANCE, command, str(out_dir), rows)
+    result = Reproduction(t.trial_id, was, now, command, str(out_dir), rows)
     _write_result(out_dir, result, extra)
     return result
 
@@ -176,7 +216,9 @@ def _write_result(out_dir: Path, result: Reproduction, overrides: dict) -> None:
     summary = {
         **asdict(result),
         "reproduced": result.reproduced,
+        "verdict": result.verdict,
         "max_val_acc_diff": result.max_acc_diff,
+        "max_val_acc_diff_se": result.max_acc_diff_se,
         "max_val_loss_diff": result.max_loss_diff,
         "overrides": overrides,
     }
@@ -189,6 +231,7 @@ def _compared(recorded: list[dict], history: list[dict]) -> list[dict]:
     return [
         {
             "epoch": int(r["epoch"]),
+            "val_n": r.get("val_n"),
             "recorded_val_acc": r["val_acc"],
             "reproduced_val_acc": mine.get(int(r["epoch"]), {}).get("val_acc"),
             "recorded_val_loss": r["val_loss"],
@@ -199,13 +242,23 @@ def _compared(recorded: list[dict], history: list[dict]) -> list[dict]:
 
 
 def summary(r: Reproduction) -> str:
-    rule = "equal every epoch (CPU)" if r.tolerance == 0 else f"within {r.tolerance:g} every epoch (GPU)"
-    rule = f"required val_acc {rule}"
-    verdict = "reproduced" if r.reproduced else "NOT reproduced"
     return (
         f"{r.table()}\n"
-        f"trial {r.trial_id}: {verdict} ({rule}); largest val_acc difference {r.max_acc_diff:.2g}, "
+        f"trial {r.trial_id}: {r.verdict} ({rule(r)}); largest val_acc difference {r.max_acc_diff:.2g}"
+        f"{'' if r.max_acc_diff_se is None else f' ({r.max_acc_diff_se:.2g} standard errors)'}, "
         f"val_loss {r.max_loss_diff:.2g} (recorded on {r.recorded_device}, retrained on {r.device})\n"
         f"the same run: {r.command}\n"
         f"outputs: {r.out_dir}"
     )
+
+
+def rule(r: Reproduction) -> str:
+    """What the comparison required, in words."""
+    if r.on_cpu:
+        return "required val_acc equal every epoch (CPU)"
+    if r.tolerance_se is None:
+        return (
+            "on a GPU; no run-to-run tolerance has been measured yet (GPU_TOLERANCE_SE, from "
+            "bench/gpu_check.sh), so only val_acc equal every epoch counts as reproduced"
+        )
+    return f"required val_acc within {r.tolerance_se:g} binomial standard errors every epoch (GPU)"

@@ -89,3 +89,43 @@ def test_extension_seeds_stay_in_range_and_edge_requests_pass():
     assert 0 <= extension_spec(top, 1, 2, None).seed < 2**32  # parse_spec would refuse otherwise
     spec = parse_spec(SPACE, "t")
     check_request(spec, 1, spec.epochs, 0)  # the same epochs, and promoting none, are allowed
+
+
+def _trial(tid, outcome, config, vals, **last):
+    """A finished trial of the experiment as `Experiment.trials` holds it: its reports epoch by epoch,
+    the last one carrying `last` (e.g. diverged, oom)."""
+    from raydigits.experiment import Trial
+    from raydigits.storage import as_location
+
+    rows = [{"epoch": e, "val_acc": v} for e, v in enumerate(vals, 1)]
+    if rows:
+        rows[-1].update(last)
+    status = "ERROR" if outcome == "error" else "TERMINATED"
+    return Trial("search", tid, status, outcome, len(rows), config, tuple(rows), as_location(f"/nowhere/{tid}"))
+
+
+def test_extend_warm_starts_tpe_from_failed_trials_too():
+    """The original TPE was told of a diverged or out-of-memory trial's val_acc 0.0 and of an errored
+    trial as a failure; extend's warm start must carry them too. Finished trials score best near
+    lr = 1e-2 (the top of what they tried); every trial above it diverged or ran out of memory. Told of
+    those, TPE keeps its suggestions below 1e-2; without them it follows the trend up past it."""
+    from raydigits.search.extend import warm_start
+
+    spec = parse_spec(SPACE, "t")
+    rng = np.random.default_rng(1)
+    trials = []
+    for i, lr in enumerate(np.exp(rng.uniform(np.log(1e-4), np.log(1e-2), 20))):
+        trials.append(
+            _trial(f"f{i}", "asha_stopped", {"lr": float(lr), "optimizer": "adamw"}, [0.5, 1 + np.log10(lr) / 4])
+        )
+    for i, lr in enumerate(np.exp(rng.uniform(np.log(1.2e-2), np.log(1e-1), 20))):
+        kind = ("diverged", {"diverged": True}) if i % 2 else ("oom", {"oom": True})
+        trials.append(_trial(f"x{i}", kind[0], {"lr": float(lr), "optimizer": "adamw"}, [0.6, 0.0], **kind[1]))
+    trials.append(_trial("e0", "error", {"lr": 0.05, "optimizer": "sgd", "momentum": 0.9}, [0.7]))
+    warm = warm_start(tuple(trials), spec)
+    assert len(warm) == 41 and ({"lr": 0.05, "optimizer": "sgd", "momentum": 0.9}, None) in warm
+    assert sorted(v for _, v in warm if v is not None)[:20] == [0.0] * 20  # what TPE was told, not their 0.6
+    usable = [w for w in warm if w[1]]
+    above = lambda lrs: float(np.mean(lrs > 1.1e-2))  # noqa: E731
+    told, blind = _suggested_lrs(spec, warm, 16), _suggested_lrs(spec, usable, 16)
+    assert above(told) < 0.2 < above(blind), (above(told), above(blind))

@@ -43,6 +43,7 @@ LAYERS = [
             "raydigits.reproduce",
             "raydigits.evaluation",
             "raydigits.inference",
+            "raydigits.ties",
         ],
     ),
     ("cli", ["raydigits.cli", "raydigits.__main__"]),
@@ -180,7 +181,7 @@ def _tiny_experiment(root: Path) -> Path:
         "import raydigits.experiment, raydigits.spec",
         # reading a finished experiment, not only importing the package
         "from raydigits.experiment import Experiment; e = Experiment.open(EXP); "
-        "assert (e.best().trial_id, e.best().epoch) == ('a_00001', 2); e.frame(); e.ties('a_00001')",
+        "assert (e.best().trial_id, e.best().epoch) == ('a_00001', 2); e.frame(); e.tie_candidates(e.best(), 500)",
     ],
 )
 def test_experiment_and_spec_need_neither_ray_nor_torch(code, tmp_path):

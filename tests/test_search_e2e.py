@@ -195,13 +195,30 @@ def test_final_outputs_are_consistent(smoke_run, mnist):
         assert f"of the trial's best, {best:.4f} at epoch" in metrics["epoch_note"] and metrics["best_val_acc"] < best
     else:
         assert metrics["best_val_acc"] == pytest.approx(best)
-    # the statistical ties: the usable trials within 2 SE of the winner's best (README: Outputs)
-    trials = pd.read_csv(final / "trials.csv", dtype={"trial_id": str})
-    usable = trials[~trials["outcome"].isin(["diverged", "oom", "error"])].set_index("trial_id")["best_val_acc"]
-    p = usable[metrics["best_trial"]]
-    n = results(next(smoke_run["exp"].rglob(f"smoke_{metrics['best_trial']}*")))[0]["val_n"]
-    tied = sorted(t for t, v in usable.items() if t != metrics["best_trial"] and v >= p - 2 * (p * (1 - p) / n) ** 0.5)
-    assert sorted(metrics["tied_trials"]) == tied and f"ties: {metrics['ties']}" in smoke_run["out"]
+    # the paired ties (README: Outputs): the shipped checkpoint against each candidate's best on the
+    # winner's validation images, exact McNemar p-values from the discordant counts, Holm over them
+    from scipy.stats import binomtest
+
+    paired = metrics["paired_ties"]
+    trials = pd.read_csv(final / "trials.csv", dtype={"trial_id": str}).set_index("trial_id")
+    assert (paired["winner"], paired["epoch"], paired["n"]) == (metrics["best_trial"], metrics["best_epoch"], 500)
+    assert paired["accuracy"] == pytest.approx(metrics["best_val_acc"])  # the images it was scored on
+    ps = []
+    for c in paired["compared"]:
+        assert c["trial_id"] != metrics["best_trial"]
+        assert trials.loc[c["trial_id"], "outcome"] not in ("diverged", "oom", "error")
+        assert c["reported"] == pytest.approx(trials.loc[c["trial_id"], "best_val_acc"])
+        b, k = c["winner_only"], c["other_only"]
+        assert c["accuracy"] == pytest.approx(paired["accuracy"] + (k - b) / 500)
+        ps.append(binomtest(b, b + k, 0.5).pvalue if b + k else 1.0)
+    assert [c["p"] for c in paired["compared"]] == pytest.approx(ps)
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: ps[i])
+    holm = dict(zip(order, np.maximum.accumulate([min(1.0, (m - r) * ps[i]) for r, i in enumerate(order)])))
+    assert [c["p_holm"] for c in paired["compared"]] == pytest.approx([holm[i] for i in range(m)])
+    tied = [c["trial_id"] for i, c in enumerate(paired["compared"]) if holm[i] > 0.05]
+    assert metrics["tied_trials"] == tied and f"ties: {metrics['ties']}" in smoke_run["out"]
+    assert paired["seconds"] > 0 and "optimistic" in metrics["ties"]
     for png in ("learning_curves.png", "confusion_matrix.png", "misclassified.png"):
         assert (final / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # best_model.pt loads with weights_only and the self-contained export agrees with it

@@ -7,7 +7,8 @@ reading a finished experiment (report, export, reproduce, extend's bookkeeping) 
 - `layout.py`    every file name of the folder; the spec and run records read and written
 - `records.py`   outcome, run and ETA records (frozen); the outcomes and "unfinished"; the legacy derivation
 - `trials.py`    `Trial` (its best score, scores, checkpoints) and `read_results`, Tune's result.json read once
-- `selection.py` the best (trial, epoch) on validation (`choose_best`) and its statistical ties"""
+- `selection.py` the best (trial, epoch) on validation (`choose_best`)
+- `paired.py`    its paired ties: the candidates, exact McNemar tests, Holm's correction"""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from ..ray_compat import trial_states
 from ..spec import SearchSpec
 from ..storage import Location, as_location
 from .layout import FINAL_DIR, audit_runs, extension_runs, read_spec
+from .paired import PairedTies, Screen, candidates, paired_ties, ties_line
 from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record, read_run
-from .selection import Choice, Ties, choose_best, statistical_ties, ties_line
+from .selection import Choice, choose_best
 from .trials import Checkpoint, Trial, frame, read_results, read_trials
 
 if TYPE_CHECKING:
@@ -32,11 +34,13 @@ __all__ = [
     "Choice",
     "Experiment",
     "Run",
-    "Ties",
+    "PairedTies",
+    "Screen",
     "Trial",
+    "candidates",
     "choose_best",
+    "paired_ties",
     "read_results",
-    "statistical_ties",
     "ties_line",
 ]
 
@@ -102,8 +106,9 @@ class Experiment:
     def best(self) -> Choice:
         return choose_best(self.trials, self.spec)
 
-    def ties(self, winner: str) -> Ties | None:
-        return statistical_ties(self.trials, self.spec, winner)
+    def tie_candidates(self, choice: Choice, n: int) -> Screen:
+        """The trials to test against the shipped `choice` on `n` validation images (paired.py)."""
+        return candidates(self.trials, self.spec, choice, n)
 
     @property
     def outcomes(self) -> OutcomeRecord | None:

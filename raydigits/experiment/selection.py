@@ -1,5 +1,5 @@
-"""Which (trial, epoch) the final stage ships, on validation only, and which other trials the
-validation cannot tell from it."""
+"""Which (trial, epoch) the final stage ships, on validation only (which other trials the
+validation cannot tell from it: `paired.py`)."""
 
 from __future__ import annotations
 
@@ -59,48 +59,3 @@ def choose_best(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
                 f"{best.value:.4f} at epoch {best.epoch}",
             )
     return _choice(best)
-
-
-TIE_SE = 2.0  # trials within this many standard errors of the winner's best cannot be ranked apart
-
-
-@dataclass(frozen=True)
-class Ties:
-    margin: float  # TIE_SE binomial standard errors of the winner's best, on val_n images
-    val_n: int
-    best: float  # the winner's best value
-    trials: list[tuple[str, float]]  # other usable trials within the margin, best first
-
-
-def statistical_ties(trials: Iterable[Trial], spec: SearchSpec, winner: str) -> Ties | None:
-    """The other usable trials whose best val_acc lies within TIE_SE binomial standard errors
-    (√(p(1−p)/n), p the winner's best, n its validation size) of the winner's best: on a validation
-    of that size the search cannot tell them from the winner, so its ranking among them is noise.
-    None for a metric without a binomial error (val_loss) or results without `val_n`."""
-    if spec.metric != "val_acc":
-        return None
-    best: dict[str, tuple[float, int | None]] = {}
-    for t in trials:
-        top = t.best_report(spec.metric, "max") if t.usable else None
-        if top is not None:
-            best[t.trial_id] = (top[spec.metric], top.get("val_n"))
-    p, n = best.get(winner, (0.0, None))
-    if not n:
-        return None
-    margin = TIE_SE * math.sqrt(p * (1 - p) / n)
-    close = sorted(
-        ((tid, v) for tid, (v, _) in best.items() if tid != winner and v >= p - margin), key=lambda tv: -tv[1]
-    )
-    return Ties(margin, int(n), p, close)
-
-
-def ties_line(t: Ties, metric: str) -> str:
-    """The summary's and report's sentence about `statistical_ties`."""
-    within = f"within {TIE_SE:g} standard errors ({t.margin:.4f} on {t.val_n:,} validation images) of its best {metric} {t.best:.4f}"
-    if not t.trials:
-        return f"no other trial is {within}: the validation ranks it first"
-    listed = ", ".join(f"{tid} {v:.4f}" for tid, v in t.trials)
-    return (
-        f"{len(t.trials)} other trial{'s are' if len(t.trials) > 1 else ' is'} {within}: {listed}; "
-        "the validation cannot rank these apart, so any of them is as good a pick"
-    )

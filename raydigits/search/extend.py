@@ -8,13 +8,17 @@ the main run and every extension, and the final stage chooses among all of them.
 - The extension's spec is the experiment's with `num_samples = N` and a seed of its own (the same
   seed would sample the same configs again).
 - TPE is warm-started: the study it starts from already holds every finished trial's params and its
-  last reported value (what TPE itself would have recorded). Random search samples fresh configs.
+  last reported value (what TPE itself would have recorded), failures included: a diverged or
+  out-of-memory trial with the value it reported (val_acc 0.0), one without a finite value and an
+  errored trial as a failed Optuna trial (Tune told the original searcher `error=True`). Random
+  search samples fresh configs.
 - `--max-t M` (more epochs than the search allowed) gives the extension's trials up to M epochs, and
   re-runs the `promote` best finished configs first under that budget (from scratch: the learning
   rate schedule spans the whole run, so a finished trial cannot simply train on)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..data.store import Dataset
@@ -64,6 +68,27 @@ def finished_scores(trials: tuple[Trial, ...], spec: SearchSpec) -> list[tuple[d
     return out
 
 
+def failed_scores(trials: tuple[Trial, ...], spec: SearchSpec) -> list[tuple[dict, float | None]]:
+    """(config, value) of every trial the final stage never chooses (errored, diverged, out of
+    memory), as the original searcher was told of it: the metric of its last report when finite (a
+    diverged or out-of-memory epoch reports val_acc 0.0), else None, a failed trial (an errored one:
+    Tune calls `on_trial_complete(error=True)` without a result)."""
+    out: list[tuple[dict, float | None]] = []
+    for t in trials:
+        if t.usable:
+            continue
+        last = t.results[-1].get(spec.metric) if t.results and t.outcome != "error" else None
+        finite = isinstance(last, (int, float)) and math.isfinite(last)
+        out.append((dict(t.config), float(last) if finite else None))
+    return out
+
+
+def warm_start(trials: tuple[Trial, ...], spec: SearchSpec) -> list[tuple[dict, float | None]]:
+    """What TPE learns from before its first suggestion: every finished trial's last value and every
+    failure (`failed_scores`), as the original search's TPE saw them."""
+    return [(cfg, last) for cfg, last, _ in finished_scores(trials, spec)] + failed_scores(trials, spec)
+
+
 def extend_search(
     exp: Experiment,
     data: Dataset,
@@ -95,11 +120,12 @@ def extend_search(
     else:  # Tune's points cannot set sample_from keys: the conditional samplers take them (`pinned`)
         plain = [k for k, p in ext.parameters.items() if not p.when]
         starts = [{k: cfg.get(k) for k in plain} for cfg in points]
-    alg = build_search_alg(ext, warm=[(cfg, last) for cfg, last, _ in scored], points=starts)
+    warm = warm_start(exp.trials, spec)
+    alg = build_search_alg(ext, warm=warm, points=starts)
     print(
         f"extend: run {k} of {exp.name}: {num_samples} more trials (seed {ext.seed}, up to {ext.epochs} "
         f"epochs){f', the {len(points)} best finished configs first' if points else ''}"
-        f"{f'; TPE starts from {len(scored)} finished trials' if ext.method == 'tpe' else ''}",
+        f"{f'; TPE starts from {len(warm)} finished trials ({len(warm) - len(scored)} failed)' if ext.method == 'tpe' else ''}",
         flush=True,
     )
     return run_search(

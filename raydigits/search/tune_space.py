@@ -98,11 +98,12 @@ class OptunaSpace:
         return constants
 
 
-def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float]] = (), points: list[dict] = ()):
+def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float | None]] = (), points: list[dict] = ()):
     """The searcher, limiting concurrent trials itself: Tune ignores `max_concurrent_trials` for a
     BasicVariantGenerator, so that knob is never used. `points`: configs to run first (as Tune's
     `points_to_evaluate`); `warm`: (config, value) of trials run before, which TPE learns from
-    before its first suggestion (`launch.py extend`; random search ignores them)."""
+    before its first suggestion (`launch.py extend`; random search ignores them); a value of None is
+    a failed trial."""
     if spec.method != "tpe":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -128,11 +129,13 @@ def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float]] = (), poin
 WARM_STUDY = "raydigits"
 
 
-def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
+def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float | None]]) -> dict:
     """OptunaSearch's `storage`/`study_name` for a study that already holds the finished trials
     (OptunaSearch loads an existing study by name; Ray's own `evaluated_rewards` does not work with a
     define-by-run space). Each trial's params and distributions come from replaying the space on
-    its config, so they are exactly what TPE would have suggested."""
+    its config, so they are exactly what TPE would have suggested. A value of None is added as a
+    failed trial (state FAIL), as OptunaSearch tells the study of an errored trial; Optuna's TPE
+    itself models only complete and pruned trials."""
     if not warm:
         return {}
     import optuna
@@ -148,7 +151,10 @@ def _warm_study(spec: SearchSpec, warm: list[tuple[dict, float]]) -> dict:
             space(fixed)
         except ValueError:  # a config from another space (e.g. a conditional the spec no longer has)
             continue
-        study.add_trial(optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions, value=value))
+        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+        study.add_trial(
+            optuna.trial.create_trial(params=fixed.params, distributions=fixed.distributions, value=value, state=state)
+        )
     return {"storage": storage, "study_name": WARM_STUDY}
 
 
