@@ -28,6 +28,7 @@ LAYERS = [
             "raydigits.trainer",
             "raydigits.train",
             "raydigits.runtime",
+            "raydigits.costs",
         ],
     ),
     ("spec", ["raydigits.spec"]),

@@ -147,6 +147,20 @@ def test_the_audit_trains_the_best_stopped_trial_on_from_its_checkpoint_and_repo
     assert "<section id=audit>" in page and html.escape(es["line"]) in page
 
 
+def test_every_result_carries_the_models_costs_measured_once(smoke_run):
+    """Each trial measures its model's costs before its first epoch (raydigits/costs.py) and reports
+    them with every result; the smoke search's trials share one architecture, image size and thread
+    count, so the cache gives them all the numbers the first one measured."""
+    exp = smoke_run["exp"]
+    rows = [r for d in [*exp.glob("smoke_*"), *exp.glob("audit_1/smoke_*")] if d.is_dir() for r in results(d)]
+    assert len(rows) >= 7
+    measured = {tuple(r[k] for k in ("params", "size_mb", "mflops", "latency_ms")) for r in rows}
+    assert len(measured) == 1, measured
+    ((params, size_mb, mflops, latency_ms),) = measured
+    assert params == 1528106  # torchvision's mobilenet_v3_small with a 10-class head
+    assert 5 < size_mb < 7 and 2 < mflops < 10 and latency_ms > 0  # 32 px images
+
+
 def test_trial_crashing_mid_epoch_is_retried_from_its_checkpoint(smoke_run):
     crashed = smoke_run["marker"].read_text().strip()  # the trial name that raised in epoch 2
     trial_dir = smoke_run["exp"] / crashed

@@ -11,7 +11,7 @@ import psutil
 import torch
 from ray import tune
 
-from .. import ray_compat
+from .. import costs, ray_compat
 from ..data.store import Dataset
 from ..experiment.layout import CHECKPOINT_FILE
 from ..spec import AUDIT_KEY, SearchSpec, trial_train_config
@@ -48,6 +48,7 @@ def train_trial(
     cfg = trial_train_config(spec, config, data_dir, where=f"trial {tune.get_context().get_trial_name()}")
     trainer = Trainer(cfg, data, default_threads=threads)  # runtime.setup_process: the trial's CPU share
     trainer.step_hook = _fault_hook()
+    cost = costs.of_trainer(trainer)  # once per architecture and machine (cached): reported every epoch
     checkpoint = tune.get_checkpoint()
     start = (starts or {}).get(str(config.get(AUDIT_KEY)))
     if not checkpoint and start:
@@ -68,6 +69,7 @@ def train_trial(
         )
         clean = {k: (float(v) if isinstance(v, (bool, int, float)) and k != "epoch" else v) for k, v in metrics.items()}
         clean["stop_reason"] = t.stop_reason or ""
+        clean.update(cost.metrics())  # params, size_mb, mflops, latency_ms (raydigits/costs.py)
         clean["device"] = str(t.device)  # what `launch.py reproduce` compares against (CPU: exactly)
         clean["uss_mb"] = psutil.Process().memory_full_info().uss / 2**20  # memory this trial alone holds
         clean["data_zero_copy"] = float(not data.images["train"].flags.writeable)  # a view of the object store

@@ -1,0 +1,113 @@
+"""costs.py: a model's parameters, size, FLOPs and batch-1 latency, against hand-computed values on a
+tiny network, without disturbing the model or the random generators, cached per key."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from raydigits import costs
+
+
+def _tiny() -> nn.Module:
+    # conv 3→4, 3×3, padding 1, no bias: 108 weights; linear 4→10 with bias: 50
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(4, 10),
+    )
+
+
+def test_counts_agree_with_hand_computation(tmp_path):
+    model = _tiny()
+    c = costs.measure(model, 8, torch.device("cpu"), calls=3, warmup=1)
+    assert c.params == 108 + 8 + 50  # conv, BatchNorm's weight and bias, linear
+    # conv: 2 FLOPs per multiply-add, (4 × 8 × 8) outputs × (3 × 3 × 3) inputs each; linear: 2 × 4 × 10
+    assert c.mflops * 1e6 == pytest.approx(2 * 4 * 64 * 27 + 2 * 4 * 10)
+    torch.save(model.state_dict(), tmp_path / "archive")  # the name torch.save gives an in-memory file
+    assert c.size_mb * 2**20 == (tmp_path / "archive").stat().st_size
+    assert c.latency_ms > 0 and c.latency_iqr_ms >= 0
+    assert (c.threads, c.device) == (torch.get_num_threads(), "cpu")
+    assert set(c.metrics()) == {"params", "size_mb", "mflops", "latency_ms"}
+
+
+def test_flops_scale_with_the_image_and_follow_the_architecture():
+    small = costs.measure(_tiny(), 8, torch.device("cpu"), calls=1, warmup=0)
+    big = costs.measure(_tiny(), 16, torch.device("cpu"), calls=1, warmup=0)
+    assert (big.mflops * 1e6 - 80) == pytest.approx(4 * (small.mflops * 1e6 - 80))  # conv ∝ pixels
+
+
+def test_measuring_leaves_the_model_and_the_generators_as_they_were():
+    torch.manual_seed(0)
+    model = _tiny().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    costs.measure(model, 8, torch.device("cpu"), calls=2, warmup=1)
+    assert model.training and all(m.training for m in model.modules())
+    assert torch.equal(torch.get_rng_state(), rng)  # a trial's seeded run is unchanged by the measure
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm's statistics included
+    model.eval()
+    costs.measure(model, 8, torch.device("cpu"), calls=1, warmup=0)
+    assert not model.training
+
+
+def test_the_cache_measures_a_key_once_and_survives_a_damaged_file(tmp_path):
+    path = tmp_path / "costs.json"
+    calls = []
+
+    def measure_now():
+        calls.append(1)
+        return costs.measure(_tiny(), 8, torch.device("cpu"), calls=1, warmup=0)
+
+    first, hit = costs.cached("k", measure_now, path)
+    assert not hit and len(calls) == 1
+    again, hit = costs.cached("k", measure_now, path)
+    assert hit and again == first and len(calls) == 1
+    other, hit = costs.cached("k2", measure_now, path)
+    assert not hit and len(calls) == 2 and set(json.loads(path.read_text())) == {"k", "k2"}
+    path.write_text("{not json")
+    _, hit = costs.cached("k", measure_now, path)
+    assert not hit and len(calls) == 3 and set(json.loads(path.read_text())) == {"k"}
+
+
+def test_concurrent_trials_measure_an_architecture_once(tmp_path):
+    path, calls, out = tmp_path / "costs.json", [], []
+
+    def measure_now():
+        calls.append(1)
+        return costs.measure(_tiny(), 8, torch.device("cpu"), calls=20, warmup=0)
+
+    threads = [threading.Thread(target=lambda: out.append(costs.cached("k", measure_now, path))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len({c for c, _ in out}) == 1 and sum(hit for _, hit in out) == 3
+
+
+def test_the_key_names_everything_the_costs_depend_on():
+    cpu = torch.device("cpu")
+    base = costs.cache_key("mobilenet_v3_small", 10, 32, True, cpu)
+    assert costs.cache_key("mobilenet_v3_small", 10, 32, True, cpu) == base
+    others = {
+        costs.cache_key("mobilenet_v3_large", 10, 32, True, cpu),
+        costs.cache_key("mobilenet_v3_small", 2, 32, True, cpu),
+        costs.cache_key("mobilenet_v3_small", 10, 64, True, cpu),
+        costs.cache_key("mobilenet_v3_small", 10, 32, False, cpu),
+    }
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        others.add(costs.cache_key("mobilenet_v3_small", 10, 32, True, cpu))
+    finally:
+        torch.set_num_threads(threads)
+    assert base not in others and len(others) == 5
