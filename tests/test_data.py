@@ -109,7 +109,7 @@ def folder(tmp_path, mnist):
             for i in range(n):
                 img = mnist.images["train"][i, :, :, 0]
                 if i % 2:
-                    img = cv2.resize(np.dstack([img] * 3), (40, 40))  # colour, other size
+                    img = cv2.resize(np.dstack([img, img, img // 2]), (40, 40))  # colour, other size
                 ext = ".png" if i % 3 else ".jpg"
                 _write(root / split / cname / f"img{i}{ext}", img, ext)
     (root / "train" / "2" / "notes.txt").write_text("not an image")
