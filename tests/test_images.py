@@ -5,6 +5,7 @@ counted and named in the summary)."""
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 
@@ -147,8 +148,17 @@ BAD_FILES = {
 }
 
 
-def _bad_files(folder, digit):
-    for name, blob in BAD_FILES.items():
+WHY = {  # each bad file's reason, as the one line gives it
+    "empty.png": "empty file (0 bytes)",
+    "cut.png": "truncated PNG",
+    "bomb.png": f"PNG header declares 100000x100000 pixels, over the {MAX_PIXELS:,}-pixel limit",
+    "notes.jpg": "not a PNG or JPEG",
+}
+
+
+def _bad_files(folder, digit, names=tuple(BAD_FILES)):
+    for name in names:
+        blob = BAD_FILES[name]
         (folder / name).write_bytes(png(digit)[:150] if blob is None else blob)
 
 
@@ -167,6 +177,25 @@ def test_prepare_refuses_or_skips_each_unusable_file_and_names_it(tmp_path, digi
     assert "val/: 6 images; skipped 4 unreadable: " in out
     for name, why in (("empty.png", "empty file"), ("cut.png", "truncated PNG"), ("bomb.png", "100000x100000")):
         assert f"b/{name} (" in out and why in out
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_prepare_cli_refuses_a_lone_unusable_file_unless_told_to_skip_it(tmp_path, digit, capsys, name):
+    """Each kind alone (a 0-byte PNG, a cut one, a bomb, text named .jpg), through the CLI's flag:
+    without --skip-corrupt one line naming the file and why, exit 2, no store; with it the store is
+    written without that file, which the manifest and the summary name."""
+    from raydigits.data.__main__ import main
+
+    root = _folder(tmp_path / "imgs", digit)
+    _bad_files(root / "train" / "a", digit, [name])
+    args = ["prepare", "--folder", str(root), "--size", "28", "--out"]
+    assert main([*args, str(tmp_path / "s1")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {root / 'train' / 'a' / name}: {WHY[name]}"), err
+    assert err[0].endswith("(use --skip-corrupt to skip it)") and not (tmp_path / "s1").exists()
+    assert main([*args, str(tmp_path / "s2"), "--skip-corrupt"]) == 0
+    assert json.loads((tmp_path / "s2" / "manifest.json").read_text())["splits"]["train"]["skipped"] == [f"a/{name}"]
+    assert f"train/: 6 images; skipped 1 unreadable: a/{name} ({WHY[name]}" in capsys.readouterr().out
 
 
 def test_prepare_stores_alpha_digits_and_16_bit_images_as_they_look(tmp_path, digit, capsys):
@@ -226,4 +255,13 @@ def test_export_images_decodes_as_prepare_does(tmp_path, small_mnist, digit, cap
     assert "wrote" in out and "3 predictions (the model takes 1 channel(s))" in out
     assert "skipped 4 unreadable: " in out and "empty.png (empty file (0 bytes))" in out
     assert "1 colour image(s) converted to grey" in out and "1 16-bit image(s) scaled to 8-bit" in out
+    assert "1 image(s) drawn in one colour on a transparent canvas (alpha used as the intensity)" in out
     assert out_file.read_text().count("\n") == 4  # header + 3
+    for name in BAD_FILES:  # each kind alone (a 0-byte PNG first): refused in one line naming it
+        for other in BAD_FILES:
+            (imgs / other).unlink(missing_ok=True)
+        _bad_files(imgs, digit, [name])
+        assert cli.main(["export", str(exp), "--images", str(imgs), "--out", str(tmp_path / "x.csv")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {imgs / name}: {WHY[name]}"), err
+        assert err[0].endswith("(use --skip-corrupt to skip it)") and not (tmp_path / "x.csv").exists()
