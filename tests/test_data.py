@@ -279,6 +279,25 @@ def test_damaged_store_through_the_cli(mnist, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_edit_to_any_key_of_the_manifest_breaks_its_checksum(mnist, tmp_path):
+    """The checksum covers every key (one left out could be edited unnoticed), nested ones too."""
+    from raydigits.data.store import CHECKSUM_KEY
+
+    store = _small_store(tmp_path / "store", mnist)
+    original = (store / "manifest.json").read_text()
+    keys = [k for k in json.loads(original) if k != CHECKSUM_KEY]
+    assert {"format", "class_names", "image_shape", "splits"} <= set(keys)
+    for key in keys:
+        (store / "manifest.json").write_text(original)
+        _edit_manifest(store, lambda m: m.update({key: {"edited": m[key]}}), sign=False)  # noqa: B023
+        with pytest.raises(UserError, match=f"manifest.json: its content does not match its {CHECKSUM_KEY}"):
+            load_dataset(store)
+    (store / "manifest.json").write_text(original)
+    _edit_manifest(store, lambda m: m["splits"]["val"]["skipped"].append("x.png"), sign=False)
+    with pytest.raises(UserError, match="does not match"):
+        load_dataset(store)
+
+
 def test_tampered_manifest_through_the_cli_is_one_line_naming_it(mnist, tmp_path, capsys):
     from raydigits.data.__main__ import main
 
