@@ -175,10 +175,17 @@ MUTABLE_KNOBS = (
 )
 
 
+def shown_key(part: object) -> str:
+    """A key as a message shows it: as written, or quoted when it holds a line break or another
+    control character (the message stays one line)."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(config)"
+        key = ".".join(shown_key(p) for p in err["loc"]) or "(config)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

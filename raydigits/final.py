@@ -175,15 +175,12 @@ def export_images(
     check_output_file(out_file, "--out", inputs=files, force=force)
     state = load_checkpoint(model_file)
     h, w, c = state["input_shape"]
-    arrays, ids, skipped = read_images(files, images_dir, h, c, skip_corrupt)
-    if not arrays:
-        raise UserError(f"--images {images_dir}: no readable images")
-    probs = predict_state(state, np.stack(arrays), "cpu")
-    write_csv(out_file, predictions_frame(ids, probs, state["class_names"]))
-    print(
-        f"wrote {out_file}: {len(ids)} predictions"
-        + (f"; skipped {len(skipped)} unreadable: {skipped}" if skipped else "")
-    )
+    got = read_images(files, images_dir, h, c, skip_corrupt)  # data/decode.py's rules, as prepare
+    if not got.images:
+        raise UserError(f"--images {images_dir}: no readable images" + got.summary())
+    probs = predict_state(state, np.stack(got.images), "cpu")
+    write_csv(out_file, predictions_frame(got.ids, probs, state["class_names"]))
+    print(f"wrote {out_file}: {len(got.ids)} predictions (the model takes {c} channel(s))" + got.summary())
     return out_file
 
 

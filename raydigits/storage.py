@@ -65,20 +65,25 @@ class Location:
         text = os.fspath(text)
         if not text or "\0" in text:
             raise UserError(f"{what} {text!r}: empty or not a path")
+        shown = text if text.isprintable() else repr(text)  # a newline would break our one line
         if "://" not in text:
-            return cls(str(Path(text).expanduser().absolute()))
+            try:
+                return cls(str(Path(text).expanduser().absolute()))
+            except RuntimeError:  # `~name` of no such user, or no home folder at all
+                head = text.split("/", 1)[0]
+                raise UserError(f"{what} {shown}: cannot expand {head!r} (no such user's home folder)") from None
         scheme, rest = text.split("://", 1)
         if scheme == "file":
             if not rest.startswith("/"):
-                raise UserError(f"{what} {text}: a file:// URI needs an absolute path (file:///abs/path)")
+                raise UserError(f"{what} {shown}: a file:// URI needs an absolute path (file:///abs/path)")
             return cls(str(Path(rest).absolute()))
         if scheme not in SCHEMES:
             raise UserError(
-                f"{what} {text}: not a storage URI pyarrow can open (scheme {scheme!r}; "
+                f"{what} {shown}: not a storage URI pyarrow can open (scheme {scheme!r}; "
                 f"use a local path or one of {', '.join(s + '://' for s in sorted(SCHEMES))})"
             )
         if not rest.strip("/"):
-            raise UserError(f"{what} {text}: the URI names no bucket or folder")
+            raise UserError(f"{what} {shown}: the URI names no bucket or folder")
         return cls(text.rstrip("/"))
 
     @property

@@ -109,7 +109,7 @@ def folder(tmp_path, mnist):
             for i in range(n):
                 img = mnist.images["train"][i, :, :, 0]
                 if i % 2:
-                    img = cv2.resize(np.dstack([img] * 3), (40, 40))  # colour, other size
+                    img = cv2.resize(np.dstack([img, img, img // 2]), (40, 40))  # colour, other size
                 ext = ".png" if i % 3 else ".jpg"
                 _write(root / split / cname / f"img{i}{ext}", img, ext)
     (root / "train" / "2" / "notes.txt").write_text("not an image")
@@ -161,9 +161,15 @@ def _small_store(path, mnist, n=200):
     return path
 
 
-def _edit_manifest(store, edit):
+def _edit_manifest(store, edit, sign=True):
+    """Edit the manifest; `sign`: update its checksum too (a consistent manifest that lies, which
+    the checks of what it describes must still catch)."""
+    from raydigits.data.store import CHECKSUM_KEY, manifest_checksum
+
     manifest = json.loads((store / "manifest.json").read_text())
     edit(manifest)
+    if sign:
+        manifest[CHECKSUM_KEY] = manifest_checksum(manifest)
     (store / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -205,6 +211,38 @@ DAMAGE = {
         lambda s: _edit_manifest(s, lambda m: m.pop("splits")),
         ["manifest.json: splits: Field required"],
     ),
+    "manifest edited, its checksum not": (
+        lambda s: _edit_manifest(s, lambda m: m.update(class_names=list("abcdefghij")), sign=False),
+        ["manifest.json: its content does not match its manifest_sha256", "edited or damaged"],
+    ),
+    "manifest checksum removed": (
+        lambda s: _edit_manifest(s, lambda m: m.pop("manifest_sha256"), sign=False),
+        ["manifest.json: no manifest_sha256"],
+    ),
+    "manifest class name repeated": (
+        lambda s: _edit_manifest(s, lambda m: m["class_names"].__setitem__(1, "0")),
+        ["manifest.json: class_names: '0' given twice"],
+    ),
+    "manifest class name a path": (
+        lambda s: _edit_manifest(s, lambda m: m["class_names"].__setitem__(1, "../../etc")),
+        ["manifest.json: class_names: '../../etc' is not a class name"],
+    ),
+    "manifest class names fewer than counts": (
+        lambda s: _edit_manifest(s, lambda m: m["class_names"].pop()),
+        ["manifest.json: split train: 10 class counts for 9 class names"],
+    ),
+    "manifest image shape of 2 channels": (
+        lambda s: _edit_manifest(s, lambda m: m.update(image_shape=[28, 14, 2])),
+        ["manifest.json: image_shape: [28, 14, 2] is not [height, width, channels]"],
+    ),
+    "manifest split in another file": (
+        lambda s: _edit_manifest(s, lambda m: m["splits"]["test"].update(file="val.parquet")),
+        ["manifest.json: split 'test' in file 'val.parquet'"],
+    ),
+    "manifest from a newer format": (
+        lambda s: _edit_manifest(s, lambda m: m.update(format=99)),
+        ["manifest.json: format: Input should be less than or equal to 3"],
+    ),
     "split file from another store": (
         lambda s: shutil.copy(s / "val.parquet", s / "test.parquet"),
         ["split test: test.parquet"],
@@ -241,11 +279,48 @@ def test_damaged_store_through_the_cli(mnist, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_edit_to_any_key_of_the_manifest_breaks_its_checksum(mnist, tmp_path):
+    """The checksum covers every key (one left out could be edited unnoticed), nested ones too."""
+    from raydigits.data.store import CHECKSUM_KEY
+
+    store = _small_store(tmp_path / "store", mnist)
+    original = (store / "manifest.json").read_text()
+    keys = [k for k in json.loads(original) if k != CHECKSUM_KEY]
+    assert {"format", "class_names", "image_shape", "splits"} <= set(keys)
+    for key in keys:
+        (store / "manifest.json").write_text(original)
+        _edit_manifest(store, lambda m: m.update({key: {"edited": m[key]}}), sign=False)  # noqa: B023
+        with pytest.raises(UserError, match=f"manifest.json: its content does not match its {CHECKSUM_KEY}"):
+            load_dataset(store)
+    (store / "manifest.json").write_text(original)
+    _edit_manifest(store, lambda m: m["splits"]["val"]["skipped"].append("x.png"), sign=False)
+    with pytest.raises(UserError, match="does not match"):
+        load_dataset(store)
+
+
+def test_tampered_manifest_through_the_cli_is_one_line_naming_it(mnist, tmp_path, capsys):
+    from raydigits.data.__main__ import main
+
+    store = _small_store(tmp_path / "store", mnist)
+    _edit_manifest(store, lambda m: m.update(image_shape=[14, 56, 1]), sign=False)
+    assert main(["prepare", "--out", str(store)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {store / 'manifest.json'}: its content does not match")
+
+
 def test_store_written_before_format_2_is_verified_too(mnist, tmp_path):
     """Older manifests lack `format`, `bytes` and per-split `shape`, but always had count, image_shape
     and sha256: they load, and damage is still found (by checksum)."""
     store = _small_store(tmp_path / "store", mnist)
-    _edit_manifest(store, lambda m: (m.pop("format"), [(i.pop("bytes"), i.pop("shape")) for i in m["splits"].values()]))
+    _edit_manifest(
+        store,
+        lambda m: (
+            m.pop("format"),
+            m.pop("manifest_sha256"),
+            [(i.pop("bytes"), i.pop("shape")) for i in m["splits"].values()],
+        ),
+        sign=False,
+    )
     assert len(load_dataset(store).labels["val"]) == 200
     (store / "train.parquet").write_bytes((store / "train.parquet").read_bytes()[:5000])
     with pytest.raises(UserError, match="split train: train.parquet: sha256"):

@@ -285,7 +285,7 @@ def test_export_reruns_final_stage_and_predicts_folders(smoke_run, tmp_path, mni
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "skipped 1 unreadable: ['broken.png']" in proc.stdout
+    assert "skipped 1 unreadable: broken.png (not a PNG or JPEG" in proc.stdout
     pre = pd.read_csv(out, dtype=str)
     assert pre["image_id"].tolist() == ["d0.png", "d2.png", "d4.png", "sub/d1.jpg", "sub/d3.jpg", "sub/d5.jpg"]
     proc = subprocess.run(

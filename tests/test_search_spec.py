@@ -132,6 +132,18 @@ CASES = [
         "parameters.weight_decay: distribution normal needs mu and sigma > 0",
     ),
     ("negative gpu", lambda d: d.update(resources={"gpu": -1}), "resources: gpu must be >= 0 or auto, got -1"),
+    # names holding a line break are quoted (the message stays one line; found by tests/test_fuzz.py)
+    (
+        "parameter name with a line break",
+        lambda d: d["parameters"].update({"lr\nx": {"value": 0.1}}),
+        "parameters: 'lr\\nx': a name with a line break or another control character",
+    ),
+    (
+        "when key with a line break",
+        lambda d: d["parameters"]["momentum"].update(when={"optimizer\r": "sgd"}),
+        "parameters.momentum.when: 'optimizer\\r': a name with a line break",
+    ),
+    ("unknown key with a line break", lambda d: d.update(scheduler={"\r": 1}), "scheduler.'\\r': unknown key"),
 ]
 
 

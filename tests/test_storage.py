@@ -126,6 +126,8 @@ def test_local_paths_and_file_uris_are_plain_folders(text, expect):
         ("file://relative/x", "absolute path"),
         ("foo://bucket/x", "not a storage URI pyarrow can open"),
         ("s3://", "names no bucket"),
+        ("~nosuchuser_raydigits/x", "cannot expand '~nosuchuser_raydigits' \\(no such user's home folder\\)"),
+        ("gopher://a\nb", "^--storage-path 'gopher://a\\\\nb': not a storage URI"),  # one line: quoted
     ],
 )
 def test_bad_storage_paths_are_named(text, words):

@@ -116,24 +116,32 @@ def prepare_folder(
         raise UserError(f"--channels {channels}: must be 1 or 3")
     check_target(out_dir, root)
     files = sources.list_images(root)
-    if channels is None:  # colour if any (readable) image is colour
-        channels = 1
-        for f in files[:200]:
-            img = cv2.imread(str(f), cv2.IMREAD_UNCHANGED)
-            if img is not None and img.ndim == 3 and img.shape[2] >= 3:
-                channels = 3
-                break
     with tqdm(
         total=len(files),
         desc=f"prepare {root.name}",
         unit="img",
         disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1",
     ) as bar:
-        splits, classes = sources.load_image_folder(root, size, channels, skip_corrupt, bar)
-    for name, split in splits.items():
-        if split.skipped:
-            print(f"skipped {len(split.skipped)} unreadable image(s) in {name}/: {split.skipped[:5]}")
-    return write_store(out_dir, splits, classes, f"folder:{root.resolve()}")
+        folder = sources.load_image_folder(root, size, channels, skip_corrupt, bar)
+    manifest = write_store(out_dir, folder.splits, folder.classes, f"folder:{root.resolve()}")
+    print_folder_summary(folder, given=channels is not None)
+    return manifest
+
+
+def print_folder_summary(folder: sources.Folder, given: bool) -> None:
+    """What reading the images did: per split the skipped files (with why) and the decoding notes,
+    then how the channels were chosen."""
+    for name, read in folder.reads.items():
+        if read.skipped or read.notes:
+            print(f"{name}/: {len(read.images)} images" + read.summary())
+    total = sum(len(r.images) for r in folder.reads.values())
+    if given:
+        how = f"as --channels {folder.channels} says"
+    elif folder.colour:
+        how = f"RGB: {folder.colour} of {total} images are colour"
+    else:
+        how = f"grey: none of the {total} images is colour"
+    print(f"channels: {folder.channels} ({how})")
 
 
 def ensure_prepared(data_dir: Path) -> Path:

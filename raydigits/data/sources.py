@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import cv2
 import numpy as np
 
 from ..errors import UserError
+from .decode import BadImage, decode_file, to_channels
 
 MNIST_CLASSES = [str(d) for d in range(10)]
 
@@ -179,14 +181,11 @@ def list_images(root: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.relative_to(root).as_posix()))
 
 
-def read_image(path: Path, size: int, channels: int) -> np.ndarray | None:
-    """Read any png/jpg (grey or colour, any size) → (size, size, channels) uint8, or None if unreadable."""
-    raw = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR)
-    if img is None:
-        return None
-    if channels == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def read_image(path: Path, size: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decode one png/jpg (`decode.py`'s rules) and resize it to size x size: (size, size, 1 or 3)
+    uint8 and what decoding did; `BadImage` if it cannot be used."""
+    got = decode_file(path)
+    img = got.image
     if img.shape[0] != size or img.shape[1] != size:
         shrink = img.shape[0] > size or img.shape[1] > size
         img = cv2.resize(
@@ -194,33 +193,82 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray | None:
             (size, size),  # cv2 takes (width, height)
             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR,
         )
-    return img.reshape(size, size, channels)
+    return img.reshape(size, size, got.image.shape[2]), got.notes
+
+
+@dataclass
+class Images:
+    """What `read_images` made of a list of files."""
+
+    images: list[np.ndarray]  # (size, size, C) uint8; C as decoded until `convert`
+    ids: list[str]  # relative to the root
+    skipped: dict[str, str] = field(default_factory=dict)  # id → why it was refused
+    notes: Counter = field(default_factory=Counter)  # what decoding did → how many images
+
+    def colour(self) -> int:
+        return sum(img.shape[2] == 3 for img in self.images)
+
+    def convert(self, channels: int) -> None:
+        """Every image to `channels`, counting the conversions."""
+        for i, img in enumerate(self.images):
+            self.images[i], note = to_channels(img, channels)
+            if note:
+                self.notes[note] += 1
+
+    def summary(self, shown: int = 10) -> str:
+        """'; skipped N: a (why), ...; K 16-bit image(s) scaled to 8-bit; ...' (empty if nothing)."""
+        parts = []
+        if self.skipped:
+            named = [f"{i} ({why})" for i, why in list(self.skipped.items())[:shown]]
+            more = len(self.skipped) - len(named)
+            parts.append(
+                f"skipped {len(self.skipped)} unreadable: {', '.join(named)}" + (f" and {more} more" if more else "")
+            )
+        parts += [f"{n} {note}" for note, n in sorted(self.notes.items())]
+        return "".join(f"; {p}" for p in parts)
 
 
 def read_images(
-    files: list[Path], root: Path, size: int, channels: int, skip_corrupt: bool, progress=None
-) -> tuple[list[np.ndarray], list[str], list[str]]:
-    """Read files → (images, ids relative to root, skipped ids). An unreadable file fails naming
-    it, unless skip_corrupt (then it is listed in skipped)."""
-    images, ids, skipped = [], [], []
+    files: list[Path], root: Path, size: int, channels: int | None, skip_corrupt: bool, progress=None
+) -> Images:
+    """Read files (ids relative to root) resized to size x size, converted to `channels` (None:
+    each as decoded). An unusable file fails naming it and why, unless skip_corrupt (then it is
+    listed in `skipped` with its reason)."""
+    out = Images([], [])
     for path in files:
-        img = read_image(path, size, channels)
         rel = path.relative_to(root).as_posix()
-        if img is None:
+        try:
+            img, notes = read_image(path, size)
+        except BadImage as exc:
             if not skip_corrupt:
-                raise UserError(f"{path}: unreadable image (use --skip-corrupt to skip it)")
-            skipped.append(rel)
+                raise UserError(f"{path}: {exc} (use --skip-corrupt to skip it)") from None
+            out.skipped[rel] = str(exc)
             continue
-        images.append(img)
-        ids.append(rel)
-        if progress is not None:
-            progress.update(1)
-    return images, ids, skipped
+        finally:
+            if progress is not None:
+                progress.update(1)
+        out.images.append(img)
+        out.ids.append(rel)
+        out.notes.update(notes)
+    if channels is not None:
+        out.convert(channels)
+    return out
 
 
-def load_image_folder(
-    root: Path, size: int, channels: int, skip_corrupt: bool = False, progress=None
-) -> tuple[dict[str, Split], list[str]]:
+@dataclass
+class Folder:
+    """An image-folder dataset read: the splits, and what reading them did (for the summary)."""
+
+    splits: dict[str, Split]
+    classes: list[str]
+    reads: dict[str, Images]  # per split: skipped files with reasons, decoding notes
+    channels: int
+    colour: int  # images decoded as colour (before any conversion)
+
+
+def load_image_folder(root: Path, size: int, channels: int | None, skip_corrupt: bool = False, progress=None) -> Folder:
+    """Every image of train/, val/ and test/ under `root`; channels None: 3 (RGB) if any image of
+    any split is colour, else 1."""
     root = Path(root)
     if not (root / "train").is_dir() or not (root / "val").is_dir():
         raise UserError(f"{root}: an image-folder dataset needs train/ and val/ (and optionally test/)")
@@ -238,18 +286,29 @@ def load_image_folder(
             raise UserError(
                 f"{root / s}: class folders differ from train/ (extra: {sorted(extra)}, missing: {sorted(missing)})"
             )
+    reads = {s: _read_split(root / s, classes, size, skip_corrupt, progress) for s in split_names}
+    colour = sum(r.colour() for r, _ in reads.values())
+    if channels is None:  # colour if any image of any split is colour
+        channels = 3 if colour else 1
     splits = {}
-    for s in split_names:
-        images, labels, ids, skipped = [], [], [], []
-        for ci, cname in enumerate(classes):
-            imgs, rel_ids, bad = read_images(
-                list_images(root / s / cname), root / s, size, channels, skip_corrupt, progress
-            )
-            images += imgs
-            labels += [ci] * len(imgs)
-            ids += rel_ids
-            skipped += bad
-        if not images:
-            raise UserError(f"{root / s}: no readable images")
-        splits[s] = Split(np.stack(images), np.asarray(labels, dtype=np.int64), ids, skipped)
-    return splits, classes
+    for s, (read, labels) in reads.items():
+        read.convert(channels)
+        splits[s] = Split(np.stack(read.images), labels, read.ids, list(read.skipped))
+    return Folder(splits, classes, {s: r for s, (r, _) in reads.items()}, channels, colour)
+
+
+def _read_split(
+    split_dir: Path, classes: list[str], size: int, skip_corrupt: bool, progress
+) -> tuple[Images, np.ndarray]:
+    """One split's images as decoded (ids relative to the split folder) and their labels."""
+    read, labels = Images([], []), []
+    for ci, cname in enumerate(classes):
+        got = read_images(list_images(split_dir / cname), split_dir, size, None, skip_corrupt, progress)
+        read.images += got.images
+        read.ids += got.ids
+        read.skipped.update(got.skipped)
+        read.notes.update(got.notes)
+        labels += [ci] * len(got.images)
+    if not read.images:
+        raise UserError(f"{split_dir}: no readable images")
+    return read, np.asarray(labels, dtype=np.int64)

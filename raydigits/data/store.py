@@ -10,7 +10,13 @@ Checks on load (`read_split`), all from the manifest: the file's size and sha256
 12 MB of Parquet takes ~10 ms, so it is done on every load), then the rows, the pixel shape, the
 labels' range and the per-class counts of what was read. Stores written before the manifest had
 `format`, `bytes` and per-split `shape` still carry `count`, `image_shape` and `sha256` (recorded
-since the first version), so they are verified just as fully; nothing is rewritten."""
+since the first version), so they are verified just as fully; nothing is rewritten.
+
+The manifest itself (format 3) carries `manifest_sha256`, the sha256 of its other keys as canonical
+JSON: an edited or damaged manifest is refused, naming it, before anything in it is used. The fields
+the loader trusts are checked too: the class names (unique, each one folder name, one count per
+class in every split), the image shape (1 to MAX_SIDE pixels a side, 1 or 3 channels), the splits
+(train/val/test, each in <split>.parquet) and the format (not newer than this code)."""
 
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..atomic import atomic_path, write_text
 from ..errors import UserError
@@ -32,7 +38,10 @@ from .sources import Split
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val", "test")
-FORMAT = 2  # 2: per split `shape` and `bytes`; 1 (no `format` key): count, sha256 only
+FORMAT = 3  # 3: the manifest's own checksum; 2: per split `shape` and `bytes`; 1 (no `format` key): count, sha256
+CHECKSUM_KEY = "manifest_sha256"  # sha256 of the manifest's other keys (`manifest_checksum`)
+MAX_SIDE = 4096  # the largest image side a store may declare (prepare makes at most 1024)
+CHANNELS = (1, 3)
 TMP_TAG, OLD_TAG = ".tmp-", ".old-"  # <store>.tmp-<pid>: being written; <store>.old-<pid>: being swapped out
 REPAIR = "prepare it again (`python -m raydigits.data prepare --force ...`)"
 SHA_SHOWN = 12  # hex digits of a checksum shown in an error
@@ -59,11 +68,51 @@ class SplitInfo(BaseModel):
 
 
 class Manifest(BaseModel):
+    """What the loader trusts, checked: the class names become folder names (export_image_tree) and
+    the model's outputs, the image shape the model's input (export's input shape)."""
+
     model_config = ConfigDict(extra="allow")
-    format: int = 1
+    format: int = Field(1, ge=1, le=FORMAT)
     class_names: list[str] = Field(min_length=1)
     image_shape: list[int] = Field(min_length=3, max_length=3)
     splits: dict[str, SplitInfo]
+
+    @field_validator("class_names")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not name.strip() or name in (".", "..") or any(c in name for c in "/\\\0"):
+                raise ValueError(f"{name!r} is not a class name (one folder name)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{next(n for n in names if names.count(n) > 1)!r} given twice")
+        return names
+
+    @field_validator("image_shape")
+    @classmethod
+    def _shape(cls, shape: list[int]) -> list[int]:
+        h, w, c = shape
+        if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or c not in CHANNELS:
+            raise ValueError(f"{shape} is not [height, width, channels] of 1-{MAX_SIDE} pixels and 1 or 3 channels")
+        return shape
+
+    @model_validator(mode="after")
+    def _splits(self) -> "Manifest":
+        for name, info in self.splits.items():
+            if name not in SPLITS or info.file != f"{name}.parquet":
+                raise ValueError(
+                    f"split {name!r} in file {info.file!r}: expected one of {list(SPLITS)} in <split>.parquet"
+                )
+            if info.class_counts is not None and len(info.class_counts) != len(self.class_names):
+                raise ValueError(
+                    f"split {name}: {len(info.class_counts)} class counts for {len(self.class_names)} class names"
+                )
+        return self
+
+
+def manifest_checksum(manifest: dict) -> str:
+    """sha256 of the manifest without its checksum key, as canonical JSON (sorted keys, no spaces)."""
+    body = {k: v for k, v in manifest.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------ writing
@@ -107,6 +156,7 @@ def write_store(out_dir: Path, splits: dict[str, Split], class_names: list[str],
                 "class_counts": np.bincount(split.labels, minlength=len(class_names)).tolist(),
                 "skipped": split.skipped,
             }
+        manifest[CHECKSUM_KEY] = manifest_checksum(manifest)
         write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
         _swap_in(tmp, out_dir)
     finally:
@@ -179,17 +229,37 @@ def read_manifest(data_dir: Path) -> dict:
         raise _missing_store(data_dir)
     try:
         raw = json.loads(path.read_bytes())
+        _check_checksum(path, raw)
         Manifest.model_validate(raw)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and ValidationError are ValueErrors
         if isinstance(exc, ValidationError):
             err = exc.errors()[0]
-            what = f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+            loc, msg = ".".join(str(p) for p in err["loc"]), err["msg"].removeprefix("Value error, ")
+            what = f"{loc}: {msg}" if loc else msg
         else:
             what = f"not valid JSON ({str(exc).splitlines()[0][:120]})"
         raise UserError(f"{path}: {what}; {REPAIR}") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror})") from None
     return raw
+
+
+def _check_checksum(path: Path, raw) -> None:
+    """A manifest of format 3 or later carries its own checksum, which must match its content.
+    (It finds edits and damage; a deliberate forger can recompute it, as with any checksum.)"""
+    if not isinstance(raw, dict) or (
+        CHECKSUM_KEY not in raw and not (isinstance(raw.get("format"), int) and raw["format"] >= 3)
+    ):
+        return  # a store written before format 3 (or not a mapping: the structure check says so)
+    want = raw.get(CHECKSUM_KEY)
+    if not isinstance(want, str):
+        raise UserError(f"{path}: no {CHECKSUM_KEY} (every format-3 manifest has one: edited?); {REPAIR}")
+    got = manifest_checksum(raw)
+    if got != want:
+        raise UserError(
+            f"{path}: its content does not match its {CHECKSUM_KEY} ({_short(got)} vs {_short(want)}): "
+            f"edited or damaged since it was prepared; {REPAIR}"
+        )
 
 
 def _short(sha: str) -> str:

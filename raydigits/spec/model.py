@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..config import TrainConfig
 from .kinds import DISTRIBUTIONS, Kind
@@ -30,6 +30,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
+def _printable_keys(keys: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Names the checks quote as written (`parameters.NAME.when.KEY`) hold no line break."""
+    for key in keys or {}:
+        if not key.isprintable():
+            raise ValueError(f"{key!r}: a name with a line break or another control character")
+    return keys
+
+
 class Param(_Strict):
     values: list[Any] | None = None
     value: Any = None
@@ -42,6 +50,8 @@ class Param(_Strict):
     when: dict[str, Any] | None = None  # {key: value or [values]} — sample only when it holds
     key: str | None = None  # the TrainConfig key it sets (default: its own name), so
     # `lr_sgd` and `lr_adamw` can give `lr` per-optimiser ranges
+
+    _when_keys = field_validator("when")(_printable_keys)
 
     @model_validator(mode="after")
     def _shape(self) -> "Param":
@@ -169,6 +179,8 @@ class SearchSpec(_Strict):
     select_epoch: Literal["within_se", "best"] = "within_se"
     fixed: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Param] = Field(default_factory=dict)
+
+    _parameter_names = field_validator("parameters")(_printable_keys)
 
     @model_validator(mode="after")
     def _defaults(self) -> "SearchSpec":
