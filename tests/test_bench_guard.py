@@ -97,3 +97,38 @@ def test_the_guard_sees_each_way_in():
     assert shell_reasons("timeout 9 python3 launch.py --search-space gpu_headline")
     assert shell_reasons("# launch.py is described here only\npython3 bench/gpu_bench.py") == []
     assert set(ALLOWED) <= {p.name for p in SCRIPTS}
+
+
+def _epoch_select():
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(BENCH))  # epoch_select imports bench/stats.py as a script does
+    try:
+        spec = importlib.util.spec_from_file_location("epoch_select", BENCH / "epoch_select.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_the_development_split_is_the_training_images_no_trial_trained_on():
+    import numpy as np
+
+    from raydigits.errors import UserError
+    from raydigits.trainer import stratified_subset
+
+    es = _epoch_select()
+    labels = np.repeat(np.arange(10), 30)  # 300 training images, 30 a class
+    states = [{"config": {"train_items": 50, "seed": 42}}, {"config": {"train_items": 40, "seed": 7}}]
+    dev = es.dev_indices(labels, states, ["a", "b"], 0)
+    used = set(stratified_subset(labels, 50, 42).tolist()) | set(stratified_subset(labels, 40, 7).tolist())
+    assert set(dev.tolist()) == set(range(300)) - used and len(used) > 50  # the two seeds drew different images
+    few = es.dev_indices(labels, states, ["a", "b"], 100)
+    assert len(few) == 100 and set(few.tolist()) <= set(dev.tolist())
+    assert np.bincount(labels[few]).tolist() == [10] * 10  # stratified
+    for whole in (0, 300):
+        with pytest.raises(UserError, match="b: trained on the whole train split"):
+            es.dev_indices(labels, [states[0], {"config": {"train_items": whole, "seed": 1}}], ["a", "b"], 0)
