@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("bench_stats", REPO / "bench" / "stats.py")
@@ -48,6 +50,30 @@ def test_a_published_rho_gets_its_p_from_n_alone():
     # 12 untied points: rho 0.83 is far in the tail (Monte Carlo, 99,999 resamples), rho 0 is not
     assert 2e-5 <= bs.null_p(0.83, 12) <= 3e-3
     assert bs.null_p(0.0, 12) > 0.9
+    # no random pairing of 12 reaches rho = 1 (1 in 12! ~ 2e-9), none falls short of it on the other side:
+    # k = 0 of 99,999 above, so p = 2 * (0 + 1) / (99,999 + 1), never 0
+    assert bs.null_p(1.0, 12) == pytest.approx(2 / 100_000)
+
+
+def test_bootstrap_interval_of_rho_is_the_2_5th_and_97_5th_percentile():
+    # y swaps the 3rd and 4th of 5 pairs. Of the 5^5 = 3,125 equally likely resamples of the pairs, the 5
+    # that repeat one pair have no rho, and the 2^5 - 2 = 30 drawn from the swapped pair alone (both of
+    # them) have rho = -1: 30 / 3,120 = 0.96 % < 2.5 %. Enumerated below: 1/9 is the next value and takes the
+    # cumulative share to 3.85 % (>= 2.5 %, < 5 %); rho = 1 holds from 42.3 % to 100 %. So the 95 %
+    # interval is 1/9..1 (a 90 % one would start at the next value, 0.25)
+    x, y = np.arange(1.0, 6.0), np.array([1.0, 2.0, 4.0, 3.0, 5.0])
+    boot = []
+    for idx in itertools.product(range(5), repeat=5):
+        xs, ys = x[list(idx)], y[list(idx)]
+        if len(set(xs)) > 1:
+            boot.append(round(float(np.corrcoef(stats.rankdata(xs), stats.rankdata(ys))[0, 1]), 9))
+    values, counts = np.unique(boot, return_counts=True)
+    share = dict(zip(values.tolist(), (np.cumsum(counts) / len(boot)).tolist()))
+    assert len(boot) == 3120 and counts[0] == 30 and values[0] == -1.0
+    assert share[round(1 / 9, 9)] == pytest.approx(120 / 3120) and values[2] == 0.25
+    assert share[values[-2]] == pytest.approx(1 - 1800 / 3120)
+    c = bs.rank_correlation(x, y)
+    assert (c.low, c.high) == pytest.approx((1 / 9, 1.0))
 
 
 def test_the_smallest_p_is_shown_as_a_bound():
@@ -98,6 +124,14 @@ def test_bootstrap_mean():
     assert all(math.isnan(v) for v in bs.bootstrap_mean([]))
 
 
+def test_bootstrap_mean_interval_is_the_2_5th_and_97_5th_percentile():
+    # a resample of [0, 1, 2] sums to 0..6 in 1, 3, 6, 7, 6, 3, 1 of the 27 equally likely draws: cumulative
+    # 1/27 = 3.7 % at sum 0 (>= 2.5 %, < 5 %) and 26/27 = 96.3 % at sum 5 (< 97.5 %, >= 95 %), so the 95 %
+    # interval of the mean is 0..2 exactly (a 90 % one would be 1/3..5/3); 9,999 resamples estimate those
+    # shares within about 0.2 pp
+    assert bs.bootstrap_mean([0.0, 1.0, 2.0]) == pytest.approx((1.0, 0.0, 2.0))
+
+
 def test_time_to_target_is_a_position_or_not_reached():
     assert bs.first_reach([0.1, 0.5, 0.92, 0.95], 0.92) == 3
     assert bs.first_reach([0.1, 0.5, 0.91], 0.92) is None
@@ -110,5 +144,8 @@ def test_ratio_summary_never_makes_a_ratio_of_a_failure():
         "trial-epochs: reached in 2 of 3 runs, not reached in 1; ratio over the 2 that reached it: "
         "median 0.92, min 0.85, max 1.00"
     )
+    # ratios 1.00, 0.85, 0.25: the median is the middle one (the mean would be 0.70); the failure is left out
+    line = bs.ratio_summary([(13, 13), (11, 13), (3, 12), (None, 91)], "x")
+    assert line.endswith("ratio over the 3 that reached it: median 0.85, min 0.25, max 1.00")
     line = bs.ratio_summary([(None, 96), (None, 96)], "wall time")
     assert line.startswith("wall time: reached in 0 of 2 runs (no ratio")
