@@ -114,6 +114,15 @@ def main(argv: list[str]) -> None:
     args = p.parse_args(argv)
     found = {exp: changed_trials(exp, args.val_n) for exp in args.experiments}
     chosen = [c for pairs, _ in found.values() for pair in pairs for c in pair]
+    if not chosen:  # no trial's epoch changes: nothing to score, and no development split to carve
+        for exp, (_, (w_best, _)) in found.items():
+            print(
+                f"{exp}: the SE rule changes 0 trials' epoch; the shipped trial {w_best.trial_id} epoch {w_best.epoch} "
+                f"under both rules",
+                flush=True,
+            )
+        print("all: 0 changed trials: the two rules pick the same epoch of every usable trial; nothing to compare")
+        return
     states = {c.checkpoint.local: load_checkpoint(c.checkpoint.local) for c in chosen}
     data = load_dataset(Path(default_data_dir()), splits=("train", "val"))
     where = [f"{c.checkpoint.local}" for c in chosen]
