@@ -1,13 +1,17 @@
 """Search quality and overheads, measured side by side in one run (not a test). Parts:
  fidelity  does an early rung rank trials as their end does? Spearman between each trial's validation
            at ASHA's rungs (and at every epoch) and at its last epoch, FIFO so every trial runs to the end
-           (goal >= 0.8 at rungs 1 and 2)
+           (goal >= 0.8 at rungs 1 and 2), each rung's with a two-sided permutation p-value and a bootstrap
+           95 % interval (bench/stats.py). No "noise ceiling": the trials are scored on the same images,
+           so their errors are not independent, and the kept results hold no per-image predictions to
+           estimate the share of the finals' spread that is noise from.
  asha      early stopping (--policy asha: Ray's ASHA; stratified: family_asha.default_scheduler) vs
            FIFO on the *same* sampled configs, per seed: trial-epochs of each side, each side's best
            validation, the regret (FIFO best - the side's best, pp), wall times, and trial-epochs and
            wall time until the side's own best-so-far validation (in time order) comes within 0.3 pp
-           of FIFO's final best ("not reached" when it never does). The FIFO runs also give a fidelity
-           figure per seed. For many arrival orders of the same curves, see bench/replay.py.
+           of FIFO's final best ("not reached" when it never does: never a ratio; the summary's ratios
+           are over the seeds that reached it, with the count of those that did not). The FIFO runs
+           also give a fidelity figure per seed. For many arrival orders of the same curves, see bench/replay.py.
  overhead  epoch time of a trial under Tune (report + checkpoint) / the same epoch in the standalone
            trainer, interleaved rounds, medians (goal <= 1.10)
  mem       per-trial unique memory of concurrent trials on the full dataset (zero-copy check)
@@ -34,7 +38,7 @@ import time
 from pathlib import Path
 
 import yaml
-from scipy.stats import spearmanr
+from stats import first_reach, rank_correlation, ratio_summary
 
 REPO = Path(__file__).resolve().parents[1]
 HEADLINE = yaml.safe_load((REPO / "search_spaces" / "sgd_vs_adamw.yaml").read_text())
@@ -152,52 +156,37 @@ def _run(spec: dict, storage: str, policy: str = "") -> dict:
 
 def fidelity(run: dict, epochs: int, rungs=(1, 2)) -> dict:
     """Spearman of validation at each rung, and at every epoch, against the last epoch, over the
-    trials that finished."""
+    trials that finished: `stats.Correlation`s (rho, permutation p, bootstrap 95 % interval)."""
     done = [t["results"] for t in run["trials"].values() if len(t["results"]) == epochs]
     final = [r[-1]["val_acc"] for r in done]
-    out = {
-        "n": len(done),
-        "final_range": (min(final), max(final)) if final else (0, 0),
-        "rungs": {},
-        "by_epoch": [],
-        "ceiling": _noise_ceiling(done),
-    }
-    for e in range(1, epochs):
-        rho = spearmanr([r[e - 1]["val_acc"] for r in done], final).statistic if len(done) > 2 else float("nan")
-        out["by_epoch"].append(rho)
-        if e in rungs:
-            out["rungs"][e] = rho
+    out: dict = {"n": len(done), "final_range": (min(final), max(final)) if final else (0, 0), "rungs": {}}
+    out["by_epoch"] = [rank_correlation([r[e - 1]["val_acc"] for r in done], final, seed=e) for e in range(1, epochs)]
+    for e in rungs:
+        if e < epochs:
+            out["rungs"][e] = out["by_epoch"][e - 1]
     return out
 
 
-def _noise_ceiling(done: list) -> float:
-    """How well anything can correlate with the final validations, given their own binomial noise:
-    sqrt(reliability), reliability = 1 - mean(p(1-p)/n) / var(final) (the share of the finals' spread
-    between trials that is not measurement noise); nan without `val_n`."""
-    if len(done) < 3 or not all(r[-1].get("val_n") for r in done):
-        return float("nan")
-    final = [r[-1]["val_acc"] for r in done]
-    noise = statistics.mean(p * (1 - p) / r[-1]["val_n"] for p, r in zip(final, done))
-    return max(0.0, 1 - noise / statistics.variance(final)) ** 0.5
-
-
 def _say_fidelity(f: dict, what: str, epochs: int) -> str:
-    rungs = ", ".join(f"rung {i} (epoch {e}) {rho:.3f}" for i, (e, rho) in enumerate(f["rungs"].items(), 1))
+    """Each rung's Spearman with its p and interval, every epoch's rho, and the finals' range. No noise
+    ceiling: the trials are scored on the same images, so their errors are not independent, and
+    without per-image predictions the share of the finals' spread that is noise cannot be estimated."""
+    rungs = "; ".join(f"rung {i} (epoch {e}) {c}" for i, (e, c) in enumerate(f["rungs"].items(), 1))
+    rhos = [c.rho for c in f["by_epoch"]]
     return (
-        f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch at {rungs or 'no rung'}"
-        f"   (goal >= 0.8); at epochs 1..{epochs - 1}: {' '.join(f'{x:.2f}' for x in f['by_epoch'])}; "
-        f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}, whose own noise (binomial, as if "
-        f"independent) caps any correlation with them near {f['ceiling']:.2f}"
+        f"fidelity, {what}: {f['n']} trials x {epochs} epochs; Spearman with the last epoch (two-sided permutation "
+        f"p, bootstrap 95% CI) at {rungs or 'no rung'}   (goal >= 0.8); rho at epochs 1..{epochs - 1}: "
+        f"{' '.join(f'{x:.2f}' for x in rhos)} ({sum(x > 0 for x in rhos)} of {len(rhos)} positive); "
+        f"final val {f['final_range'][0]:.4f}-{f['final_range'][1]:.4f}"
     )
 
 
-def _to_target(run: dict, target: float):
-    """(trial-epochs, seconds since the search started) when best-so-far validation first reaches target."""
+def _to_target(run: dict, target: float) -> tuple[int | None, float | None]:
+    """(trial-epochs, seconds since the search started) when the best-so-far validation, in time order,
+    first reaches `target`; (None, None) when it never does: not reached is not a time."""
     rows = sorted((r for t in run["trials"].values() for r in t["results"]), key=lambda r: r["timestamp"])
-    for i, r in enumerate(rows):
-        if r["val_acc"] >= target:
-            return i + 1, r["timestamp"] - run["started"], True
-    return len(rows), (rows[-1]["timestamp"] - run["started"]) if rows else 0.0, False
+    i = first_reach([r["val_acc"] for r in rows], target)
+    return (None, None) if i is None else (i, rows[i - 1]["timestamp"] - run["started"])
 
 
 def _configs(run: dict) -> list:
@@ -226,10 +215,34 @@ def part_fidelity(storage, args):
         )
 
 
+def _compare(fifo: dict, ash: dict, policy: str) -> tuple[str, tuple, tuple]:
+    """One seed's FIFO and early-stopping runs: the line about them, and (policy, FIFO) trial-epochs
+    and seconds to FIFO's best - 0.3 pp (the policy's None when it never got there)."""
+    same = _configs(fifo) == _configs(ash)
+    fbest = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"])
+    abest = max(r["val_acc"] for t in ash["trials"].values() for r in t["results"])
+    fe, fs = _to_target(fifo, fbest - 0.003)
+    ae, as_ = _to_target(ash, fbest - 0.003)
+    f_all = sum(len(t["results"]) for t in fifo["trials"].values())
+    a_all = sum(len(t["results"]) for t in ash["trials"].values())
+    to_target = (
+        f"NOT REACHED (its best ended {100 * (fbest - abest):.2f} pp below FIFO's: no time to target)"
+        if ae is None or as_ is None
+        else f"{ae} trial-epochs / {as_:.0f}s"
+    )
+    line = (
+        f"same {len(fifo['trials'])} configs on both sides: {same}; trial-epochs FIFO {f_all}, {policy} {a_all} "
+        f"({a_all / f_all:.2f}); best val FIFO {fbest:.4f}, {policy} {abest:.4f}: regret {100 * (fbest - abest):.2f} pp; "
+        f"wall FIFO {fifo['wall']:.0f}s, {policy} {ash['wall']:.0f}s; to within 0.3 pp of FIFO's best: FIFO {fe} "
+        f"trial-epochs / {fs:.0f}s, {policy} {to_target}"
+    )
+    return line, (ae, fe), (as_, fs)
+
+
 def part_asha(storage, args):
     fixed, asha = _setting(args)
     res, concurrent = _resources(args)
-    epochs, rows = asha["max_t"], []
+    epochs, by_epochs, by_time = asha["max_t"], [], []
     for seed in [int(s) for s in args.seeds.split(",")]:
         fifo = _run(
             _space(f"fifo_{seed}", seed, {"type": "fifo", "max_t": epochs}, fixed, args.samples, res, concurrent),
@@ -238,42 +251,19 @@ def part_asha(storage, args):
         ash = _run(
             _space(f"{args.policy}_{seed}", seed, asha, fixed, args.samples, res, concurrent), storage, args.policy
         )
-        same = _configs(fifo) == _configs(ash)
-        fbest = max(r["val_acc"] for t in fifo["trials"].values() for r in t["results"])
-        abest = max(r["val_acc"] for t in ash["trials"].values() for r in t["results"])
-        target = fbest - 0.003
-        fe, fs, _ = _to_target(fifo, target)
-        ae, as_, reached = _to_target(ash, target)
-        rows.append((ae / fe, as_ / fs, reached))
-        f_all = sum(len(t["results"]) for t in fifo["trials"].values())
-        a_all = sum(len(t["results"]) for t in ash["trials"].values())
-        to_target = (
-            f"{ae} trial-epochs / {as_:.0f}s, ratios {ae / fe:.3f} epochs, {as_ / fs:.3f} time"
-            if reached
-            else "not reached"
-        )
+        line, e, t = _compare(fifo, ash, args.policy)
+        by_epochs.append(e)
+        by_time.append(t)
         print(
             f"seed {seed} ({_what(args)}, {args.policy} grace {asha['grace_period']} / factor "
-            f"{asha['reduction_factor']:g} / max_t {epochs}): same {len(fifo['trials'])} configs on both sides: "
-            f"{same}; trial-epochs FIFO {f_all}, {args.policy} {a_all} ({a_all / f_all:.2f}); best val FIFO "
-            f"{fbest:.4f}, {args.policy} {abest:.4f}: regret {100 * (fbest - abest):.2f} pp; wall FIFO "
-            f"{fifo['wall']:.0f}s, {args.policy} {ash['wall']:.0f}s; to within 0.3 pp of FIFO's best: FIFO {fe} "
-            f"trial-epochs / {fs:.0f}s, {args.policy} {to_target}",
+            f"{asha['reduction_factor']:g} / max_t {epochs}): {line}",
             flush=True,
         )
         print(
             "    " + _say_fidelity(fidelity(fifo, epochs, _rungs(asha)), f"seed {seed}'s FIFO run", epochs), flush=True
         )
-    for i, what in ((0, "trial-epochs"), (1, "wall time")):
-        vals = [r[i] for r in rows if r[2]]
-        if not vals:
-            print(f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp: not reached in any seed", flush=True)
-            continue
-        print(
-            f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp over the {len(vals)} of {len(rows)} seeds that "
-            f"reached it: mean {statistics.mean(vals):.3f}, min {min(vals):.3f}, max {max(vals):.3f}",
-            flush=True,
-        )
+    for pairs, what in ((by_epochs, "trial-epochs"), (by_time, "wall time")):
+        print(ratio_summary(pairs, f"{args.policy} / FIFO, {what} to FIFO's best - 0.3 pp, over seeds"), flush=True)
 
 
 def analyse(dirs, args):
