@@ -187,18 +187,23 @@ class Trainer:
 
     @torch.no_grad()
     def recalibrate_bn(self) -> float:
-        """Precise BN: recompute BatchNorm running statistics for the current weights as an exact
-        cumulative average over the `bn_index` sample (un-augmented, equal-sized batches), instead
-        of the momentum average that lags the weights. Returns the seconds it took."""
+        """Precise BN: recompute BatchNorm running statistics for the current weights from every
+        image of the `bn_index` sample (un-augmented; in batches of at most eval_batch_size, as
+        equal as they divide), instead of the momentum average that lags the weights: each mean is
+        the exact mean over all the images, each variance the batches' (unbiased) variances averaged
+        by batch size. Returns the seconds it took."""
         bns = norms_to_recalibrate(self.model, self.frozen)
         if not bns or self.bn_index is None:
             return 0.0
         start = time.perf_counter()
         n = len(self.bn_index)
-        bs = min(self.cfg.eval_batch_size, n)
+        seen = 0
         with cumulative_statistics(self.model, bns):
-            for i in range(0, n - n % bs, bs):  # equal batches: each weighs the same in the average
-                xb = self.train_set.images.index_select(0, self.bn_index[i : i + bs])
+            for sel in torch.tensor_split(self.bn_index, -(-n // self.cfg.eval_batch_size)):
+                seen += len(sel)
+                for m in bns:  # the running average of batch statistics, weighted by batch size
+                    m.momentum = len(sel) / seen
+                xb = self.train_set.images.index_select(0, sel)
                 with self.autocast():
                     self.model(self.pre.eval(xb))
         if self.device.type == "cuda":

@@ -3,6 +3,7 @@ and doing what its knobs say."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -84,3 +85,49 @@ def test_shifts_reach_as_far_vertically_as_horizontally(small_mnist):
     dx = [abs(_centroid_x(a[i] - a[i].min()) - _centroid_x(plain[i] - plain[i].min())) for i in range(256)]
     dy = [abs(_centroid_y(a[i] - a[i].min()) - _centroid_y(plain[i] - plain[i].min())) for i in range(256)]
     assert 0.7 < np.median(dy) / np.median(dx) < 1.4, (np.median(dx), np.median(dy))
+
+
+def _blurred_l(size: int) -> np.ndarray:
+    """A synthetic digit with no symmetry (a mirrored or reversed rotation shows): an L, softened so
+    that bilinear sampling is smooth."""
+    img = np.zeros((size, size), np.float32)
+    img[8:19, 10:13] = 1.0  # the stem
+    img[16:19, 10:18] = 1.0  # the foot, to the right
+    return cv2.GaussianBlur(img, (0, 0), 1.0)
+
+
+def _centroid(img: np.ndarray) -> np.ndarray:
+    ys, xs = np.indices(img.shape)
+    return np.array([(img * xs).sum(), (img * ys).sum()]) / img.sum()
+
+
+def test_rotation_zoom_and_shift_are_the_affine_warp_they_draw():
+    """Each training image is its input rotated by its drawn angle (cv2's sense: counter-clockwise as
+    shown) and zoomed by its drawn factor about the centre, after a shift of its drawn (tx, ty) (grid
+    units: the side is 2) — equal to cv2.warpAffine of a synthetic L with that matrix, and its centroid
+    lands where the matrix sends the input's. The parameters are read back from the same seeded
+    generator: one uniform draw per image for the angle, the zoom, the x shift, the y shift, in order."""
+    size, b, seed = 28, 16, 5
+    rotate, scale, shift = 40.0, 0.25, 0.06
+    cfg = make_config(
+        {"img_size": size, "aug_rotate": rotate, "aug_scale": scale, "aug_shift": shift, "channels_last": False}
+    )
+    src = _blurred_l(size)
+    x = torch.from_numpy(np.round(src * 255).astype(np.uint8)).expand(b, 1, size, size)
+    out = Preprocess(cfg, torch.device("cpu")).train(x, torch.Generator().manual_seed(seed))
+    got = (out[:, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]).numpy()  # back to [0, 1]
+    g = torch.Generator().manual_seed(seed)
+    angle, zoom, tx, ty = (
+        (torch.rand(b, generator=g).double() * 2 - 1) * lim for lim in (rotate, scale, 2 * shift, 2 * shift)
+    )
+    zoom = 1 + zoom
+    assert angle.abs().max() > 0.7 * rotate and (zoom - 1).abs().max() > 0.7 * scale  # the draws are not small
+    plain = np.round(src * 255).astype(np.float32) / 255
+    c = (size - 1) / 2
+    for i in range(b):
+        m = cv2.getRotationMatrix2D((c, c), float(angle[i]), float(zoom[i]))
+        m[:, 2] -= m[:, :2] @ (np.array([tx[i], ty[i]]) * size / 2)  # the shift, in pixels, first
+        want = cv2.warpAffine(plain, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+        assert np.abs(got[i] - want).max() < 1e-4, (i, float(angle[i]), float(zoom[i]))
+        moved = m @ np.append(_centroid(plain), 1.0)
+        assert np.allclose(_centroid(np.clip(got[i], 0, None)), moved, atol=0.05), (i, _centroid(got[i]), moved)

@@ -1,6 +1,7 @@
 """`launch.py reproduce`: a small real search, then its best trial retrained without Ray matches the
 recorded validation epoch for epoch (CPU: equal), a trial ASHA stopped early replays only its epochs,
-the printed `python -m raydigits.train` command is the same run, and a changed seed does not match."""
+the printed `python -m raydigits.train` command is the same run, and a changed seed does not match.
+The same search's final stage saves as final/best_model.pt exactly the chosen (trial, epoch)'s weights."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support.helpers import REPO, launch
+import torch
+import yaml
+from support.helpers import REPO, launch, results
 
 from raydigits.cli import main
 
@@ -27,24 +30,44 @@ def _cli(args: list[str]) -> subprocess.CompletedProcess:
     )
 
 
+# Two trials, one at a time (grid order: the learning rate that learns first), Ray's ASHA with a
+# rung at epoch 1: the second trial (an lr that cannot move the weights) reaches that rung after the
+# first recorded its value there, is judged against it and is stopped — every run, whatever the timing.
+REPRO = {
+    "name": "repro",
+    "num_samples": 1,
+    "method": "grid",
+    "seed": 0,
+    "max_concurrent": 1,
+    "scheduler": {"type": "asha", "max_t": 3, "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpu": 1, "gpu": 0},
+    "audit": {"top_k": 0},
+    "fixed": {
+        "train_items": 300,
+        "val_items": 200,
+        "img_size": 32,
+        "batch_size": 32,
+        "scheduler": "none",
+        "aug_strength": 0.0,
+        "optimizer": "adamw",
+    },
+    "parameters": {"lr": {"values": [3.0e-3, 1.0e-7]}},
+}
+
+
 @pytest.fixture(scope="module")
 def search(tmp_path_factory, mnist_dir):
     storage = tmp_path_factory.mktemp("ray_results")
+    space = storage / "repro.yaml"
+    space.write_text(yaml.safe_dump(REPRO))
     proc = launch(
         [
             "--search-space",
-            "smoke",
-            "--num-samples",
-            "2",
-            "--set",
-            "train_items=300",
-            "--set",
-            "val_items=200",
+            str(space),
             "--storage-path",
             str(storage),
             "--name",
             "repro",
-            "--no-final",
             "--verbose",
             "0",
         ]
@@ -96,13 +119,38 @@ def test_a_trial_stopped_early_replays_only_its_epochs(search, capsys):
 
     exp = Experiment.open(search)
     short = [t for t in exp.trials if t.epochs < exp.spec.epochs]
-    if not short:
-        pytest.skip("ASHA stopped no trial in this search")
+    # the fixture's search stops its second trial at the first rung, by construction: never skipped
+    assert [(t.config["lr"], t.epochs, t.outcome) for t in short] == [(1.0e-7, 1, "asha_stopped")], [
+        (t.trial_id, t.config.get("lr"), t.epochs, t.outcome) for t in exp.trials
+    ]
     trial = short[0].path.name  # by its name this time
     assert main(["reproduce", str(search), "--trial", trial]) == 0, capsys.readouterr()  # in-process: no imports again
     result = json.loads((search / "reproduce" / short[0].trial_id / "reproduce.json").read_text())
     assert len(result["rows"]) == short[0].epochs and result["reproduced"]
     assert f"--stop-after {short[0].epochs}" in result["command"]
+
+
+def test_best_model_holds_exactly_the_chosen_epochs_checkpoint(search):
+    """final/best_model.pt's weights are tensor-equal to the checkpoint the chosen trial wrote at the
+    chosen epoch (metrics.json names both; the folder is found from the trial's own result rows), and
+    differ from its other kept checkpoint, so the comparison could tell them apart."""
+    metrics = json.loads((search / "final" / "metrics.json").read_text())
+    trial_dir = next(search.glob(f"repro_{metrics['best_trial']}"))
+    kept = {}
+    for r in results(trial_dir):  # a rerun's row replaces the earlier one
+        if r.get("checkpoint_dir_name") and (trial_dir / r["checkpoint_dir_name"] / "checkpoint.pt").exists():
+            kept[r["epoch"]] = trial_dir / r["checkpoint_dir_name"] / "checkpoint.pt"
+    saved = torch.load(search / "final" / "best_model.pt", map_location="cpu", weights_only=True)
+    chosen = torch.load(kept[metrics["best_epoch"]], map_location="cpu", weights_only=True)
+    assert saved["epoch"] == chosen["epoch"] == metrics["best_epoch"]
+    assert list(saved["model"]) == list(chosen["model"])
+    for k, v in chosen["model"].items():
+        assert v.dtype == saved["model"][k].dtype and torch.equal(v, saved["model"][k]), k
+    others = [e for e in kept if e != metrics["best_epoch"]]
+    assert others, kept  # checkpoints_to_keep 2: the trial's other kept epoch
+    for e in others:
+        other = torch.load(kept[e], map_location="cpu", weights_only=True)["model"]
+        assert not all(torch.equal(v, saved["model"][k]) for k, v in other.items()), e
 
 
 def test_a_changed_seed_does_not_reproduce(search, tmp_path, capsys):

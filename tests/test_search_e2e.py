@@ -391,11 +391,11 @@ def test_dashboard_in_a_browser_needs_the_token_and_shows_the_trials(smoke_run):
     the API answers 401); after logging in through that prompt the cluster page lists the node,
     the actors view lists the running trials by name, the Jobs page names the experiment, and each
     trial's log holds its per-epoch lines. Screenshots land in test-artifacts/."""
+    from support.browser import skip_unless_required
+
     found = smoke_run["browser"]
     if "skipped" in found:
-        if os.environ.get("RAYDIGITS_REQUIRE_BROWSER") == "1":
-            pytest.fail(found["skipped"])
-        pytest.skip(found["skipped"])
+        skip_unless_required(found["skipped"])
     assert "error" not in found, found.get("error")
     assert found["api_without_token"] == 401 and found["api_with_token"] == 200
     assert found["no_token_prompt"] and not found["no_token_sees_trials"]
@@ -482,11 +482,11 @@ def test_report_html_holds_every_section_from_the_recorded_search(smoke_run):
 
 
 def test_report_renders_offline_in_a_browser(smoke_run):
-    from support.browser import ARTIFACTS, browser_missing, check_report
+    from support.browser import ARTIFACTS, browser_missing, check_report, skip_unless_required
 
     why = browser_missing()
     if why:
-        pytest.skip(why)
+        skip_unless_required(why)  # a failure where the browser is required (.ci/run)
     seen = check_report(smoke_run["exp"] / "final" / "report.html", ARTIFACTS / "report.png")
     assert seen["network_requests"] == [] and seen["console_errors"] == []
     assert seen["sections"] == ["best", "trials", "importance", "asha", "audit", "curves", "confusion", "mistakes"]
@@ -496,6 +496,33 @@ def test_report_renders_offline_in_a_browser(smoke_run):
     assert seen["parcoords_lines"] > 0 and seen["curve_traces"] == 7  # 6 search trials, 1 audited
     assert seen["images_loaded"] == [True]
     assert (ARTIFACTS / "report.png").stat().st_size > 50_000
+
+
+def _outcome(test, *args) -> tuple[str, str]:
+    """How a test function ended, caught here so that a skip cannot skip the caller."""
+    try:
+        test(*args)
+    except (pytest.fail.Exception, pytest.skip.Exception) as exc:
+        return ("failed" if isinstance(exc, pytest.fail.Exception) else "skipped"), str(exc)
+    return "passed", ""
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_the_browser_tests_fail_not_skip_without_a_browser_when_it_is_required(required, monkeypatch, tmp_path):
+    """Both browser tests, with Chromium missing: with RAYDIGITS_REQUIRE_BROWSER=1 (what .ci/run
+    sets once it installed Chromium) they fail, else they skip. Run directly, without a search."""
+    from support import browser
+
+    monkeypatch.setattr(browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    monkeypatch.setenv("RAYDIGITS_REQUIRE_BROWSER", "1" if required else "0")
+    expected = "failed" if required else "skipped"
+    report = _outcome(test_report_renders_offline_in_a_browser, {"exp": tmp_path})
+    dashboard = _outcome(
+        test_dashboard_in_a_browser_needs_the_token_and_shows_the_trials,
+        {"browser": {"skipped": browser.browser_missing()}},
+    )
+    for outcome, why in (report, dashboard):
+        assert outcome == expected and "no-chromium not installed" in why, (report, dashboard)
 
 
 def test_report_command_rebuilds_the_page_without_training(smoke_run, tmp_path):

@@ -111,20 +111,31 @@ def _batch_norms(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
-def test_precise_bn_is_the_exact_average_over_equal_batches_of_its_sample(small_mnist):
-    """Whatever the running statistics were, each BatchNorm ends with the plain average of its batch
-    statistics over the sample's full batches (in the sample's order, un-augmented); the layers keep
-    their momentum for training and the model is left in eval mode. Product defaults but the sample
-    and batch sizes (300 images in batches of 128: two full batches, 44 left out)."""
+@pytest.mark.parametrize("n, batch, sizes", [(300, 128, [100, 100, 100]), (10, 4, [4, 3, 3])])
+def test_precise_bn_averages_every_image_of_its_sample_weighted_by_batch_size(small_mnist, n, batch, sizes):
+    """Whatever the running statistics were, every image of the sample goes through the model once,
+    in the sample's order, un-augmented, in batches of at most eval_batch_size as equal as they
+    divide; each BatchNorm ends with the plain mean of its input over all those images and the
+    batches' variances averaged by batch size (computed here in float64 from what each layer saw).
+    The layers keep their momentum for training and the model is left in eval mode. Product
+    defaults but the sample and batch sizes (10 in 4s: batches of 4, 3 and 3, weighted 4:3:3, not 1:1:1)."""
     from raydigits.config import make_config
 
-    t = Trainer(make_config({"bn_recalibrate": 300, "eval_batch_size": 128}), small_mnist)
+    t = Trainer(make_config({"bn_recalibrate": n, "eval_batch_size": batch}), small_mnist)
     bns = _batch_norms(t.model)
-    inputs, bn_inputs = [], []
-    hooks = [
-        t.model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone())),
-        bns[0].register_forward_pre_hook(lambda m, a: bn_inputs.append(a[0].double())),
-    ]
+    inputs = []
+    seen: dict[int, list] = {i: [] for i in range(len(bns))}  # per layer, per batch: (images, sum, var)
+
+    def record(i):
+        def hook(m, a):
+            x = a[0].double()
+            dims = [0, *range(2, x.dim())]
+            seen[i].append((len(x), x.sum(dim=dims), x.var(dim=dims), x[0].numel() // x.shape[1]))
+
+        return hook
+
+    hooks = [t.model.register_forward_pre_hook(lambda m, a: inputs.append(a[0].clone()))]
+    hooks += [m.register_forward_pre_hook(record(i)) for i, m in enumerate(bns)]
     for m in bns:  # stale statistics, as after some training, must not leak into the new ones
         m.running_mean.fill_(5.0)
         m.running_var.fill_(7.0)
@@ -135,13 +146,15 @@ def test_precise_bn_is_the_exact_average_over_equal_batches_of_its_sample(small_
     elapsed = time.perf_counter() - start
     for h in hooks:
         h.remove()
-    assert [len(x) for x in inputs] == [128, 128]
-    for k, x in enumerate(inputs):
-        assert torch.equal(x, t.pre.eval(t.train_set.images.index_select(0, t.bn_index[128 * k : 128 * (k + 1)])))
-    mean = sum(x.mean(dim=(0, 2, 3)) for x in bn_inputs) / 2
-    var = sum(x.var(dim=(0, 2, 3)) for x in bn_inputs) / 2  # unbiased, as BatchNorm keeps it
-    assert torch.allclose(bns[0].running_mean.double(), mean, rtol=1e-3, atol=1e-3)  # float32 sums
-    assert torch.allclose(bns[0].running_var.double(), var, rtol=1e-3, atol=1e-3)
+    assert len(t.bn_index) == n and [len(x) for x in inputs] == sizes
+    assert torch.equal(torch.cat(inputs), t.pre.eval(t.train_set.images.index_select(0, t.bn_index)))
+    for i, m in enumerate(bns):
+        batches = seen[i]
+        assert [b[0] for b in batches] == sizes
+        mean = sum(b[1] for b in batches) / sum(b[0] * b[3] for b in batches)  # over every image's values
+        var = sum(b[0] * b[2] for b in batches) / n  # unbiased per batch, as BatchNorm keeps it
+        assert torch.allclose(m.running_mean.double(), mean, rtol=1e-4, atol=1e-5), i  # float32 sums
+        assert torch.allclose(m.running_var.double(), var, rtol=1e-4, atol=1e-5), i
     assert {m.momentum for m in bns} == {t.cfg.bn_momentum} and not t.model.training
     assert 0 < took <= elapsed
 

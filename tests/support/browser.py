@@ -28,6 +28,16 @@ def browser_missing() -> str | None:
     return None
 
 
+def skip_unless_required(why: str) -> None:
+    """Skip a browser test for `why`, or fail it when RAYDIGITS_REQUIRE_BROWSER=1 (.ci/run sets it
+    once Chromium is installed: there a missing browser or Playwright is a failure, never a skip)."""
+    import pytest
+
+    if os.environ.get("RAYDIGITS_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"RAYDIGITS_REQUIRE_BROWSER=1 but {why}", pytrace=False)
+    pytest.skip(why)
+
+
 def read_token() -> str:
     if os.environ.get("RAY_AUTH_TOKEN"):
         return os.environ["RAY_AUTH_TOKEN"].strip()
