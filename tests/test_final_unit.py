@@ -7,6 +7,7 @@ tests/test_final_unit_e2e.py."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -271,3 +272,46 @@ def test_readers_never_see_a_marked_mixture_while_final_is_rewritten(root):
         consistent += 1
     thread.join()
     assert consistent > 0
+
+
+DRIVER = """
+import subprocess, sys, time
+from raydigits.search import reaper
+reaper.watch()
+# a child that ignores SIGTERM and outlives its parent, as Ray's agents do; and its own child
+code = "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+code += "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); time.sleep(600)"
+child = subprocess.Popen([sys.executable, "-c", code])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_drivers_processes_are_reaped_and_nothing_else():
+    """SIGKILL a driver that called `reaper.watch()`: the process it started (which ignores SIGTERM
+    and is re-parented to PID 1) and that one's child die within seconds; a process of the same user
+    that the driver did not start lives on."""
+    import psutil
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdout=subprocess.PIPE, text=True)
+    started = []
+    try:
+        child = psutil.Process(int(driver.stdout.readline()))
+        started.append(child)
+        deadline = time.time() + 60
+        while not child.children() and time.time() < deadline:
+            time.sleep(0.1)
+        started += child.children()
+        assert len(started) == 2
+        time.sleep(2)  # the reaper has noted them (it looks every second)
+        driver.kill()
+        driver.wait()
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert alive == [], f"left behind: {alive}"
+        assert bystander.poll() is None
+    finally:
+        for proc in [bystander, driver, *started]:
+            with contextlib.suppress(psutil.Error, OSError):
+                proc.kill()
