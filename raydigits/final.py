@@ -19,6 +19,8 @@ from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
 from .experiment import Experiment, ties_line
 from .experiment.audit import early_stopping_cost
+from .experiment.completion import write_marker
+from .experiment.layout import FINAL_MARKER
 from .inference import predict_state, save_models
 from .search import eta
 from .spec import SearchSpec, trial_values
@@ -38,10 +40,14 @@ def predict_on_cluster(state: dict, images: np.ndarray) -> np.ndarray:
 
 
 def run_final(exp: Experiment) -> dict:
-    """Everything in <experiment>/final/ (written locally, then published there when the experiment
-    lives in remote storage). Returns metrics.json's content."""
-    with staged(exp.final) as out:
+    """Everything in <experiment>/final/, staged and then swapped in whole (storage.staged), with
+    its completion marker written last. Returns metrics.json's content."""
+    before = exp.final_state()
+    if before.problem in ("incomplete", "stale"):
+        print(f"{before.line}: rebuilding it over all {len(exp.trials)} trials", flush=True)
+    with staged(exp.final, marker=FINAL_MARKER) as out:
         metrics = _final(exp, out)
+        write_marker(out, exp.trials)
     print_summary(exp.final, metrics, exp.spec)
     return metrics
 
@@ -164,8 +170,9 @@ def export_images(
 
     images_dir = Path(images_dir)
     model_file = exp.final / "best_model.pt"
-    if not model_file.exists():
-        raise UserError(f"{model_file}: missing; run `python launch.py export {exp.location}` first")
+    final = exp.final_state()  # a final/ older than the trials holds a model that may not be the best
+    final.require("export --images", exp.location)
+    final.read("best_model.pt")  # checked against its marker before it is loaded
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir}: no such folder")
     files = list_images(images_dir)

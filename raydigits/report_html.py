@@ -16,11 +16,13 @@ import numpy as np
 
 from .atomic import write_text
 from .errors import UserError
-from .experiment import Experiment, Trial
+from .experiment import Experiment, FinalState, Trial
+from .experiment.completion import write_marker
+from .experiment.layout import FINAL_MARKER
 from .experiment.records import OUTCOMES
 from .insight import IMPORTANCE_SEEDS, category, importance, rung_decisions, searched
 from .spec import EARLY_STOPPING, SearchSpec
-from .storage import Location
+from .storage import Location, staged
 
 REPORT_FILE = "report.html"
 NEEDED = ("metrics.json", "misclassified.png")  # final/ files the page is built from
@@ -54,14 +56,31 @@ def write_report(exp: Experiment, final: Path) -> Path:
 
 
 def build_report(exp: Experiment) -> Location:
-    """`launch.py report`: the page rebuilt from what the experiment and its final stage stored."""
+    """`launch.py report`: the page rebuilt from a complete final/ made from the trials as they are
+    (its files checked against its marker), written into a staged copy of final/ that is swapped in
+    whole, its marker rewritten last."""
     final = exp.final
     missing = [name for name in NEEDED if not (final / name).exists()]
     if missing:
         raise UserError(f"{final}: {', '.join(missing)} missing; run `python launch.py export {exp.location}` first")
-    page = render(exp, json.loads((final / "metrics.json").read_text()), (final / "misclassified.png").read_bytes())
-    (final / REPORT_FILE).write_text(page)
+    state = exp.final_state()
+    state.require("report", exp.location)
+    page = render(exp, _metrics(state), state.read("misclassified.png"))
+    with staged(final, marker=FINAL_MARKER, start_from_current=True) as out:
+        write_text(out / REPORT_FILE, page)
+        write_marker(out, exp.trials)
     return final / REPORT_FILE
+
+
+def _metrics(state: FinalState) -> dict:
+    path = state.folder / "metrics.json"
+    try:
+        metrics = json.loads(state.read("metrics.json"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: damaged ({type(exc).__name__}); rebuild final/ with `launch.py export`") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{path}: damaged (not a JSON object); rebuild final/ with `launch.py export`")
+    return metrics
 
 
 def render(exp: Experiment, metrics: dict, mistakes_png: bytes) -> str:

@@ -168,6 +168,8 @@ def reproduce(
             f"{exp.location}: a {spec.scheduler.type} trial continues from other trials' weights "
             "mid-run; it cannot be retrained alone from its config"
         )
+    if trial is None and not quiet:
+        _say_if_final_is_stale(exp)
     t = pick_trial(exp, trial)
     epochs = recorded_epochs(list(t.results))
     if not epochs:
@@ -199,6 +201,18 @@ def reproduce(
     result = Reproduction(t.trial_id, was, now, command, str(out_dir), rows)
     _write_result(out_dir, result, extra)
     return result
+
+
+def _say_if_final_is_stale(exp: Experiment) -> None:
+    """reproduce picks the best trial from the trials themselves, never from final/: when final/ is
+    incomplete or older than the trials (it may name another winner), it says so."""
+    state = exp.final_state()
+    if state.problem in ("incomplete", "stale"):
+        print(
+            f"note: {state.line}; reproducing the best of the {len(exp.trials)} trials as they are now "
+            f"(`python launch.py export {exp.location}` rebuilds final/)",
+            flush=True,
+        )
 
 
 def _out_dir(exp: Experiment, trial_id: str, out_dir: Path | None) -> Path:

@@ -16,11 +16,12 @@ import contextlib
 import fnmatch
 import os
 import re
+import shutil
 import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
-from .atomic import write_bytes
+from .atomic import STAGE_TAG, remove_dead_stages, swap_folder, write_bytes
 from .errors import UserError
 
 # An experiment name is one folder name: letters, digits and . _ - + = @ , (no separators, no
@@ -238,11 +239,34 @@ class Location:
     def upload(self, local_dir: Path) -> None:
         """Copy every file under `local_dir` to the same relative place under this folder."""
         local_dir = Path(local_dir)
-        for f in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            target = self
-            for part in f.relative_to(local_dir).parts:
-                target = target / part
-            target.write_bytes(f.read_bytes())
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        if self.local is not None:
+            for f in files:
+                write_bytes(self.local / f.relative_to(local_dir), f.read_bytes())
+            return
+        fs, path = self._fs_path  # one filesystem for every file (making one may ask the store)
+        try:
+            for f in files:
+                with fs.open_output_stream(f"{path}/{f.relative_to(local_dir).as_posix()}") as out:
+                    out.write(f.read_bytes())
+        except OSError as exc:
+            raise UserError(f"{self}: cannot write it ({_first_line(exc)})") from None
+
+    def download(self, local_dir: Path) -> None:
+        """Copy every file under this folder to the same relative place under `local_dir`."""
+        import pyarrow.fs as pafs
+
+        fs, path = self._fs_path
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+            for info in infos:
+                if info.type == pafs.FileType.File:
+                    target = Path(local_dir) / info.path[len(path) :].lstrip("/")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with fs.open_input_stream(info.path) as f:
+                        target.write_bytes(f.read())
+        except OSError as exc:
+            raise UserError(f"{self}: cannot read it ({_first_line(exc)})") from None
 
     def check_writable(self, what: str = "--storage-path", shown=None) -> None:
         """Refuse, before any work starts and without creating anything, a place raydigits could not
@@ -305,13 +329,66 @@ def as_location(place: "Location | str | os.PathLike") -> Location:
 
 
 @contextlib.contextmanager
-def staged(folder: Location):
-    """A local folder to write outputs into, published at `folder` on success: the folder itself
-    when it is local; a temporary one uploaded file by file when it is remote."""
+def staged(folder: Location, marker: str | None = None, start_from_current: bool = False):
+    """A local folder to write `folder`'s new content into, published as a whole on success and not
+    at all on failure. `marker` names the completion marker the caller writes last into the staging
+    folder: it is published last too, so a reader that finds it finds the rest. `start_from_current`:
+    the staging folder starts as a copy of the folder as it is (a command that rewrites one file).
+
+    Local: a sibling `<folder>.tmp-<pid>`, then swapped in by two renames (atomic.swap_folder): a
+    reader sees the old folder or the new one. Object stores have no rename: see `_publish`."""
     if folder.local is not None:
-        folder.local.mkdir(parents=True, exist_ok=True)
-        yield folder.local
+        target = folder.local
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_stages(target)
+        tmp = target.with_name(f"{target.name}{STAGE_TAG}{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            if start_from_current and target.is_dir():
+                shutil.copytree(target, tmp)
+            else:
+                tmp.mkdir()
+            yield tmp
+            _check_marker(tmp, marker, folder)
+            swap_folder(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return
     with tempfile.TemporaryDirectory(prefix="raydigits-stage-") as tmp:
+        if start_from_current:
+            folder.download(Path(tmp))
         yield Path(tmp)
-        folder.upload(Path(tmp))
+        _check_marker(Path(tmp), marker, folder)
+        _publish(folder, Path(tmp), marker)
+
+
+def _check_marker(local: Path, marker: str | None, folder: Location) -> None:
+    if marker is not None and not (local / marker).is_file():
+        raise RuntimeError(f"{folder}: the staged folder has no {marker}; not published")
+
+
+def _publish(folder: Location, local: Path, marker: str | None) -> None:
+    """A staged folder published on an object store: uploaded to a sibling prefix `<folder>.tmp-<pid>/`
+    first (the slow part: the old folder stays whole meanwhile), then the old marker deleted (from
+    here a reader sees the folder as incomplete), the old objects deleted, the staged ones copied in
+    (server-side) and the marker copied LAST, then the staging prefix deleted. A kill at any point
+    leaves the previous complete folder or one without a marker, never a marked mixture."""
+    stage = folder.parent / f"{folder.name}{STAGE_TAG}{os.getpid()}"
+    stage.delete()
+    try:
+        stage.upload(local)
+        names = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        ordered = [n for n in names if n != marker] + ([marker] if marker in names else [])
+        fs, dest = folder._fs_path
+        _, src = stage._fs_path
+        try:
+            if marker is not None:
+                (folder / marker).delete()
+            folder.delete()
+            for name in ordered:
+                fs.copy_file(f"{src}/{name}", f"{dest}/{name}")
+        except OSError as exc:
+            raise UserError(f"{folder}: cannot publish it ({_first_line(exc)})") from None
+    finally:  # the staging prefix goes, published or not (a killed writer's stays: no pid to check there)
+        with contextlib.suppress(UserError, OSError):
+            stage.delete()

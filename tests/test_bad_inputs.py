@@ -134,9 +134,11 @@ def test_address_auto_with_only_a_dead_clusters_record(tmp_path):
 
 @pytest.fixture
 def fake_experiment(tmp_path, small_mnist):
-    """An experiment folder with a real best_model.pt (from an untrained trainer) and its spec."""
+    """An experiment folder with a real best_model.pt (from an untrained trainer) and its spec,
+    final/ marked complete (for an experiment of no trials)."""
     from support.helpers import tiny_cfg
 
+    from raydigits.experiment.completion import write_marker
     from raydigits.experiment.layout import SPEC_FILE
     from raydigits.inference import save_models
     from raydigits.trainer import Trainer
@@ -145,6 +147,8 @@ def fake_experiment(tmp_path, small_mnist):
     (exp / "final").mkdir(parents=True)
     (exp / SPEC_FILE).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
     save_models(exp / "final", Trainer(tiny_cfg(epochs=1), small_mnist).state_dict(), [28, 28, 1])
+    write_marker(exp / "final", [])
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')  # Tune's, no trials
     return exp
 
 

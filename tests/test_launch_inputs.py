@@ -79,6 +79,7 @@ def test_export_never_writes_over_inputs_and_over_outputs_only_with_force(tmp_pa
     import cv2
     from support.helpers import REPO, tiny_cfg
 
+    from raydigits.experiment.completion import write_marker
     from raydigits.inference import save_models
     from raydigits.trainer import Trainer
 
@@ -86,6 +87,8 @@ def test_export_never_writes_over_inputs_and_over_outputs_only_with_force(tmp_pa
     (exp / "final").mkdir(parents=True)
     (exp / "raydigits_search.yaml").write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
     save_models(exp / "final", Trainer(tiny_cfg(epochs=1), small_mnist).state_dict(), [28, 28, 1])
+    write_marker(exp / "final", [])  # final/ complete, for an experiment of no trials
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')  # Tune's, no trials
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     for i in range(3):

@@ -82,11 +82,10 @@ def test_staged_folder_is_published_whole_and_only_on_success(root):
         with staged(other) as out:
             (out / "half.csv").write_text("x")
             raise RuntimeError("the stage failed")
-    if other.local is None:  # remote: nothing was uploaded (locally the folder is written in place)
-        assert not (other / "half.csv").exists()
-    with staged(final) as out:  # staging again into a folder that exists: rewritten in place
+    assert not other.exists()  # nothing published, locally or remotely
+    with staged(final) as out:  # staging again into a folder that exists: replaced whole
         (out / "pre.csv").write_text("id,label\n1,7\n")
-    assert (final / "pre.csv").read_text() == "id,label\n1,7\n"
+    assert (final / "pre.csv").read_text() == "id,label\n1,7\n" and not (final / "plots").exists()
 
 
 def test_location_pickles_as_its_uri_and_works_after(root):

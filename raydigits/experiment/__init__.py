@@ -8,7 +8,8 @@ reading a finished experiment (report, export, reproduce, extend's bookkeeping) 
 - `records.py`   outcome, run and ETA records (frozen); the outcomes and "unfinished"; the legacy derivation
 - `trials.py`    `Trial` (its best score, scores, checkpoints) and `read_results`, Tune's result.json read once
 - `selection.py` the best (trial, epoch) on validation (`choose_best`)
-- `paired.py`    its paired ties: the candidates, exact McNemar tests, Holm's correction"""
+- `paired.py`    its paired ties: the candidates, exact McNemar tests, Holm's correction
+- `completion.py` final/'s completion marker: written last, checked by every reader of final/"""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..errors import UserError
 from ..ray_compat import trial_states
 from ..spec import SearchSpec
 from ..storage import Location, as_location
+from .completion import FinalState, final_state
 from .layout import FINAL_DIR, audit_runs, extension_runs, read_spec
 from .paired import PairedTies, Screen, candidates, paired_ties, ties_line
 from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record, read_run
@@ -33,6 +35,7 @@ __all__ = [
     "Checkpoint",
     "Choice",
     "Experiment",
+    "FinalState",
     "Run",
     "PairedTies",
     "Screen",
@@ -74,6 +77,10 @@ class Experiment:
     def final(self) -> Location:
         return self.location / FINAL_DIR
 
+    def final_state(self) -> FinalState:
+        """Whether final/ is complete (its marker there) and current (made from the trials as they are)."""
+        return final_state(self.final, self._trials)
+
     @cached_property
     def runs(self) -> tuple[Run, ...]:
         """The search, every extension and every audit run, each with its own spec."""
@@ -81,12 +88,15 @@ class Experiment:
         return (Run("search", self.location, self.spec), *(Run(r.name, r, read_spec(r)) for r in subs))
 
     @cached_property
+    def _trials(self) -> tuple[Trial, ...]:
+        return tuple(t for run in self.runs for t in read_trials(run.location, run.name, run.spec))
+
+    @property
     def trials(self) -> tuple[Trial, ...]:
         """Every trial of every run (run order, then trial id); read once."""
-        out = tuple(t for run in self.runs for t in read_trials(run.location, run.name, run.spec))
-        if not out:
+        if not self._trials:
             raise UserError(f"{self.location}: the experiment has no trials")
-        return out
+        return self._trials
 
     def trial(self, trial_id: str) -> Trial:
         for t in self.trials:

@@ -9,7 +9,8 @@
   <name>_<trial id>/        one per trial: result.json (RESULT_FILE), checkpoint_*/checkpoint.pt
   extend_<k>/               each `launch.py extend` run, an experiment folder of its own
   audit_<k>/                each audit run (stopped trials trained on to max_t), likewise
-  final/                    the final stage's outputs (FINAL_DIR)"""
+  final/                    the final stage's outputs (FINAL_DIR), swapped in whole; its COMPLETE.json
+                            (FINAL_MARKER, completion.py), written last, says what it was computed from"""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ ETA_FILE = "raydigits_eta.json"
 RESULT_FILE = "result.json"  # Tune's per-trial results, one JSON line per report
 CHECKPOINT_FILE = "checkpoint.pt"  # inside each of a trial's checkpoint_* folders
 FINAL_DIR = "final"
+FINAL_MARKER = "COMPLETE.json"  # inside final/: written last (experiment/completion.py)
 EXTEND_PREFIX = "extend_"
 AUDIT_PREFIX = "audit_"
 

@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..experiment import layout, records
 from ..spec import POPULATION, SearchSpec, trial_threads
 from ..storage import Location
+from . import reaper
 from .tune_space import build_search_alg, build_tune_scheduler, param_space
 
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
@@ -73,7 +74,9 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
             _probe(address)
             ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True, job_config=job)
         else:
-            # "local": always a new Ray of our own, never a cluster some earlier `ray start` left behind
+            # "local": always a new Ray of our own, never a cluster some earlier `ray start` left behind;
+            # its processes end with this one, even when it is killed (reaper.py)
+            reaper.watch()
             ctx = ray.init(
                 address="local",
                 include_dashboard=True,

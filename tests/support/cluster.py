@@ -31,10 +31,12 @@ def _ip(*args: str) -> None:
 
 
 class TwoNodeCluster:
-    def __init__(self, log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, extra_env=None):
+    def __init__(self, log_dir: Path, head_cpus: int = 1, worker_cpus: int = 1, extra_env=None, worker: bool = True):
         """`extra_env(cluster) -> dict`: more environment for every node and client, computed once
-        the head's IP is known (e.g. an object store's endpoint on the head)."""
+        the head's IP is known (e.g. an object store's endpoint on the head). `worker=False`: the
+        head node alone (a local `ray start --head` cluster)."""
         self.log_dir, self.head_cpus, self.worker_cpus = Path(log_dir), head_cpus, worker_cpus
+        self.worker = worker
         self.extra_env = extra_env
         tag = str(os.getpid() % 100000)
         self.ns, self.veth_host, self.veth_ns = f"rdw{tag}", f"rdh{tag}", f"rdn{tag}"
@@ -97,7 +99,7 @@ class TwoNodeCluster:
     def _up(self) -> None:
         # the token every node and client reads from ~/.ray/auth_token (made once if missing)
         subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True, env=self.env)
-        self.netns = self._setup_netns()
+        self.netns = self.worker and self._setup_netns()
         self._start(
             "head",
             [
@@ -112,6 +114,8 @@ class TwoNodeCluster:
             ],
         )
         self._wait_for_nodes(1)
+        if not self.worker:
+            return
         prefix = ["ip", "netns", "exec", self.ns] if self.netns else []
         self._start(
             "worker",
