@@ -232,13 +232,17 @@ def test_one_colour_image_after_many_grey_ones_makes_the_store_colour(tmp_path, 
 def test_export_images_decodes_as_prepare_does(tmp_path, small_mnist, digit, capsys):
     from support.helpers import REPO, tiny_cfg
 
+    from raydigits.experiment.completion import write_marker
+    from raydigits.experiment.layout import SPEC_FILE
     from raydigits.inference import save_models
     from raydigits.trainer import Trainer
 
-    exp = tmp_path / "exp"
+    exp = tmp_path / "exp"  # final/ marked complete, for an experiment of no trials
     (exp / "final").mkdir(parents=True)
-    (exp / "raydigits_search.yaml").write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
+    (exp / SPEC_FILE).write_text((REPO / "search_spaces" / "smoke.yaml").read_text())
     save_models(exp / "final", Trainer(tiny_cfg(epochs=1), small_mnist).state_dict(), [28, 28, 1])
+    write_marker(exp / "final", [])
+    (exp / "experiment_state-2026-01-01_00-00-00.json").write_text('{"trial_data": []}')  # Tune's, no trials
     imgs = tmp_path / "imgs"
     imgs.mkdir()
     rgba = np.zeros((28, 28, 4), np.uint8)
