@@ -16,23 +16,21 @@ User mistakes print one `error:` line and exit 2 (tracebacks only with --debug);
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import OneLineParser, UserError, guarded
+from .errors import INTERRUPTED_EXIT, Interrupted, OneLineParser, UserError, guarded
 from .spec.model import EARLY_STOPPING
+from .storage import path_arg
 
 if TYPE_CHECKING:
     from .spec import SearchSpec
     from .storage import Location
 
 DEFAULT_STORAGE = "ray_results"
-INTERRUPTED_EXIT = 130
 # options that shape a new search: --resume continues the saved one as it was and refuses them
 NEW_SEARCH_ONLY = {
     "num_samples": "--num-samples",
@@ -117,8 +115,14 @@ def _export_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
         parents=[p["common"], p["experiment"], p["ray"]],
         help="re-run the final stage, or predict a folder of images",
     )
-    e.add_argument("--images", type=Path, default=None, help="predict every image under DIR instead")
-    e.add_argument("--out", type=Path, default=None, help="pre.csv path (with --images; default DIR/pre.csv)")
+    e.add_argument(
+        "--images", type=path_arg("images are read on this machine"), help="predict every image under DIR instead"
+    )
+    e.add_argument(
+        "--out",
+        type=path_arg("pre.csv is written on this machine"),
+        help="pre.csv path (with --images; default DIR/pre.csv)",
+    )
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
     e.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (reported)")
     e.set_defaults(func=cmd_export)
@@ -176,7 +180,12 @@ def _reproduce_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
         help="retrain a trial without Ray and compare its per-epoch validation",
     )
     q.add_argument("--trial", default=None, help="trial id or name (default: the best trial)")
-    q.add_argument("--out", type=Path, default=None, help="output folder (default EXPERIMENT/reproduce/<trial id>)")
+    q.add_argument(
+        "--out",
+        type=path_arg("the retraining is a local training run"),
+        help="output folder (default EXPERIMENT/reproduce/<trial id>)",
+    )
+    q.add_argument("--force", action="store_true", help="replace an earlier retraining in the output folder")
     q.add_argument(
         "--set",
         dest="overrides",
@@ -204,12 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["search", *argv]  # `launch.py --search-space ...`: the search is the default command
-    args = build_parser().parse_args(argv)
     try:
-        return guarded(lambda: args.func(args), args.debug)
+        args = build_parser().parse_args(argv)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return INTERRUPTED_EXIT
+    return guarded(lambda: _command(args), args.debug)  # Ctrl-C at any moment of it: exit 130
+
+
+def _command(args) -> int:
+    from .config import check_environment
+
+    check_environment()  # a bad environment variable: one line naming it, before anything starts
+    return args.func(args)
 
 
 # ------------------------------------------------------------------ one way to run a search
@@ -251,8 +267,7 @@ def run_search_command(args, run: SearchRun) -> int:
         return _interrupted(run.experiment, folder if run.extension else None)
     print(f"{'extension' if run.extension else 'search'} finished in {time.time() - started:.0f}s: {folder}")
     if run.audit and not args.no_final:  # --no-final: the search alone (`launch.py audit EXP` later)
-        if not _audit(Experiment.open(run.experiment), data, spec.audit.top_k, args.verbose, data_dir):
-            return INTERRUPTED_EXIT
+        _audit(Experiment.open(run.experiment), data, spec.audit.top_k, args.verbose, data_dir)
     if not args.no_final:
         from .final import run_final
 
@@ -260,15 +275,15 @@ def run_search_command(args, run: SearchRun) -> int:
     return 0
 
 
-def _audit(exp, data, top_k: int, verbose: int, data_dir) -> bool:
-    """The audit run (search/audit.py): what early stopping cost, measured. False when a Ctrl-C
-    interrupted it (said on stderr, with how to continue it)."""
+def _audit(exp, data, top_k: int, verbose: int, data_dir) -> None:
+    """The audit run (search/audit.py): what early stopping cost, measured. A Ctrl-C that interrupted
+    it is an `Interrupted` (exit 130) saying how to continue it."""
     from .experiment import Experiment
     from .experiment.records import finish_run
     from .search.audit import run_audit
 
     if top_k <= 0 or exp.spec.scheduler.type not in EARLY_STOPPING:
-        return True
+        return
     started = time.time()
     try:
         run = run_audit(exp, data, top_k, verbose, data_dir)
@@ -276,16 +291,13 @@ def _audit(exp, data, top_k: int, verbose: int, data_dir) -> bool:
     except KeyboardInterrupt:
         interrupted = True
     if interrupted:
-        print(
-            f"\nthe audit was interrupted; the search itself is complete: `python launch.py audit "
-            f"{exp.location}` continues it, `python launch.py export {exp.location}` skips it",
-            file=sys.stderr,
+        raise Interrupted(
+            f"the audit was interrupted; the search itself is complete: `python launch.py audit "
+            f"{exp.location}` continues it, `python launch.py export {exp.location}` skips it"
         )
-        return False
     if run is not None:
         finish_run(exp.location)  # the search's wall time (and the ETA's actual) include its audit
         print(f"audit finished in {time.time() - started:.0f}s: {run}", flush=True)
-    return True
 
 
 def _was_interrupted(exp, started: float) -> bool:
@@ -398,13 +410,28 @@ def cmd_search(args) -> int:
     return run_search_command(args, _new_search(args) if args.resume is None else _resumed_search(args))
 
 
-def cmd_extend(args) -> int:
+def _whole_experiment(text: str, command: str):
+    """The experiment `text` names, refused when it is a folder inside one (an extend_<k> run, a
+    trial's folder): its trials would never reach that experiment's final stage."""
     from .experiment import Experiment
-    from .experiment.layout import next_extension
-    from .search.extend import check_request, extend_search
+    from .experiment.layout import outer_experiment
     from .storage import Location
 
-    exp = Experiment.open(Location.parse(args.experiment, "experiment"))
+    place = Location.parse(text, "experiment")
+    outer = outer_experiment(place)
+    if outer is not None:
+        raise UserError(
+            f"{command} {text}: a folder inside the experiment {outer}, whose final stage would never "
+            f"see its trials; {command} the experiment itself: python launch.py {command} {outer} ..."
+        )
+    return Experiment.open(place)
+
+
+def cmd_extend(args) -> int:
+    from .experiment.layout import next_extension
+    from .search.extend import check_request, extend_search
+
+    exp = _whole_experiment(args.experiment, "extend")
     check_request(exp.spec, args.num_samples, args.max_t, args.promote)  # before Ray starts
 
     def fit(spec, data, data_dir):
@@ -419,9 +446,8 @@ def cmd_extend(args) -> int:
 def cmd_audit(args) -> int:
     from .experiment import Experiment
     from .search import runner
-    from .storage import Location
 
-    exp = Experiment.open(Location.parse(args.experiment, "experiment"))
+    exp = _whole_experiment(args.experiment, "audit")
     top_k = exp.spec.audit.top_k if args.top_k is None else args.top_k
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: must be at least 1")
@@ -430,8 +456,7 @@ def cmd_audit(args) -> int:
     data_dir = runner.data_dir_of(exp.spec)
     data = runner.load_data(exp.spec, data_dir)
     print_dashboard(runner.start_ray(args.address, args.dashboard_port, job_name=f"{exp.name} (audit)"))
-    if not _audit(exp, data, top_k, args.verbose, data_dir):
-        return INTERRUPTED_EXIT
+    _audit(exp, data, top_k, args.verbose, data_dir)
     if not args.no_final:
         from .final import run_final
 
@@ -471,10 +496,14 @@ def cmd_reproduce(args) -> int:
     from .reproduce import reproduce, summary
     from .storage import Location
 
-    if args.out is not None:
+    if args.out is not None:  # before the experiment is read: never over an earlier run without --force
+        from .reproduce import OUT_HINT
+        from .train import check_out
+
         Location.parse(args.out, "--out").check_writable("--out")
+        check_out(args.out, args.force, hint=OUT_HINT)
     exp = Experiment.open(Location.parse(args.experiment, "experiment"))
-    result = reproduce(exp, args.trial, args.out, args.overrides)
+    result = reproduce(exp, args.trial, args.out, args.overrides, force=args.force)
     print(summary(result), flush=True)
     return 0 if result.reproduced else 1
 
@@ -482,9 +511,11 @@ def cmd_reproduce(args) -> int:
 # ------------------------------------------------------------------ the dashboard line
 def token_source() -> str:
     """Where the dashboard's login token comes from, never the token itself."""
-    if os.environ.get("RAY_AUTH_TOKEN"):
-        return "the RAY_AUTH_TOKEN environment variable"
-    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token"
+    from . import env
+
+    if env.token_set():
+        return f"the {env.TOKEN_ENV} environment variable"
+    path = env.token_path() or "~/.ray/auth_token"
     return f"{path} on the head node (or run `ray get-auth-token` there)"
 
 

@@ -4,22 +4,68 @@ trial's sampled dict."""
 
 from __future__ import annotations
 
-import os
+import re
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import env
 from .errors import UserError
+from .storage import local_path
 
-DATA_ENV = "RAYDIGITS_DATA"  # the default dataset folder, when set
+DATA_ENV = env.DATA_ENV  # the default dataset folder, when set
+DATA_PURPOSE = "the dataset is read from this machine's disk"
 
 
 def default_data_dir() -> str:
-    """Where the dataset is by default: $RAYDIGITS_DATA, else data/mnist under the working dir
-    (prepared there on first use)."""
-    return os.environ.get(DATA_ENV) or "data/mnist"
+    """Where the dataset is by default: $RAYDIGITS_DATA (a local path, `~` expanded), else
+    data/mnist under the working dir (prepared there on first use)."""
+    value = env.text(DATA_ENV)
+    return "data/mnist" if value is None else str(local_path(value, DATA_ENV, DATA_PURPOSE))
+
+
+def data_dir_path(value: str | None, what: str = "data_dir") -> Path:
+    """A config's data_dir (or the default when None) as a local path: `~` expanded, file:// read,
+    an object-store URI refused naming `what`."""
+    return local_path(value, what, DATA_PURPOSE) if value else Path(default_data_dir())
+
+
+def _local(value: str, purpose: str) -> Path:
+    """A config's local path (a field validator's ValueError when it is not one)."""
+    try:
+        return local_path(value, "", purpose)
+    except UserError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def check_environment() -> None:
+    """Every environment variable raydigits reads, checked (one line naming a bad one)."""
+    env.check_environment()
+    default_data_dir()
+
+
+def _numeric(annotation) -> bool:
+    """Whether a field holds a number (int or float, maybe optional or one of a union)."""
+    args = typing.get_args(annotation) or (annotation,)
+    return bool not in args and any(a in (int, float) for a in args)
+
+
+def numeric_field(name: str) -> bool:
+    """Whether TrainConfig's `name` holds a number."""
+    field = TrainConfig.model_fields.get(name)
+    return field is not None and _numeric(field.annotation)
+
+
+def no_bool_for_number(cls, value, info):
+    """A `field_validator("*", mode="before")`: YAML's true/false is no number (pydantic would take
+    `num_samples: true` as 1 and `cpu: false` as 0.0)."""
+    field = cls.model_fields.get(info.field_name)
+    if isinstance(value, bool) and field is not None and _numeric(field.annotation):
+        raise ValueError(f"expected a number, got {str(value).lower()} (a boolean)")
+    return value
 
 
 SEED_MAX = 2**32 - 2  # seeds reach numpy / scikit-learn (< 2**32), some as seed + 1
@@ -96,6 +142,18 @@ class TrainConfig(BaseModel):
     cuda_graphs: bool = True  # CUDA: replay the fixed-shape train/eval steps as CUDA graphs (no per-step CPU cost)
     gpu_memory_fraction: float = Field(0.0, ge=0.0, le=1.0)  # CUDA: cap this process's share of GPU memory (0 = no cap)
     threads: int = Field(0, ge=0, le=MAX_THREADS)  # torch CPU threads; 0 = leave torch's choice
+
+    _no_bool = field_validator("*", mode="before")(classmethod(no_bool_for_number))
+
+    @field_validator("data_dir")
+    @classmethod
+    def _local_data_dir(cls, v: str):
+        return str(_local(v, DATA_PURPOSE))
+
+    @field_validator("pretrained")
+    @classmethod
+    def _local_weights(cls, v: str | None):
+        return v if v in (None, "imagenet") else str(_local(v, "weights are read from this machine's disk"))
 
     @field_validator("optimizer", "scheduler", "loss")
     @classmethod
@@ -209,23 +267,41 @@ def parse_overrides(pairs: list[str] | None) -> dict:
         if not sep or not key.strip():
             raise UserError(f"--set {pair!r}: expected key=value")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else None
+            out[key.strip()] = yaml_value(raw) if raw != "" else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+# YAML 1.1 (PyYAML) reads 1e-3 as a string: a float needs a dot there. Numbers in exponent form
+# without one (1e-3, 5E+2, -2e4) are read as floats, as YAML 1.2 and every other reader do.
+EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load, but a key given twice in one mapping is an error (safe_load keeps the last)."""
+    """yaml.safe_load, but a key given twice in one mapping is an error (safe_load keeps the last),
+    and 1e-3 is a float. Merge keys (`<<: *anchor`) work: the mapping's own keys override the
+    merged ones, as YAML says; only its own keys are checked for repeats."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == MERGE_TAG:
+                continue
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def yaml_value(text: str):
+    """One YAML value as the search-space files read it (1e-3 a float)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_yaml_file(path: str | Path) -> dict:

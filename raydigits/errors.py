@@ -1,5 +1,6 @@
 """The one exception type for user mistakes, and the error boundary every entry point runs in: the
-CLIs print its message as one `error:` line (no traceback unless --debug) and exit 2."""
+CLIs print its message as one `error:` line (no traceback unless --debug) and exit 2; a Ctrl-C at
+any moment inside the boundary is one `interrupted` line and exit 130."""
 
 from __future__ import annotations
 
@@ -8,12 +9,19 @@ import sys
 from collections.abc import Callable
 
 USER_ERROR_EXIT = 2
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 class UserError(Exception):
     """Bad input from the user: a config key, a file, a value. The message names the culprit."""
 
     exit_code = USER_ERROR_EXIT
+
+
+class Interrupted(UserError):
+    """A Ctrl-C the command caught to say what it leaves behind (the message) and how to go on."""
+
+    exit_code = INTERRUPTED_EXIT
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -26,9 +34,16 @@ class OneLineParser(argparse.ArgumentParser):
 def guarded(run: Callable[[], int], debug: bool = False) -> int:
     """Run an entry point's work: a UserError, or an OSError on a file the user named (unreadable,
     a folder where a file was expected, disk full), becomes one `error:` line and exit 2; with
-    `debug` the traceback is shown instead."""
+    `debug` the traceback is shown instead. A Ctrl-C (KeyboardInterrupt) anywhere in `run`, start-up
+    included, is one line and exit 130."""
     try:
         return run()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except Interrupted as exc:
+        print(f"\ninterrupted: {exc}", file=sys.stderr)
+        return exc.exit_code
     except UserError as exc:
         if debug:
             raise

@@ -41,6 +41,7 @@ from .spec import POPULATION, trial_train_config
 GPU_TOLERANCE_SE: float | None = None
 OUT_FOLDER = "reproduce"  # <experiment>/reproduce/<trial id>/ by default
 RESULT_FILE = "reproduce.json"
+OUT_HINT = "give another --out, or add --force to replace it"  # --out holds an earlier run
 
 
 @dataclass
@@ -158,6 +159,7 @@ def reproduce(
     out_dir: Path | None = None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    force: bool = False,
 ) -> Reproduction:
     from . import train
     from .search.runner import data_dir_of
@@ -183,7 +185,7 @@ def reproduce(
     extra = parse_overrides(overrides)
     if "device" not in extra and was == "cpu":
         extra["device"] = "cpu"  # the trial saw no GPU; neither does its retraining
-    out_dir = _out_dir(exp, t.trial_id, out_dir)
+    out_dir = _out_dir(exp, t.trial_id, out_dir, force)
     config_file = out_dir / "config.yaml"
     write_text(config_file, yaml.safe_dump({**cfg.model_dump(mode="json"), **extra}, sort_keys=False))
     cfg = load_config(config_file)  # what the printed command reads
@@ -215,14 +217,23 @@ def _say_if_final_is_stale(exp: Experiment) -> None:
         )
 
 
-def _out_dir(exp: Experiment, trial_id: str, out_dir: Path | None) -> Path:
-    """The retraining's folder (made): `out_dir`, else beside the experiment (for one in remote
-    storage, under ./reproduce/<name>/), one per trial."""
+def _out_dir(exp: Experiment, trial_id: str, out_dir: Path | None, force: bool = False) -> Path:
+    """The retraining's folder (made, an earlier retraining's files deleted): `out_dir` (refused when
+    it holds an earlier run, unless `force`: it may be the user's own `train` run), else reproduce's
+    own folder beside the experiment (for one in remote storage, under ./reproduce/<name>/), one per
+    trial, whose earlier retraining is replaced (the same config retrains the same run)."""
+    from .train import RUN_FILES, check_out
+
     if out_dir is None:
         local = exp.location.local
         out_dir = (local / OUT_FOLDER if local is not None else Path(OUT_FOLDER) / exp.name) / trial_id
+        replace = True
+    else:
+        replace = check_out(Path(out_dir), force, hint=OUT_HINT)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*RUN_FILES, RESULT_FILE) if replace else ():
+        (out_dir / name).unlink(missing_ok=True)
     return out_dir
 
 

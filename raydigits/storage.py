@@ -21,6 +21,7 @@ import tempfile
 import threading
 from pathlib import Path, PurePosixPath
 
+from . import env
 from .atomic import STAGE_TAG, remove_dead_stages, swap_folder, write_bytes
 from .errors import UserError
 
@@ -33,7 +34,7 @@ ERROR_CHARS = 200  # the part of a storage error shown in our one-line message
 SCHEMES = {"s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock"}
 # how long the check before a search waits for an object store's first answer: without credentials
 # pyarrow's GCS client retries for 15 minutes, silently (RAYDIGITS_STORAGE_PROBE_S overrides it)
-PROBE_ENV, PROBE_S = "RAYDIGITS_STORAGE_PROBE_S", 30.0
+PROBE_ENV, PROBE_S = env.PROBE_ENV, 30.0
 
 
 def check_name(name: str, what: str = "--name") -> str:
@@ -50,6 +51,126 @@ def _first_line(exc: BaseException) -> str:
     return (text.splitlines()[0] if text else type(exc).__name__)[:ERROR_CHARS]
 
 
+# `scheme:` then slashes: a URI when two follow; `s3:/b` (a slash lost, as argparse's Path folds
+# `s3://b`) is refused rather than made a local folder named `s3:`
+URI_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(/*)(.*)", re.DOTALL)
+NO_BUCKET_OK = {"hdfs", "viewfs", "mock"}  # schemes whose URI may leave the host out (scheme:///path)
+
+
+def _shown(what: str, text: str) -> str:
+    text = text if text.isprintable() else repr(text)  # a line break would split our one line
+    return f"{what} {text}" if what else text
+
+
+def _expanded(text: str, what: str) -> Path:
+    """A local path with `~` / `~user` expanded (also a literal '~' from an env file)."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user that does not exist, or no home directory
+        raise UserError(f"{_shown(what, text)}: cannot expand '~' (no such user or home folder)") from None
+
+
+def _file_uri_path(text: str, rest: str, what: str) -> str:
+    """The absolute local path a file:// URI names (file:///abs or file://localhost/abs)."""
+    from urllib.parse import unquote
+
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    if not rest.startswith("/"):
+        raise UserError(f"{_shown(what, text)}: a file:// URI needs an absolute path (file:///abs/path)")
+    if "?" in rest or "#" in rest:
+        raise UserError(f"{_shown(what, text)}: a file:// URI takes no ?options or #fragment")
+    return unquote(rest)
+
+
+def _remote_uri(text: str, scheme: str, rest: str, what: str) -> str:
+    """A checked object-store URI: `scheme://path[?query]`, trailing slashes dropped."""
+    from urllib.parse import parse_qsl
+
+    path, sep, query = rest.partition("?")
+    bad = next((c for c in text if ord(c) < 32 or c in "#\x7f"), None)
+    if bad is not None:
+        raise UserError(f"{_shown(what, repr(text))}: a storage URI cannot hold {bad!r}")
+    path = path.rstrip("/")
+    segments = path.split("/")
+    if not path.strip("/") or (segments[0] == "" and scheme not in NO_BUCKET_OK):
+        raise UserError(f"{_shown(what, text)}: the URI names no bucket or folder ({scheme}://BUCKET/PREFIX)")
+    if any(seg in (".", "..") for seg in segments) or "" in segments[1:]:
+        raise UserError(f"{_shown(what, text)}: a storage URI's path has no '.', '..' or empty ('//') parts")
+    if not query:
+        sep = ""  # `s3://b/p?`: no options
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True) if sep else []
+    except ValueError:
+        pairs = [("", "")]
+    if any(not key for key, _ in pairs):
+        raise UserError(f"{_shown(what, text)}: malformed ?options (expected ?key=value&key=value)")
+    return f"{scheme}://{path}{sep}{query}"
+
+
+def parse_location(text: str | os.PathLike, what: str = "--storage-path") -> Location:
+    """Every place a user names (a folder, a file, a URI) read one way: `~` expanded, a local path
+    made absolute, file:// a local path, any other scheme one pyarrow opens, its ?options kept apart
+    from its path (`/` joins names to the path). Pure: nothing is created or contacted. Bad input
+    raises a UserError naming `what` and the text; nothing else is raised."""
+    if isinstance(text, os.PathLike):
+        text = os.fspath(text)
+    if not isinstance(text, str):
+        raise UserError(f"{what} {text!r}: not a path")
+    if not text.strip() or "\0" in text:
+        raise UserError(f"{_shown(what, repr(text))}: empty or not a path")
+    m = URI_RE.fullmatch(text)
+    scheme = m.group(1).lower() if m else ""
+    if m and m.group(2).startswith("//"):
+        rest = text[len(m.group(1)) + 3 :]
+        if scheme == "file":
+            return Location(_absolute(Path(_file_uri_path(text, rest, what)), text, what))
+        if scheme not in SCHEMES:
+            raise UserError(
+                f"{_shown(what, text)}: not a storage URI pyarrow can open (scheme {scheme!r}; "
+                f"use a local path or one of {', '.join(s + '://' for s in sorted(SCHEMES | {'file'}))})"
+            )
+        return Location(_remote_uri(text, scheme, rest, what))
+    if m and scheme in SCHEMES | {"file"}:
+        raise UserError(
+            f"{_shown(what, text)}: reads as a {scheme}:// URI with a '/' missing; write "
+            f"{scheme}://{m.group(3).lstrip('/')} (or ./{text} for a local folder of that name)"
+        )
+    return Location(_absolute(_expanded(text, what), text, what))
+
+
+def _absolute(path: Path, text: str, what: str) -> str:
+    try:
+        return str(path.absolute())
+    except OSError as exc:  # the working folder was deleted
+        raise UserError(f"{_shown(what, text)}: cannot make it absolute ({exc.strerror or exc})") from None
+
+
+def local_path(text: str | os.PathLike, what: str, purpose: str = "this is read and written on this machine") -> Path:
+    """A place that must be on this machine's disk (a dataset, a weights file, an image folder, a
+    training run's folder): `~` expanded, file:// accepted, a relative path kept relative; an
+    object-store URI is refused in one line that says why (`purpose`)."""
+    loc = parse_location(text, what)
+    if loc.local is None:
+        raise UserError(f"{_shown(what, str(text))}: must be a local path ({purpose}); not an object-store URI")
+    text = os.fspath(text)
+    return loc.local if URI_RE.fullmatch(text) else _expanded(text, what)
+
+
+def path_arg(purpose: str = "this is read and written on this machine"):
+    """An argparse `type=` for a local path: what `local_path` accepts, else argparse's one-line
+    usage error (exit 2) before the command runs. Never `type=Path`: it folds `s3://b` to `s3:/b`."""
+    import argparse
+
+    def convert(text: str) -> Path:
+        try:
+            return local_path(text, "", purpose)
+        except UserError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 class Location:
     """A file or folder in local or remote storage, with the small Path-like API raydigits needs.
     Pickles as its URI (the filesystem object is rebuilt where it is unpickled)."""
@@ -61,31 +182,15 @@ class Location:
     # ------------------------------------------------------------ naming
     @classmethod
     def parse(cls, text: str | os.PathLike, what: str = "--storage-path") -> "Location":
-        """A user's path or URI, checked: a local path becomes absolute; file:// is local; any other
-        scheme must be one pyarrow knows. Nothing is created or contacted."""
-        text = os.fspath(text)
-        if not text or "\0" in text:
-            raise UserError(f"{what} {text!r}: empty or not a path")
-        shown = text if text.isprintable() else repr(text)  # a newline would break our one line
-        if "://" not in text:
-            try:
-                return cls(str(Path(text).expanduser().absolute()))
-            except RuntimeError:  # `~name` of no such user, or no home folder at all
-                head = text.split("/", 1)[0]
-                raise UserError(f"{what} {shown}: cannot expand {head!r} (no such user's home folder)") from None
-        scheme, rest = text.split("://", 1)
-        if scheme == "file":
-            if not rest.startswith("/"):
-                raise UserError(f"{what} {shown}: a file:// URI needs an absolute path (file:///abs/path)")
-            return cls(str(Path(rest).absolute()))
-        if scheme not in SCHEMES:
-            raise UserError(
-                f"{what} {shown}: not a storage URI pyarrow can open (scheme {scheme!r}; "
-                f"use a local path or one of {', '.join(s + '://' for s in sorted(SCHEMES))})"
-            )
-        if not rest.strip("/"):
-            raise UserError(f"{what} {shown}: the URI names no bucket or folder")
-        return cls(text.rstrip("/"))
+        """`parse_location` (the one parser of every place a user names)."""
+        return parse_location(text, what)
+
+    def _parts(self) -> tuple[str, str, str]:
+        """(scheme, path, query) of a remote URI: `s3://b/p?endpoint_override=h` → ('s3', 'b/p',
+        '?endpoint_override=h'). Names are joined to the path, never to the query."""
+        scheme, rest = self.uri.split("://", 1)
+        path, sep, query = rest.partition("?")
+        return scheme, path, sep + query
 
     @property
     def local(self) -> Path | None:
@@ -99,20 +204,23 @@ class Location:
 
     @property
     def name(self) -> str:
-        return PurePosixPath(self.uri.split("://", 1)[-1]).name
+        if self.local is not None:
+            return self.local.name
+        return PurePosixPath(self._parts()[1]).name
 
     @property
     def parent(self) -> "Location":
         if self.local is not None:
             return Location(str(self.local.parent))
-        scheme, rest = self.uri.split("://", 1)
-        return Location(f"{scheme}://{PurePosixPath(rest).parent}")
+        scheme, path, query = self._parts()
+        return Location(f"{scheme}://{PurePosixPath(path).parent}{query}")
 
     def __truediv__(self, part: str) -> "Location":
         part = str(part).strip("/")
         if self.local is not None:
             return Location(str(self.local / part))
-        return Location(f"{self.uri}/{part}")
+        scheme, path, query = self._parts()
+        return Location(f"{scheme}://{path}/{part}{query}")
 
     def __str__(self) -> str:
         return self.uri
@@ -296,10 +404,7 @@ class Location:
 def _within_probe_time(fn, shown: str):
     """fn() (a storage request), or a UserError when it fails or gives no answer within the probe
     time. The request runs in a daemon thread: one that never returns does not keep the CLI alive."""
-    try:
-        wait = float(os.environ.get(PROBE_ENV) or PROBE_S)
-    except ValueError:
-        raise UserError(f"{PROBE_ENV}={os.environ[PROBE_ENV]!r}: not a number of seconds") from None
+    wait = env.seconds(PROBE_ENV, PROBE_S)
     box: dict = {}
 
     def run():

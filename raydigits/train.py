@@ -16,13 +16,13 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text
-from .config import load_config
+from .config import check_environment, load_config
 from .data import ensure_prepared, load_dataset
-from .errors import OneLineParser, UserError, guarded
+from .errors import INTERRUPTED_EXIT, OneLineParser, UserError, guarded
+from .storage import path_arg
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "metrics.csv")
-INTERRUPTED_EXIT = 130
 
 
 def format_epoch(m: dict) -> str:
@@ -35,10 +35,11 @@ def format_epoch(m: dict) -> str:
     )
 
 
-def check_out(out_dir: Path, force: bool = False, resume: Path | None = None) -> bool:
+def check_out(out_dir: Path, force: bool = False, resume: Path | None = None, hint: str | None = None) -> bool:
     """Refuse, before anything is written, an output folder that cannot be written or that holds an
     earlier run (unless `force`, or `resume` continues a checkpoint of that run). Returns whether
-    an earlier run's files are to be deleted before this one writes (`force`, not continuing)."""
+    an earlier run's files are to be deleted before this one writes (`force`, not continuing).
+    `hint`: what the refusal suggests instead (default: train's --out / --force / --resume)."""
     out = Path(out_dir).absolute()
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out_dir}: is a file, not a folder")
@@ -50,10 +51,10 @@ def check_out(out_dir: Path, force: bool = False, resume: Path | None = None) ->
     earlier = [f for f in RUN_FILES if (out / f).exists()]
     continuing = resume is not None and Path(resume).resolve().parent == out.resolve()
     if earlier and not force and not continuing:
-        raise UserError(
-            f"--out {out_dir}: holds an earlier run ({earlier[0]}); give another --out, add "
-            f"--force to replace it, or --resume {Path(out_dir) / 'last.pt'} to continue it"
+        hint = hint or (
+            f"give another --out, add --force to replace it, or --resume {Path(out_dir) / 'last.pt'} to continue it"
         )
+        raise UserError(f"--out {out_dir}: holds an earlier run ({earlier[0]}); {hint}")
     return bool(earlier) and not continuing
 
 
@@ -99,7 +100,8 @@ def run(
 
 def _parser() -> OneLineParser:
     p = OneLineParser(prog="python -m raydigits.train", description=__doc__)
-    p.add_argument("--config", type=Path, default=None, help="TrainConfig YAML (default: all defaults)")
+    local = path_arg()  # never type=Path: it folds s3://b into a local s3:/b
+    p.add_argument("--config", type=local, default=None, help="TrainConfig YAML (default: all defaults)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -108,8 +110,8 @@ def _parser() -> OneLineParser:
         metavar="KEY=VALUE",
         help="override a config key (repeatable)",
     )
-    p.add_argument("--out", type=Path, default=Path("runs/train"), help="output folder")
-    p.add_argument("--resume", type=Path, default=None, help="continue from a last.pt checkpoint")
+    p.add_argument("--out", type=local, default=Path("runs/train"), help="output folder")
+    p.add_argument("--resume", type=local, default=None, help="continue from a last.pt checkpoint")
     p.add_argument(
         "--stop-after",
         type=int,
@@ -123,6 +125,7 @@ def _parser() -> OneLineParser:
 
 
 def _train(args) -> int:
+    check_environment()
     if args.stop_after is not None and args.stop_after < 1:
         raise UserError(f"--stop-after {args.stop_after}: must be at least 1")
     cfg = load_config(args.config, args.overrides)
@@ -139,8 +142,12 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    return guarded(lambda: _train(args), args.debug)
+    try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    return guarded(lambda: _train(args), args.debug)  # Ctrl-C at any moment of it: exit 130
 
 
 if __name__ == "__main__":

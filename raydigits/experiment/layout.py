@@ -83,9 +83,36 @@ def audit_runs(exp: Location) -> list[Location]:
     return _numbered(exp, AUDIT_PREFIX)
 
 
+def _next(exp: Location, prefix: str) -> Location:
+    """`<prefix><k>` with k one past the highest number present (not the count: after a user
+    deletes extend_1, the next run is extend_3 beside extend_2, never extend_2 again)."""
+    runs = _numbered(exp, prefix)
+    return exp / f"{prefix}{int(runs[-1].name[len(prefix) :]) + 1 if runs else 1}"
+
+
 def next_extension(exp: Location) -> Location:
-    return exp / f"{EXTEND_PREFIX}{len(extension_runs(exp)) + 1}"
+    return _next(exp, EXTEND_PREFIX)
 
 
 def next_audit(exp: Location) -> Location:
-    return exp / f"{AUDIT_PREFIX}{len(audit_runs(exp)) + 1}"
+    return _next(exp, AUDIT_PREFIX)
+
+
+def _is_run_name(name: str) -> bool:
+    return any(name.startswith(p) and name[len(p) :].isdigit() for p in (EXTEND_PREFIX, AUDIT_PREFIX))
+
+
+def outer_experiment(place: Location, levels: int = 3) -> Location | None:
+    """The experiment that `place` lies inside, or None: for an extend_<k> / audit_<k> run (an
+    experiment folder of its own, inside its experiment) or a folder without a spec (a trial's
+    folder, final/), the nearest of its `levels` ancestors that holds a search."""
+    if holds_search(place) and not _is_run_name(place.name):
+        return None
+    for _ in range(levels):
+        parent = place.parent
+        if parent == place or parent.name in ("", "."):
+            return None
+        place = parent
+        if holds_search(place):
+            return place
+    return None

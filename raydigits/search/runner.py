@@ -3,13 +3,12 @@ one), run it. The dataset is loaded once here and put once into the object store
 
 from __future__ import annotations
 
-import os
 import socket
 import tempfile
 from pathlib import Path
 
-from .. import ray_compat
-from ..config import default_data_dir
+from .. import env, ray_compat
+from ..config import data_dir_path
 from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
@@ -35,25 +34,26 @@ REPORT_EVERY_S = 15  # the progress table is printed at most this often
 SYNC_PERIOD_S = 30  # remote storage: Tune uploads the experiment's state at least this often
 
 
-def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Fail in seconds when nothing listens at HOST:PORT (ray.init would retry for minutes)."""
+def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S, what: str = "--address") -> None:
+    """Fail in seconds when nothing listens at HOST:PORT (ray.init would retry for minutes). `what`:
+    where the address came from (--address, or RAY_ADDRESS), named in the error."""
     if address.startswith("local"):
         return
     hostport = address.split("://", 1)[-1].rstrip("/")
     if address == "auto":  # the cluster a `ray start` on this machine recorded (maybe long dead)
         if not RAY_CURRENT_CLUSTER.exists():
             raise UserError(
-                "--address auto: no Ray cluster was started on this machine (run `ray start --head`, or give HOST:PORT)"
+                f"{what} auto: no Ray cluster was started on this machine (run `ray start --head`, or give HOST:PORT)"
             )
         hostport = RAY_CURRENT_CLUSTER.read_text().strip()
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise UserError(f"--address {address}: expected auto, HOST:PORT or ray://HOST:PORT")
+        raise UserError(f"{what} {address}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
         socket.create_connection((host, int(port)), timeout=timeout_s).close()
     except OSError as exc:
         raise UserError(
-            f"--address {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
+            f"{what} {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
             "is `ray start --head` running there?"
         ) from None
 
@@ -66,12 +66,13 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
     import ray
     from ray.job_config import JobConfig
 
-    address = address or os.environ.get("RAY_ADDRESS")
+    what = "--address" if address else env.ADDRESS_ENV
+    address = address or env.address()
     ray_compat.quiet_ray_noise()
     job = JobConfig(metadata={"job_name": f"raydigits {job_name}"} if job_name else {})  # the Jobs page's Name
     try:
         if address:
-            _probe(address)
+            _probe(address, what=what)
             ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True, job_config=job)
         else:
             # "local": always a new Ray of our own, never a cluster some earlier `ray start` left behind;
@@ -87,7 +88,7 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"--address {address}: cannot connect to a Ray cluster ({first[:ERROR_CHARS]})") from None
+        raise UserError(f"{what} {address}: cannot connect to a Ray cluster ({first[:ERROR_CHARS]})") from None
     url = ctx.dashboard_url
     if url and not url.startswith("http"):
         url = f"http://{url}"
@@ -198,7 +199,7 @@ def _checkpoint_config(spec: SearchSpec):
 def data_dir_of(spec: SearchSpec) -> Path:
     """The spec's dataset folder, prepared if need be, as an absolute path (trials run in other
     working dirs)."""
-    return ensure_prepared(Path(spec.fixed.get("data_dir") or default_data_dir())).resolve()
+    return ensure_prepared(data_dir_path(spec.fixed.get("data_dir"), "fixed.data_dir")).resolve()
 
 
 def load_data(spec: SearchSpec, data_dir: Path | None = None) -> Dataset:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
@@ -11,21 +10,19 @@ import psutil
 import torch
 from ray import tune
 
-from .. import costs, ray_compat
+from .. import costs, env, ray_compat
 from ..data.store import Dataset
 from ..experiment.layout import CHECKPOINT_FILE
 from ..spec import AUDIT_KEY, SearchSpec, trial_train_config
 from ..trainer import Trainer
 
-FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
 # tests: ";"-separated "<kind>:<epoch>:<marker file>", each fired once (by the first trial to get there):
 # raise_once raises mid-epoch (Tune retries the trial), oom_once raises an out-of-memory error
 FAULTS = {"raise_once": RuntimeError, "oom_once": torch.OutOfMemoryError}
 
 
 def _fault_hook():
-    specs = [s.split(":", 2) for s in os.environ.get(FAULT_ENV, "").split(";") if s.count(":") >= 2]
-    specs = [(FAULTS[kind], int(epoch), Path(marker)) for kind, epoch, marker in specs if kind in FAULTS]
+    specs = [(FAULTS[kind], epoch, marker) for kind, epoch, marker in env.faults()]  # $RAYDIGITS_INJECT_FAULT
     if not specs:
         return None
 

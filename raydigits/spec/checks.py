@@ -10,12 +10,11 @@ Each problem is one UserError naming its key path (`parameters.lr.normal: ...`).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import MUTABLE_KNOBS, TrainConfig, default_data_dir, format_validation_error
+from ..config import MUTABLE_KNOBS, TrainConfig, data_dir_path, format_validation_error, numeric_field
 from ..errors import UserError
 from .derived import mutated
 from .kinds import INT_TOLERANCE, q_grid
@@ -104,6 +103,11 @@ def _check_candidates(name: str, p: Param, target: str, base: dict[str, Any], wh
     """Each representative value, under its condition, is one TrainConfig accepts."""
     cond = {k: (v[0] if isinstance(v, list) and v else v) for k, v in (p.when or {}).items()}
     for sub, value in p.candidates():
+        if isinstance(value, str) and numeric_field(target):  # TrainConfig would take "0.001", Tune not
+            raise UserError(
+                f"{where}: parameters.{name}.{sub}: {value!r} is text, not a number; {target} takes a "
+                "number (unquoted: 1e-3 or 0.001)"
+            )
         try:
             TrainConfig(**{**base, **cond, target: value})
         except ValidationError as exc:
@@ -346,8 +350,8 @@ def _check_data(spec: SearchSpec, where: str) -> None:
     """The dataset folder, and the sizes and weights that must fit it (when it is prepared)."""
     from ..data.store import MANIFEST, is_store, read_manifest
 
-    data_dir = Path(spec.fixed.get("data_dir") or default_data_dir())
     key = "fixed.data_dir" if "data_dir" in spec.fixed else "data_dir (default)"
+    data_dir = data_dir_path(spec.fixed.get("data_dir"), f"{where}: {key}:")
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"{where}: {key}: {data_dir}: is a file, not a prepared dataset folder")
     if not is_store(data_dir):

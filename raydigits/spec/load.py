@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ..config import format_validation_error, load_yaml_file
 from ..errors import UserError
+from ..storage import local_path
 from .checks import check_spec
 from .model import SearchSpec
 
@@ -21,8 +22,9 @@ SEARCH_SPACES_DIR = _PACKAGED_SPACES if _PACKAGED_SPACES.is_dir() else _SOURCE_S
 
 
 def resolve_path(arg: str) -> Path:
-    """A path, or a file name / bare name looked up in search_spaces/."""
-    p = Path(arg)
+    """A path (`~` expanded, file:// read; an object-store URI refused), or a file name / bare name
+    looked up in search_spaces/."""
+    p = local_path(arg, "--search-space", "the search space is read from this machine's disk")
     if p.exists():
         return p
     for cand in (SEARCH_SPACES_DIR / arg, SEARCH_SPACES_DIR / f"{arg}.yaml", SEARCH_SPACES_DIR / f"{arg}.yml"):

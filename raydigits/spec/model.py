@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..config import TrainConfig
+from ..config import TrainConfig, no_bool_for_number
 from .kinds import DISTRIBUTIONS, Kind
 
 AUDIT_KEY = "audit_of"  # an audit trial's config: the id of the stopped trial it continues
@@ -28,6 +28,8 @@ EARLY_STOPPING = ("family_asha", "asha")
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
+
+    _no_bool = field_validator("*", mode="before")(classmethod(no_bool_for_number))  # num_samples: true
 
 
 def _printable_keys(keys: dict[str, Any] | None) -> dict[str, Any] | None:
