@@ -5,7 +5,9 @@ any moment inside the boundary is one `interrupted` line and exit 130."""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable
 
 USER_ERROR_EXIT = 2
@@ -31,11 +33,26 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(USER_ERROR_EXIT, f"error: {message} (see {self.prog} --help)\n")
 
 
+def interrupt_exits_while_importing() -> None:
+    """Before an entry point's boundary exists (`python -m raydigits.train` / `.data`, the installed
+    `raydigits` command: their modules import torch, seconds): a Ctrl-C is one line and exit 130,
+    not a KeyboardInterrupt traceback from inside an import. `guarded` takes over from there."""
+
+    def interrupted(signum, frame):
+        print("\ninterrupted", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, interrupted)
+
+
 def guarded(run: Callable[[], int], debug: bool = False) -> int:
     """Run an entry point's work: a UserError, or an OSError on a file the user named (unreadable,
     a folder where a file was expected, disk full), becomes one `error:` line and exit 2; with
     `debug` the traceback is shown instead. A Ctrl-C (KeyboardInterrupt) anywhere in `run`, start-up
     included, is one line and exit 130."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C is a KeyboardInterrupt again
     try:
         return run()
     except KeyboardInterrupt:

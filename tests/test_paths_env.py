@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +289,40 @@ def test_ctrl_c_in_the_other_entry_points_is_one_line_and_exit_130(entry, monkey
         rc = data_main.main(["prepare", "--out", str(tmp_path / "store")])
     assert rc == 130
     assert [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()] == ["interrupted"]
+
+
+@pytest.mark.parametrize(
+    "entry", [["-m", "raydigits.train"], ["-m", "raydigits.data", "prepare"], ["raydigits"]], ids=str
+)
+def test_ctrl_c_while_an_entry_point_still_imports_is_one_line_and_exit_130(tmp_path, entry):
+    """SIGINT as soon as the process maps pydantic's or torch's library, i.e. while raydigits'
+    modules still import (torch takes seconds), before the error boundary exists (earlier, in
+    Python's own start-up, nothing of ours runs). Whichever moment it lands on, one line and 130 (a
+    command that got further waits on a FIFO: it cannot finish first)."""
+    fifo = tmp_path / "config.yaml"
+    os.mkfifo(fifo)
+    args = {"raydigits.train": ["--config", str(fifo)], "raydigits.data": ["--wheel", str(fifo), "--out", "s"]}
+    if entry[0] == "raydigits":
+        script = shutil.which("raydigits", path=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+        assert script, "the installed `raydigits` command"
+        cmd = [script, "--search-space", str(fifo)]
+    else:
+        cmd = [sys.executable, *entry, *args[entry[1]]]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAYDIGITS_NO_PROGRESS": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.time() + 60
+    while time.time() < deadline and proc.poll() is None:  # raydigits is imported: its imports run
+        if re.search(r"pydantic_core|libtorch", maps.read_text()):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 130, out + err
+    assert [ln for ln in err.splitlines() if ln.strip()] == ["interrupted"], err
 
 
 # ------------------------------------------------------------------ 6. every environment variable
