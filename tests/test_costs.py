@@ -111,3 +111,44 @@ def test_the_key_names_everything_the_costs_depend_on():
     finally:
         torch.set_num_threads(threads)
     assert base not in others and len(others) == 5
+
+
+def test_the_key_names_the_machine_and_the_gpu_it_was_measured_on(monkeypatch):
+    """Latency is a machine's: two hosts sharing a home directory, or two GPU models in one host, keep
+    apart entries, and a GPU's key is not its host's CPU key."""
+    cpu = torch.device("cpu")
+
+    def key(device):
+        return costs.cache_key("mobilenet_v3_small", 10, 32, True, device)
+
+    monkeypatch.setattr(costs.socket, "gethostname", lambda: "node-1")
+    on_node_1 = key(cpu)
+    monkeypatch.setattr(costs.socket, "gethostname", lambda: "node-2")
+    assert key(cpu) != on_node_1
+
+    names = {0: "Tesla T4", 1: "NVIDIA A100"}  # a host with two GPU models (no real GPU needed)
+
+    def device_name(device=None):
+        return names[0 if device is None else (torch.device(device).index or 0)]
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", device_name)
+    first, second = key(torch.device("cuda", 0)), key(torch.device("cuda", 1))
+    assert "Tesla T4" in first and "NVIDIA A100" in second and "NVIDIA A100" not in first
+    assert key(cpu) not in (first, second) and "node-2" not in first
+
+
+def test_the_cache_works_in_a_home_without_its_folders_and_writes_nothing_elsewhere(tmp_path, monkeypatch):
+    """A fresh machine has no ~/.cache yet: the cache makes the folders and still caches; and it
+    leaves nothing in the working directory (the lock lives beside the cache)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path, calls = tmp_path / "home" / ".cache" / "raydigits" / "costs.json", []
+
+    def measure_now():
+        calls.append(1)
+        return costs.measure(_tiny(), 8, torch.device("cpu"), calls=1, warmup=0)
+
+    assert costs.cached("k", measure_now, path)[1] is False
+    assert costs.cached("k", measure_now, path)[1] is True and len(calls) == 1
+    assert set(json.loads(path.read_text())) == {"k"} and list(cwd.iterdir()) == []
