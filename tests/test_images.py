@@ -266,3 +266,33 @@ def test_export_images_decodes_as_prepare_does(tmp_path, small_mnist, digit, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {imgs / name}: {WHY[name]}"), err
         assert err[0].endswith("(use --skip-corrupt to skip it)") and not (tmp_path / "x.csv").exists()
+
+
+def test_damaged_jpeg_segments_are_refused_with_the_reason_and_an_empty_one_is_legal(digit):
+    """The JPEG marker walk: no marker where one must be, a segment length under 2, a run of fill bytes
+    to the end of the file, a file cut inside its frame header: each a BadImage naming the damage,
+    never another exception; an empty APP segment (length 2, legal) is skipped."""
+    good = jpeg(digit)
+    sof = good.index(b"\xff\xc0")
+    for blob, words in [
+        (b"\xff\xd8" + bytes(10), "damaged JPEG (no marker at byte 2)"),
+        (b"\xff\xd8\xff\xe0\x00\x01" + bytes(10), "damaged JPEG (segment of length 1 at byte 4)"),
+        (b"\xff\xd8" + b"\xff" * 6, "JPEG"),
+        (good[: sof + 6], "JPEG"),  # cut inside the frame header's size fields
+        (good[: sof + 9], "truncated JPEG (no image data after its header)"),  # cut just after them
+    ]:
+        with pytest.raises(BadImage) as err:
+            decode(blob)
+        assert words in str(err.value)
+    assert np.array_equal(decode(good[:2] + b"\xff\xe1\x00\x02" + good[2:]).image, decode(good).image)
+
+
+def test_a_jpeg_cut_in_its_data_is_refused_even_with_an_end_marker_in_its_header(digit):
+    """An EXIF thumbnail (in APP1) ends with its own end-of-image marker: only one after the image
+    data shows that the file is whole."""
+    good = jpeg(digit)
+    app1 = b"Exif\x00\x00" + jpeg(np.zeros((8, 8), np.uint8))  # a thumbnail, FF D9 at its end
+    blob = good[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + good[2:]
+    assert decode(blob).image.shape == (28, 28, 1)  # whole, with a thumbnail
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        decode(blob[:-40])
