@@ -152,3 +152,9 @@ def test_the_cache_works_in_a_home_without_its_folders_and_writes_nothing_elsewh
     assert costs.cached("k", measure_now, path)[1] is False
     assert costs.cached("k", measure_now, path)[1] is True and len(calls) == 1
     assert set(json.loads(path.read_text())) == {"k"} and list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("calls, warmup", [(0, 5), (30, -1)])
+def test_a_measure_needs_a_timed_call_and_no_negative_warmup(calls, warmup):
+    with pytest.raises(ValueError, match=f"got {calls} and {warmup}"):
+        costs.measure(_tiny(), 8, torch.device("cpu"), calls=calls, warmup=warmup)

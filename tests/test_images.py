@@ -269,14 +269,16 @@ def test_export_images_decodes_as_prepare_does(tmp_path, small_mnist, digit, cap
 
 
 def test_damaged_jpeg_segments_are_refused_with_the_reason_and_an_empty_one_is_legal(digit):
-    """The JPEG marker walk: no marker where one must be, a segment length under 2, a run of fill bytes
-    to the end of the file, a file cut inside its frame header: each a BadImage naming the damage,
-    never another exception; an empty APP segment (length 2, legal) is skipped."""
+    """The JPEG marker walk: no marker where one must be, a segment length under 2, image data before
+    any frame header, a run of fill bytes to the end of the file, a file cut inside its frame header:
+    each a BadImage naming the damage, never another exception; an empty APP segment (length 2,
+    legal) is skipped."""
     good = jpeg(digit)
     sof = good.index(b"\xff\xc0")
     for blob, words in [
         (b"\xff\xd8" + bytes(10), "damaged JPEG (no marker at byte 2)"),
         (b"\xff\xd8\xff\xe0\x00\x01" + bytes(10), "damaged JPEG (segment of length 1 at byte 4)"),
+        (b"\xff\xd8\xff\xda\x00\x08" + bytes(10), "truncated or damaged JPEG (no frame header)"),  # data first
         (b"\xff\xd8" + b"\xff" * 6, "JPEG"),
         (good[: sof + 6], "JPEG"),  # cut inside the frame header's size fields
         (good[: sof + 9], "truncated JPEG (no image data after its header)"),  # cut just after them
