@@ -77,6 +77,9 @@ def test_the_cache_measures_a_key_once_and_survives_a_damaged_file(tmp_path):
     path.write_text("{not json")
     _, hit = costs.cached("k", measure_now, path)
     assert not hit and len(calls) == 3 and set(json.loads(path.read_text())) == {"k"}
+    path.write_text("[1, 2]")  # JSON, but not a table of entries
+    _, hit = costs.cached("k", measure_now, path)
+    assert not hit and len(calls) == 4 and set(json.loads(path.read_text())) == {"k"}
 
 
 def test_concurrent_trials_measure_an_architecture_once(tmp_path):
