@@ -161,3 +161,19 @@ def test_the_cache_works_in_a_home_without_its_folders_and_writes_nothing_elsewh
 def test_a_measure_needs_a_timed_call_and_no_negative_warmup(calls, warmup):
     with pytest.raises(ValueError, match=f"got {calls} and {warmup}"):
         costs.measure(_tiny(), 8, torch.device("cpu"), calls=calls, warmup=warmup)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_model_is_timed_as_the_trial_runs_it(channels_last):
+    """On input in the model's own memory format, under the trial's autocast (what the latency is of)."""
+    model = _tiny()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seen = []
+    model.register_forward_pre_hook(
+        lambda m, args: seen.append(
+            (args[0].is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"))
+        )
+    )
+    costs.measure(model, 8, torch.device("cpu"), lambda: torch.autocast("cpu", dtype=torch.bfloat16), calls=2, warmup=1)
+    assert seen == [(channels_last, True)] * 4  # the FLOP count, one warm-up, two timed
