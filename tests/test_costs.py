@@ -31,7 +31,7 @@ def test_counts_agree_with_hand_computation(tmp_path):
     c = costs.measure(model, 8, torch.device("cpu"), calls=3, warmup=1)
     assert c.params == 108 + 8 + 50  # conv, BatchNorm's weight and bias, linear
     # conv: 2 FLOPs per multiply-add, (4 × 8 × 8) outputs × (3 × 3 × 3) inputs each; linear: 2 × 4 × 10
-    assert c.mflops * 1e6 == pytest.approx(2 * 4 * 64 * 27 + 2 * 4 * 10)
+    assert c.mflops * 1e6 == pytest.approx(2 * 4 * 64 * 27 + 2 * 4 * 10, rel=1e-12)  # an exact count
     torch.save(model.state_dict(), tmp_path / "archive")  # the name torch.save gives an in-memory file
     assert c.size_mb * 2**20 == (tmp_path / "archive").stat().st_size
     assert c.latency_ms > 0 and c.latency_iqr_ms >= 0
@@ -177,3 +177,21 @@ def test_the_model_is_timed_as_the_trial_runs_it(channels_last):
     )
     costs.measure(model, 8, torch.device("cpu"), lambda: torch.autocast("cpu", dtype=torch.bfloat16), calls=2, warmup=1)
     assert seen == [(channels_last, True)] * 4  # the FLOP count, one warm-up, two timed
+
+
+def test_latency_is_the_median_and_its_spread_the_interquartile_range_in_ms(monkeypatch):
+    """With a stand-in clock (nothing is timed): each timed call takes the next of these milliseconds."""
+    durations = iter([1.5, 3.25, 2.0, 10.0, 4.0, 1.0, 3.0])
+    ticks = []
+
+    def clock():
+        if not ticks:  # a call starts at 100 s, ends its duration later
+            ticks.extend([100.0, 100.0 + next(durations) / 1e3])
+        return ticks.pop(0)
+
+    monkeypatch.setattr(costs.time, "perf_counter", clock)
+    c = costs.measure(_tiny(), 8, torch.device("cpu"), calls=5, warmup=1)
+    # sorted 1.5, 2, 3.25, 4, 10: median 3.25; quartiles (statistics.quantiles) 1.75 and 7.0
+    assert (c.latency_ms, c.latency_iqr_ms) == (3.25, 5.25)
+    two = costs.measure(_tiny(), 8, torch.device("cpu"), calls=2, warmup=0)  # 1 and 3 ms
+    assert (two.latency_ms, two.latency_iqr_ms) == (2.0, 3.0)
