@@ -15,7 +15,7 @@ import pytest
 
 from raydigits import cli
 from raydigits.data import load_dataset, prepare_folder
-from raydigits.data.decode import MAX_PIXELS, BadImage, decode
+from raydigits.data.decode import ALPHA_AS_INTENSITY, ALPHA_COMPOSITED, ALPHA_DROPPED, MAX_PIXELS, BadImage, decode
 from raydigits.errors import UserError
 
 
@@ -298,3 +298,23 @@ def test_a_jpeg_cut_in_its_data_is_refused_even_with_an_end_marker_in_its_header
     assert decode(blob).image.shape == (28, 28, 1)  # whole, with a thumbnail
     with pytest.raises(BadImage, match="truncated JPEG"):
         decode(blob[:-40])
+
+
+def test_the_transparency_rule_at_its_edges():
+    """Fully transparent: black. One visible pixel: one ink. A pixel at alpha 1 is visible (its colour
+    counts). Compositing rounds to nearest (254 at alpha 128 is 127.5 - 0.002: 127) and stays uint8.
+    What was done is noted (the summaries count it)."""
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    got = decode(png(rgba))
+    assert got.image.shape == (4, 4, 1) and not got.image.any() and got.notes == (ALPHA_AS_INTENSITY,)
+    rgba[1, 2] = (0, 0, 200, 90)
+    got = decode(png(rgba))
+    assert got.notes == (ALPHA_AS_INTENSITY,) and got.image[1, 2, 0] == 90 and got.image.sum() == 90
+    rgba[0, 0] = (0, 255, 0, 1)  # barely visible, another colour
+    assert decode(png(rgba)).notes == (ALPHA_COMPOSITED,)
+    rgba[3, 3] = (0, 0, 254, 128)
+    got = decode(png(rgba))
+    assert got.notes == (ALPHA_COMPOSITED,) and got.image.dtype == np.uint8
+    assert got.image[3, 3].tolist() == [127, 0, 0] and got.image[0, 0].tolist() == [0, 1, 0]
+    rgba[..., 3] = 255
+    assert decode(png(rgba)).notes == (ALPHA_DROPPED,)
