@@ -195,3 +195,8 @@ def test_latency_is_the_median_and_its_spread_the_interquartile_range_in_ms(monk
     assert (c.latency_ms, c.latency_iqr_ms) == (3.25, 5.25)
     two = costs.measure(_tiny(), 8, torch.device("cpu"), calls=2, warmup=0)  # 1 and 3 ms
     assert (two.latency_ms, two.latency_iqr_ms) == (2.0, 3.0)
+
+
+def test_a_model_without_convolutions_is_measured():
+    c = costs.measure(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)), 8, torch.device("cpu"), calls=1, warmup=0)
+    assert c.params == 192 * 10 + 10 and c.mflops * 1e6 == pytest.approx(2 * 192 * 10, rel=1e-12)
