@@ -31,7 +31,7 @@ def test_counts_agree_with_hand_computation(tmp_path):
     c = costs.measure(model, 8, torch.device("cpu"), calls=3, warmup=1)
     assert c.params == 108 + 8 + 50  # conv, BatchNorm's weight and bias, linear
     # conv: 2 FLOPs per multiply-add, (4 × 8 × 8) outputs × (3 × 3 × 3) inputs each; linear: 2 × 4 × 10
-    assert c.mflops * 1e6 == pytest.approx(2 * 4 * 64 * 27 + 2 * 4 * 10)
+    assert c.mflops * 1e6 == pytest.approx(2 * 4 * 64 * 27 + 2 * 4 * 10, rel=1e-12)  # an exact count
     torch.save(model.state_dict(), tmp_path / "archive")  # the name torch.save gives an in-memory file
     assert c.size_mb * 2**20 == (tmp_path / "archive").stat().st_size
     assert c.latency_ms > 0 and c.latency_iqr_ms >= 0
@@ -77,6 +77,9 @@ def test_the_cache_measures_a_key_once_and_survives_a_damaged_file(tmp_path):
     path.write_text("{not json")
     _, hit = costs.cached("k", measure_now, path)
     assert not hit and len(calls) == 3 and set(json.loads(path.read_text())) == {"k"}
+    path.write_text("[1, 2]")  # JSON, but not a table of entries
+    _, hit = costs.cached("k", measure_now, path)
+    assert not hit and len(calls) == 4 and set(json.loads(path.read_text())) == {"k"}
 
 
 def test_concurrent_trials_measure_an_architecture_once(tmp_path):
@@ -111,3 +114,89 @@ def test_the_key_names_everything_the_costs_depend_on():
     finally:
         torch.set_num_threads(threads)
     assert base not in others and len(others) == 5
+
+
+def test_the_key_names_the_machine_and_the_gpu_it_was_measured_on(monkeypatch):
+    """Latency is a machine's: two hosts sharing a home directory, or two GPU models in one host, keep
+    apart entries, and a GPU's key is not its host's CPU key."""
+    cpu = torch.device("cpu")
+
+    def key(device):
+        return costs.cache_key("mobilenet_v3_small", 10, 32, True, device)
+
+    monkeypatch.setattr(costs.socket, "gethostname", lambda: "node-1")
+    on_node_1 = key(cpu)
+    monkeypatch.setattr(costs.socket, "gethostname", lambda: "node-2")
+    assert key(cpu) != on_node_1
+
+    names = {0: "Tesla T4", 1: "NVIDIA A100"}  # a host with two GPU models (no real GPU needed)
+
+    def device_name(device=None):
+        return names[0 if device is None else (torch.device(device).index or 0)]
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", device_name)
+    first, second = key(torch.device("cuda", 0)), key(torch.device("cuda", 1))
+    assert "Tesla T4" in first and "NVIDIA A100" in second and "NVIDIA A100" not in first
+    assert key(cpu) not in (first, second) and "node-2" not in first
+
+
+def test_the_cache_works_in_a_home_without_its_folders_and_writes_nothing_elsewhere(tmp_path, monkeypatch):
+    """A fresh machine has no ~/.cache yet: the cache makes the folders and still caches; and it
+    leaves nothing in the working directory (the lock lives beside the cache)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    path, calls = tmp_path / "home" / ".cache" / "raydigits" / "costs.json", []
+
+    def measure_now():
+        calls.append(1)
+        return costs.measure(_tiny(), 8, torch.device("cpu"), calls=1, warmup=0)
+
+    assert costs.cached("k", measure_now, path)[1] is False
+    assert costs.cached("k", measure_now, path)[1] is True and len(calls) == 1
+    assert set(json.loads(path.read_text())) == {"k"} and list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("calls, warmup", [(0, 5), (30, -1)])
+def test_a_measure_needs_a_timed_call_and_no_negative_warmup(calls, warmup):
+    with pytest.raises(ValueError, match=f"got {calls} and {warmup}"):
+        costs.measure(_tiny(), 8, torch.device("cpu"), calls=calls, warmup=warmup)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_the_model_is_timed_as_the_trial_runs_it(channels_last):
+    """On input in the model's own memory format, under the trial's autocast (what the latency is of)."""
+    model = _tiny()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    seen = []
+    model.register_forward_pre_hook(
+        lambda m, args: seen.append(
+            (args[0].is_contiguous(memory_format=torch.channels_last), torch.is_autocast_enabled("cpu"))
+        )
+    )
+    costs.measure(model, 8, torch.device("cpu"), lambda: torch.autocast("cpu", dtype=torch.bfloat16), calls=2, warmup=1)
+    assert seen == [(channels_last, True)] * 4  # the FLOP count, one warm-up, two timed
+
+
+def test_latency_is_the_median_and_its_spread_the_interquartile_range_in_ms(monkeypatch):
+    """With a stand-in clock (nothing is timed): each timed call takes the next of these milliseconds."""
+    durations = iter([1.5, 3.25, 2.0, 10.0, 4.0, 1.0, 3.0])
+    ticks = []
+
+    def clock():
+        if not ticks:  # a call starts at 100 s, ends its duration later
+            ticks.extend([100.0, 100.0 + next(durations) / 1e3])
+        return ticks.pop(0)
+
+    monkeypatch.setattr(costs.time, "perf_counter", clock)
+    c = costs.measure(_tiny(), 8, torch.device("cpu"), calls=5, warmup=1)
+    # sorted 1.5, 2, 3.25, 4, 10: median 3.25; quartiles (statistics.quantiles) 1.75 and 7.0
+    assert (c.latency_ms, c.latency_iqr_ms) == (3.25, 5.25)
+    two = costs.measure(_tiny(), 8, torch.device("cpu"), calls=2, warmup=0)  # 1 and 3 ms
+    assert (two.latency_ms, two.latency_iqr_ms) == (2.0, 3.0)
+
+
+def test_a_model_without_convolutions_is_measured():
+    c = costs.measure(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)), 8, torch.device("cpu"), calls=1, warmup=0)
+    assert c.params == 192 * 10 + 10 and c.mflops * 1e6 == pytest.approx(2 * 192 * 10, rel=1e-12)

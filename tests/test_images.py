@@ -15,7 +15,7 @@ import pytest
 
 from raydigits import cli
 from raydigits.data import load_dataset, prepare_folder
-from raydigits.data.decode import MAX_PIXELS, BadImage, decode
+from raydigits.data.decode import ALPHA_AS_INTENSITY, ALPHA_COMPOSITED, ALPHA_DROPPED, MAX_PIXELS, BadImage, decode
 from raydigits.errors import UserError
 
 
@@ -270,3 +270,55 @@ def test_export_images_decodes_as_prepare_does(tmp_path, small_mnist, digit, cap
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"error: {imgs / name}: {WHY[name]}"), err
         assert err[0].endswith("(use --skip-corrupt to skip it)") and not (tmp_path / "x.csv").exists()
+
+
+def test_damaged_jpeg_segments_are_refused_with_the_reason_and_an_empty_one_is_legal(digit):
+    """The JPEG marker walk: no marker where one must be, a segment length under 2, image data before
+    any frame header, a run of fill bytes to the end of the file, a file cut inside its frame header:
+    each a BadImage naming the damage, never another exception; an empty APP segment (length 2,
+    legal) is skipped."""
+    good = jpeg(digit)
+    sof = good.index(b"\xff\xc0")
+    for blob, words in [
+        (b"\xff\xd8" + bytes(10), "damaged JPEG (no marker at byte 2)"),
+        (b"\xff\xd8\xff\xe0\x00\x01" + bytes(10), "damaged JPEG (segment of length 1 at byte 4)"),
+        (b"\xff\xd8\xff\xda\x00\x08" + bytes(10), "truncated or damaged JPEG (no frame header)"),  # data first
+        (b"\xff\xd8" + b"\xff" * 6, "JPEG"),
+        (good[: sof + 6], "JPEG"),  # cut inside the frame header's size fields
+        (good[: sof + 9], "truncated JPEG (no image data after its header)"),  # cut just after them
+    ]:
+        with pytest.raises(BadImage) as err:
+            decode(blob)
+        assert words in str(err.value)
+    assert np.array_equal(decode(good[:2] + b"\xff\xe1\x00\x02" + good[2:]).image, decode(good).image)
+
+
+def test_a_jpeg_cut_in_its_data_is_refused_even_with_an_end_marker_in_its_header(digit):
+    """An EXIF thumbnail (in APP1) ends with its own end-of-image marker: only one after the image
+    data shows that the file is whole."""
+    good = jpeg(digit)
+    app1 = b"Exif\x00\x00" + jpeg(np.zeros((8, 8), np.uint8))  # a thumbnail, FF D9 at its end
+    blob = good[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + good[2:]
+    assert decode(blob).image.shape == (28, 28, 1)  # whole, with a thumbnail
+    with pytest.raises(BadImage, match="truncated JPEG"):
+        decode(blob[:-40])
+
+
+def test_the_transparency_rule_at_its_edges():
+    """Fully transparent: black. One visible pixel: one ink. A pixel at alpha 1 is visible (its colour
+    counts). Compositing rounds to nearest (254 at alpha 128 is 127.5 - 0.002: 127) and stays uint8.
+    What was done is noted (the summaries count it)."""
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    got = decode(png(rgba))
+    assert got.image.shape == (4, 4, 1) and not got.image.any() and got.notes == (ALPHA_AS_INTENSITY,)
+    rgba[1, 2] = (0, 0, 200, 90)
+    got = decode(png(rgba))
+    assert got.notes == (ALPHA_AS_INTENSITY,) and got.image[1, 2, 0] == 90 and got.image.sum() == 90
+    rgba[0, 0] = (0, 255, 0, 1)  # barely visible, another colour
+    assert decode(png(rgba)).notes == (ALPHA_COMPOSITED,)
+    rgba[3, 3] = (0, 0, 254, 128)
+    got = decode(png(rgba))
+    assert got.notes == (ALPHA_COMPOSITED,) and got.image.dtype == np.uint8
+    assert got.image[3, 3].tolist() == [127, 0, 0] and got.image[0, 0].tolist() == [0, 1, 0]
+    rgba[..., 3] = 255
+    assert decode(png(rgba)).notes == (ALPHA_DROPPED,)

@@ -38,6 +38,7 @@ def test_holm_adjusts_step_down_in_the_input_order():
     # sorted 0.01, 0.03, 0.04: 3 × 0.01 = 0.03; 2 × 0.03 = 0.06; 1 × 0.04 = 0.04 → kept non-decreasing: 0.06
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.6, 0.5]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([0.6, 0.7]) == [1.0, 1.0]  # 2 × 0.6 = 1.2: an adjusted p-value is never above 1
     assert holm([0.02]) == [0.02] and holm([]) == []
 
 
@@ -54,6 +55,7 @@ def test_paired_ties_count_the_images_only_one_model_gets_right_and_correct_for_
     t = paired_ties(("w", 3, winner), [("a", 2, 0.9, a), ("b", 1, 0.95, b)], Screen([], ["z"], 4))
     ca, cb = t.compared
     assert (ca.winner_only, ca.other_only, cb.winner_only, cb.other_only) == (12, 4, 2, 0)
+    assert (ca.trial_id, ca.epoch, ca.reported, cb.trial_id, cb.epoch, cb.reported) == ("a", 2, 0.9, "b", 1, 0.95)
     pa = 2 * sum(math.comb(16, k) for k in range(5)) / 2**16  # 0.0768
     assert ca.p == pytest.approx(pa) and cb.p == pytest.approx(0.5)
     assert ca.p_holm == pytest.approx(min(1, 2 * pa)) and cb.p_holm == pytest.approx(max(2 * pa, 0.5))
@@ -67,6 +69,10 @@ def test_paired_ties_count_the_images_only_one_model_gets_right_and_correct_for_
     assert both.compared[0].p_holm == pytest.approx(2 * 0.03857, abs=1e-4) and both.tied == ["x", "b"]
     j = both.to_json()
     assert j["alpha"] == ALPHA and j["correction"] == "holm" and j["tied"] == ["x", "b"]
+    assert j["test"] == "exact McNemar (two-sided)" and (j["screen_z"], j["candidate_cap"]) == (4.0, 5)
+    assert both.seconds == 0.0 and j["seconds"] == 0.0  # no cost unless the caller measured one
+    timed = paired_ties(("w", 3, winner), [("x", 1, 0.9, ten)], Screen([], [], 0), seconds=2.5)
+    assert timed.seconds == 2.5 and timed.to_json()["seconds"] == 2.5
     assert j["compared"][0]["p"] == pytest.approx(0.0386, abs=5e-5) and j["compared"][0]["winner_only"] == 10
     with pytest.raises(ValueError, match="99 predictions against the winner's 100"):
         paired_ties(("w", 3, winner), [("x", 1, 0.9, ten[:99])], Screen([], [], 0))
@@ -96,6 +102,28 @@ def test_a_winner_at_100_percent_is_compared_like_any_other():
     assert "(w epoch 2, 1.0000 on 500 validation images)" in line
     assert "after correction: same 1.0000 (0 vs 0 images, p=1), three 0.9940 (3 vs 0 images, p=0.5)" in line
     assert "distinguishable: eight 0.9840 (lower, p=0.023)" in line  # Holm: 3 × 2/256
+    assert "against the best checkpoint of 3 other trials, alpha 0.05 Holm-corrected over 3;" in line
+
+
+def test_a_corrected_p_value_at_alpha_is_told_apart():
+    """A tie is a corrected p-value above alpha; at alpha itself the test rejects (Holm: adjusted p ≤ α).
+    Three disagreements all one way: p = 2/8 = 0.25 exactly."""
+    winner = _right(100, set())
+    t = paired_ties(("w", 1, winner), [("c", 1, 0.97, _right(100, {0, 1, 2}))], Screen([], [], 0), alpha=0.25)
+    assert t.compared[0].p_holm == 0.25 and t.compared[0].tie is False and t.tied == []
+    assert paired_ties(("w", 1, winner), [("c", 1, 0.97, _right(100, {0, 1, 2}))], Screen([], [], 0), alpha=0.24).tied
+
+
+def test_the_sentence_lists_every_candidate_told_apart():
+    winner = _right(100, set(range(20)))
+    t = paired_ties(
+        ("w", 3, winner),
+        [("h", 1, 0.99, _right(100, {0})), ("g", 2, 0.98, _right(100, {0, 1}))],
+        Screen([], [], 0),
+    )
+    assert t.tied == [] and "distinguishable: h 0.9900 (higher, p=7.6e-06), g 0.9800 (higher, p=7.6e-06)" in ties_line(
+        t
+    )
 
 
 def test_the_sentence_says_what_the_test_cannot_say():
