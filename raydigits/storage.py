@@ -67,7 +67,8 @@ def _expanded(text: str, what: str) -> Path:
     try:
         return Path(text).expanduser()
     except RuntimeError:  # ~user that does not exist, or no home directory
-        raise UserError(f"{_shown(what, text)}: cannot expand '~' (no such user or home folder)") from None
+        head = text.split("/", 1)[0]
+        raise UserError(f"{_shown(what, text)}: cannot expand {head!r} (no such user's home folder)") from None
 
 
 def _file_uri_path(text: str, rest: str, what: str) -> str:

@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAYDIGITS_NO_PROGRESS=1
+mkdir -p mutants  # the log below is written before mutmut makes the folder
 nice -n 10 python -m mutmut run --max-children "${MUTMUT_CHILDREN:-1}" "$@" > mutants/run.log 2>&1 || true
 python - <<'PY'
 import collections, subprocess
