@@ -214,8 +214,8 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     `launch.py audit EXP` continues audit_1 from the audited trial's own checkpoint (what it had
     reported is kept, not redone), runs to max_t, and starts no audit_2 for the same trial. One
     trial at a time, so the search (and which trial ASHA stops) is the same on every CPU run."""
-    # smoke with one rung (epoch 1) under max_t 4, so the audited trial has three epochs left to run
-    space = _space(tmp_path, scheduler={"type": "asha", "max_t": 4, "grace_period": 1, "reduction_factor": 4})
+    # smoke with one rung (epoch 1) under max_t 6, so the audited trial has five epochs left to run
+    space = _space(tmp_path, scheduler={"type": "asha", "max_t": 6, "grace_period": 1, "reduction_factor": 6})
     args = ["--storage-path", str(tmp_path), "--name", "aud", "--num-samples", "4", "--max-concurrent", "1"]
     sets = ["--set", "train_items=500", "--set", "val_items=200"]
     search = subprocess.run(
@@ -231,20 +231,20 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     assert stopped, "ASHA stopped no trial at its first rung: nothing to audit"
     proc = launch(["audit", str(exp), "--no-final"])
     lines, deadline = [], time.time() + 300
-    for line in proc.stdout:  # the audited trial reported its first epoch of three ...
+    for line in proc.stdout:  # the audited trial reported its second epoch of five ...
         lines.append(line)
-        if "audit: trial" in "".join(lines) and re.search(r"\[smoke_\w+\] epoch 2 ", line) or time.time() > deadline:
+        if "audit: trial" in "".join(lines) and re.search(r"\[smoke_\w+\] epoch 3 ", line) or time.time() > deadline:
             break
     first = exp / "audit_1"
-    while time.time() < deadline and not list(first.glob("smoke_*/checkpoint_000000")):
-        time.sleep(0.2)  # ... and its checkpoint is on disk: Ctrl-C now
+    while time.time() < deadline and not list(first.glob("smoke_*/checkpoint_000001")):
+        time.sleep(0.2)  # ... and its checkpoint is on disk: Ctrl-C now, three epochs before its end
     os.killpg(proc.pid, signal.SIGINT)
     out = "".join(lines) + proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, out[-3000:]
     assert f"`python launch.py audit {exp}` continues it" in out and "Traceback" not in out
     (audit_dir,) = [d for d in first.glob("smoke_*") if d.is_dir()]
     kept = sorted(p.name for p in audit_dir.glob("checkpoint_*"))
-    assert kept and "checkpoint_000002" not in kept, f"nothing to continue from, or the audit had finished: {kept}"
+    assert "checkpoint_000000" in kept and "checkpoint_000004" not in kept, f"nothing to continue, or done: {kept}"
     before = results(audit_dir)
     again = subprocess.run(
         [sys.executable, "launch.py", "audit", str(exp), "--no-final"],
@@ -255,11 +255,14 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "continuing the interrupted audit_1" in again.stdout
+    # Tune restores the last checkpoint its driver had recorded: epoch 3's, or epoch 2's when the
+    # Ctrl-C came before the driver took in epoch 3's result; never the stopped trial's epoch 1
     trained = [int(n) for n in re.findall(r"\[smoke_\w+\] epoch (\d+) ", again.stdout)]
-    assert trained and trained[-1] == 4 and 2 not in trained, trained  # epoch 2 is not trained again
+    assert trained and trained[-1] == 6 and 2 not in trained, trained
     after = results(audit_dir)
     assert after[: len(before)] == before
-    assert [r["epoch"] for r in after] == [2, 3, 4]  # from the stopped trial's epoch 1 on, once each
+    epochs = [r["epoch"] for r in after]
+    assert epochs[0] == 2 and epochs.count(2) == 1 and epochs[-1] == 6 and set(epochs) == set(range(2, 7)), epochs
     assert not (exp / "audit_2").exists()
     resume = subprocess.run(
         [sys.executable, "launch.py", "--resume", str(exp / "audit_1")], cwd=REPO, capture_output=True, text=True

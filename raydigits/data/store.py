@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..atomic import atomic_path, write_text
+from ..atomic import atomic_path, pid_alive, write_text
 from ..errors import UserError
 from .sources import Split
 
@@ -176,16 +176,6 @@ def _swap_in(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _siblings(store: Path, tag: str) -> list[tuple[Path, int]]:
     """`<store><tag><pid>` folders beside the store, with their pids."""
     out = []
@@ -200,7 +190,7 @@ def _siblings(store: Path, tag: str) -> list[tuple[Path, int]]:
 def remove_stale_siblings(store: Path) -> None:
     """Delete half-written `<store>.tmp-<pid>` folders that a killed prepare left behind."""
     for path, pid in _siblings(Path(store), TMP_TAG):
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -212,7 +202,7 @@ def is_store(path: Path) -> bool:
 def _missing_store(data_dir: Path) -> UserError:
     if data_dir.exists() and not data_dir.is_dir():
         return UserError(f"data_dir {data_dir}: is a file, not a prepared dataset folder")
-    aside = [p for p, pid in _siblings(data_dir, OLD_TAG) if is_store(p) and not _pid_alive(pid)]
+    aside = [p for p, pid in _siblings(data_dir, OLD_TAG) if is_store(p) and not pid_alive(pid)]
     if aside:
         return UserError(
             f"{data_dir}: no prepared dataset; a prepare killed while swapping stores left "
