@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import INTERRUPTED_EXIT, Interrupted, OneLineParser, UserError, guarded
+from .errors import INTERRUPTED_EXIT, Interrupted, OneLineParser, UserError, run_command
 from .spec.model import EARLY_STOPPING
 from .storage import path_arg
 
@@ -213,12 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv = ["search", *argv]  # `launch.py --search-space ...`: the search is the default command
-    try:
-        args = build_parser().parse_args(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
-    return guarded(lambda: _command(args), args.debug)  # Ctrl-C at any moment of it: exit 130
+    return run_command(lambda: build_parser().parse_args(argv), _command)
 
 
 def _command(args) -> int:

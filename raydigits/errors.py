@@ -46,6 +46,17 @@ def interrupt_exits_while_importing() -> None:
         signal.signal(signal.SIGINT, interrupted)
 
 
+def run_command(parse: Callable[[], argparse.Namespace], run: Callable[[argparse.Namespace], int]) -> int:
+    """An entry point's main: parse its arguments (a Ctrl-C there: one line and 130 too), then run
+    the command inside the boundary (`guarded`, with the command's --debug)."""
+    try:
+        args = parse()
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    return guarded(lambda: run(args), args.debug)  # Ctrl-C at any moment of it: exit 130
+
+
 def guarded(run: Callable[[], int], debug: bool = False) -> int:
     """Run an entry point's work: a UserError, or an OSError on a file the user named (unreadable,
     a folder where a file was expected, disk full), becomes one `error:` line and exit 2; with

@@ -18,7 +18,7 @@ import yaml
 from .atomic import write_text
 from .config import check_environment, load_config
 from .data import ensure_prepared, load_dataset
-from .errors import INTERRUPTED_EXIT, OneLineParser, UserError, guarded
+from .errors import INTERRUPTED_EXIT, OneLineParser, UserError, run_command
 from .storage import path_arg
 
 COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_time_s", "images_per_s")
@@ -142,12 +142,7 @@ def _train(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
-    return guarded(lambda: _train(args), args.debug)  # Ctrl-C at any moment of it: exit 130
+    return run_command(lambda: _parser().parse_args(argv), _train)
 
 
 if __name__ == "__main__":

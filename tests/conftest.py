@@ -1,9 +1,10 @@
 """Shared fixtures: the real MNIST, prepared once into the repo's data/ (as a user would), and
-small real subsets of it for fast tests. Plain helpers and the harnesses are in support/"""
+small real subsets of it for fast tests; an S3 server and local/S3 storage roots. Plain helpers and the harnesses are in support/"""
 
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,34 @@ def small_mnist(mnist):
         {"train": mnist.ids["train"][:512], "val": mnist.ids["val"][:256]},
         mnist.class_names,
     )
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A real S3-compatible server (moto) for a module, its endpoint and credentials in os.environ."""
+    from support.s3 import s3_server
+
+    with s3_server() as (port, env, client):
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env, client
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A fresh storage root, once on local disk and once in the S3 server's bucket."""
+    from support.s3 import BUCKET
+
+    from raydigits.storage import Location
+
+    if request.param == "local":
+        return Location.parse(tmp_path / "store")
+    request.getfixturevalue("s3")
+    return Location.parse(f"s3://{BUCKET}/t{time.time_ns()}")

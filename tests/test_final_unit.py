@@ -21,36 +21,13 @@ from pathlib import Path
 
 import pytest
 from support.helpers import REPO
-from support.s3 import BUCKET, s3_server
+from support.s3 import BUCKET
 
 from raydigits.errors import UserError
 from raydigits.experiment import Trial
 from raydigits.experiment.completion import final_state, write_marker
 from raydigits.experiment.layout import FINAL_MARKER
 from raydigits.storage import Location, staged
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as (port, env, client):
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            yield env, client
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path):
-    if request.param == "local":
-        return Location.parse(tmp_path / "store")
-    request.getfixturevalue("s3")
-    return Location.parse(f"s3://{BUCKET}/t{time.time_ns()}")
 
 
 def _trial(run: str, trial_id: str, epochs: int) -> Trial:

@@ -13,33 +13,10 @@ from pathlib import Path
 
 import pytest
 from support.helpers import REPO
-from support.s3 import BUCKET, keys, s3_server
+from support.s3 import BUCKET, keys
 
 from raydigits.errors import UserError
 from raydigits.storage import Location, check_name, staged
-
-
-@pytest.fixture(scope="module")
-def s3():
-    with s3_server() as (port, env, client):
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
-            yield env, client
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-
-
-@pytest.fixture(params=["local", "s3"])
-def root(request, tmp_path):
-    if request.param == "local":
-        return Location.parse(tmp_path / "store")
-    request.getfixturevalue("s3")
-    return Location.parse(f"s3://{BUCKET}/t{time.time_ns()}")
 
 
 def test_files_round_trip_and_folders_list(root):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..config import check_environment, default_data_dir
-from ..errors import INTERRUPTED_EXIT, OneLineParser, UserError, guarded
+from ..errors import OneLineParser, UserError, run_command
 from ..storage import path_arg
 from .prepare import export_image_tree, prepare_folder, prepare_mnist
 
@@ -61,12 +60,7 @@ def cmd_prepare(args) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return INTERRUPTED_EXIT
-    return guarded(lambda: cmd_prepare(args), args.debug)  # Ctrl-C at any moment of it: exit 130
+    return run_command(lambda: _parser().parse_args(argv), cmd_prepare)
 
 
 if __name__ == "__main__":
