@@ -243,11 +243,12 @@ def shown_key(part: object) -> str:
 def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in exc.errors():
-        key = ".".join(shown_key(p) for p in err["loc"]) or "(config)"
+        key = ".".join(shown_key(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        parts.append(f"{prefix}{key}: {msg}")
+        # a check of the whole model (no location) names the keys it concerns in its message
+        parts.append(f"{prefix}{key}: {msg}" if key else f"{prefix}{msg}")
     return "; ".join(parts)
 
 

@@ -200,3 +200,11 @@ def test_latency_is_the_median_and_its_spread_the_interquartile_range_in_ms(monk
 def test_a_model_without_convolutions_is_measured():
     c = costs.measure(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)), 8, torch.device("cpu"), calls=1, warmup=0)
     assert c.params == 192 * 10 + 10 and c.mflops * 1e6 == pytest.approx(2 * 192 * 10, rel=1e-12)
+
+
+def test_what_a_result_carries_is_what_a_search_may_optimise():
+    """The spec's cost metrics (objectives, constraints) are exactly the keys every result carries."""
+    from raydigits.spec import COST_METRICS
+
+    c = costs.Costs(params=1, size_mb=0.1, mflops=2.0, latency_ms=0.5, latency_iqr_ms=0.1, threads=1, device="cpu")
+    assert tuple(c.metrics()) == COST_METRICS

@@ -24,6 +24,7 @@ LAYERS = [
             "raydigits.atomic",
             "raydigits.storage",
             "raydigits.ray_compat",
+            "raydigits.pareto",
         ],
     ),
     (

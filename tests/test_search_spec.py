@@ -194,6 +194,43 @@ ANCHORED = [  # the whole start of the line: the file, then the key path
         "space.yaml: parameters.momentum.when.optimizer: 'sgdd' can never hold",
     ),
     ("semantic check", lambda d: d["fixed"].update(train_items=5), "space.yaml: fixed.train_items: 5 is fewer"),
+    # objectives and constraints (issue 21)
+    (
+        "an unknown objective",
+        lambda d: d.update(objectives={"val_acc": "max", "latncy_ms": "min"}),
+        "space.yaml: objectives.latncy_ms: unknown metric; known: val_acc, val_loss, params, size_mb, mflops,",
+    ),
+    (
+        "objectives without a quality metric",
+        lambda d: d.update(objectives={"latency_ms": "min", "params": "min"}),
+        "space.yaml: objectives: exactly one of val_acc, val_loss (how good a trial is), got none",
+    ),
+    (
+        "two quality objectives",
+        lambda d: d.update(objectives={"val_acc": "max", "val_loss": "min"}),
+        "space.yaml: objectives: exactly one of val_acc, val_loss (how good a trial is), got val_acc, val_loss",
+    ),
+    (
+        "a cost maximised",
+        lambda d: d.update(objectives={"val_acc": "max", "latency_ms": "max"}),
+        "space.yaml: objectives.latency_ms: max would prefer the costlier model; give min",
+    ),
+    (
+        "metric contradicting the objectives",
+        lambda d: d.update(metric="val_loss", objectives={"val_acc": "max", "params": "min"}),
+        "space.yaml: metric: val_loss contradicts objectives (val_acc: max); leave metric out",
+    ),
+    (
+        "a constraint on a result",
+        lambda d: d.update(constraints={"val_acc": {"min": 0.9}}),
+        "space.yaml: constraints.val_acc: not a cost known before a trial's first epoch",
+    ),
+    ("an empty constraint", lambda d: d.update(constraints={"params": {}}), "space.yaml: constraints.params: give min"),
+    (
+        "several objectives under pbt",
+        lambda d: d.update(objectives={"val_acc": "max", "params": "min"}, scheduler={"type": "pbt", "max_t": 4}),
+        "space.yaml: objectives: scheduler type pbt follows one metric",
+    ),
 ]
 
 
@@ -202,6 +239,27 @@ def test_each_check_names_the_file_then_the_key(label, mutate, message, mnist_di
     with pytest.raises(UserError) as err:
         parse_spec(_bad(mutate), "space.yaml")
     assert str(err.value).startswith(message), str(err.value)
+
+
+def test_objectives_set_the_metric_and_round_trip():
+    """The quality objective is the search's metric; one objective is today's single-objective
+    search; a saved spec reads back the same objectives and constraints."""
+    spec = parse_spec(
+        _bad(
+            lambda d: d.update(
+                objectives={"val_loss": "min", "latency_ms": "min"}, constraints={"params": {"max": 2e6}}
+            )
+        )
+    )
+    assert (spec.metric, spec.mode, spec.multi_objective) == ("val_loss", "min", True)
+    assert spec.objective_list == [("val_loss", "min"), ("latency_ms", "min")]
+    assert spec.constraints["params"].holds(1.9e6) and not spec.constraints["params"].holds(2.1e6)
+    again = parse_spec(spec.to_dict(), saved=True)
+    assert again.objective_list == spec.objective_list and again.constraints == spec.constraints
+    one = parse_spec(_bad(lambda d: d.update(objectives={"val_acc": "max"})))
+    assert not one.multi_objective and one.objective_list == [("val_acc", "max")]
+    plain = parse_spec(_bad(lambda d: None))
+    assert plain.objective_list == [("val_acc", "max")] and not plain.multi_objective
 
 
 def test_what_the_checks_let_through():

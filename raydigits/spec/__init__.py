@@ -2,7 +2,8 @@
 below the Ray runtime (`search/`) and the experiment folder (`experiment/`); it imports neither
 Ray nor torch (tests/test_layers.py).
 
-- `model.py`   the pydantic models (`SearchSpec`, `Param`, `SchedulerSpec`, `Resources`)
+- `model.py`   the pydantic models (`SearchSpec`, `Param`, `SchedulerSpec`, `Resources`, `Bound`;
+               objectives and constraints)
 - `kinds.py`   one registry entry per distribution: its fields, its Tune domain, its Optuna
                suggestion and distribution, how the checks read it
 - `checks.py`  `check_spec` in named steps, the semantic checks, PBT's checks
@@ -24,11 +25,14 @@ from .kinds import DISTRIBUTIONS, Kind, kind, list_distributions
 from .load import SEARCH_SPACES_DIR, load_spec, parse_spec, resolve_path
 from .model import (
     AUDIT_KEY,
+    COST_METRICS,
     EARLY_STOPPING,
     INDEX_SUFFIX,
     POPULATION,
+    QUALITY_METRICS,
     SEED_HEX_DIGITS,
     AuditSpec,
+    Bound,
     Param,
     Resources,
     SchedulerSpec,
@@ -38,11 +42,14 @@ from .model import (
 __all__ = [
     "AUDIT_KEY",
     "AuditSpec",
+    "Bound",
+    "COST_METRICS",
     "DISTRIBUTIONS",
     "EARLY_STOPPING",
     "INDEX_SUFFIX",
     "MIN_RUNG_STEPS",
     "POPULATION",
+    "QUALITY_METRICS",
     "SEARCH_SPACES_DIR",
     "SEED_HEX_DIGITS",
     "Kind",

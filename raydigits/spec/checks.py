@@ -18,7 +18,7 @@ from ..config import MUTABLE_KNOBS, TrainConfig, data_dir_path, format_validatio
 from ..errors import UserError
 from .derived import mutated
 from .kinds import INT_TOLERANCE, q_grid
-from .model import EARLY_STOPPING, POPULATION, Param, SearchSpec
+from .model import COST_METRICS, EARLY_STOPPING, POPULATION, Param, SearchSpec
 
 
 # ------------------------------------------------------------------ check_spec, step by step
@@ -177,6 +177,7 @@ SUBSET_KEYS = {"train_items": "train", "val_items": "val", "bn_recalibrate": "tr
 def check_semantics(spec: SearchSpec, where: str) -> None:
     """Everything below but the conditions (`check_conditions`), which `check_spec` runs earlier."""
     _check_metric_mode(spec, where)
+    _check_objectives(spec, where)
     _check_scheduler(spec, where)
     for name, p in spec.parameters.items():
         _check_support(name, p, spec.target(name), where)
@@ -191,6 +192,18 @@ def _check_metric_mode(spec: SearchSpec, where: str) -> None:
         raise UserError(
             f"{where}: mode: {spec.mode} with metric {spec.metric} would pick the worst trial; "
             f"give mode: {best} (or leave mode out)"
+        )
+
+
+def _check_objectives(spec: SearchSpec, where: str) -> None:
+    """Costs are minimised; a population scheduler copies one metric's winners (no front)."""
+    for key, mode in (spec.objectives or {}).items():
+        if key in COST_METRICS and mode != "min":
+            raise UserError(f"{where}: objectives.{key}: {mode} would prefer the costlier model; give min")
+    if spec.multi_objective and spec.scheduler.type in POPULATION:
+        raise UserError(
+            f"{where}: objectives: scheduler type {spec.scheduler.type} follows one metric; with several "
+            "objectives use family_asha, asha or fifo"
         )
 
 

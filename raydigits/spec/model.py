@@ -24,6 +24,11 @@ SCHEDULERS = ("family_asha", "asha", "fifo", "pbt", "pb2")
 # schedulers that stop trials at rungs (grace_period * reduction_factor**k): family_asha, the default,
 # compares a trial only with trials of its own family (search/family_asha.py); asha is Ray's own
 EARLY_STOPPING = ("family_asha", "asha")
+# what a search can optimise: how good a trial is (measured every epoch, on validation) ...
+QUALITY_METRICS = {"val_acc": "max", "val_loss": "min"}  # the metric and its better direction
+# ... and what its model costs to deploy, known before its first epoch (raydigits/costs.py measures them,
+# every result carries them): parameters, MiB on disk, MFLOPs per image, batch-1 latency on its device
+COST_METRICS = ("params", "size_mb", "mflops", "latency_ms")
 
 
 class _Strict(BaseModel):
@@ -145,6 +150,30 @@ class AuditSpec(_Strict):
     top_k: int = Field(2, ge=0)
 
 
+class Bound(_Strict):
+    """A constraint on a cost: `{max: 2.0}`, `{min: ..., max: ...}`; a trial outside it is infeasible."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _given(self) -> "Bound":
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) > max ({self.max:g})")
+        return self
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def describe(self, metric: str) -> str:
+        """`latency_ms <= 2`, `1e+06 <= params <= 2e+06`."""
+        low = f"{self.min:g} <= " if self.min is not None else ""
+        high = f" <= {self.max:g}" if self.max is not None else ""
+        return f"{low}{metric}{high}"
+
+
 class Resources(_Strict):
     cpu: float = Field(1.0, gt=0.0)
     # per trial: a fraction of a GPU (0.25 = four trials share one), or auto: a probe measures one
@@ -179,6 +208,13 @@ class SearchSpec(_Strict):
     # closer than the validation's own noise cannot be told apart and the schedule's end is the model
     # the config meant; 'best' = the best epoch itself (always so for val_loss)
     select_epoch: Literal["within_se", "best"] = "within_se"
+    # multi-objective search: {metric: max | min, ...} in order, exactly one of them a quality metric
+    # (val_acc / val_loss, which then is `metric`), the others costs (COST_METRICS), e.g.
+    # {val_acc: max, latency_ms: min}. None, or a single entry, is the single-objective search on `metric`
+    objectives: dict[str, Literal["max", "min"]] | None = None
+    # bounds on costs, {latency_ms: {max: 2.0}, params: {max: 2e6}}: a trial outside them is infeasible
+    # (stopped at its first result) and never chosen
+    constraints: dict[str, Bound] = Field(default_factory=dict)
     fixed: dict[str, Any] = Field(default_factory=dict)
     parameters: dict[str, Param] = Field(default_factory=dict)
 
@@ -186,9 +222,48 @@ class SearchSpec(_Strict):
 
     @model_validator(mode="after")
     def _defaults(self) -> "SearchSpec":
+        if self.objectives is not None:
+            self._objectives_set_metric()
         if self.mode is None:
             self.mode = "max" if self.metric == "val_acc" else "min"
+        for key in self.constraints:
+            if key not in COST_METRICS:
+                raise ValueError(
+                    f"constraints.{key}: not a cost known before a trial's first epoch; "
+                    f"constraints bound {', '.join(COST_METRICS)}"
+                )
         return self
+
+    def _objectives_set_metric(self) -> None:
+        """The quality objective becomes `metric` / `mode` (checkpoints, the choice of a trial)."""
+        objectives = self.objectives or {}
+        known = (*QUALITY_METRICS, *COST_METRICS)
+        for key in objectives:
+            if key not in known:
+                raise ValueError(f"objectives.{key}: unknown metric; known: {', '.join(known)}")
+        quality = [k for k in objectives if k in QUALITY_METRICS]
+        if len(quality) != 1:
+            raise ValueError(
+                f"objectives: exactly one of {', '.join(QUALITY_METRICS)} (how good a trial is), got "
+                f"{', '.join(quality) or 'none'}"
+            )
+        q = quality[0]
+        for field, value in (("metric", q), ("mode", objectives[q])):
+            given = getattr(self, field)
+            if field in self.model_fields_set and given is not None and given != value:
+                raise ValueError(f"{field}: {given} contradicts objectives ({q}: {objectives[q]}); leave {field} out")
+        self.metric, self.mode = q, objectives[q]  # type: ignore[assignment]
+
+    @property
+    def objective_list(self) -> list[tuple[str, str]]:
+        """(metric, mode) of every objective in order; [(metric, mode)] for a single-objective search."""
+        if self.objectives:
+            return list(self.objectives.items())
+        return [(self.metric, self.mode or "max")]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objective_list) > 1
 
     def to_dict(self) -> dict[str, Any]:
         """Round-trips through `parse_spec` (parameters and the scheduler keep only the keys that were
@@ -197,6 +272,7 @@ class SearchSpec(_Strict):
         # the type always: an experiment keeps the scheduler it ran with when the default changes
         d["scheduler"] = {**self.scheduler.model_dump(mode="json", exclude_unset=True), "type": self.scheduler.type}
         d["parameters"] = {k: p.model_dump(mode="json", exclude_unset=True) for k, p in self.parameters.items()}
+        d["constraints"] = {k: b.model_dump(mode="json", exclude_none=True) for k, b in self.constraints.items()}
         return d
 
     def target(self, name: str) -> str:
