@@ -254,6 +254,8 @@ def test_objectives_set_the_metric_and_round_trip():
     assert (spec.metric, spec.mode, spec.multi_objective) == ("val_loss", "min", True)
     assert spec.objective_list == [("val_loss", "min"), ("latency_ms", "min")]
     assert spec.constraints["params"].holds(1.9e6) and not spec.constraints["params"].holds(2.1e6)
+    assert spec.broken_constraints({"params": 2.1e6}) == ["params <= 2e+06"]
+    assert spec.broken_constraints({"params": 2e6, "latency_ms": 9.0}) == []  # the bound itself holds
     again = parse_spec(spec.to_dict(), saved=True)
     assert again.objective_list == spec.objective_list and again.constraints == spec.constraints
     one = parse_spec(_bad(lambda d: d.update(objectives={"val_acc": "max"})))

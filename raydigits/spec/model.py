@@ -261,6 +261,11 @@ class SearchSpec(_Strict):
             return list(self.objectives.items())
         return [(self.metric, self.mode or "max")]
 
+    def broken_constraints(self, result: dict[str, Any]) -> list[str]:
+        """The constraints a result's costs break, described (`latency_ms <= 2`); [] when feasible.
+        A result without a constrained cost (an older run) breaks nothing."""
+        return [b.describe(k) for k, b in self.constraints.items() if k in result and not b.holds(float(result[k]))]
+
     @property
     def multi_objective(self) -> bool:
         return len(self.objective_list) > 1
