@@ -12,6 +12,7 @@ without Ray."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import socket
@@ -110,6 +111,33 @@ def measure(
         threads=torch.get_num_threads(),
         device=device.type,
     )
+
+
+STATIC = ("params", "size_mb", "mflops")  # the costs known by construction, without timing anything
+
+
+@functools.lru_cache(maxsize=256)
+def static_costs(model_name: str, num_classes: int, img_size: int) -> dict[str, float]:
+    """params, size_mb and mflops of a freshly built `model_name` (random weights, its head for
+    `num_classes`) at `img_size` px, as `measure` counts them, on the CPU and without timing: what a
+    search can check its constraints against before Ray starts (search/feasible.py). Latency is not
+    here: it is only known on the trial's device, under its load."""
+    from .config import TrainConfig
+    from .models import build_model
+
+    model = build_model(TrainConfig(model=model_name, img_size=img_size), num_classes)
+    model.eval()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(torch.zeros(1, 3, img_size, img_size))
+    return {
+        "params": float(sum(p.numel() for p in model.parameters())),
+        "size_mb": buf.getbuffer().nbytes / 2**20,
+        "mflops": counter.get_total_flops() / 1e6,
+    }
 
 
 def cached(key: str, measure_now, path: Path = CACHE) -> tuple[Costs, bool]:

@@ -30,7 +30,7 @@ def _choice(c: Checkpoint) -> Choice:
 
 def choose_best(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
     """The trial with the best reported epoch on validation over every usable trial (errored,
-    diverged and out-of-memory trials are never chosen), and of it, by `spec.select_epoch`, that
+    diverged, out-of-memory and infeasible trials are never chosen), and of it, by `spec.select_epoch`, that
     epoch or the latest kept one within one standard error of it. Its own checkpoint (kept by
     CheckpointConfig's best-by-metric rule, which always keeps the latest too)."""
     candidates = [c for t in trials if t.usable for c in t.checkpoints(spec.metric)]
@@ -38,7 +38,9 @@ def choose_best(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
     candidates.sort(key=lambda c: (sign * c.value, -c.epoch), reverse=True)  # ties: the earlier epoch
     best = next((c for c in candidates if c.location.exists()), None)
     if best is None:
-        raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
+        raise UserError(
+            "no usable trial: every trial errored, diverged, ran out of memory, broke a constraint, or left no checkpoint"
+        )
     if spec.select_epoch == "within_se" and spec.metric == "val_acc" and best.val_n:
         se = math.sqrt(best.value * (1 - best.value) / best.val_n)
         later = sorted(
