@@ -5,6 +5,7 @@ parsers), one error boundary, and one path that runs a search, used by a new sea
     python launch.py [search] --search-space NAME_OR_PATH [--address auto|HOST:PORT] [overrides...]
     python launch.py [search] --resume EXPERIMENT_DIR_OR_URI
     python launch.py export EXPERIMENT_DIR_OR_URI [--images DIR] [--out FILE] [--force]
+    python launch.py export EXPERIMENT_DIR_OR_URI --pick "latency_ms<=2" | --trial ID [--images DIR ...]
     python launch.py report EXPERIMENT_DIR_OR_URI
     python launch.py extend EXPERIMENT_DIR_OR_URI --num-samples N [--max-t M]
     python launch.py reproduce EXPERIMENT_DIR_OR_URI [--trial ID] [--out DIR] [--set KEY=VALUE]
@@ -125,6 +126,14 @@ def _export_command(subs, p: dict[str, argparse.ArgumentParser]) -> None:
     )
     e.add_argument("--force", action="store_true", help="replace an existing --out file")
     e.add_argument("--skip-corrupt", action="store_true", help="skip unreadable images (reported)")
+    e.add_argument(
+        "--pick",
+        metavar="BOUNDS",
+        help="multi-objective search: the most accurate Pareto front member (on validation) within bounds "
+        "such as 'latency_ms<=2,val_acc>=0.98' (metrics: val_acc, params, size_mb, mflops, latency_ms); "
+        "with --images it predicts them, else it is named with its model files",
+    )
+    e.add_argument("--trial", metavar="ID", help="multi-objective search: this front member instead of --pick")
     e.set_defaults(func=cmd_export)
 
 
@@ -478,12 +487,16 @@ def cmd_export(args) -> int:
     from .search.runner import start_ray
     from .storage import Location
 
+    if args.pick is not None:
+        from .experiment.front import parse_pick
+
+        parse_pick(args.pick)  # bad syntax: one line before anything is read
     exp = Experiment.open(Location.parse(args.experiment, "experiment"))
-    if args.images is not None:
-        export_images(exp, args.images, args.out, args.skip_corrupt, args.force)
-        return 0
-    if args.out is not None or args.force:
+    if args.images is None and (args.out is not None or args.force):
         raise UserError("--out/--force: only with --images (the final stage writes into the experiment's final/)")
+    if args.images is not None or args.pick is not None or args.trial is not None:
+        export_images(exp, args.images, args.out, args.skip_corrupt, args.force, args.pick, args.trial)
+        return 0
     start_ray(args.address)
     run_final(exp)
     return 0

@@ -92,6 +92,10 @@ class TrainConfig(BaseModel):
     model: str = "mobilenet_v3_small"  # any torchvision classification model by exact name
     pretrained: str | None = None  # None, 'imagenet' (local torch hub cache only) or a state-dict path
     dropout: float = Field(0.2, ge=0.0, lt=1.0)  # head dropout (where the model has one)
+    # channel width multiplier of the models built to be scaled (models.WIDTH_MULT_MODELS: mobilenet_v2,
+    # mobilenet_v3_small / large): 0.5 halves every layer's channels (about 1/3 the parameters and FLOPs),
+    # what trades accuracy for latency in a search over architectures. 1.0 = the model as published
+    width_mult: float = Field(1.0, gt=0.0, le=4.0)
     bn_momentum: float | None = Field(
         0.1, gt=0.0, le=1.0
     )  # torchvision's 0.01 makes early val meaningless; None keeps the model's
@@ -202,6 +206,14 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.width_mult != 1.0:
+            from .models import WIDTH_MULT_MODELS
+
+            if self.model not in WIDTH_MULT_MODELS:
+                raise ValueError(
+                    f"width_mult: {self.width_mult:g} given, but model {self.model} takes no width multiplier "
+                    f"(only {', '.join(WIDTH_MULT_MODELS)} do); leave width_mult at 1.0 for it"
+                )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})")
         if self.freeze_epochs >= self.epochs and self.freeze_epochs:

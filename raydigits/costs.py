@@ -57,7 +57,8 @@ class Costs:
 def of_trainer(trainer) -> Costs:
     """A `Trainer`'s model costs, from the cache or measured now on its device with its threads."""
     cfg = trainer.cfg
-    key = cache_key(cfg.model, len(trainer.class_names), cfg.img_size, cfg.channels_last, trainer.device)
+    model = cfg.model if cfg.width_mult == 1.0 else f"{cfg.model} x{cfg.width_mult:g}"  # each width its own entry
+    key = cache_key(model, len(trainer.class_names), cfg.img_size, cfg.channels_last, trainer.device)
     return cached(key, lambda: measure(trainer.model, cfg.img_size, trainer.device, trainer.autocast))[0]
 
 

@@ -2,7 +2,10 @@
 (trial, epoch) on validation), evaluate that checkpoint on the test split as a Ray task
 (inference.py), and write final/: pre.csv, metrics.json, trials.csv (evaluation.py), plots
 (report.py), report.html (report_html.py), best_model.pt and the `torch.export` program
-best_model.pt2. Also `export --images`: predict a folder of images with best_model.pt."""
+best_model.pt2; for a multi-objective search also the Pareto front on validation: pareto.csv and
+each member's models under pareto/<trial id>/, its test accuracy reported (never used to choose).
+Also `export --images`: predict a folder of images with best_model.pt, or with a front member's
+(`--pick BOUNDS`, `--trial ID`)."""
 
 from __future__ import annotations
 
@@ -17,17 +20,20 @@ from .data import load_dataset
 from .data.store import read_manifest
 from .errors import UserError
 from .evaluation import predictions_frame, split_metrics, write_csv
-from .experiment import Experiment, ties_line
+from .experiment import Experiment, Front, ties_line
 from .experiment.audit import early_stopping_cost
 from .experiment.completion import write_marker
 from .experiment.layout import FINAL_MARKER
 from .inference import predict_state, save_models
 from .search import eta
 from .spec import SearchSpec, trial_values
+from .spec.model import COST_METRICS
 from .storage import Location, staged
 from .ties import evaluate_ties
 
 TASK_CPUS = 1  # the evaluation task's CPUs (and one GPU when the cluster has one)
+PARETO_DIR = "pareto"  # final/pareto/<trial id>/: each front member's best_model.pt, .pt2, classes.json
+PARETO_FILE = "pareto.csv"
 
 
 def predict_on_cluster(state: dict, images: np.ndarray) -> np.ndarray:
@@ -74,8 +80,14 @@ def _final(exp: Experiment, out: Path) -> dict:
     ties = evaluate_ties(exp, choice, state, data, predict_on_cluster)  # paired, on the winner's validation
     metrics.update(_search_metrics(exp, choice, state["config"], regret, ties))
     metrics["evaluated_split"] = split
+    table = _with_audit(exp.frame(), regret)
+    if spec.multi_objective:  # a single-objective search's files stay as they were
+        front = exp.front()
+        reuse = {(choice.trial_id, choice.epoch): probs}  # the winner's predictions, when it is a member
+        metrics["pareto"] = write_front(out, front, spec, data, split, manifest["image_shape"], reuse)
+        table = _with_front(table, front)
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
-    write_csv(out / "trials.csv", _with_audit(exp.frame(), regret))
+    write_csv(out / "trials.csv", table)
     save_models(out, state, manifest["image_shape"])
     write_plots(
         out, trials, choice, spec, data.images[split], data.labels[split], probs, names, metrics["confusion_matrix"]
@@ -89,6 +101,67 @@ def _final(exp: Experiment, out: Path) -> dict:
             flush=True,
         )
     return metrics
+
+
+def write_front(out: Path, front: Front, spec: SearchSpec, data, split: str, image_shape, reuse: dict) -> dict:
+    """pareto.csv and pareto/<trial id>/ (save_models, as the winner's) for every front member, each
+    evaluated on `split` (reported only: the front was chosen on validation). Returns metrics.json's
+    "pareto": the objectives, the members' rows, and the trials off the front with why."""
+    import pandas as pd
+
+    from .trainer import load_checkpoint
+
+    rows = []
+    for p in front.members:
+        assert p.choice is not None
+        state = load_checkpoint(p.choice.checkpoint)
+        probs = reuse.get((p.trial_id, p.epoch))
+        if probs is None:
+            probs = predict_on_cluster(state, data.images[split])
+        folder = out / PARETO_DIR / p.trial_id
+        folder.mkdir(parents=True)
+        save_models(folder, state, image_shape)
+        rows.append(
+            {
+                "trial_id": p.trial_id,
+                "epoch": p.epoch,
+                **p.values,
+                "val_acc": p.val_acc,
+                f"{split}_accuracy": float((probs.argmax(1) == data.labels[split]).mean()),
+                **{k: v for k, v in p.costs.items() if k not in p.values},
+                "model_pt": f"{PARETO_DIR}/{p.trial_id}/best_model.pt",
+                "model_pt2": f"{PARETO_DIR}/{p.trial_id}/best_model.pt2",
+                **{f"param.{k}": v for k, v in p.config.items()},
+            }
+        )
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["trial_id", "epoch", *dict(spec.objective_list)]
+    write_csv(out / PARETO_FILE, pd.DataFrame(rows, columns=columns))
+    return {
+        "objectives": dict(spec.objective_list),
+        "constraints": [b.describe(k) for k, b in spec.constraints.items()],
+        "evaluated_split": split,
+        "members": rows,
+        "off_front": {
+            p.trial_id: f"{p.status}{': ' + p.why if p.why else ''}" for p in front.points if p.status != "front"
+        },
+    }
+
+
+def _with_front(table, front: Front):
+    """trials.csv of a multi-objective search: each trial's place against the objectives (front,
+    dominated, infeasible, unusable), its chosen epoch, the objectives there and its costs."""
+    points = {p.trial_id: p for p in front.points}
+    ids = list(table["trial_id"])
+    table["pareto"] = [points[t].status if t in points else "" for t in ids]
+    table["pareto_why"] = [points[t].why if t in points else "" for t in ids]
+    table["pareto_epoch"] = [points[t].epoch if t in points else None for t in ids]
+    for metric, _ in front.objectives:
+        table[f"pareto_{metric}"] = [
+            points[t].values.get(metric, float("nan")) if t in points else float("nan") for t in ids
+        ]
+    for cost in COST_METRICS:
+        table[cost] = [points[t].costs.get(cost, float("nan")) if t in points else float("nan") for t in ids]
+    return table
 
 
 def _search_metrics(exp: Experiment, choice, config: dict, regret, ties) -> dict:
@@ -157,22 +230,76 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     )
     if m.get("eta"):
         print(eta.summary_line(m["eta"]))
+    if m.get("pareto"):
+        print_front(m["pareto"], out)
     print(f"files: {out}/ (report.html, pre.csv, metrics.json, trials.csv, best_model.pt, best_model.pt2, *.png)")
 
 
+def print_front(pareto: dict, out: Location | Path) -> None:
+    """The front, one line per member: its objectives on validation, the test accuracy beside them."""
+    split = pareto["evaluated_split"]
+    objectives = ", ".join(f"{k} {v}" for k, v in pareto["objectives"].items())
+    print(
+        f"Pareto front on validation ({objectives}): {len(pareto['members'])} of "
+        f"{len(pareto['members']) + len(pareto['off_front'])} trials; {out}/{PARETO_FILE}"
+    )
+    for r in pareto["members"]:
+        values = ", ".join(f"{k} {r[k]:.4g}" for k in pareto["objectives"])
+        print(f"  {r['trial_id']} (epoch {r['epoch']}): {values}; {split} accuracy {r[f'{split}_accuracy']:.4f}")
+
+
+def chosen_member(exp: Experiment, pick: str | None, trial: str | None):
+    """The front member `--pick BOUNDS` (the most accurate within them, on validation) or `--trial ID`
+    names, and its best_model.pt under final/; a UserError before anything is written otherwise."""
+    from .experiment.front import parse_pick
+
+    if pick is not None and trial is not None:
+        raise UserError("--pick and --trial: give one of them")
+    if pick is not None:
+        parse_pick(pick)  # bad syntax: said before the experiment's trials are read
+    if not exp.spec.multi_objective:
+        raise UserError(
+            f"--{'pick' if pick is not None else 'trial'}: {exp.location} is a single-objective search (no "
+            "objectives: in its space), so it has one best model and no front; leave the option out"
+        )
+    front = exp.front()
+    member = front.pick(pick) if pick is not None else front.member(str(trial))
+    return member, f"{PARETO_DIR}/{member.trial_id}/best_model.pt"
+
+
+def describe_member(member, model: str) -> str:
+    values = ", ".join(f"{k} {v:.4g}" for k, v in member.values.items())
+    return f"front member {member.trial_id} (epoch {member.epoch}): {values}; its model: {model} (and .pt2)"
+
+
 def export_images(
-    exp: Experiment, images_dir: Path, out_file: Path | None, skip_corrupt: bool, force: bool = False
-) -> Path:
-    """pre.csv for every image under `images_dir`, from final/best_model.pt (on this machine's CPU).
-    Never writes over one of its input images; over an existing file only with `force`."""
+    exp: Experiment,
+    images_dir: Path | None,
+    out_file: Path | None,
+    skip_corrupt: bool,
+    force: bool = False,
+    pick: str | None = None,
+    trial: str | None = None,
+) -> Path | None:
+    """pre.csv for every image under `images_dir`, from final/best_model.pt or, with `pick` / `trial`, a
+    front member's final/pareto/<trial id>/best_model.pt (on this machine's CPU); without images, the
+    member chosen is only said. Never writes over one of its input images; over an existing file only
+    with `force`."""
     from .data.sources import list_images, read_images
     from .trainer import load_checkpoint
 
-    images_dir = Path(images_dir)
-    model_file = exp.final / "best_model.pt"
+    name, member = "best_model.pt", None
+    if pick is not None or trial is not None:
+        member, name = chosen_member(exp, pick, trial)
+    command = "export --pick" if pick is not None else "export --trial" if trial is not None else "export --images"
     final = exp.final_state()  # a final/ older than the trials holds a model that may not be the best
-    final.require("export --images", exp.location)
-    final.read("best_model.pt")  # checked against its marker before it is loaded
+    final.require(command, exp.location)
+    final.read(name)  # checked against its marker before it is loaded
+    if member is not None:
+        print(describe_member(member, str(exp.final / name)), flush=True)
+    if images_dir is None:
+        return None
+    images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UserError(f"--images {images_dir}: no such folder")
     files = list_images(images_dir)
@@ -180,7 +307,7 @@ def export_images(
         raise UserError(f"--images {images_dir}: no png/jpg/jpeg images")
     out_file = Path(out_file) if out_file else images_dir / "pre.csv"
     check_output_file(out_file, "--out", inputs=files, force=force)
-    state = load_checkpoint(model_file)
+    state = load_checkpoint(exp.final / name)
     h, w, c = state["input_shape"]
     got = read_images(files, images_dir, h, c, skip_corrupt)  # data/decode.py's rules, as prepare
     if not got.images:

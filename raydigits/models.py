@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from .config import TrainConfig
 
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
+# the torchvision builders that take `width_mult` (torchvision 0.29: MobileNetV2's constructor, and
+# MobileNetV3's config builder through mobilenet_v3_small / _large); every other one refuses it with a
+# TypeError (tests/test_architectures.py checks both against torchvision)
+WIDTH_MULT_MODELS = ("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small")
 
 
 @functools.lru_cache(maxsize=1)
@@ -57,10 +61,16 @@ def set_bn_momentum(model: nn.Module, momentum: float) -> None:
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> nn.Module:
+    # the width multiplier only when it scales (TrainConfig refuses another on a model without one)
+    width = {"width_mult": cfg.width_mult} if cfg.width_mult != 1.0 else {}
+    if width and cfg.model not in WIDTH_MULT_MODELS:
+        raise UserError(
+            f"width_mult: model {cfg.model} takes no width multiplier (only {', '.join(WIDTH_MULT_MODELS)} do)"
+        )
     try:  # models whose constructor takes `dropout` (MobileNet, EfficientNet, ...) get cfg.dropout
-        model = torchvision.models.get_model(cfg.model, weights=None, dropout=cfg.dropout)
+        model = torchvision.models.get_model(cfg.model, weights=None, dropout=cfg.dropout, **width)
     except TypeError:
-        model = torchvision.models.get_model(cfg.model, weights=None)
+        model = torchvision.models.get_model(cfg.model, weights=None, **width)
     if cfg.pretrained:
         state = _imagenet_state(cfg.model) if cfg.pretrained == "imagenet" else read_state_dict(cfg.pretrained)
         load_matching(model, state, source=cfg.pretrained)

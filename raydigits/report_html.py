@@ -89,6 +89,7 @@ def render(exp: Experiment, metrics: dict, mistakes_png: bytes) -> str:
     body = [
         f"<h1>raydigits: {_e(spec.name)}</h1><p class=note>{_e(str(exp.location))}</p>",
         _best_section(metrics, spec),
+        *([_front_section(exp, metrics)] if spec.multi_objective else []),
         _section(
             "trials",
             "Every trial",
@@ -175,6 +176,83 @@ def _best_section(m: dict, spec: SearchSpec) -> str:
         "Best trial",
         _table(rows) + params + f"<details><summary>its full training config</summary>{config}</details>",
     )
+
+
+FRONT_COLOUR, OFF_COLOUR = "crimson", "#b0b0b0"  # the front; dominated and infeasible trials, greyed
+OFF_SYMBOL = {"dominated": "circle-open", "infeasible": "x-thin-open"}
+
+
+def _front_section(exp: Experiment, m: dict) -> str:
+    """A multi-objective search's Pareto front on validation: the quality metric against each cost
+    objective (hover: the trial's config), and the table of members with their test accuracy."""
+    spec, front = exp.spec, exp.front()
+    pareto = m.get("pareto") or {}
+    quality = spec.metric
+    costs = [k for k, _ in spec.objective_list if k != quality]
+    figures = "".join(_front_plot(front, spec, quality, cost) for cost in costs)
+    split = pareto.get("evaluated_split", m.get("evaluated_split", "test"))
+    columns = ["trial", "epoch", *dict(spec.objective_list), "val_acc", f"{split} accuracy", "model"]
+    rows = [
+        (
+            _e(r["trial_id"]),
+            _e(r["epoch"]),
+            *(_fmt(r[k]) for k in dict(spec.objective_list)),
+            _fmt(r["val_acc"]),
+            _fmt(r[f"{split}_accuracy"]),
+            f"<code>{_e(r['model_pt'])}</code>",
+        )
+        for r in pareto.get("members", [])
+    ]
+    off = pareto.get("off_front", {})
+    rest = _table([(_e(t), _e(why)) for t, why in sorted(off.items())], ["trial", "why not on the front"])
+    objectives = ", ".join(f"{k} ({v})" for k, v in spec.objective_list)
+    constraints = ", ".join(b.describe(k) for k, b in spec.constraints.items())
+    note = (
+        f"The trials no other usable, feasible trial beats in every objective ({_e(objectives)}), on validation, "
+        f"each at the epoch the final stage would ship of it (select_epoch: {_e(spec.select_epoch)}); "
+        + (f"constraints: {_e(constraints)}; " if constraints else "")
+        + f"dominated and infeasible trials greyed. The {_e(split)} accuracy is reported, never used to choose. "
+        'Hover a point for its config. `python launch.py export EXP --pick "latency_ms<=2"` takes the most '
+        "accurate member within a bound."
+    )
+    body = figures + _table(rows, columns) + f"<details><summary>trials off the front</summary>{rest}</details>"
+    return _section("front", "Pareto front", body, note)
+
+
+def _front_plot(front, spec: SearchSpec, quality: str, cost: str) -> str:
+    import plotly.graph_objects as go
+
+    names = searched(spec)
+    fig = go.Figure()
+    for status in ("infeasible", "dominated", "front"):
+        points = [p for p in front.points if p.status == status and p.choice is not None and cost in p.costs]
+        if not points:
+            continue
+        if status == "front":
+            points = sorted(points, key=lambda p: p.costs[cost])
+        hover = [
+            f"{p.trial_id} (epoch {p.epoch}, {status}{': ' + p.why if p.why else ''})<br>"
+            + "<br>".join(f"{n}={p.config[n]}" for n in names if p.config.get(n) is not None)
+            for p in points
+        ]
+        fig.add_trace(
+            go.Scatter(
+                x=[p.costs[cost] for p in points],
+                y=[p.choice.value for p in points],  # type: ignore[union-attr]
+                mode="lines+markers" if status == "front" else "markers",
+                line=dict(shape="hv", color=FRONT_COLOUR) if status == "front" else None,
+                marker=dict(
+                    size=10 if status == "front" else 8,
+                    color=FRONT_COLOUR if status == "front" else OFF_COLOUR,
+                    symbol=OFF_SYMBOL.get(status, "circle"),
+                ),
+                name=status,
+                hovertext=hover,
+                hoverinfo="text+x+y",
+            )
+        )
+    fig.update_layout(height=460, xaxis_title=cost, yaxis_title=f"{quality} (validation)", hovermode="closest")
+    return _fig_html(fig, f"front_{cost}")
 
 
 def _axis(spec: SearchSpec, name: str, values: list) -> dict:

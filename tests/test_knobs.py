@@ -30,6 +30,7 @@ CASES = {
     "model": ({}, "mobilenet_v3_large", ["model"]),
     "pretrained": ({}, "<weights file>", ["weights0"]),
     "dropout": ({}, 0.5, ["model"]),
+    "width_mult": ({}, 0.5, ["model", "weights0"]),
     "bn_momentum": ({}, 0.5, ["model"]),
     "bn_recalibrate": ({}, 64, ["bn_sample", "history"]),
     "channels_last": ({}, False, ["memory_format"]),

@@ -8,6 +8,7 @@ reading a finished experiment (report, export, reproduce, extend's bookkeeping) 
 - `records.py`   outcome, run and ETA records (frozen); the outcomes and "unfinished"; the legacy derivation
 - `trials.py`    `Trial` (its best score, scores, checkpoints) and `read_results`, Tune's result.json read once
 - `selection.py` the best (trial, epoch) on validation (`choose_best`)
+- `front.py`     a multi-objective search's Pareto front on validation (`Front`), and export's `--pick`
 - `paired.py`    its paired ties: the candidates, exact McNemar tests, Holm's correction
 - `completion.py` final/'s completion marker: written last, checked by every reader of final/"""
 
@@ -22,6 +23,7 @@ from ..ray_compat import trial_states
 from ..spec import SearchSpec
 from ..storage import Location, as_location
 from .completion import FinalState, final_state
+from .front import Front, Point, pareto_front
 from .layout import FINAL_DIR, audit_runs, extension_runs, read_spec
 from .paired import PairedTies, Screen, candidates, paired_ties, ties_line
 from .records import UNFINISHED, OutcomeRecord, RunRecord, read_record, read_run
@@ -36,6 +38,8 @@ __all__ = [
     "Choice",
     "Experiment",
     "FinalState",
+    "Front",
+    "Point",
     "Run",
     "PairedTies",
     "Screen",
@@ -115,6 +119,11 @@ class Experiment:
 
     def best(self) -> Choice:
         return choose_best(self.trials, self.spec)
+
+    def front(self) -> Front:
+        """Every trial placed against the spec's objectives on validation, each at its chosen epoch: the
+        non-dominated usable, feasible ones are the front; the others dominated, infeasible or unusable."""
+        return pareto_front(self.trials, self.spec)
 
     def tie_candidates(self, choice: Choice, n: int) -> Screen:
         """The trials to test against the shipped `choice` on `n` validation images (paired.py)."""

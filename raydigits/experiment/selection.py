@@ -28,11 +28,23 @@ def _choice(c: Checkpoint) -> Choice:
     return Choice(c.trial_id, c.epoch, c.value, c.location, c.config)
 
 
+def feasible(trial: Trial, spec: SearchSpec) -> bool:
+    """Whether the trial's costs (the same in every report: its first one) keep `spec.constraints`."""
+    return not (trial.results and spec.broken_constraints(trial.results[0]))
+
+
 def choose_best(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
-    """The trial with the best reported epoch on validation over every usable trial (errored,
-    diverged, out-of-memory and infeasible trials are never chosen), and of it, by `spec.select_epoch`, that
-    epoch or the latest kept one within one standard error of it. Its own checkpoint (kept by
-    CheckpointConfig's best-by-metric rule, which always keeps the latest too)."""
+    """The trial with the best reported epoch on validation over every usable, feasible trial
+    (errored, diverged and out-of-memory trials, and those whose costs break the constraints, are
+    never chosen), and of it, by `spec.select_epoch`, that epoch or the latest kept one within one
+    standard error of it. Its own checkpoint (kept by CheckpointConfig's best-by-metric rule, which
+    always keeps the latest too)."""
+    return choose_epoch([t for t in trials if feasible(t, spec)], spec)
+
+
+def choose_epoch(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
+    """`choose_best`'s rule with no regard to the constraints: over one trial, the epoch the final
+    stage would ship of it (the Pareto front places every trial, infeasible ones too, this way)."""
     candidates = [c for t in trials if t.usable for c in t.checkpoints(spec.metric)]
     sign = 1 if spec.mode == "max" else -1
     candidates.sort(key=lambda c: (sign * c.value, -c.epoch), reverse=True)  # ties: the earlier epoch
