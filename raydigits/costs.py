@@ -28,6 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import atomic
 
+# the TrainConfig keys a model's costs depend on (with the class count, the device and its threads):
+# what tells one architecture from another in a multi-objective search
+ARCHITECTURE_KEYS = ("model", "width_mult", "img_size", "channels_last")
 CALLS = 30  # timed batch-1 calls; the median of them is the latency
 WARMUP = 5  # untimed calls first (allocator, oneDNN primitive cache, cuDNN autotune)
 CACHE = Path("~/.cache/raydigits/costs.json")  # per machine: latency is this machine's
@@ -118,7 +121,7 @@ STATIC = ("params", "size_mb", "mflops")  # the costs known by construction, wit
 
 
 @functools.lru_cache(maxsize=256)
-def static_costs(model_name: str, num_classes: int, img_size: int) -> dict[str, float]:
+def static_costs(model_name: str, num_classes: int, img_size: int, width_mult: float = 1.0) -> dict[str, float]:
     """params, size_mb and mflops of a freshly built `model_name` (random weights, its head for
     `num_classes`) at `img_size` px, as `measure` counts them, on the CPU and without timing: what a
     search can check its constraints against before Ray starts (search/feasible.py). Latency is not
@@ -126,7 +129,7 @@ def static_costs(model_name: str, num_classes: int, img_size: int) -> dict[str, 
     from .config import TrainConfig
     from .models import build_model
 
-    model = build_model(TrainConfig(model=model_name, img_size=img_size), num_classes)
+    model = build_model(TrainConfig(model=model_name, img_size=img_size, width_mult=width_mult), num_classes)
     model.eval()
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)

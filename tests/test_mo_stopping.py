@@ -379,7 +379,21 @@ def test_candidates_enumerate_models_and_sizes():
             "parameters": {"model": {"values": ["mobilenet_v3_small", "resnet18"]}},
         }
     )
-    assert candidates(spec) == [("mobilenet_v3_small", 48), ("resnet18", 48)]
+    assert candidates(spec) == [("mobilenet_v3_small", 48, 1.0), ("resnet18", 48, 1.0)]
+    widths = parse_spec(
+        {
+            "name": "c",
+            "parameters": {
+                "model": {"values": ["mobilenet_v3_small", "resnet18"]},
+                "width_mult": {"values": [0.5, 1.0], "when": {"model": "mobilenet_v3_small"}},
+            },
+        }
+    )  # a width only where the model takes one
+    assert candidates(widths) == [
+        ("mobilenet_v3_small", 32, 0.5),
+        ("mobilenet_v3_small", 32, 1.0),
+        ("resnet18", 32, 1.0),
+    ]
     conditional = parse_spec(
         {
             "name": "c",
@@ -389,7 +403,7 @@ def test_candidates_enumerate_models_and_sizes():
             },
         }
     )  # adamw trials keep TrainConfig's default model and image size
-    assert candidates(conditional) == [("resnet18", 32), ("mobilenet_v3_small", 32)]
+    assert candidates(conditional) == [("resnet18", 32, 1.0), ("mobilenet_v3_small", 32, 1.0)]
     spec = parse_spec({"name": "c", "parameters": {"img_size": {"distribution": "int_uniform", "min": 32, "max": 64}}})
     assert candidates(spec) is None  # a continuum: not enumerated
 

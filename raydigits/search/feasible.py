@@ -15,6 +15,7 @@ from typing import Any
 from ..config import TrainConfig
 from ..costs import STATIC, static_costs
 from ..errors import UserError
+from ..models import WIDTH_MULT_MODELS
 from ..spec import SearchSpec
 
 
@@ -34,12 +35,21 @@ def possible_values(spec: SearchSpec, key: str) -> list[Any] | None:
     return list(dict.fromkeys(values))
 
 
-def candidates(spec: SearchSpec) -> list[tuple[str, int]] | None:
-    """Every (model, img_size) a trial can have; None when one of them is a continuum."""
+def candidates(spec: SearchSpec) -> list[tuple[str, int, float]] | None:
+    """Every (model, img_size, width_mult) a trial can have (a width only on the models that take
+    one: TrainConfig refuses it elsewhere); None when one of them is a continuum. A superset where a
+    condition ties them together: the check then refuses less, never a space that works."""
     models, sizes = possible_values(spec, "model"), possible_values(spec, "img_size")
-    if models is None or sizes is None:
+    widths = possible_values(spec, "width_mult")
+    if models is None or sizes is None or widths is None:
         return None
-    return [(str(m), int(s)) for m in models for s in sizes]
+    return [
+        (str(m), int(s), float(w)) for m in models for s in sizes for w in (widths if m in WIDTH_MULT_MODELS else [1.0])
+    ]
+
+
+def _named(m: str, s: int, w: float) -> str:
+    return f"{m}{f' x{w:g}' if w != 1.0 else ''} at {s} px"
 
 
 def check_constraints(spec: SearchSpec, num_classes: int) -> None:
@@ -51,19 +61,19 @@ def check_constraints(spec: SearchSpec, num_classes: int) -> None:
     built = candidates(spec)
     if not built:
         return
-    costs = [(m, s, static_costs(m, num_classes, s)) for m, s in built]
+    costs = [(_named(m, s, w), static_costs(m, num_classes, s, w)) for m, s, w in dict.fromkeys(built)]
     for key, bound in static.items():
-        if any(bound.holds(c[key]) for _, _, c in costs):
+        if any(bound.holds(c[key]) for _, c in costs):
             continue
-        low = [x for x in costs if bound.min is not None and x[2][key] < bound.min]
+        low = [x for x in costs if bound.min is not None and x[1][key] < bound.min]
         if bound.max is not None and not low:
-            m, s, c = min(costs, key=lambda x: x[2][key])
-            has = f"the smallest model this space builds has {c[key]:g} ({m} at {s} px)"
+            name, c = min(costs, key=lambda x: x[1][key])
+            has = f"the smallest model this space builds has {c[key]:g} ({name})"
         elif bound.min is not None and len(low) == len(costs):
-            m, s, c = max(costs, key=lambda x: x[2][key])
-            has = f"the largest model this space builds has {c[key]:g} ({m} at {s} px)"
+            name, c = max(costs, key=lambda x: x[1][key])
+            has = f"the largest model this space builds has {c[key]:g} ({name})"
         else:
-            values = ", ".join(f"{m} at {s} px: {c[key]:g}" for m, s, c in costs)
+            values = ", ".join(f"{name}: {c[key]:g}" for name, c in costs)
             has = f"no model this space builds is within it ({values})"
         rule = bound.describe(key).replace(f"{key} ", "", 1) if bound.min is None else bound.describe(key)
         raise UserError(f"constraints.{key}: {rule} but {has}")

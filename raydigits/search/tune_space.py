@@ -235,8 +235,18 @@ def _population_scheduler(spec: SearchSpec):
 
 def family_parameters(spec: SearchSpec) -> list[str]:
     """family_asha's families: the searched categorical parameters (optimiser, schedule, ...), whose
-    values change how a learning curve starts, so trials are compared only within one of them."""
-    return [name for name, p in spec.parameters.items() if p.values is not None and p.varies() and not p.when]
+    values change how a learning curve starts, so trials are compared only within one of them. With
+    several objectives, not those that choose the architecture (costs.ARCHITECTURE_KEYS): the costs
+    the rungs rank by already tell architectures apart, and comparing across them is the search's point
+    (families of one architecture would leave each rung a handful of trials, or one, and stop none)."""
+    from ..costs import ARCHITECTURE_KEYS
+
+    skip = ARCHITECTURE_KEYS if spec.multi_objective else ()
+    return [
+        name
+        for name, p in spec.parameters.items()
+        if p.values is not None and p.varies() and not p.when and spec.target(name) not in skip
+    ]
 
 
 def cost_objectives(spec: SearchSpec) -> list[str]:
