@@ -394,6 +394,7 @@ def test_candidates_enumerate_models_and_sizes():
     assert candidates(spec) is None  # a continuum: not enumerated
 
 
+@pytest.mark.slow  # the real CLI in a subprocess: torch, the dataset, two models built
 def test_a_constraint_no_model_meets_is_refused_through_the_cli(tmp_path):
     """`python launch.py --search-space FILE`: one line naming the constraint and the smallest model
     the space builds, exit 2, before Ray starts, nothing written."""
