@@ -428,3 +428,11 @@ def test_a_constraint_no_model_meets_is_refused_through_the_cli(tmp_path):
     assert "Ray" not in p.stdout and "dashboard" not in p.stdout.lower(), p.stdout
     assert list(storage.iterdir()) == []
     assert json.dumps(small)  # the figure quoted is the one built
+
+
+def test_every_outcome_has_a_colour_in_the_report():
+    """report.html colours trials by outcome: a new outcome without a colour crashed the final stage."""
+    from raydigits.experiment.records import OUTCOMES
+    from raydigits.report_html import OUTCOME_COLOURS
+
+    assert set(OUTCOMES) <= set(OUTCOME_COLOURS)
