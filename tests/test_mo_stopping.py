@@ -193,13 +193,13 @@ def local_ray():
 
 def _run(spec, tmp_path) -> tuple[dict, dict]:
     """({name: epochs run}, {name: recorded outcome}) of the synthetic search under the spec's own
-    scheduler, stopper and outcome recorder (as runner.py builds them)."""
+    scheduler (build_tune_scheduler), stopper and outcome recorder (runner._run_config)."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from raydigits.experiment.records import read_record
     from raydigits.search.recorder import OutcomeRecorder
-    from raydigits.search.runner import _broken, _stopper
+    from raydigits.search.runner import _run_config
     from raydigits.search.tune_space import build_tune_scheduler
     from raydigits.storage import as_location
 
@@ -214,6 +214,7 @@ def _run(spec, tmp_path) -> tuple[dict, dict]:
 
     exp = as_location(tmp_path / "exp")
     exp.mkdir()
+    shipped = _run_config(spec, exp, 0)  # the search's own stopper and outcome recorder
     tuner = tune.Tuner(
         tune.with_resources(curve_trial, {"cpu": 1}),
         param_space={"name": tune.grid_search(list(CURVES))},
@@ -224,8 +225,8 @@ def _run(spec, tmp_path) -> tuple[dict, dict]:
             name="curves",
             storage_path=str(tmp_path),
             verbose=0,
-            stop=_stopper(spec, exp),
-            callbacks=[OutcomeRecorder(exp, spec.epochs, _broken(spec))],
+            stop=shipped.stop,
+            callbacks=[c for c in shipped.callbacks if isinstance(c, OutcomeRecorder)],
         ),
     )
     with warnings.catch_warnings():
@@ -408,6 +409,7 @@ def test_candidates_enumerate_models_and_sizes():
     assert candidates(spec) is None  # a continuum: not enumerated
 
 
+@pytest.mark.slow  # the real CLI in a subprocess: torch, the dataset, two models built
 def test_a_constraint_no_model_meets_is_refused_through_the_cli(tmp_path):
     """`python launch.py --search-space FILE`: one line naming the constraint and the smallest model
     the space builds, exit 2, before Ray starts, nothing written."""
@@ -441,3 +443,11 @@ def test_a_constraint_no_model_meets_is_refused_through_the_cli(tmp_path):
     assert "Ray" not in p.stdout and "dashboard" not in p.stdout.lower(), p.stdout
     assert list(storage.iterdir()) == []
     assert json.dumps(small)  # the figure quoted is the one built
+
+
+def test_every_outcome_has_a_colour_in_the_report():
+    """report.html colours trials by outcome: a new outcome without a colour crashed the final stage."""
+    from raydigits.experiment.records import OUTCOMES
+    from raydigits.report_html import OUTCOME_COLOURS
+
+    assert set(OUTCOMES) <= set(OUTCOME_COLOURS)

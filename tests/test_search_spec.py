@@ -68,7 +68,11 @@ CASES = [
         "fixed.batch_size: Input should be greater than or equal to 1",
     ),
     ("unknown fixed key", lambda d: d["fixed"].update(lr_decay=0.1), "fixed.lr_decay: unknown key"),
-    ("unknown method", lambda d: d.update(method="bayes"), "method: Input should be 'random', 'grid' or 'tpe'"),
+    (
+        "unknown method",
+        lambda d: d.update(method="bayes"),
+        "method: Input should be 'random', 'grid', 'tpe' or 'nsga2'",
+    ),
     (
         "grid over a distribution",
         lambda d: (d.update(method="grid"), d["parameters"].pop("momentum"), d["parameters"].pop("betas")),
