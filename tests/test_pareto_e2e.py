@@ -45,7 +45,7 @@ SPACE = {
 def exp(tmp_path_factory, mnist_dir) -> Path:
     root = tmp_path_factory.mktemp("mo")
     space = root / "mo_smoke.yaml"
-    space.write_text(yaml.safe_dump(SPACE))
+    space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     proc = launch(["--search-space", str(space), "--storage-path", str(root), "--name", "mo", "--verbose", "0"])
     out, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out[-4000:]
