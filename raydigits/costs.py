@@ -12,6 +12,7 @@ without Ray."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import socket
@@ -27,6 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from . import atomic
 
+# the TrainConfig keys a model's costs depend on (with the class count, the device and its threads):
+# what tells one architecture from another in a multi-objective search
+ARCHITECTURE_KEYS = ("model", "width_mult", "img_size", "channels_last")
 CALLS = 30  # timed batch-1 calls; the median of them is the latency
 WARMUP = 5  # untimed calls first (allocator, oneDNN primitive cache, cuDNN autotune)
 CACHE = Path("~/.cache/raydigits/costs.json")  # per machine: latency is this machine's
@@ -116,6 +120,33 @@ def measure(
         threads=torch.get_num_threads(),
         device=device.type,
     )
+
+
+STATIC = ("params", "size_mb", "mflops")  # the costs known by construction, without timing anything
+
+
+@functools.lru_cache(maxsize=256)
+def static_costs(model_name: str, num_classes: int, img_size: int, width_mult: float = 1.0) -> dict[str, float]:
+    """params, size_mb and mflops of a freshly built `model_name` (random weights, its head for
+    `num_classes`) at `img_size` px, as `measure` counts them, on the CPU and without timing: what a
+    search can check its constraints against before Ray starts (search/feasible.py). Latency is not
+    here: it is only known on the trial's device, under its load."""
+    from .config import TrainConfig
+    from .models import build_model
+
+    model = build_model(TrainConfig(model=model_name, img_size=img_size, width_mult=width_mult), num_classes)
+    model.eval()
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(torch.zeros(1, 3, img_size, img_size))
+    return {
+        "params": float(sum(p.numel() for p in model.parameters())),
+        "size_mb": buf.getbuffer().nbytes / 2**20,
+        "mflops": counter.get_total_flops() / 1e6,
+    }
 
 
 def cached(key: str, measure_now, path: Path = CACHE) -> tuple[Costs, bool]:

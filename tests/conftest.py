@@ -1,5 +1,6 @@
 """Shared fixtures: the real MNIST, prepared once into the repo's data/ (as a user would), and
-small real subsets of it for fast tests; an S3 server and local/S3 storage roots. Plain helpers and the harnesses are in support/"""
+small real subsets of it for fast tests; the smoke search, run once for the suite; an S3 server and
+local/S3 storage roots. Plain helpers and the harnesses are in support/"""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def small_mnist(mnist):
         {"train": mnist.ids["train"][:512], "val": mnist.ids["val"][:256]},
         mnist.class_names,
     )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, mnist_dir) -> dict:
+    """The shipped smoke search through the real CLI on a real local Ray (support/smoke.py), run once
+    for the whole suite: tests/test_search_e2e.py checks it, tests/test_final_unit_e2e.py works on a
+    copy. A test that changes the experiment works on a copy of it, unless it puts back what it
+    changed (test_search_e2e's `export` and `report` rebuild final/ as it was)."""
+    from support.smoke import run_smoke_search
+
+    return run_smoke_search(tmp_path_factory.mktemp("ray_results"))
 
 
 @pytest.fixture(scope="module")

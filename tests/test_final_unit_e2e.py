@@ -1,13 +1,15 @@
-"""final/ as a unit on a real search: the final stage marks it complete; `report` checks each file it
-reads against the marker (a damaged metrics.json is one line); an `export` SIGKILLed after it wrote
-its new pre.csv leaves the previous final/ byte for byte and no Ray process behind; after `extend
---no-final`, `report` and `export --images` refuse the stale final/, `reproduce` says so, and
-`export` says it rebuilds it."""
+"""final/ as a unit on a real search (a copy of the suite's smoke search, conftest's `smoke_run`: six
+trials, one audited, its final stage done): the final stage marks it complete; `report` checks each
+file it reads against the marker (a damaged metrics.json is one line); an `export` SIGKILLed after it
+wrote its new pre.csv leaves the previous final/ byte for byte and no Ray process behind; after
+`extend --no-final`, `report` and `export --images` refuse the stale final/, `reproduce` says so, and
+`export` says it rebuilds it (the final stage alone, marked complete)."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -21,8 +23,6 @@ from raydigits.experiment import Experiment
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["--num-samples", "2", "--set", "train_items=300", "--set", "val_items=200", "--verbose", "0"]
-
 
 def _run(args: list[str], timeout: int = 900) -> str:
     proc = launch(args)
@@ -31,13 +31,17 @@ def _run(args: list[str], timeout: int = 900) -> str:
     return out
 
 
+N = 7  # the smoke search's trials: its 6 and the audit's 1 (tests/test_search_e2e.py checks both)
+
+
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory, mnist_dir) -> Path:
-    """A 2-trial search without its final stage, then `export`: the final stage alone."""
-    storage = tmp_path_factory.mktemp("ray_results")
-    _run(["--search-space", "smoke", *SMALL, "--storage-path", str(storage), "--name", "unit", "--no-final"])
-    _run(["export", str(storage / "unit")])
-    return storage / "unit"
+def exp(tmp_path_factory, smoke_run) -> Path:
+    """A copy of the suite's finished smoke search (the tests here change it)."""
+    assert smoke_run["rc"] == 0, smoke_run["out"][-4000:]
+    unit = tmp_path_factory.mktemp("ray_results") / "unit"
+    shutil.copytree(smoke_run["exp"], unit)
+    assert len(Experiment.open(unit).trials) == N
+    return unit
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -104,7 +108,7 @@ def test_after_extend_without_final_the_stale_final_is_refused_noted_and_rebuilt
     page = (exp / "final" / "report.html").read_bytes()
     _run(["extend", str(exp), "--num-samples", "1", "--no-final", "--verbose", "0"])
     stale = (
-        f"{exp}/final: older than the experiment's trials (it covers 2 trials, the experiment has 3 now: "
+        f"{exp}/final: older than the experiment's trials (it covers {N} trials, the experiment has {N + 1} now: "
         "1 new in extend_1)"
     )
     code, _, err = _cli(capsys, ["report", str(exp)])
@@ -120,9 +124,10 @@ def test_after_extend_without_final_the_stale_final_is_refused_noted_and_rebuilt
     assert code == 2 and err.startswith(f"error: {stale}; export --images refuses it") and len(err.splitlines()) == 1
     assert not (images / "pre.csv").exists()
     code, out, _ = _cli(capsys, ["reproduce", str(exp), "--out", str(tmp_path / "repro")])
-    assert out.startswith(f"note: {stale}; reproducing the best of the 3 trials as they are now")
+    assert out.startswith(f"note: {stale}; reproducing the best of the {N + 1} trials as they are now")
     out = _run(["export", str(exp)])
-    assert f"{stale}: rebuilding it over all 3 trials" in out
+    assert f"{stale}: rebuilding it over all {N + 1} trials" in out
     rebuilt = Experiment.open(exp)
-    assert rebuilt.final_state().problem is None and b'"n_trials": 3' in rebuilt.final_state().read("metrics.json")
+    n_trials = f'"n_trials": {N + 1}'.encode()
+    assert rebuilt.final_state().problem is None and n_trials in rebuilt.final_state().read("metrics.json")
     assert _cli(capsys, ["report", str(exp)])[0] == 0

@@ -1,11 +1,12 @@
 """The real CLI in a subprocess against a real local Ray: a smoke search with ASHA (some trials
 stopped early), the dashboard answering while it runs, a trial that crashes once mid-epoch and is
-retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources."""
+retried from its checkpoint, the final stage's outputs; resume after SIGKILL; impossible resources.
+The smoke search is conftest's session fixture `smoke_run` (support/smoke.py), run once for the
+suite: tests/test_final_unit_e2e.py works on a copy of it."""
 
 from __future__ import annotations
 
 import html
-import itertools
 import json
 import os
 import re
@@ -13,89 +14,15 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support.helpers import REPO, launch, results, stale_cluster_record
+from support.helpers import REPO, launch, results
 from support.s3 import BUCKET, s3_server
 
 pytestmark = pytest.mark.slow
-
-
-def _watch_dashboard(url: str, exp: Path, found: dict) -> None:
-    """Runs beside the search (a thread): the browser checks, once a trial has reported."""
-    try:
-        import psutil
-
-        port = int(url.rsplit(":", 1)[1].strip("/"))
-        found["listening_on"] = sorted(
-            {
-                c.laddr.ip
-                for c in psutil.net_connections("tcp")
-                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
-            }
-        )
-        from support.browser import browser_missing, check_dashboard
-
-        why = browser_missing()
-        if why:
-            found["skipped"] = why
-            return
-        deadline = time.time() + 120
-        while time.time() < deadline and not any(results(d) for d in exp.glob("smoke_*")):
-            time.sleep(0.5)
-        node_ip = next(results(d)[0]["node_ip"] for d in exp.glob("smoke_*") if results(d))
-        found.update(check_dashboard(url, node_ip, "raydigits smoke_e2e"))
-    except Exception:  # noqa: BLE001 — reported by the browser test, not lost in a thread
-        import traceback
-
-        found["error"] = traceback.format_exc()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory, mnist_dir):
-    """One smoke search shared by several tests (it is the expensive part); a browser watches its
-    dashboard while it runs."""
-    import threading
-
-    storage = tmp_path_factory.mktemp("ray_results")
-    marker, oom_marker = storage / "fault_marker", storage / "oom_marker"
-    with stale_cluster_record():  # what a killed `ray start` leaves: must not be waited for
-        proc = launch(
-            ["--search-space", "smoke", "--storage-path", str(storage), "--name", "smoke_e2e"],
-            env={**os.environ, "RAYDIGITS_INJECT_FAULT": f"raise_once:2:{marker};oom_once:1:{oom_marker}"},
-        )
-        first = proc.stdout.readline()
-    lines, dashboard_status, browser, watcher = [], None, {}, None
-    deadline = time.time() + 600
-    for line in itertools.chain([first], proc.stdout):
-        lines.append(line)
-        m = re.search(r"Ray dashboard: (http://\S+)", line)
-        if m and dashboard_status is None:
-            with urllib.request.urlopen(m.group(1), timeout=10) as resp:
-                dashboard_status = resp.status
-            watcher = threading.Thread(target=_watch_dashboard, args=(m.group(1), storage / "smoke_e2e", browser))
-            watcher.start()
-        if time.time() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    if watcher:
-        watcher.join(timeout=120)
-    out = "".join(lines)
-    return {
-        "rc": proc.returncode,
-        "out": out,
-        "exp": storage / "smoke_e2e",
-        "marker": marker,
-        "oom_marker": oom_marker,
-        "dashboard_status": dashboard_status,
-        "browser": browser,
-    }
 
 
 def test_smoke_search_runs_asha_and_dashboard_answers(smoke_run):

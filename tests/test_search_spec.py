@@ -1125,3 +1125,20 @@ def test_which_exact_values_a_grid_kind_can_draw_and_its_grid():
     ):
         kind("gauss")
     assert kind("normal").name == "normal"
+
+
+def test_a_multi_objective_search_compares_architectures_on_one_rung():
+    """family_asha's families leave out the parameters that choose the architecture when costs are
+    objectives (the rungs rank them by cost); a single-objective search keeps them as families."""
+    from raydigits.search.tune_space import build_tune_scheduler, family_parameters
+
+    params = {
+        "model": {"values": ["mobilenet_v3_small", "resnet18"]},
+        "size": {"key": "img_size", "values": [32, 48]},
+        "optimizer": {"values": ["sgd", "adamw"]},
+    }
+    single = parse_spec({"name": "a", "parameters": params})
+    assert family_parameters(single) == ["model", "size", "optimizer"]
+    multi = parse_spec({"name": "a", "objectives": {"val_acc": "max", "latency_ms": "min"}, "parameters": params})
+    assert family_parameters(multi) == ["optimizer"]
+    assert build_tune_scheduler(multi)._family == ("optimizer",)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
@@ -27,8 +27,10 @@ OUTCOMES = (
     "oom",
     "error",
     "interrupted",
+    "infeasible",
 )
-NEVER_CHOSEN = ("error", "diverged", "oom")
+# infeasible: its costs break the spec's constraints (stopped at its first result, search/runner.py)
+NEVER_CHOSEN = ("error", "diverged", "oom", "infeasible")
 UNFINISHED = ("RUNNING", "PENDING", "PAUSED")  # Tune statuses of a trial that has not ended
 ACTIVE = ("RUNNING", "PAUSED")  # ... of those, the ones that started (the ETA's running trials)
 ENDED = ("TERMINATED", "ERROR")  # every other status
@@ -96,11 +98,16 @@ def write_record(exp_dir: Location | str, record: OutcomeRecord) -> None:
     (as_location(exp_dir) / OUTCOMES_FILE).write_text(json.dumps(record.to_json(), indent=1, sort_keys=True))
 
 
-def ended_outcome(result: dict[str, Any] | None, max_epochs: int) -> str:
-    """The outcome of a trial that ended cleanly with `result` as its last report: its own stop
+def ended_outcome(
+    result: dict[str, Any] | None, max_epochs: int, broken: Callable[[dict[str, Any]], list[str]] | None = None
+) -> str:
+    """The outcome of a trial that ended cleanly with `result` as its last report: infeasible when
+    its costs break a constraint (`broken`: SearchSpec.broken_constraints), else its own stop
     reason, else completed when every epoch ran, else the scheduler stopped it."""
     result = result or {}
     epochs = int(result.get("epoch") or 0)
+    if broken is not None and result and broken(result):
+        return "infeasible"
     if result.get("diverged"):
         return "diverged"
     reason = STOP_REASONS.get(result.get("stop_reason") or "")
@@ -118,6 +125,8 @@ def derive_outcome(status: str, results: list[dict[str, Any]], epochs: int, spec
     stop = next((r.get("stop_reason") for r in reversed(results) if r.get("stop_reason")), "")
     if status == "ERROR":
         return "error"
+    if results and spec.broken_constraints(results[-1]):
+        return "infeasible"
     if diverged:
         return "diverged"
     if stop == "oom":

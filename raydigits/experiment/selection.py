@@ -50,7 +50,9 @@ def choose_epoch(trials: Iterable[Trial], spec: SearchSpec) -> Choice:
     candidates.sort(key=lambda c: (sign * c.value, -c.epoch), reverse=True)  # ties: the earlier epoch
     best = next((c for c in candidates if c.location.exists()), None)
     if best is None:
-        raise UserError("no usable trial: every trial errored, diverged, ran out of memory, or left no checkpoint")
+        raise UserError(
+            "no usable trial: every trial errored, diverged, ran out of memory, broke a constraint, or left no checkpoint"
+        )
     if spec.select_epoch == "within_se" and spec.metric == "val_acc" and best.val_n:
         se = math.sqrt(best.value * (1 - best.value) / best.val_n)
         later = sorted(

@@ -25,7 +25,7 @@ from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import Experiment, Trial
 from ..experiment.layout import EXTEND_PREFIX, next_extension
-from ..spec import POPULATION, SearchSpec, parse_spec
+from ..spec import OPTUNA_METHODS, POPULATION, SearchSpec, parse_spec
 from ..storage import Location
 from .runner import run_search
 from .tune_space import build_search_alg
@@ -45,6 +45,13 @@ def extension_spec(spec: SearchSpec, k: int, num_samples: int, max_t: int | None
 def check_request(spec: SearchSpec, num_samples: int, max_t: int | None, promote: int) -> None:
     if spec.method == "grid":
         raise UserError("extend: a grid search has no more configs to sample; extend a random or tpe search")
+    if spec.multi_objective and spec.method in OPTUNA_METHODS:
+        # the warm start replays finished trials into the study with one value each; a
+        # multi-objective study needs every objective's value, which is not built yet
+        raise UserError(
+            f"extend: a multi-objective {spec.method} search cannot be extended yet (its study is not "
+            "warm-started with several objectives); start a new search, or extend a random one"
+        )
     if spec.scheduler.type in POPULATION:
         raise UserError(f"extend: a {spec.scheduler.type} search's trials evolve together; start a new search instead")
     if num_samples < 1:
@@ -115,7 +122,7 @@ def extend_search(
     if max_t is not None and max_t > spec.epochs and promote:
         ranked = sorted(scored, key=lambda s: s[2], reverse=spec.mode == "max")
         points = [cfg for cfg, _, _ in ranked[: min(promote, num_samples)]]
-    if ext.method == "tpe":  # Optuna enqueues whole configs, conditional values included
+    if ext.method in OPTUNA_METHODS:  # Optuna enqueues whole configs, conditional values included
         starts = [{k: v for k, v in cfg.items() if v is not None} for cfg in points]
     else:  # Tune's points cannot set sample_from keys: the conditional samplers take them (`pinned`)
         plain = [k for k, p in ext.parameters.items() if not p.when]
@@ -125,9 +132,15 @@ def extend_search(
     print(
         f"extend: run {k} of {exp.name}: {num_samples} more trials (seed {ext.seed}, up to {ext.epochs} "
         f"epochs){f', the {len(points)} best finished configs first' if points else ''}"
-        f"{f'; TPE starts from {len(warm)} finished trials ({len(warm) - len(scored)} failed)' if ext.method == 'tpe' else ''}",
+        f"{f'; TPE starts from {len(warm)} finished trials ({len(warm) - len(scored)} failed)' if ext.method in OPTUNA_METHODS else ''}",
         flush=True,
     )
     return run_search(
-        ext, run, data, verbose, data_dir=data_dir, search_alg=alg, pinned=tuple(points) if ext.method != "tpe" else ()
+        ext,
+        run,
+        data,
+        verbose,
+        data_dir=data_dir,
+        search_alg=alg,
+        pinned=tuple(points) if ext.method not in OPTUNA_METHODS else (),
     )

@@ -2,16 +2,28 @@
 the searched categorical parameters, e.g. the optimizer), as a Ray Tune `TrialScheduler` on Tune's
 public API. The decisions come from `raydigits.search.stopping.StoppingCore`, the same core the
 replay (`bench/replay.py`) measured; with `family=()` and `min_peers=1` it decides exactly as Ray's
-AsyncHyperBandScheduler (tests/test_stopping.py)."""
+AsyncHyperBandScheduler (tests/test_stopping.py).
+
+Multi-objective (`costs`: the cost metrics that are objectives too, all minimised): the rungs rank
+each trial's point (its `metric` at the milestone, its costs from the same result) by
+non-dominated rank and crowding distance, with ASHA's cut-off arithmetic (`MOStoppingCore`,
+mo_stopping.py); with no costs it is the single-objective core. This is the MOASHA that
+`build_tune_scheduler` gives a search with several objectives, stratified for type family_asha,
+Ray's rule (no families, keep 1/rf, its brackets) for type asha.
+
+Constraints (`broken`: result -> the constraints it breaks): an infeasible trial is stopped at its
+first result and never recorded at a rung, so it neither raises nor lowers any feasible trial's bar
+(runner.py also stops it with a Stopper, under every scheduler type)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from ray.tune.result import DEFAULT_METRIC
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
+from .mo_stopping import MOStoppingCore, point_of
 from .stopping import StoppingCore, bracket_milestones, family_of
 
 
@@ -28,7 +40,9 @@ class FamilyASHA(FIFOScheduler):
         bracket (e.g. brackets=4, [3, 0, 0, 1] with max_t 8 / grace 1 / factor 2: a quarter of the
         trials in a bracket that never stops early).
     seed: the bracket draws (None: unseeded).
-    keep: the share of trials each milestone keeps (None: 1 / reduction_factor, as Ray)."""
+    keep: the share of trials each milestone keeps (None: 1 / reduction_factor, as Ray).
+    costs: cost metrics that are objectives too (minimised): () is single-objective ASHA.
+    broken: result -> the constraints it breaks ([] or None: feasible); None checks nothing."""
 
     def __init__(
         self,
@@ -43,14 +57,19 @@ class FamilyASHA(FIFOScheduler):
         bracket_weights="ray",
         time_attr: str = "training_iteration",
         seed: int | None = None,
-        keep: float | None = None,
+        keep: float | Sequence[float] | None = None,
+        costs: Sequence[str] = (),
+        broken: Callable[[dict], list[str]] | None = None,
     ):
         if mode and mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         super().__init__()
         self._metric, self._mode, self._time_attr = metric, mode, time_attr
         self._family = tuple(family)
-        self._core = StoppingCore(
+        self._costs, self._broken = tuple(costs), broken
+        self._infeasible: set[str] = set()
+        core = MOStoppingCore if self._costs else StoppingCore
+        self._core = core(
             max_t=max_t,
             grace_period=grace_period,
             reduction_factor=reduction_factor,
@@ -83,15 +102,27 @@ class FamilyASHA(FIFOScheduler):
             )
         self._core.add(trial.trial_id, family_of(trial.config, self._family))
 
+    def _value(self, result: dict):
+        """What the core compares: the metric, higher-is-better; with costs, the point (minimised)."""
+        if self._costs:
+            return point_of(result, [(self._metric, self._mode), *((c, "min") for c in self._costs)])
+        return self._sign * result[self._metric] if self._metric in result else None
+
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
-        if self._time_attr not in result or self._metric not in result or trial.trial_id not in self._core.trials:
+        if self._broken is not None and self._broken(result):
+            self._infeasible.add(trial.trial_id)  # never recorded at a rung
+            self._core.remove(trial.trial_id)
+            return TrialScheduler.STOP
+        value = self._value(result)
+        if self._time_attr not in result or value is None or trial.trial_id not in self._core.trials:
             return TrialScheduler.CONTINUE
-        action = self._core.result(trial.trial_id, result[self._time_attr], self._sign * result[self._metric])
+        action = self._core.result(trial.trial_id, result[self._time_attr], value)
         return TrialScheduler.STOP if action == "STOP" else TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if result and self._time_attr in result and self._metric in result:
-            self._core.complete(trial.trial_id, result[self._time_attr], self._sign * result[self._metric])
+        value = self._value(result) if result else None
+        if value is not None and self._time_attr in result and trial.trial_id not in self._infeasible:
+            self._core.complete(trial.trial_id, result[self._time_attr], value)
         self._core.remove(trial.trial_id)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
@@ -99,7 +130,11 @@ class FamilyASHA(FIFOScheduler):
 
     def debug_string(self) -> str:
         by = f"within families of {', '.join(self._family)}" if self._family else "across all trials"
-        return f"Using FamilyASHA ({by}): num_stopped={self._core.num_stopped}\n{self._core.debug_string()}"
+        on = f"; objectives {self._metric} ({self._mode}), {', '.join(self._costs)} (min)" if self._costs else ""
+        return (
+            f"Using FamilyASHA ({by}{on}): num_stopped={self._core.num_stopped}, "
+            f"infeasible={len(self._infeasible)}\n{self._core.debug_string()}"
+        )
 
     # No save / restore: Tune's controller never calls them (the scheduler travels inside Tune's own
     # experiment state), and raydigits itself unpickles nothing but the verified MNIST archive
@@ -134,10 +169,13 @@ def default_scheduler(
     family: Sequence[str] = (),
     seed: int | None = None,
     time_attr: str = "training_iteration",
+    costs: Sequence[str] = (),
+    broken: Callable[[dict], list[str]] | None = None,
 ) -> FamilyASHA:
     """The shipped default: FamilyASHA stratified by `family` (the spec's searched categorical
     parameters: `[k for k, p in spec.parameters.items() if p.values is not None]`), one bracket,
-    Ray's rule (min_peers 1), a gentler first rung (DEFAULT_FIRST_KEEP)."""
+    Ray's rule (min_peers 1), a gentler first rung (DEFAULT_FIRST_KEEP); with `costs`, the same
+    rungs ranked by Pareto dominance (multi-objective)."""
     return FamilyASHA(
         metric=metric,
         mode=mode,
@@ -151,4 +189,6 @@ def default_scheduler(
         time_attr=time_attr,
         seed=seed,
         keep=default_keep(max_t, grace_period, reduction_factor),
+        costs=costs,
+        broken=broken,
     )

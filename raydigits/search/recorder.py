@@ -4,6 +4,7 @@ their restore step fixed (ray_compat.KeepDriverResults), which replace Tune's de
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from ray import tune
@@ -37,6 +38,21 @@ class BudgetStopper(TimeoutStopper):
         return stop
 
 
+class ConstraintStopper(tune.Stopper):
+    """Stops a trial whose result breaks the spec's constraints (`broken`: SearchSpec.broken_constraints):
+    the costs are measured before the first epoch, so that is its first result. A Stopper, so it works
+    under every scheduler type (fifo and pbt included); the recorder names the outcome infeasible."""
+
+    def __init__(self, broken: Callable[[dict], list[str]]):
+        self.broken = broken
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return bool(self.broken(result))
+
+    def stop_all(self) -> bool:
+        return False
+
+
 class JsonResults(KeepDriverResults, JsonLoggerCallback):
     """result.json, the trial history every raydigits reader uses (given as a callback, it replaces
     Tune's default: Tune adds a logger only where none of its class is present)."""
@@ -52,14 +68,16 @@ def result_loggers() -> list:
 
 class OutcomeRecorder(tune.Callback):
     """Writes <experiment>/raydigits_outcomes.json (atomically) as trials end: completed,
-    asha_stopped (the scheduler's STOP before the last epoch), early_stopped / diverged / oom (the
+    asha_stopped (the scheduler's STOP before the last epoch), infeasible (its costs break the spec's
+    constraints: `broken`, SearchSpec.broken_constraints), early_stopped / diverged / oom (the
     trial's own stop reason), error (retries exhausted); at the end of a fit, trials it cut:
     time_budget / not_started when the budget fired (Tune marks those TERMINATED), interrupted
     for those a Ctrl-C left unfinished. A trial it has no record of is derived (records.derive_outcome)."""
 
-    def __init__(self, exp_dir: Location | str, max_epochs: int):
+    def __init__(self, exp_dir: Location | str, max_epochs: int, broken: Callable[[dict], list[str]] | None = None):
         self.exp_dir = as_location(exp_dir)
         self.max_epochs = max_epochs
+        self.broken = broken
         self._record: OutcomeRecord | None = None
 
     # ------------------------------------------------------------ the file
@@ -96,7 +114,7 @@ class OutcomeRecorder(tune.Callback):
         self._save(replace(self._load(), ended=None, budget_fired=False))  # running
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._set(trial, ended_outcome(trial.last_result, self.max_epochs))
+        self._set(trial, ended_outcome(trial.last_result, self.max_epochs, self.broken))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._set(trial, "error")

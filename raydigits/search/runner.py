@@ -162,7 +162,7 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
         storage_path=exp.parent.tune_path,
         verbose=verbose,
         progress_reporter=reporter,
-        callbacks=[OutcomeRecorder(exp, spec.epochs), eta_reporter(spec, exp), *result_loggers()],
+        callbacks=[OutcomeRecorder(exp, spec.epochs, _broken(spec)), eta_reporter(spec, exp), *result_loggers()],
         stop=_stopper(spec, exp),
         sync_config=tune.SyncConfig(sync_period=SYNC_PERIOD_S),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
@@ -170,14 +170,22 @@ def _run_config(spec: SearchSpec, exp: Location, verbose: int):
     )
 
 
+def _broken(spec: SearchSpec):
+    """result -> the constraints it breaks; None when the spec has none."""
+    return spec.broken_constraints if spec.constraints else None
+
+
 def _stopper(spec: SearchSpec, exp_dir: Location):
     """The time budget; under PBT / PB2 also the last epoch, so that a trial's last result ends it
-    before the scheduler sees it (PBT would perturb a finished trial and restart it for nothing)."""
+    before the scheduler sees it (PBT would perturb a finished trial and restart it for nothing);
+    with constraints, an infeasible trial at its first result (every scheduler type)."""
     from ray.tune.stopper import CombinedStopper, MaximumIterationStopper
 
-    from .recorder import BudgetStopper
+    from .recorder import BudgetStopper, ConstraintStopper
 
     stoppers = [BudgetStopper(spec.time_budget_s, exp_dir)] if spec.time_budget_s else []
+    if spec.constraints:
+        stoppers.append(ConstraintStopper(spec.broken_constraints))
     if spec.scheduler.type in POPULATION:
         stoppers.append(MaximumIterationStopper(spec.epochs))  # a trial's iterations are its epochs
     return stoppers[0] if len(stoppers) == 1 else (CombinedStopper(*stoppers) if stoppers else None)

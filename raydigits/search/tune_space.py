@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-from ..spec import INDEX_SUFFIX, POPULATION, SEED_HEX_DIGITS, Param, SearchSpec, mutated
+from ..spec import INDEX_SUFFIX, OPTUNA_METHODS, POPULATION, SEED_HEX_DIGITS, Param, SearchSpec, mutated
 
 
 def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
@@ -54,12 +54,12 @@ def _domain(p: Param):
 
 
 def param_space(spec: SearchSpec, pinned: tuple[dict, ...] = ()) -> dict:
-    """Tune param_space for random and grid search; empty for tpe (its space is `OptunaSpace`).
+    """Tune param_space for random and grid search; empty for tpe / nsga2 (their space is `OptunaSpace`).
     `pinned`: full configs that points_to_evaluate re-runs (see `_conditional`)."""
     from ray import tune
 
     space = {}
-    if spec.method == "tpe":
+    if spec.method in OPTUNA_METHODS:
         return space
     plain = [k for k, p in spec.parameters.items() if not p.when]
     pinned = tuple(({k: c.get(k) for k in plain}, c) for c in pinned)
@@ -103,8 +103,14 @@ def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float | None]] = (
     BasicVariantGenerator, so that knob is never used. `points`: configs to run first (as Tune's
     `points_to_evaluate`); `warm`: (config, value) of trials run before, which TPE learns from
     before its first suggestion (`launch.py extend`; random search ignores them); a value of None is
-    a failed trial."""
-    if spec.method != "tpe":
+    a failed trial.
+
+    Several objectives (tpe, nsga2): OptunaSearch gets the metric and mode *lists* (a multi-objective
+    study: Optuna's TPE or NSGA-II); Tune's TuneConfig names no metric (runner.py), so each of the
+    searcher and the scheduler keeps its own (the scheduler: the quality metric and the costs,
+    build_tune_scheduler). A stopped trial is told to the study with its last result's values, as in
+    the single-objective search. Warm starts take one value per trial (extend refuses several)."""
+    if spec.method not in OPTUNA_METHODS:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(
@@ -115,15 +121,37 @@ def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float | None]] = (
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if spec.multi_objective and warm:
+        raise ValueError("a multi-objective study is not warm-started (extend refuses it)")
+    metric, mode = (
+        ([k for k, _ in spec.objective_list], [m for _, m in spec.objective_list])
+        if spec.multi_objective
+        else (spec.metric, spec.mode)
+    )
+    sampler = (
+        optuna.samplers.NSGAIISampler(population_size=nsga2_population(spec.num_samples), seed=spec.seed)
+        if spec.method == "nsga2"
+        else optuna.samplers.TPESampler(seed=spec.seed)
+    )
     searcher = OptunaSearch(
         space=OptunaSpace(spec),
-        metric=spec.metric,
-        mode=spec.mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
         points_to_evaluate=list(points) or None,
         **_warm_study(spec, warm),
     )
     return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
+
+
+NSGA2_GENERATIONS = 4  # the population is sized so that a search runs this many generations (Optuna's
+# default of 50 would leave a search of tens of trials in its first, random, generation)
+NSGA2_MIN_POPULATION = 4  # at least two parent pairs to cross over
+
+
+def nsga2_population(num_samples: int) -> int:
+    """NSGA-II's population for a search of `num_samples` trials."""
+    return max(NSGA2_MIN_POPULATION, num_samples // NSGA2_GENERATIONS)
 
 
 WARM_STUDY = "raydigits"
@@ -207,16 +235,34 @@ def _population_scheduler(spec: SearchSpec):
 
 def family_parameters(spec: SearchSpec) -> list[str]:
     """family_asha's families: the searched categorical parameters (optimiser, schedule, ...), whose
-    values change how a learning curve starts, so trials are compared only within one of them."""
-    return [name for name, p in spec.parameters.items() if p.values is not None and p.varies() and not p.when]
+    values change how a learning curve starts, so trials are compared only within one of them. With
+    several objectives, not those that choose the architecture (costs.ARCHITECTURE_KEYS): the costs
+    the rungs rank by already tell architectures apart, and comparing across them is the search's point
+    (families of one architecture would leave each rung a handful of trials, or one, and stop none)."""
+    from ..costs import ARCHITECTURE_KEYS
+
+    skip = ARCHITECTURE_KEYS if spec.multi_objective else ()
+    return [
+        name
+        for name, p in spec.parameters.items()
+        if p.values is not None and p.varies() and not p.when and spec.target(name) not in skip
+    ]
+
+
+def cost_objectives(spec: SearchSpec) -> list[str]:
+    """The objectives besides the quality metric: costs, all minimised (spec checks)."""
+    return [k for k, _ in spec.objective_list if k != spec.metric]
 
 
 def build_tune_scheduler(spec: SearchSpec):
     """Tune's trial scheduler (family ASHA, Ray's ASHA, FIFO, PBT or PB2); optim.build_scheduler is the
-    learning-rate schedule."""
+    learning-rate schedule. With several objectives, family_asha and asha rank their rungs by Pareto
+    dominance (family_asha.py's `costs`); with constraints, our ASHA keeps infeasible trials off its
+    rungs (every scheduler type: runner.py's stopper ends them)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.scheduler
+    broken = spec.broken_constraints if spec.constraints else None
     if s.type == "fifo":
         return FIFOScheduler()
     if s.type in POPULATION:
@@ -232,6 +278,22 @@ def build_tune_scheduler(spec: SearchSpec):
             reduction_factor=s.reduction_factor,
             family=family_parameters(spec),
             seed=spec.seed,
+            costs=cost_objectives(spec),
+            broken=broken,
+        )
+    if spec.multi_objective:  # asha: Ray's rule (every trial compared, 1/rf kept, its brackets), on points
+        from .family_asha import FamilyASHA
+
+        return FamilyASHA(
+            metric=spec.metric,
+            mode=spec.mode,
+            max_t=spec.epochs,
+            grace_period=min(s.grace_period, spec.epochs),
+            reduction_factor=s.reduction_factor,
+            brackets=s.brackets,
+            seed=spec.seed,
+            costs=cost_objectives(spec),
+            broken=broken,
         )
     return ASHAScheduler(
         time_attr="training_iteration",

@@ -18,7 +18,7 @@ from ..config import MUTABLE_KNOBS, TrainConfig, data_dir_path, format_validatio
 from ..errors import UserError
 from .derived import mutated
 from .kinds import INT_TOLERANCE, q_grid
-from .model import COST_METRICS, EARLY_STOPPING, POPULATION, Param, SearchSpec
+from .model import COST_METRICS, EARLY_STOPPING, OPTUNA_METHODS, POPULATION, Param, SearchSpec
 
 
 # ------------------------------------------------------------------ check_spec, step by step
@@ -95,8 +95,10 @@ def _check_param_keys(spec: SearchSpec, name: str, p: Param, target: str, where:
         )
     if spec.method == "grid" and p.distribution is not None:
         raise UserError(f"{where}: parameters.{name}: method grid needs `values` (or `value`)")
-    if spec.method == "tpe" and p.kind is not None and not p.kind.suggest:
-        raise UserError(f"{where}: parameters.{name}: method tpe does not support distribution {p.distribution}")
+    if spec.method in OPTUNA_METHODS and p.kind is not None and not p.kind.suggest:
+        raise UserError(
+            f"{where}: parameters.{name}: method {spec.method} does not support distribution {p.distribution}"
+        )
 
 
 def _check_candidates(name: str, p: Param, target: str, base: dict[str, Any], where: str) -> None:
@@ -122,7 +124,7 @@ def check_population(spec: SearchSpec, where: str) -> None:
         if s.mutate is not None:
             raise UserError(f"{where}: scheduler.mutate: only for scheduler type pbt or pb2")
         return
-    if spec.method == "tpe":
+    if spec.method in OPTUNA_METHODS:
         raise UserError(
             f"{where}: scheduler.type {s.type}: its trials take their configs from each other; "
             "use method random or grid"
@@ -200,6 +202,13 @@ def _check_objectives(spec: SearchSpec, where: str) -> None:
     for key, mode in (spec.objectives or {}).items():
         if key in COST_METRICS and mode != "min":
             raise UserError(f"{where}: objectives.{key}: {mode} would prefer the costlier model; give min")
+    if spec.method == "nsga2" and not spec.multi_objective:
+        # NSGA-II's selection is non-dominated sorting: with one objective it is a plain genetic
+        # algorithm whose first generation is random, which TPE beats at this number of trials
+        raise UserError(
+            f"{where}: method: nsga2 searches several objectives (give objectives with a cost); "
+            "with one objective use tpe"
+        )
     if spec.multi_objective and spec.scheduler.type in POPULATION:
         raise UserError(
             f"{where}: objectives: scheduler type {spec.scheduler.type} follows one metric; with several "

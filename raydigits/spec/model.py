@@ -24,6 +24,9 @@ SCHEDULERS = ("family_asha", "asha", "fifo", "pbt", "pb2")
 # schedulers that stop trials at rungs (grace_period * reduction_factor**k): family_asha, the default,
 # compares a trial only with trials of its own family (search/family_asha.py); asha is Ray's own
 EARLY_STOPPING = ("family_asha", "asha")
+# methods whose configs Optuna suggests (define-by-run: search/tune_space.OptunaSpace): tpe (one or
+# several objectives: Optuna's TPESampler handles both) and nsga2 (Optuna's NSGAIISampler: several)
+OPTUNA_METHODS = ("tpe", "nsga2")
 # what a search can optimise: how good a trial is (measured every epoch, on validation) ...
 QUALITY_METRICS = {"val_acc": "max", "val_loss": "min"}  # the metric and its better direction
 # ... and what its model costs to deploy, known before its first epoch (raydigits/costs.py measures them,
@@ -194,7 +197,7 @@ class SearchSpec(_Strict):
     metric: Literal["val_acc", "val_loss"] = "val_acc"
     mode: Literal["max", "min"] | None = None  # default: max for val_acc, min for val_loss
     num_samples: int = Field(8, ge=1)
-    method: Literal["random", "grid", "tpe"] = "random"
+    method: Literal["random", "grid", "tpe", "nsga2"] = "random"  # nsga2: several objectives only
     scheduler: SchedulerSpec = SchedulerSpec()
     resources: Resources = Resources()
     audit: AuditSpec = AuditSpec()
