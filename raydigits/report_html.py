@@ -36,6 +36,7 @@ OUTCOME_COLOURS = {
     "oom": "#8c564b",
     "error": "#e377c2",
     "interrupted": "#bcbd22",
+    "infeasible": "#b0b0b0",  # broke a constraint (grey, as on the front's plot)
 }
 DASH = {"completed": "solid", "asha_stopped": "dot", "early_stopped": "dash"}
 MISSING_LABEL = "(not sampled)"  # a conditional parameter where its condition did not hold
