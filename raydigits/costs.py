@@ -60,9 +60,14 @@ class Costs:
 def of_trainer(trainer) -> Costs:
     """A `Trainer`'s model costs, from the cache or measured now on its device with its threads."""
     cfg = trainer.cfg
-    model = cfg.model if cfg.width_mult == 1.0 else f"{cfg.model} x{cfg.width_mult:g}"  # each width its own entry
-    key = cache_key(model, len(trainer.class_names), cfg.img_size, cfg.channels_last, trainer.device)
+    key = config_key(cfg, len(trainer.class_names), trainer.device)
     return cached(key, lambda: measure(trainer.model, cfg.img_size, trainer.device, trainer.autocast))[0]
+
+
+def config_key(cfg, num_classes: int, device: torch.device) -> str:
+    """A trainer config's cache key: its architecture (each width_mult its own), image size, layout."""
+    model = cfg.model if cfg.width_mult == 1.0 else f"{cfg.model} x{cfg.width_mult:g}"
+    return cache_key(model, num_classes, cfg.img_size, cfg.channels_last, device)
 
 
 def cache_key(model_name: str, num_classes: int, img_size: int, channels_last: bool, device: torch.device) -> str:

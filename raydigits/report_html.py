@@ -36,7 +36,7 @@ OUTCOME_COLOURS = {
     "oom": "#8c564b",
     "error": "#e377c2",
     "interrupted": "#bcbd22",
-    "infeasible": "#393b79",  # broke a constraint (records.OUTCOMES): stopped at its first result
+    "infeasible": "#b0b0b0",  # broke a constraint (grey, as on the front's plot)
 }
 DASH = {"completed": "solid", "asha_stopped": "dot", "early_stopped": "dash"}
 MISSING_LABEL = "(not sampled)"  # a conditional parameter where its condition did not hold
@@ -192,13 +192,13 @@ def _front_section(exp: Experiment, m: dict) -> str:
     costs = [k for k, _ in spec.objective_list if k != quality]
     figures = "".join(_front_plot(front, spec, quality, cost) for cost in costs)
     split = pareto.get("evaluated_split", m.get("evaluated_split", "test"))
-    columns = ["trial", "epoch", *dict(spec.objective_list), "val_acc", f"{split} accuracy", "model"]
+    shown = list(dict.fromkeys([*dict(spec.objective_list), "val_acc"]))  # val_acc once, objective or not
+    columns = ["trial", "epoch", *shown, f"{split} accuracy", "model"]
     rows = [
         (
             _e(r["trial_id"]),
             _e(r["epoch"]),
-            *(_fmt(r[k]) for k in dict(spec.objective_list)),
-            _fmt(r["val_acc"]),
+            *(_fmt(r[k]) for k in shown),
             _fmt(r[f"{split}_accuracy"]),
             f"<code>{_e(r['model_pt'])}</code>",
         )
@@ -213,8 +213,8 @@ def _front_section(exp: Experiment, m: dict) -> str:
         f"each at the epoch the final stage would ship of it (select_epoch: {_e(spec.select_epoch)}); "
         + (f"constraints: {_e(constraints)}; " if constraints else "")
         + f"dominated and infeasible trials greyed. The {_e(split)} accuracy is reported, never used to choose. "
-        'Hover a point for its config. `python launch.py export EXP --pick "latency_ms<=2"` takes the most '
-        "accurate member within a bound."
+        "Hover a point for its config. <code>python launch.py export EXP --pick 'latency_ms&lt;=2'</code> takes "
+        "the most accurate member within a bound."
     )
     body = figures + _table(rows, columns) + f"<details><summary>trials off the front</summary>{rest}</details>"
     return _section("front", "Pareto front", body, note)

@@ -80,3 +80,13 @@ def test_width_mult_on_a_model_without_one_is_one_line_naming_the_key_and_model(
         "mobilenet_v3_large, mobilenet_v3_small do); leave width_mult at 1.0 for it"
     )
     assert make_config({"model": "resnet18", "width_mult": 1.0}).width_mult == 1.0  # the default fits any model
+
+
+def test_each_width_is_its_own_entry_in_the_costs_cache():
+    from raydigits.costs import config_key
+
+    cpu = torch.device("cpu")
+    keys = {config_key(make_config({"width_mult": w}), 10, cpu) for w in (0.5, 0.75, 1.0)}
+    assert len(keys) == 3
+    # the published width keeps the key it always had: caches written before width_mult stay valid
+    assert config_key(make_config({}), 10, cpu).split("|")[1] == "mobilenet_v3_small"

@@ -79,6 +79,7 @@ def test_front_places_every_trial_on_validation(trials):
     }
     assert [p.trial_id for p in front.members] == ["slow", "mid", "fast"]  # most accurate first
     assert front.status("huge").why == "breaks params <= 2e+06"
+    assert front.status("nan").costs["latency_ms"] == 0.1  # its costs, though it has no epoch to place
     assert front.status("worse").rank == 1 and front.status("mid").rank == 0
     slow = front.status("slow")
     assert (slow.epoch, slow.values, slow.val_acc) == (2, {"val_acc": 0.97, "latency_ms": 5.0}, 0.97)

@@ -152,16 +152,16 @@ def _costs(trial: Trial, at: dict[str, Any]) -> dict[str, float]:
 def _place(trial: Trial, spec: SearchSpec) -> Point:
     """A trial with its chosen epoch and values, or why it cannot be on the front. Infeasible is
     judged on its costs before anything else (a trial stopped for breaking a constraint is that)."""
-    broken = spec.broken_constraints(_costs(trial, {}))
+    measured = _costs(trial, {})  # its costs, whatever else it lacks
+    broken = spec.broken_constraints(measured)
     infeasible = "; ".join(f"breaks {b}" for b in broken)
+    off = INFEASIBLE if broken else UNUSABLE
     if not trial.usable:
-        return Point(trial.trial_id, INFEASIBLE if broken else UNUSABLE, infeasible or trial.outcome, trial.config)
+        return Point(trial.trial_id, off, infeasible or trial.outcome, trial.config, costs=measured)
     try:
         choice = choose_epoch([trial], spec)  # the single-objective rule, over this trial alone
     except UserError:
-        return Point(
-            trial.trial_id, INFEASIBLE if broken else UNUSABLE, infeasible or "no checkpoint kept", trial.config
-        )
+        return Point(trial.trial_id, off, infeasible or "no checkpoint kept", trial.config, costs=measured)
     at = _report_at(trial, choice.epoch)
     costs = _costs(trial, at)
     val_acc = float(at["val_acc"]) if isinstance(at.get("val_acc"), (int, float)) else float("nan")
