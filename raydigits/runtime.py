@@ -9,6 +9,8 @@ import torch
 
 from .errors import UserError
 
+OWN_THREADS = torch.get_num_threads()  # torch's own choice in this process, before any run set another
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -39,15 +41,15 @@ def setup_process(cfg, device: torch.device, default_threads: int = 0) -> None:
     trials do not oversubscribe the machine), else torch's own choice. The count changes CPU results
     (README, "Reproduce a trial": 1 vs 2 threads moved epoch-1 val_acc from 0.300 to 0.325), which is
     why a trial's TrainConfig records its count and a reproduction uses it. Last, torch's global RNG
-    is seeded with `cfg.seed`: the model's initialisation, built next."""
-    threads = cfg.threads or default_threads
-    if threads:
-        torch.set_num_threads(threads)
+    is seeded with `cfg.seed`: the model's initialisation, built next. Everything here is set on every
+    call, never only when asked for: Tune reuses a trial's process for the next trial (runner.py)."""
+    torch.set_num_threads(cfg.threads or default_threads or OWN_THREADS)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
-        if cfg.gpu_memory_fraction:  # a packed trial stays inside its share (an overrun is an OOM)
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, index)  # needs an index
+        # a packed trial stays inside its share (an overrun is an OOM); no cap is 1.0, set too: a process
+        # Tune reuses may have run a capped trial before
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction or 1.0, index)  # needs an index
     torch.manual_seed(cfg.seed)
 
 

@@ -287,9 +287,10 @@ def _fit_new(
             # time budget: a stopper in _run_config
             trial_name_creator=lambda t: f"{spec.name}_{t.trial_id}",
             trial_dirname_creator=lambda t: f"{spec.name}_{t.trial_id}",
-            # PBT / PB2 pause and restart trials at every perturbation: keep
-            # their processes (torch loaded, the dataset mapped) instead of new ones
-            reuse_actors=spec.scheduler.type in POPULATION,
+            # every scheduler: a trial that ends hands its process (torch loaded, the dataset
+            # mapped) to the next one instead of a new process per trial, and PBT / PB2 keep theirs
+            # across perturbations; each trial sets its process state anew (trainable.train_trial)
+            reuse_actors=True,
         ),
         run_config=_run_config(spec, exp, verbose),
     )
