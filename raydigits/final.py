@@ -186,6 +186,7 @@ def _search_metrics(exp: Experiment, choice, config: dict, regret, ties) -> dict
         "n_diverged": counts["diverged"],
         "n_completed": counts["completed"],
         "n_oom": counts["oom"],
+        "n_infeasible": counts["infeasible"],  # broke a constraint (stopped at its first result)
         "n_time_budget": counts["time_budget"] + counts["not_started"],
         "search_wall_time_s": float((run.finished or last) - run.started) if run.started else None,
         "eta": eta.summary(exp.location, run.started, run.finished),  # the first estimate vs the actual
@@ -226,7 +227,13 @@ def print_summary(out: Location | Path, m: dict, spec: SearchSpec) -> None:
     print(
         f"trials: {m['n_trials']} ({m['n_completed']} completed, {m['n_asha_stopped']} stopped by ASHA, "
         f"{m['n_early_stopped']} early-stopped, {m['n_time_budget']} cut by the time budget, "
-        f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed)"
+        f"{m['n_diverged']} diverged, {m['n_oom']} out of memory, {m['n_failed']} failed"
+        + (
+            f", {m.get('n_infeasible', 0)} infeasible: {'; '.join(b.describe(k) for k, b in spec.constraints.items())}"
+            if spec.constraints
+            else ""
+        )
+        + ")"
     )
     if m.get("eta"):
         print(eta.summary_line(m["eta"]))
