@@ -255,9 +255,10 @@ def run_search_command(args, run: SearchRun) -> int:
     spec = run.spec
     data_dir = runner.data_dir_of(spec)  # before Ray starts: a data problem fails in seconds
     data = runner.load_data(spec, data_dir)
-    from .search.feasible import check_constraints
+    if spec.constraints:  # before Ray starts: a constraint no model of the space can meet
+        from .search.feasible import check_constraints
 
-    check_constraints(spec, len(data.class_names))  # before Ray starts: a constraint no model meets
+        check_constraints(spec, len(data.class_names))
     print_dashboard(runner.start_ray(args.address, args.dashboard_port, job_name=run.job_name))
     runner.check_resources(spec)
     if run.before_fit is not None:
