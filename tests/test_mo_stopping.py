@@ -184,9 +184,9 @@ CURVES = {
 def local_ray():
     import ray
 
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR"
-    )  # never another helper's cluster
+    # "local": never a cluster another process started; WARNING as the product's own ray.init (ERROR
+    # would stay set on Ray's loggers for the tests that run after this module in the same process)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
