@@ -330,8 +330,13 @@ def test_dashboard_in_a_browser_needs_the_token_and_shows_the_trials(smoke_run):
     assert found["actors_view_trials"] and found["actors_view_class"]
     logs = found["trial_logs"]
     assert any(f"[{name}] epoch 1 val_acc" in log for name, log in logs.items()), logs
-    for name, log in logs.items():  # one log per trial: only its own epoch lines
-        assert set(re.findall(r"\[(smoke_\w+_\d{5})\] epoch", log)) <= {name}, log
+    # a trial process is reused by the next trial (runner.py: reuse_actors), so an actor's log holds
+    # the trials it ran in turn (and a retried trial may continue in another): every epoch line in
+    # it names the trial it belongs to
+    for log in logs.values():
+        assert len(re.findall(r"epoch \d+ val_acc", log)) == len(
+            re.findall(r"\[smoke_\w+_\d{5}\] epoch \d+ val_acc", log)
+        ), log
 
 
 def test_local_dashboard_listens_on_loopback_only(smoke_run):
