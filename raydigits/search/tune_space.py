@@ -267,34 +267,25 @@ def build_tune_scheduler(spec: SearchSpec):
         return FIFOScheduler()
     if s.type in POPULATION:
         return _population_scheduler(spec)
+    # what our ASHA takes in either form: the rungs, the quality metric and the cost objectives
+    ours = dict(
+        metric=spec.metric,
+        mode=spec.mode,
+        max_t=spec.epochs,
+        grace_period=min(s.grace_period, spec.epochs),
+        reduction_factor=s.reduction_factor,
+        seed=spec.seed,
+        costs=cost_objectives(spec),
+        broken=broken,
+    )
     if s.type == "family_asha":
         from .family_asha import default_scheduler
 
-        return default_scheduler(
-            metric=spec.metric,
-            mode=spec.mode,
-            max_t=spec.epochs,
-            grace_period=min(s.grace_period, spec.epochs),
-            reduction_factor=s.reduction_factor,
-            family=family_parameters(spec),
-            seed=spec.seed,
-            costs=cost_objectives(spec),
-            broken=broken,
-        )
+        return default_scheduler(family=family_parameters(spec), **ours)
     if spec.multi_objective:  # asha: Ray's rule (every trial compared, 1/rf kept, its brackets), on points
         from .family_asha import FamilyASHA
 
-        return FamilyASHA(
-            metric=spec.metric,
-            mode=spec.mode,
-            max_t=spec.epochs,
-            grace_period=min(s.grace_period, spec.epochs),
-            reduction_factor=s.reduction_factor,
-            brackets=s.brackets,
-            seed=spec.seed,
-            costs=cost_objectives(spec),
-            broken=broken,
-        )
+        return FamilyASHA(brackets=s.brackets, **ours)
     return ASHAScheduler(
         time_attr="training_iteration",
         metric=spec.metric,
