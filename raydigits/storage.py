@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path, PurePosixPath
 
 from . import env
@@ -44,6 +45,10 @@ def check_name(name: str, what: str = "--name") -> str:
             "._-+=@, only; no '/', no '..', not starting with '.' or '-', at most 200 characters)"
         )
     return name
+
+
+# An object read is tried once per entry, after waiting that many seconds, before it is an error.
+READ_ATTEMPT_WAITS_S = (0.0, 0.2, 0.5)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -300,15 +305,21 @@ class Location:
         if self.local is not None:
             return self.local.read_bytes()
         fs, path = self._fs_path
-        try:
-            with fs.open_input_stream(path) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            if not self.exists():
-                raise FileNotFoundError(str(self)) from None
-            raise UserError(f"{self}: cannot read it ({_first_line(exc)})") from None
+        for wait in READ_ATTEMPT_WAITS_S:
+            # A GET cut short (a server error mid-stream, an object replaced while it was read) is
+            # read again: readers of a folder being republished see the old bytes, the new ones or
+            # no object, never a storage error.
+            time.sleep(wait)
+            try:
+                with fs.open_input_stream(path) as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                if not self.exists():
+                    raise FileNotFoundError(str(self)) from None
+                error = exc
+        raise UserError(f"{self}: cannot read it ({_first_line(error)})") from None
 
     def read_text(self) -> str:
         return self.read_bytes().decode("utf-8")

@@ -209,6 +209,59 @@ def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     assert not (REPO / "file:").exists() and (exp / "raydigits_outcomes.json").exists()
 
 
+def test_a_trial_that_had_ended_when_its_driver_died_reports_its_end_on_resume(tmp_path, mnist_dir):
+    """The driver is killed after a trial's last checkpoint but before Tune recorded its end (the
+    experiment state still says RUNNING), and storage's result.json lags the checkpoint by a sync
+    period (its last line missing). --resume restores the trial from that last checkpoint: nothing
+    is left to train, and its history still ends with its last epoch."""
+    space = _space(tmp_path, num_samples=1)
+    sets = ["--set", "train_items=300", "--set", "val_items=100", "--no-final"]
+    first = subprocess.run(
+        [
+            sys.executable,
+            "launch.py",
+            "--search-space",
+            str(space),
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "e",
+            *sets,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    exp = tmp_path / "e"
+    (trial,) = [d for d in exp.glob("smoke_*") if d.is_dir()]
+    rows = results(trial)
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    lines = (trial / "result.json").read_text().splitlines()
+    (trial / "result.json").write_text("\n".join(lines[:-1]) + "\n")  # the lagging copy
+    (state_file,) = sorted(exp.glob("experiment_state-*.json"))[-1:]
+    state = json.loads(state_file.read_text())
+    for pair in state["trial_data"]:
+        trial_state = json.loads(pair[0])
+        trial_state["status"] = "RUNNING"
+        pair[0] = json.dumps(trial_state)
+    state_file.write_text(json.dumps(state))
+    resumed = subprocess.run(
+        [sys.executable, "launch.py", "--resume", str(exp), "--no-final"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = results(trial)
+    assert [r["epoch"] for r in after] == [1, 2, 3]
+    assert "had ended at epoch 3" in resumed.stdout
+    assert not re.search(r"\[smoke_\w+\] epoch \d ", resumed.stdout), "it trained again"
+    assert after[-1]["val_acc"] == rows[-1]["val_acc"]
+
+
 def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_path, mnist_dir):
     """Ctrl-C during the audit (after the search finished): exit 130 with how to continue; then
     `launch.py audit EXP` continues audit_1 from the audited trial's own checkpoint (what it had

@@ -264,3 +264,35 @@ def test_a_store_that_cannot_be_opened_is_one_clear_error():
     cause = err.value.__context__  # pyarrow's error (hidden from the user's traceback by `from None`)
     assert isinstance(cause, (ValueError, OSError, ImportError))
     assert str(err.value) == f"hdfs://nohost:1/x: cannot open this storage ({str(cause).strip().splitlines()[0]})"
+
+
+class _CutShort:
+    """The real S3 filesystem whose first `fails` GETs break mid-stream, as moto's server does when
+    the object is replaced while it streams."""
+
+    def __init__(self, fs, fails):
+        self.fs, self.fails = fs, fails
+
+    def open_input_stream(self, path):
+        if self.fails:
+            self.fails -= 1
+            raise OSError("AWS Error INTERNAL_FAILURE during GetObject operation: Failed to flush")
+        return self.fs.open_input_stream(path)
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+
+def test_an_object_read_cut_short_is_read_again_and_a_lasting_failure_is_one_error(s3):
+    loc = Location.parse(f"s3://{BUCKET}/flaky/f.txt")
+    loc.write_text("whole")
+    fs, path = loc._fs_path
+    loc._fs = (_CutShort(fs, fails=2), path)
+    assert loc.read_text() == "whole"  # two cut-short reads, then the bytes
+    loc._fs = (_CutShort(fs, fails=99), path)
+    with pytest.raises(UserError, match=r"flaky/f\.txt: cannot read it \(AWS Error INTERNAL_FAILURE"):
+        loc.read_bytes()
+    gone = Location.parse(f"s3://{BUCKET}/flaky/gone.txt")
+    gone._fs = (_CutShort(fs, fails=99), f"{BUCKET}/flaky/gone.txt")
+    with pytest.raises(FileNotFoundError):
+        gone.read_bytes()  # a read that fails because the object is gone says so

@@ -57,13 +57,14 @@ def train_trial(
         changed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in trainer.changed_knobs.items())
         print(f"resumed from epoch {trainer.epoch}" + (f" with {changed}" if changed else ""), flush=True)
 
-    def report(metrics: dict, t: Trainer) -> None:
-        print(
-            f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
-            f"val_acc {metrics['val_acc']:.4f} train_loss {metrics['train_loss']:.4f} "
-            f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.0f} img/s",
-            flush=True,
-        )
+    def report(metrics: dict, t: Trainer, say: bool = True) -> None:
+        if say:
+            print(
+                f"[{tune.get_context().get_trial_name()}] epoch {metrics['epoch']} "
+                f"val_acc {metrics['val_acc']:.4f} train_loss {metrics['train_loss']:.4f} "
+                f"lr {metrics['lr']:.2e} {metrics['images_per_s']:.0f} img/s",
+                flush=True,
+            )
         clean = {k: (float(v) if isinstance(v, (bool, int, float)) and k != "epoch" else v) for k, v in metrics.items()}
         clean["stop_reason"] = t.stop_reason or ""
         clean.update(cost.metrics())  # params, size_mb, mflops, latency_ms (raydigits/costs.py)
@@ -77,4 +78,12 @@ def train_trial(
             t.save(Path(d) / CHECKPOINT_FILE)
             tune.report(clean, checkpoint=tune.Checkpoint.from_directory(d))
 
+    if checkpoint and trainer.history and (trainer.epoch >= cfg.epochs or trainer.stop_reason):
+        # It had ended when its driver died (killed after the last checkpoint, before Tune recorded
+        # the end). Nothing is left to train, but Tune learns a trial's end only from a report, and
+        # storage's result.json may lag the checkpoint by a sync period: report the last epoch
+        # again (readers keep an epoch's latest report) so the history ends with it.
+        print(f"resumed trial had ended at epoch {trainer.epoch}: its last epoch is reported again", flush=True)
+        report(trainer.history[-1], trainer, say=False)
+        return
     trainer.fit(report)
