@@ -282,7 +282,8 @@ def test_killed_search_on_s3_resumes_without_rerunning_finished_trials(tmp_path,
             assert read_results(exp / name) == rows  # not re-run: no new reports
         dirs = exp.glob("smoke_*")
         runs = [read_results(d) for d in dirs]
-        assert len(dirs) == 3 and all(r and r[-1].get("done") for r in runs)
+        seen = {d.name: [(r.get("epoch"), r.get("done")) for r in rows] for d, rows in zip(dirs, runs)}
+        assert len(dirs) == 3 and all(r and r[-1].get("done") for r in runs), seen
         # --max-concurrent 1 held although 2 CPUs were free: no two trials trained at the same time
         spans = sorted((r[0]["timestamp"] - r[0]["time_this_iter_s"], r[-1]["timestamp"]) for r in runs)
         assert all(a[1] <= b[0] + 1 for a, b in zip(spans, spans[1:])), spans
