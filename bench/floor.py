@@ -1,7 +1,9 @@
 """The compute floor of a finished search, and where the rest of its wall time went (not a test).
 
 floor = Σ over the search's trial-epochs of (the epoch's training images ÷ the bare loop's img/s at the
-trial's settings + its validation and precise-BN images ÷ the bare eval img/s) ÷ the concurrency.
+trial's settings + its validation and precise-BN images ÷ the bare eval img/s) ÷ the concurrency,
+the bare speeds measured with as many bare loops running at once as the search ran trials (each
+slot's speed while the others work, as the trials trained); one bare loop alone is printed too.
 The bare loop is bench/trainer_bench.py's (the trainer's own model, optimiser and loss stepping over
 batches already preprocessed in memory); bare eval is the model's forward pass in eval mode over the
 same kind of batches, at eval_batch_size. Both are measured here, now, for each distinct setting
@@ -54,9 +56,10 @@ class Speeds:
     eval: float  # bare eval img/s
 
 
-def bare_speeds(cfg: TrainConfig, data, rounds: int = 3, batches: int = 20) -> Speeds:
+def bare_speeds(cfg: TrainConfig, data, rounds: int = 3, batches: int = 20, ready=None) -> Speeds:
     """Bare training and eval img/s of `cfg`'s setting (medians of `rounds`, after a warm-up), with
-    the trainer's own model, optimiser, loss, AMP and memory format (bench/trainer_bench.py's loop)."""
+    the trainer's own model, optimiser, loss, AMP and memory format (bench/trainer_bench.py's loop).
+    `ready`: called after the warm-up, before the measured rounds (bare_speeds_together's barrier)."""
     from trainer_bench import bare_loop
 
     items = cfg.batch_size * batches
@@ -81,7 +84,37 @@ def bare_speeds(cfg: TrainConfig, data, rounds: int = 3, batches: int = 20) -> S
 
     bare_loop(t, xs, ys, min(len(xs), 3))  # warm-up
     bare_eval()
+    if ready is not None:
+        ready()
     got = [(bare_loop(t, xs, ys, len(xs)), bare_eval()) for _ in range(rounds)]  # interleaved rounds
+    return Speeds(statistics.median(g[0] for g in got), statistics.median(g[1] for g in got))
+
+
+def _bare_worker(cfg_json: str, data_dir: str, rounds: int, batches: int, barrier, out) -> None:
+    cfg = TrainConfig.model_validate_json(cfg_json)
+    data = load_dataset(Path(data_dir), splits=("train", "val"))
+    sp = bare_speeds(cfg, data, rounds, batches, ready=barrier.wait)
+    out.put((sp.train, sp.eval))
+
+
+def bare_speeds_together(cfg: TrainConfig, data_dir: str, n: int, rounds: int = 3, batches: int = 20) -> Speeds:
+    """bare_speeds in `n` processes at once, their measured rounds started together (a barrier after
+    each one's warm-up): what each of a search's `n` slots can do while the others work, as its
+    trials did (two cores under two loops share caches, memory bandwidth and the VM's host).
+    The median over the processes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(n), ctx.Queue()
+    procs = [
+        ctx.Process(target=_bare_worker, args=(cfg.model_dump_json(), data_dir, rounds, batches, barrier, out))
+        for _ in range(n)
+    ]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=1800) for _ in procs]
+    for p in procs:
+        p.join()
     return Speeds(statistics.median(g[0] for g in got), statistics.median(g[1] for g in got))
 
 
@@ -104,7 +137,8 @@ def floor_report(exp_dir: Path, wall: float | None = None, concurrency: int = 0,
     trials = [t for t in exp.trials if t.run == "search"]  # not an extension's or an audit's
     conc = concurrency or spec.max_concurrent or 1
     data = load_dataset(Path(data_dir), splits=("train", "val"))
-    speeds: dict[tuple, Speeds] = {}
+    speeds: dict[tuple, Speeds] = {}  # the floor's: `conc` bare loops at once (bare_speeds_together)
+    alone: dict[tuple, Speeds] = {}  # one bare loop on an otherwise idle machine, shown for comparison
     sums = dict(floor=0.0, train=0.0, train_floor=0.0, val=0.0, val_floor=0.0, bn=0.0, bn_floor=0.0)
     sums.update(report=0.0, start=0.0, busy=0.0)
     epochs = 0
@@ -113,7 +147,8 @@ def floor_report(exp_dir: Path, wall: float | None = None, concurrency: int = 0,
         cfg = trial_train_config(spec, trial.config, data_dir, where=f"trial {trial.trial_id}")
         key = setting(cfg)
         if key not in speeds:
-            speeds[key] = bare_speeds(cfg, data, rounds, batches)
+            alone[key] = bare_speeds(cfg, data, rounds, batches)
+            speeds[key] = bare_speeds_together(cfg, data_dir, conc, rounds, batches) if conc > 1 else alone[key]
         sp = speeds[key]
         rows = [r for r in trial.results if r.get("epoch_time_s")]
         excess = [r["time_this_iter_s"] - r["epoch_time_s"] for r in rows]
@@ -159,7 +194,9 @@ def floor_report(exp_dir: Path, wall: float | None = None, concurrency: int = 0,
     lines = [
         f"{exp_dir}: {len(trials)} trials, {epochs} trial-epochs, concurrency {conc}",
         *(
-            f"  bare speeds at {dict(zip(SETTING_KEYS, k))}: train {s.train:.0f} img/s, eval {s.eval:.0f} img/s"
+            f"  bare speeds at {dict(zip(SETTING_KEYS, k))}: {conc} loops at once (the floor's) train "
+            f"{s.train:.0f} img/s, eval {s.eval:.0f} img/s each; one alone train {alone[k].train:.0f}, "
+            f"eval {alone[k].eval:.0f}"
             for k, s in speeds.items()
         ),
         f"  precise BN: {sums['bn']:.1f} slot-s measured, of which floor {sums['bn_floor']:.1f}",

@@ -6,8 +6,9 @@ so a policy that only decides which trial stops sees exactly the prefix of the c
 recorded, and its costs (measured once before the first epoch, the same for every trial of an
 architecture) are the ones the FIFO run reported. Every decision comes from
 `raydigits.search.mo_stopping.MOStoppingCore` — the core that decides inside the shipped scheduler —
-with the shipped default's settings (`family_asha.default_keep`, stratified by the searched
-categorical parameters unless --family says otherwise); the search's slots are simulated, each epoch
+with the shipped default's settings (`family_asha.default_keep`; no families unless --family says
+otherwise: with several objectives the shipped scheduler leaves out the keys that choose the
+architecture, which are all of accuracy_vs_latency's parameters); the search's slots are simulated, each epoch
 lasting as long as the FIFO run recorded it.
 
 Per run (one search seed) and over --orders random arrival orders: the trial-epochs each side ran, and
