@@ -3,9 +3,9 @@ on disk, FLOPs per image and the latency of its eval-mode forward at batch 1 on 
 
 The numbers depend on the architecture (model name, classes), the image size, the memory format, the
 device and the torch thread count, and on nothing a trial learns, so they are cached per machine
-under that key (`~/.cache/raydigits/costs.json`): a search times each architecture once, and every
-trial of it reports the same numbers. Latency is the median of `CALLS` timed calls after `WARMUP`
-untimed ones, with the trial's own threads (stated in `threads`), synchronising on CUDA; it is
+under that key (`~/.cache/raydigits/costs.json`, or $RAYDIGITS_COSTS_CACHE): a search times each
+architecture once, and every trial of it reports the same numbers. Latency is the median of `CALLS` timed calls after `WARMUP`
+untimed ones (the quietest of up to `ROUNDS` rounds), with the trial's own threads (stated in `threads`), synchronising on CUDA; it is
 measured while the search's other trials run, which is the load a search measures under. Runs
 without Ray."""
 
@@ -26,15 +26,19 @@ from filelock import FileLock, Timeout
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import atomic
+from . import atomic, env
 
 # the TrainConfig keys a model's costs depend on (with the class count, the device and its threads):
 # what tells one architecture from another in a multi-objective search
 ARCHITECTURE_KEYS = ("model", "width_mult", "img_size", "channels_last")
 CALLS = 30  # timed batch-1 calls; the median of them is the latency
 WARMUP = 5  # untimed calls first (allocator, oneDNN primitive cache, cuDNN autotune)
-CACHE = Path("~/.cache/raydigits/costs.json")  # per machine: latency is this machine's
-FORMAT = 1  # bump when what is measured, or how, changes (older entries are then measured again)
+# A trial measures while the search's other trials (and Ray's own processes) share the cores: a round
+# whose calls were preempted is bimodal (seen on 2 cores: medians of 50-150 ms with an IQR as large,
+# for models that answer in 5-12 ms). Up to ROUNDS rounds, stopping at the first quiet one.
+ROUNDS = 4
+QUIET_IQR = 0.25  # a round is quiet when its IQR is at most this share of its median
+FORMAT = 2  # bump when what is measured, or how, changes (older entries are then measured again)
 
 
 @dataclass(frozen=True)
@@ -81,12 +85,22 @@ def cache_key(model_name: str, num_classes: int, img_size: int, channels_last: b
 
 
 def measure(
-    model: nn.Module, img_size: int, device: torch.device, autocast=None, calls: int = CALLS, warmup: int = WARMUP
+    model: nn.Module,
+    img_size: int,
+    device: torch.device,
+    autocast=None,
+    calls: int = CALLS,
+    warmup: int = WARMUP,
+    rounds: int = ROUNDS,
 ) -> Costs:
     """The model's costs, measured now. The model is put in eval mode for the measure and back in the
-    mode it had; its weights, buffers and the random number generators are left as they were."""
-    if calls < 1 or warmup < 0:
-        raise ValueError(f"costs: calls must be ≥ 1 and warmup ≥ 0, got {calls} and {warmup}")
+    mode it had; its weights, buffers and the random number generators are left as they were.
+    Latency: up to `rounds` rounds of `calls` timed calls, until one is quiet (IQR ≤ QUIET_IQR × its
+    median); the round with the smallest median is kept, with its IQR."""
+    if calls < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(
+            f"costs: calls and rounds must be ≥ 1 and warmup ≥ 0, got {calls} and {warmup} (rounds {rounds})"
+        )
     params = sum(p.numel() for p in model.parameters())
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
@@ -101,22 +115,30 @@ def measure(
                 model(x)
             for _ in range(warmup):
                 model(x)
-            times = []
-            for _ in range(calls):
-                _sync(device)
-                start = time.perf_counter()
-                model(x)
-                _sync(device)
-                times.append((time.perf_counter() - start) * 1e3)
+            best: tuple[float, float] | None = None  # (median, IQR) of the quietest round
+            for _ in range(rounds):
+                times = []
+                for _ in range(calls):
+                    _sync(device)
+                    start = time.perf_counter()
+                    model(x)
+                    _sync(device)
+                    times.append((time.perf_counter() - start) * 1e3)
+                q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+                median, iqr = statistics.median(times), q[2] - q[0]
+                if best is None or median < best[0]:
+                    best = (median, iqr)
+                if iqr <= QUIET_IQR * median:
+                    break
     finally:
         model.train(was_training)
-    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    assert best is not None
     return Costs(
         params=params,
         size_mb=buf.getbuffer().nbytes / 2**20,
         mflops=counter.get_total_flops() / 1e6,
-        latency_ms=round(statistics.median(times), 4),
-        latency_iqr_ms=round(q[2] - q[0], 4),
+        latency_ms=round(best[0], 4),
+        latency_iqr_ms=round(best[1], 4),
         threads=torch.get_num_threads(),
         device=device.type,
     )
@@ -149,11 +171,12 @@ def static_costs(model_name: str, num_classes: int, img_size: int, width_mult: f
     }
 
 
-def cached(key: str, measure_now, path: Path = CACHE) -> tuple[Costs, bool]:
-    """(costs, whether they came from the cache). Concurrent trials take a file lock around
-    read-measure-write, so the first measures and the others read its numbers; a missing or
-    unreadable cache is measured anew and rewritten whole (temp file, then rename)."""
-    path = path.expanduser()
+def cached(key: str, measure_now, path: Path | None = None) -> tuple[Costs, bool]:
+    """(costs, whether they came from the cache: `path`, default env.costs_cache()). Concurrent
+    trials take a file lock around read-measure-write, so the first measures and the others read
+    its numbers; a missing or unreadable cache is measured anew and rewritten whole (temp file,
+    then rename)."""
+    path = (path or env.costs_cache()).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + ".lock", timeout=120)

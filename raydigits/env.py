@@ -6,6 +6,8 @@ point inside its error boundary), never a traceback or a silent default.
     RAYDIGITS_STORAGE_PROBE_S  seconds the storage check waits for an object store (> 0)
     RAYDIGITS_NO_PROGRESS      1 hides progress bars, 0 or unset shows them
     RAYDIGITS_INJECT_FAULT     tests: ";"-separated KIND:EPOCH:MARKER faults a trial raises
+    RAYDIGITS_COSTS_CACHE      the file of measured model costs (raydigits/costs.py; a local path,
+                               `~` expanded; default ~/.cache/raydigits/costs.json)
     RAY_ADDRESS                the cluster to attach to when --address is not given (Ray's own):
                                auto, local, HOST:PORT or ray://HOST:PORT
     RAY_AUTH_TOKEN             Ray's dashboard token: only whether it is set is read (never its value)
@@ -24,6 +26,8 @@ DATA_ENV = "RAYDIGITS_DATA"
 PROBE_ENV = "RAYDIGITS_STORAGE_PROBE_S"
 NO_PROGRESS_ENV = "RAYDIGITS_NO_PROGRESS"
 FAULT_ENV = "RAYDIGITS_INJECT_FAULT"
+COSTS_CACHE_ENV = "RAYDIGITS_COSTS_CACHE"
+COSTS_CACHE_DEFAULT = "~/.cache/raydigits/costs.json"  # per machine: latency is this machine's
 ADDRESS_ENV = "RAY_ADDRESS"
 TOKEN_ENV = "RAY_AUTH_TOKEN"
 TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -91,6 +95,15 @@ def token_set() -> bool:
     return text(TOKEN_ENV) is not None
 
 
+def costs_cache() -> Path:
+    """$RAYDIGITS_COSTS_CACHE: the costs cache file (a local path; a URI or a folder is refused)."""
+    value = text(COSTS_CACHE_ENV)
+    path = Path(value or COSTS_CACHE_DEFAULT).expanduser()
+    if value is not None and ("://" in value or "\n" in value or path.is_dir()):
+        raise UserError(f"{COSTS_CACHE_ENV}={value!r}: expected the path of a local file (or unset it)")
+    return path
+
+
 def token_path() -> str | None:
     """$RAY_AUTH_TOKEN_PATH: a file path on the head node (a URI or a several-line value is refused)."""
     value = text(TOKEN_PATH_ENV)
@@ -107,3 +120,4 @@ def check_environment() -> None:
     faults()
     address()
     token_path()
+    costs_cache()

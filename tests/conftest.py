@@ -5,6 +5,7 @@ local/S3 storage roots. Plain helpers and the harnesses are in support/"""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import pytest
 from support.helpers import REPO
 
 os.environ.setdefault("RAYDIGITS_NO_PROGRESS", "1")
+# the suite's own costs cache: latencies measured while the tests load the machine stay out of the
+# user's (~/.cache/raydigits/costs.json), which every later search on this machine would report
+os.environ.setdefault("RAYDIGITS_COSTS_CACHE", str(Path(tempfile.mkdtemp(prefix="raydigits-costs-")) / "costs.json"))
 
 
 @pytest.fixture(scope="session")

@@ -333,6 +333,7 @@ ENV_CASES = {
     "RAYDIGITS_DATA": ("s3://b/mnist", "must be a local path"),
     "RAY_ADDRESS": ("http://head:8265", "expected auto, local, HOST:PORT or ray://HOST:PORT"),
     "RAY_AUTH_TOKEN_PATH": ("s3://b/token", "expected the path of a file"),
+    "RAYDIGITS_COSTS_CACHE": ("s3://b/costs.json", "expected the path of a local file"),
 }
 
 
