@@ -20,7 +20,7 @@ nothing on either side. Goal (issue 21): >= 0.98 of FIFO's hypervolume at <= 40 
 median of 3 seeds.
 
 Usage: python bench/mo_replay.py RUN_DIR [RUN_DIR ...] [--orders 300] [--family model,img_size]
-       [--objectives val_acc:max,latency_ms:min] [--max-t 6]
+       [--objectives val_acc:max,latency_ms:min] [--max-t 6] [--grace 1] [--rf 2] [--first-keep 0.75]
 RUN_DIR: a FIFO experiment folder of a multi-objective space (trial folders with result.json), e.g.
 from `python bench/es_collect.py --space accuracy_vs_latency --seeds 0,1,2 --samples 24 --storage DIR`.
 """
@@ -40,7 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from raydigits import pareto  # noqa: E402
-from raydigits.search.family_asha import default_keep  # noqa: E402
+from raydigits.search.family_asha import DEFAULT_FIRST_KEEP, default_keep  # noqa: E402
 from raydigits.search.mo_stopping import MOStoppingCore  # noqa: E402
 from raydigits.search.stopping import STOP, family_of  # noqa: E402
 
@@ -74,9 +74,11 @@ def load_run(d: Path, family_keys: list[str], objectives: list[tuple[str, str]])
     return sorted(out, key=lambda t: t.tid)
 
 
-def simulate(trials: list[Trial], modes: list[str], max_t: int, keep, stratify: bool, slots: int) -> dict:
+def simulate(
+    trials: list[Trial], modes: list[str], max_t: int, keep, stratify: bool, slots: int, grace: int = 1, rf: float = 2
+) -> dict:
     """One search in the given order; returns {tid: epochs ran} and each trial's best value so far."""
-    core = MOStoppingCore(max_t=max_t, grace_period=1, reduction_factor=2, stratify=stratify, keep=keep)
+    core = MOStoppingCore(max_t=max_t, grace_period=grace, reduction_factor=rf, stratify=stratify, keep=keep)
     pending, heap, ran, best, seq = iter(trials), [], {}, {}, 0
 
     def start(now: float, slot: int) -> None:
@@ -119,6 +121,11 @@ def main() -> None:
     p.add_argument("--max-t", type=int, default=0, help="0: the runs' own max epochs")
     p.add_argument("--slots", type=int, default=2)
     p.add_argument("--ref-acc", type=float, default=0.1)
+    p.add_argument("--grace", type=int, default=1, help="the rungs: grace period (the shipped space's: 1)")
+    p.add_argument("--rf", type=float, default=2.0, help="the rungs: reduction factor (the shipped space's: 2)")
+    p.add_argument(
+        "--first-keep", type=float, default=DEFAULT_FIRST_KEEP, help="the first rung's share kept (0: 1/rf, Ray's)"
+    )
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     objectives = [tuple(o.split(":")) for o in args.objectives.split(",")]
@@ -129,7 +136,7 @@ def main() -> None:
         trials = load_run(d, fam, objectives)
         max_t = args.max_t or max(len(t.values) for t in trials)
         trials = [t for t in trials if len(t.values) >= max_t]
-        keep = default_keep(max_t, 1, 2)
+        keep = default_keep(max_t, args.grace, args.rf, args.first_keep or None)
         worst = np.array([max(t.costs[i] for t in trials) * 1.1 for i in range(len(objectives) - 1)])
         ref = np.concatenate([pareto.oriented([(args.ref_acc,)], modes[:1])[0], worst])
         fifo_best = {t.tid: max(t.values[:max_t]) for t in trials}
@@ -138,7 +145,7 @@ def main() -> None:
         for o in range(args.orders):
             order = trials[:]
             random.Random(f"{d.name}:{o}").shuffle(order)
-            r = simulate(order, modes, max_t, keep, bool(fam), args.slots)
+            r = simulate(order, modes, max_t, keep, bool(fam), args.slots, args.grace, args.rf)
             rows.append((sum(r["ran"].values()) / fifo_epochs, volume(trials, r["best"], modes, ref) / fifo_hv))
         e = statistics.median(x for x, _ in rows)
         h = statistics.median(y for _, y in rows)
