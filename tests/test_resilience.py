@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from support.cluster import TwoNodeCluster
-from support.helpers import REPO, launch, results
+from support.helpers import REPO, launch, launch_ok, results
 from support.s3 import BUCKET, s3_env, s3_server
 
 pytestmark = pytest.mark.slow
@@ -194,14 +194,7 @@ def test_ctrl_c_stops_cleanly_and_the_search_resumes(tmp_path, mnist_dir):
     assert f"Resume with: python launch.py --resume {exp}" in out
     assert "Traceback" not in out and "Tuner.restore" not in out
     snapshot = {name: results(exp / name) for name in seen}
-    resumed = subprocess.run(
-        [sys.executable, "launch.py", "--resume", str(exp), "--no-final"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    launch_ok(["--resume", str(exp), "--no-final"])
     dirs = [d for d in exp.glob("smoke_*") if d.is_dir()]
     assert len(dirs) == 3 and all(results(d)[-1].get("done") for d in dirs)
     for name, rows in snapshot.items():  # what had been reported is kept, not redone
@@ -216,24 +209,7 @@ def test_a_trial_that_had_ended_when_its_driver_died_reports_its_end_on_resume(t
     is left to train, and its history still ends with its last epoch."""
     space = _space(tmp_path, num_samples=1)
     sets = ["--set", "train_items=300", "--set", "val_items=100", "--no-final"]
-    first = subprocess.run(
-        [
-            sys.executable,
-            "launch.py",
-            "--search-space",
-            str(space),
-            "--storage-path",
-            str(tmp_path),
-            "--name",
-            "e",
-            *sets,
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    launch_ok(["--search-space", str(space), "--storage-path", str(tmp_path), "--name", "e", *sets])
     exp = tmp_path / "e"
     (trial,) = [d for d in exp.glob("smoke_*") if d.is_dir()]
     rows = results(trial)
@@ -247,14 +223,7 @@ def test_a_trial_that_had_ended_when_its_driver_died_reports_its_end_on_resume(t
         trial_state["status"] = "RUNNING"
         pair[0] = json.dumps(trial_state)
     state_file.write_text(json.dumps(state))
-    resumed = subprocess.run(
-        [sys.executable, "launch.py", "--resume", str(exp), "--no-final"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = launch_ok(["--resume", str(exp), "--no-final"])
     after = results(trial)
     assert [r["epoch"] for r in after] == [1, 2, 3]
     assert "had ended at epoch 3" in resumed.stdout
@@ -271,14 +240,7 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     space = _space(tmp_path, scheduler={"type": "asha", "max_t": 6, "grace_period": 1, "reduction_factor": 6})
     args = ["--storage-path", str(tmp_path), "--name", "aud", "--num-samples", "4", "--max-concurrent", "1"]
     sets = ["--set", "train_items=500", "--set", "val_items=200"]
-    search = subprocess.run(
-        [sys.executable, "launch.py", "--search-space", str(space), *args, "--no-final", *sets],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert search.returncode == 0, search.stdout[-3000:] + search.stderr[-3000:]
+    launch_ok(["--search-space", str(space), *args, "--no-final", *sets], timeout=900)
     exp = tmp_path / "aud"
     stopped = [d for d in exp.glob("smoke_*") if len(results(d)) == 1]
     assert stopped, "ASHA stopped no trial at its first rung: nothing to audit"
@@ -299,14 +261,7 @@ def test_an_interrupted_audit_is_continued_by_launch_audit_not_started_over(tmp_
     kept = sorted(p.name for p in audit_dir.glob("checkpoint_*"))
     assert "checkpoint_000000" in kept and "checkpoint_000004" not in kept, f"nothing to continue, or done: {kept}"
     before = results(audit_dir)
-    again = subprocess.run(
-        [sys.executable, "launch.py", "audit", str(exp), "--no-final"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    again = launch_ok(["audit", str(exp), "--no-final"])
     assert "continuing the interrupted audit_1" in again.stdout
     # Tune restores the last checkpoint its driver had recorded: epoch 3's, or epoch 2's when the
     # Ctrl-C came before the driver took in epoch 3's result; never the stopped trial's epoch 1

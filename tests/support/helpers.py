@@ -45,6 +45,16 @@ def launch(args: list[str], env: dict | None = None) -> subprocess.Popen:
     )
 
 
+def launch_ok(args: list[str], timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python launch.py ARGS` to its end, output captured; it must exit 0 (else its output's tail fails
+    the test)."""
+    done = subprocess.run(
+        [sys.executable, "launch.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 def results(trial_dir: Path) -> list[dict]:
     """Every line of a trial's result.json as Tune wrote it, [] before its first report."""
     from raydigits.experiment import read_results
