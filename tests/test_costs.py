@@ -229,23 +229,31 @@ def test_what_a_result_carries_is_what_a_search_may_optimise():
 
 class _Preempted(nn.Module):
     """Answers in ~1 ms, but every other call of its first `disturbed` calls takes 40 ms more, as a
-    call preempted by another process does on a shared core."""
+    call preempted by another process does on a shared core; `extra(call)` instead, when given."""
 
-    def __init__(self, disturbed: int):
+    def __init__(self, disturbed: int = 0, extra=None):
         super().__init__()
         self.calls, self.disturbed = 0, disturbed
+        self.extra = extra or (lambda n: 0.04 if n <= self.disturbed and n % 2 else 0.0)
 
     def forward(self, x):
         self.calls += 1
-        time.sleep(0.001 + (0.04 if self.calls <= self.disturbed and self.calls % 2 else 0.0))
+        time.sleep(0.001 + self.extra(self.calls))
         return x.mean()
 
 
 def test_a_disturbed_latency_round_is_measured_again_and_the_quiet_one_kept():
     # warm-up 0, the FLOP count's call is the first: calls 2-21 are round one (half of them 41 ms)
-    got = costs.measure(_Preempted(disturbed=21), 8, torch.device("cpu"), calls=20, warmup=0, rounds=3)
+    model = _Preempted(disturbed=21)
+    got = costs.measure(model, 8, torch.device("cpu"), calls=20, warmup=0, rounds=3)
     assert got.latency_ms < 10 and got.latency_iqr_ms < 5, got  # round two: quiet, ~1 ms
+    assert model.calls == 41  # and no third round after a quiet one
     one = costs.measure(_Preempted(disturbed=21), 8, torch.device("cpu"), calls=20, warmup=0, rounds=1)
     assert one.latency_iqr_ms > 20, one  # one round: the disturbed one, and its IQR says so
+    # no round is quiet (every other call slowed: by 40, 12 and 40 ms): the smallest median is kept
+    slowed = {0: 0.04, 1: 0.012, 2: 0.04}
+    noisy = _Preempted(extra=lambda n: slowed[(n - 2) // 10] if n >= 2 and n % 2 else 0.0)
+    got = costs.measure(noisy, 8, torch.device("cpu"), calls=10, warmup=0, rounds=3)
+    assert 4 < got.latency_ms < 14 and noisy.calls == 31, got  # round two's (~7 ms; the others ~21)
     with pytest.raises(ValueError, match=r"rounds must be ≥ 1 .*\(rounds 0\)"):
         costs.measure(_tiny(), 8, torch.device("cpu"), rounds=0)
