@@ -267,17 +267,16 @@ def build_tune_scheduler(spec: SearchSpec):
         return FIFOScheduler()
     if s.type in POPULATION:
         return _population_scheduler(spec)
-    # what our ASHA takes in either form: the rungs, the quality metric and the cost objectives
-    ours = dict(
+    # the rungs and the quality metric, as Ray's ASHA and ours both take them
+    rungs = dict(
         metric=spec.metric,
         mode=spec.mode,
         max_t=spec.epochs,
         grace_period=min(s.grace_period, spec.epochs),
         reduction_factor=s.reduction_factor,
-        seed=spec.seed,
-        costs=cost_objectives(spec),
-        broken=broken,
     )
+    # what our ASHA takes in either form: the rungs, the seed and the cost objectives
+    ours = dict(**rungs, seed=spec.seed, costs=cost_objectives(spec), broken=broken)
     if s.type == "family_asha":
         from .family_asha import default_scheduler
 
@@ -286,12 +285,4 @@ def build_tune_scheduler(spec: SearchSpec):
         from .family_asha import FamilyASHA
 
         return FamilyASHA(brackets=s.brackets, **ours)
-    return ASHAScheduler(
-        time_attr="training_iteration",
-        metric=spec.metric,
-        mode=spec.mode,
-        max_t=spec.epochs,
-        grace_period=min(s.grace_period, spec.epochs),
-        reduction_factor=s.reduction_factor,
-        brackets=s.brackets,
-    )
+    return ASHAScheduler(time_attr="training_iteration", brackets=s.brackets, **rungs)
