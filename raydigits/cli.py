@@ -2,7 +2,7 @@
 parsers), one error boundary, and one path that runs a search, used by a new search, --resume and
 `extend`.
 
-    python launch.py [search] --search-space NAME_OR_PATH [--address auto|HOST:PORT] [overrides...]
+    python launch.py [search] --search-space NAME_OR_PATH [--address auto|local|HOST:PORT] [overrides...]
     python launch.py [search] --resume EXPERIMENT_DIR_OR_URI
     python launch.py export EXPERIMENT_DIR_OR_URI [--images DIR] [--out FILE] [--force]
     python launch.py export EXPERIMENT_DIR_OR_URI --pick "latency_ms<=2" | --trial ID [--images DIR ...]
@@ -72,7 +72,12 @@ def _parents() -> dict[str, argparse.ArgumentParser]:
     experiment = argparse.ArgumentParser(add_help=False)
     experiment.add_argument("experiment", help="the experiment's folder or storage URI")
     ray = argparse.ArgumentParser(add_help=False)
-    ray.add_argument("--address", default=None, help="attach to a running cluster: auto or HOST:PORT")
+    ray.add_argument(
+        "--address",
+        default=None,
+        help="auto or HOST:PORT: attach to that cluster; local: always a Ray of our own "
+        "(default: the cluster a `ray start` runs on this machine, if any, else a Ray of our own)",
+    )
     run = argparse.ArgumentParser(add_help=False)
     run.add_argument("--dashboard-port", type=_port, default=None)
     run.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Tune verbosity")
@@ -498,7 +503,7 @@ def cmd_export(args) -> int:
     if args.images is not None or args.pick is not None or args.trial is not None:
         export_images(exp, args.images, args.out, args.skip_corrupt, args.force, args.pick, args.trial)
         return 0
-    start_ray(args.address)
+    print_dashboard(start_ray(args.address))  # the final stage runs as Ray tasks: where, and where to watch
     run_final(exp)
     return 0
 
@@ -541,7 +546,13 @@ def print_dashboard(info: dict) -> None:
     if info.get("token_auth"):
         lines.append(f"  login: the page asks for a token; paste it from {token_source()}")
     port = url.rsplit(":", 1)[-1].strip("/")
-    if info.get("attached"):
+    if info.get("found_local"):
+        lines.insert(
+            0,
+            f"attached to the Ray cluster `ray start` runs on this machine ({info.get('address')}); "
+            "--address local starts a Ray of our own",
+        )
+    elif info.get("attached"):
         lines.append(
             f"  remote cluster: ssh -L {port}:localhost:{port} <user>@<head node>, then open http://localhost:{port}"
         )

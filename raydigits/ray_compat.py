@@ -5,6 +5,8 @@ test in tests/test_ray_compat.py that fails loudly when a Ray upgrade breaks it:
   imported: RAY_DEDUP_LOGS is read when `ray` is first imported);
 - log filters on Ray's own logger names and message texts (`quiet_ray_noise`, `quiet_checkpoint_lines`);
 - a private module for "is token authentication on" (`token_auth_enabled`);
+- Ray's own search of this machine's processes for running clusters (`local_gcs_addresses`): which
+  GCS addresses the processes of a live Ray on this machine name, as `ray.init()` itself checks;
 - the trial actor's class (`named_trainable`): resources go through the public `tune.with_resources`,
   but the dashboard's Class column and the actor's repr (the trial name) need a subclass of
   `wrap_function`'s class with its `__qualname__` set: no public API names a trial actor;
@@ -48,6 +50,9 @@ NOISE = (
     ("ray.tune.tune", "Experiment has been interrupted"),
     # after an interrupted fit, Tune's result grid complains that pending trials have no metrics yet
     ("ray.tune.analysis.experiment_analysis", "Failed to fetch metrics"),
+    # attaching to the cluster `ray start` recorded while another Ray runs here (a search with its
+    # own Ray): start_ray says which cluster it attached to
+    ("ray._private.services", "Found multiple active Ray instances"),
 )
 # its INFO line per checkpoint repeats what our epoch line already says
 CHECKPOINT_LOGGER = "ray.train._internal.storage"
@@ -118,6 +123,20 @@ def token_auth_enabled() -> bool:
     except ImportError:  # a Ray without token authentication
         return False
     return is_token_auth_enabled()
+
+
+# ------------------------------------------------------------------ clusters running on this machine
+GCS_SEARCH_MODULE = "ray._private.services"
+
+
+def local_gcs_addresses() -> frozenset[str]:
+    """The GCS addresses (HOST:PORT) that the processes of live Rays on this machine name (their
+    `--gcs-address` flags): what `ray.init()` with no address checks before it attaches to the
+    cluster `ray start` recorded. Looked up afresh each call (Ray caches a non-empty answer)."""
+    from ray._private import services
+
+    services.find_gcs_addresses.cache_clear()
+    return frozenset(services.find_gcs_addresses())
 
 
 # ------------------------------------------------------------------ the trial actor

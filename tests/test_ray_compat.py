@@ -122,6 +122,20 @@ def test_token_auth_probe_follows_rays_auth_mode():
     assert _python(code, RAY_AUTH_MODE="disabled") == "False"
 
 
+def test_a_live_rays_gcs_address_is_found_among_this_machines_processes():
+    """`local_gcs_addresses` (what `runner.running_local_cluster` checks a `ray start` record
+    against): a Ray running here is named, looked up afresh after Ray's cache held another answer."""
+    services = importlib.import_module(ray_compat.GCS_SEARCH_MODULE)
+    assert callable(services.find_gcs_addresses.cache_clear)
+    code = (
+        "import ray; from raydigits.ray_compat import local_gcs_addresses as f; before = f(); "
+        "ctx = ray.init(address='local', num_cpus=1, include_dashboard=False, logging_level='ERROR'); "
+        "after = f(); gcs = ctx.address_info['gcs_address']; "
+        "print(gcs in after and gcs not in before and all(':' in a for a in after))"
+    )
+    assert _python(code) == "True"
+
+
 def test_trial_class_is_named_asks_for_resources_and_shows_its_trial():
     from ray import tune
     from ray.tune.trainable import Trainable
@@ -284,7 +298,7 @@ def test_tiny_tune_run_state_schema_and_recorded_outcomes(tmp_path):
             if kind == "slow":
                 time.sleep(0.5)
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         exp = tmp_path / "tiny"
         tuner = tune.Tuner(

@@ -1,17 +1,20 @@
 """A search submitted with `ray job submit --working-dir` to a local `ray start --head` cluster with
 token authentication (Ray >= 2.59 turns it on for local clusters): a client without the token is
 refused, the job (the uploaded copy of this tree) attaches to the cluster, runs its trials there and
-leaves a complete experiment where --storage-path says."""
+leaves a complete experiment where --storage-path says. A command given no address attaches to that
+running cluster by itself; `--address local` starts a Ray of its own beside it; a record of a
+cluster that is not running is never attached to."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 
 import pytest
 from support.cluster import RAY, TwoNodeCluster
-from support.helpers import REPO
+from support.helpers import REPO, launch_ok
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +46,62 @@ def test_a_search_submitted_as_a_ray_job_to_a_token_auth_cluster(tmp_path, mnist
         assert job.returncode == 0, out[-4000:]
         assert re.search(r"Job '\S+' succeeded", out), out[-4000:]
         assert "search finished in" in out and "remote cluster: ssh -L" in out  # attached, not a Ray of its own
+        _no_address_attaches_to_the_running_cluster(cluster, storage / "job", mnist_dir)
     exp = Experiment.open(storage / "job")
     (trial,) = exp.trials
     assert trial.outcome == "completed" and trial.epochs == 3
     assert exp.run_record.finished is not None
+
+
+FOUND = "attached to the Ray cluster `ray start` runs on this machine"
+
+
+def _no_address_attaches_to_the_running_cluster(cluster, exp, mnist_dir) -> None:
+    """While `ray start --head` runs here: a command given no address attaches to it (no Ray start
+    of its own), and `--address local` starts its own Ray beside it."""
+    from raydigits.search.runner import running_local_cluster
+
+    found = running_local_cluster()  # `ray start` records the node's own IP (maybe not the loopback)
+    assert found is not None and found.rsplit(":", 1)[1] == str(cluster.port), found
+    # as a user's shell after `ray start --head`: RAY_AUTH_MODE unset, the token where `ray start` keeps it
+    env = {k: v for k, v in cluster.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env.update(RAYDIGITS_DATA=str(mnist_dir), RAYDIGITS_NO_PROGRESS="1")
+    out = launch_ok(["export", str(exp)], env=env).stdout
+    assert f"{FOUND} ({found}); --address local starts a Ray of our own" in out, out[-3000:]
+    assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" in out
+    assert "ssh -L" not in out  # the cluster is on this machine: no tunnel to suggest
+    own = launch_ok(["export", str(exp), "--address", "local"], env=env).stdout
+    assert FOUND not in own and "Ray dashboard: http://127.0.0.1:" in own, own[-3000:]
+    assert f"Ray dashboard: http://127.0.0.1:{cluster.dashboard_port}" not in own
+
+
+@pytest.mark.parametrize("record", ["absent", "nothing listens", "not a Ray", "garbage"])
+def test_a_record_of_a_cluster_that_is_not_running_here_is_not_attached_to(record, tmp_path, monkeypatch):
+    """`ray start` leaves its record behind when the cluster is killed, and the port may be taken
+    since: only an address that live Ray processes of this machine name, and that answers, counts."""
+    from raydigits.search import runner
+
+    path = tmp_path / "ray_current_cluster"
+    monkeypatch.setattr(runner, "RAY_CURRENT_CLUSTER", path)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        if record == "nothing listens":
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                path.write_text(f"127.0.0.1:{s.getsockname()[1]}")
+        elif record == "not a Ray":
+            path.write_text(f"127.0.0.1:{port}\n")  # something answers, but no Ray process names it
+        elif record == "garbage":
+            path.write_text("not an address")
+        assert runner.running_local_cluster() is None
+        # the listener counts once live Ray processes name it; a named address that answers nothing does not
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            named = {f"127.0.0.1:{port}", f"127.0.0.1:{silent.getsockname()[1]}"}
+            monkeypatch.setattr(runner.ray_compat, "local_gcs_addresses", lambda: frozenset(named))
+            path.write_text(f"127.0.0.1:{silent.getsockname()[1]}")
+            assert runner.running_local_cluster() is None
+        path.write_text(f"127.0.0.1:{port}\n")
+        assert runner.running_local_cluster() == f"127.0.0.1:{port}"

@@ -21,6 +21,7 @@ from .tune_space import build_search_alg, build_tune_scheduler, param_space
 # Where `ray start` records the cluster it launched (what `--address auto` finds); a killed one stays.
 RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
 PROBE_TIMEOUT_S = 5.0  # a HOST:PORT that does not answer in this long is refused
+FOUND_PROBE_S = 0.5  # a recorded local cluster that does not answer this fast is taken as gone
 ERROR_CHARS = 200  # the part of a connection error shown in our one-line message
 METRIC_COLUMNS = {
     "epoch": "epoch",
@@ -58,24 +59,57 @@ def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S, what: str = "--addr
         ) from None
 
 
+def running_local_cluster() -> str | None:
+    """The cluster a `ray start` on this machine recorded, if it still runs here: the recorded
+    GCS address is named by live Ray processes of this machine and answers. None otherwise (no
+    record, or the record of a cluster that was killed: `ray start` leaves it behind)."""
+    try:
+        recorded = RAY_CURRENT_CLUSTER.read_text().strip()
+    except OSError:
+        return None
+    host, _, port = recorded.rpartition(":")
+    if not host or not port.isdigit() or recorded not in ray_compat.local_gcs_addresses():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=FOUND_PROBE_S).close()
+    except OSError:
+        return None
+    return recorded
+
+
 def start_ray(address: str | None, dashboard_port: int | None = None, job_name: str | None = None) -> dict:
-    """Attach to `address` (auto, HOST:PORT, ray://...) or start a local Ray with the dashboard on
-    127.0.0.1. The job carries `job_name` in its metadata (the dashboard's Jobs page shows it).
-    Returns {dashboard_url, address, attached, token_auth}."""
+    """Attach to a cluster or start a Ray of our own, with the dashboard on 127.0.0.1.
+    `address` (else $RAY_ADDRESS): auto, HOST:PORT or ray://... attach there; `local` always starts
+    a Ray of our own; none given attaches to the cluster a `ray start` runs on this machine when
+    there is one (as `ray.init()` does: its start is already paid), else starts our own.
+    The job carries `job_name` in its metadata (the dashboard's Jobs page shows it).
+    Returns {dashboard_url, address, attached, found_local, token_auth}."""
     ray_compat.set_env_defaults()  # before the first `import ray`: Ray reads some of them then
     import ray
     from ray.job_config import JobConfig
 
     what = "--address" if address else env.ADDRESS_ENV
     address = address or env.address()
+    found = running_local_cluster() if address is None else None
+    if found:
+        what, address = "the Ray cluster `ray start` runs on this machine, at", found
     ray_compat.quiet_ray_noise()
     job = JobConfig(metadata={"job_name": f"raydigits {job_name}"} if job_name else {})  # the Jobs page's Name
+    own = address is None or address == "local"
     try:
-        if address:
-            _probe(address, what=what)
-            ctx = ray.init(address=address, logging_level="WARNING", log_to_driver=True, job_config=job)
+        if not own:
+            if not found:
+                _probe(address, what=what)
+            # a found cluster as `auto`: Ray then reads the same record and, as for any cluster it
+            # finds by itself (never for an address given), sends the token `ray start` made
+            ctx = ray.init(
+                address="auto" if found else address, logging_level="WARNING", log_to_driver=True, job_config=job
+            )
+            if found and ctx.address_info.get("gcs_address") != found:  # the record changed meanwhile
+                ray.shutdown()
+                raise ConnectionError(f"Ray attached to {ctx.address_info.get('gcs_address')} instead")
         else:
-            # "local": always a new Ray of our own, never a cluster some earlier `ray start` left behind;
+            # a new Ray of our own, never a cluster some earlier `ray start` left behind half-dead;
             # its processes end with this one, even when it is killed (reaper.py)
             reaper.watch()
             ctx = ray.init(
@@ -88,14 +122,16 @@ def start_ray(address: str | None, dashboard_port: int | None = None, job_name: 
             )
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{what} {address}: cannot connect to a Ray cluster ({first[:ERROR_CHARS]})") from None
+        fix = " (--address local starts a Ray of our own)" if found else ""
+        raise UserError(f"{what} {address}: cannot connect to a Ray cluster ({first[:ERROR_CHARS]}){fix}") from None
     url = ctx.dashboard_url
     if url and not url.startswith("http"):
         url = f"http://{url}"
     return {
         "dashboard_url": url,
         "address": ctx.address_info.get("address"),
-        "attached": bool(address),
+        "attached": not own,
+        "found_local": bool(found),
         "token_auth": ray_compat.token_auth_enabled(),
     }
 

@@ -111,6 +111,9 @@ class TwoNodeCluster:
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
                 "--include-dashboard=true",
+                # not Ray's fixed 52365: a Ray already running here (a developer's) holds it, and the
+                # head's job agent, which `ray job submit` needs, would then never serve
+                f"--dashboard-agent-listen-port={_free_port()}",
             ],
         )
         self._wait_for_nodes(1)
@@ -124,6 +127,7 @@ class TwoNodeCluster:
                 f"--node-ip-address={self.worker_ip}",
                 f"--num-cpus={self.worker_cpus}",
                 "--num-gpus=0",
+                f"--dashboard-agent-listen-port={_free_port()}",
             ],
             prefix,
         )
@@ -184,5 +188,6 @@ class TwoNodeCluster:
         # what `ray stop` would do: forget this cluster, so a later ray.init() does not look for it
         from raydigits.search.runner import RAY_CURRENT_CLUSTER as current
 
-        if current.exists() and current.read_text().strip() == self.address:
+        # (`ray start` may record the node's own IP rather than the one asked for: match the port)
+        if current.exists() and current.read_text().strip().rsplit(":", 1)[-1] == str(self.port):
             current.unlink()
