@@ -119,10 +119,12 @@ class TrainConfig(BaseModel):
     scheduler: str = "cosine"  # see raydigits.optim.list_schedulers(); 'none' keeps lr fixed
     warmup_epochs: float = Field(0.0, ge=0.0)  # linear warmup (per step), works with every scheduler
     warmup_start_factor: float = Field(0.1, gt=0.0, le=1.0)  # first warmup step at lr * this (never 0)
-    min_lr: float = Field(0.0, ge=0.0)  # floor for cosine / cosine_restarts / plateau
+    min_lr: float = Field(0.0, ge=0.0)  # floor for cosine / cosine_restarts / rung_cosine / plateau
     step_size: float = Field(2.0, gt=0.0)  # step: epochs between decays
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step / multistep decay factor (a float)
-    milestones: list[float] = Field(default_factory=lambda: [3.0, 6.0])  # multistep: epochs
+    milestones: list[float] = Field(
+        default_factory=lambda: [3.0, 6.0]
+    )  # multistep, rung_cosine: epochs (a search fills rung_cosine's with its rungs)
     restart_epochs: float = Field(2.0, gt=0.0)  # cosine_restarts: first cycle length (epochs)
     restart_mult: int = Field(2, ge=1)  # cosine_restarts: cycle length multiplier
     plateau_patience: int = Field(1, ge=0)  # plateau: epochs without improvement

@@ -8,6 +8,7 @@ metric (`step_epoch`). A linear warmup from `lr * warmup_start_factor` (never 0)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -161,6 +162,27 @@ def _onecycle(opt, cfg, spe, total):
         pct_start=cfg.onecycle_pct_start,
         cycle_momentum=cfg.cycle_momentum,
     )
+
+
+@_register(_SCHEDULERS)
+def _rung_cosine(opt, cfg, spe, total):
+    """Budget-aware rungs (Li, Yumer, Ramanan, "Budgeted Training", ICLR 2020: anneal within the
+    budget a run is given): the lr anneals to min_lr at every milestone (epochs: `milestones`, which
+    a search fills with its early-stopping rungs), so a rung judges every trial at an annealed point
+    of its schedule, not mid-schedule; after a milestone it restarts at the value a plain cosine over
+    the whole run would have there, so the run as a whole decays like `cosine` and ends at min_lr."""
+    floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+    warm = cfg.epochs * spe - total  # the warmup's steps: the main schedule starts after them
+    cuts = sorted({round(m * spe) - warm for m in cfg.milestones} & set(range(1, max(1, total))))
+    bounds = [0, *cuts, max(1, total)]
+
+    def factor(step: int) -> float:
+        i = max(k for k in range(len(bounds) - 1) if bounds[k] <= step) if step < bounds[-1] else len(bounds) - 2
+        a, b = bounds[i], bounds[i + 1]
+        peak = max(floor, 0.5 * (1 + math.cos(math.pi * a / bounds[-1])))
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - a) / (b - a))))
+
+    return lrs.LambdaLR(opt, factor)
 
 
 @_register(_SCHEDULERS)

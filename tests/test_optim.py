@@ -96,6 +96,28 @@ def test_onecycle_peaks_at_pct_start_and_spans_the_steps_after_warmup():
             sched.step_batch()
 
 
+def test_rung_cosine_anneals_at_every_milestone_and_restarts_on_the_whole_runs_cosine():
+    """Budget-aware rungs: with milestones 1, 2, 4 of 8 epochs (10 steps each) the lr falls to the
+    floor within every segment, the last step before each milestone is within 3 % of lr of it, and a
+    segment starts at a plain cosine's value over the whole run there (1, cos-envelope at 1/8, 2/8,
+    4/8); warmup epochs count as epochs of the run (a milestone is an epoch of the run, as a rung is)."""
+    cfg = make_config({"scheduler": "rung_cosine", "lr": 1.0, "epochs": 8, "milestones": [1, 2, 4]})
+    lrs, _, _ = _lrs(cfg)
+    env = [0.5 * (1 + math.cos(math.pi * e / 8)) for e in (0, 1, 2, 4)]
+    assert [lrs[s] for s in (0, 10, 20, 40)] == pytest.approx(env)
+    for a, b in ((0, 10), (10, 20), (20, 40), (40, 80)):
+        seg = lrs[a:b]
+        assert all(x > y for x, y in zip(seg, seg[1:], strict=False)), (a, seg)
+        assert seg[-1] < 0.03 * seg[0]
+    assert lrs[-1] == pytest.approx(0.5 * 0.5 * (1 + math.cos(math.pi * 39 / 40)))
+    floor = make_config({"scheduler": "rung_cosine", "lr": 1.0, "epochs": 8, "milestones": [1, 2, 4], "min_lr": 0.1})
+    lrs, _, _ = _lrs(floor)
+    assert min(lrs) >= 0.1 - 1e-9 and lrs[9] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(0.9 * math.pi)))
+    warm = make_config({"scheduler": "rung_cosine", "lr": 1.0, "epochs": 6, "milestones": [2, 4], "warmup_epochs": 1})
+    lrs, _, _ = _lrs(warm)  # warmup over epoch 1, then segments end at epochs 2, 4 and 6 of the run
+    assert lrs[19] < 0.03 and lrs[39] < 0.1 and lrs[20] > 0.5 and lrs[40] > 0.2 and lrs[59] < 0.01
+
+
 def test_warmup_lrs_are_what_they_claim():
     cfg = make_config({"scheduler": "none", "lr": 0.1, "epochs": 3, "warmup_epochs": 1, "warmup_start_factor": 0.2})
     lrs, _, _ = _lrs(cfg, spe=4)

@@ -395,6 +395,32 @@ def test_trial_config_runs_the_spec_epochs_and_sets_each_target():
     assert trial_values(short, {"optimizer": "adamw", "lr": 0.001})["epochs"] == 3
 
 
+def test_the_rung_schedule_anneals_at_the_searchs_rungs_unless_milestones_are_given():
+    """`scheduler: rung_cosine` (budget-aware rungs): a trial's milestones are the epochs early
+    stopping judges it at (grace 1, factor 2, max_t 8: 1, 2, 4); milestones the space gives win;
+    FIFO has no rungs (TrainConfig's default stays); other schedules are left alone."""
+    from raydigits.spec import trial_train_config
+
+    def cfg(scheduler, fixed=None, sched=None):
+        spec = parse_spec(
+            {
+                **GOOD,
+                "scheduler": sched or {"type": "asha", "max_t": 8, "grace_period": 1, "reduction_factor": 2},
+                "fixed": {"train_items": 100, "scheduler": scheduler, **(fixed or {})},
+            }
+        )
+        return trial_train_config(spec, {"optimizer": "adamw", "lr": 1e-3}, "data/mnist", "trial t")
+
+    default = type(cfg("cosine"))().milestones
+    assert cfg("rung_cosine").milestones == [1.0, 2.0, 4.0]
+    assert cfg(
+        "rung_cosine", sched={"type": "family_asha", "max_t": 9, "grace_period": 1, "reduction_factor": 3}
+    ).milestones == [1.0, 3.0]
+    assert cfg("rung_cosine", fixed={"milestones": [3]}).milestones == [3.0]
+    assert cfg("rung_cosine", sched={"type": "fifo", "max_t": 8}).milestones == default
+    assert cfg("cosine").milestones == default
+
+
 def _momentum_sampler(seed=0, param=None):
     param = param or GOOD["parameters"]["momentum"]
     spec = parse_spec({**GOOD, "seed": seed, "parameters": {**GOOD["parameters"], "momentum": param}})

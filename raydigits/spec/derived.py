@@ -38,6 +38,7 @@ def mutated(spec: SearchSpec) -> list[str]:
     ]
 
 
+RUNG_SCHEDULE = "rung_cosine"  # the lr schedule whose milestones default to the search's rungs (optim.py)
 MIN_RUNG_STEPS = 100  # below this many optimiser steps, a first rung ranks trials on their start
 
 
@@ -73,6 +74,8 @@ def trial_values(spec: SearchSpec, config: dict[str, Any]) -> dict[str, Any]:
     for k, v in config.items():
         if v is not None and not k.endswith(INDEX_SUFFIX) and k != AUDIT_KEY:
             values[spec.target(k) if k in spec.parameters else k] = v
+    if values.get("scheduler") == RUNG_SCHEDULE and "milestones" not in values and asha_rungs(spec):
+        values["milestones"] = [float(r) for r in sorted(asha_rungs(spec))]  # anneal where the rungs judge
     return values
 
 
