@@ -255,7 +255,7 @@ class SearchRun:
 def run_search_command(args, run: SearchRun) -> int:
     from .experiment import Experiment
     from .search import runner
-    from .spec import early_rung_warning
+    from .spec import distinct_warning, early_rung_warning
 
     spec = run.spec
     data_dir = runner.data_dir_of(spec)  # before Ray starts: a data problem fails in seconds
@@ -268,9 +268,9 @@ def run_search_command(args, run: SearchRun) -> int:
     runner.check_resources(spec)
     if run.before_fit is not None:
         spec = run.before_fit(data)
-    warning = early_rung_warning(spec, len(data.labels["train"]))  # said once the search really starts
-    if warning:
-        print(warning, file=sys.stderr, flush=True)
+    for warning in (early_rung_warning(spec, len(data.labels["train"])), distinct_warning(spec)):
+        if warning:  # said once the search really starts
+            print(warning, file=sys.stderr, flush=True)
     started = time.time()
     try:
         folder = run.fit(spec, data, data_dir)

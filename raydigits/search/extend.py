@@ -25,7 +25,7 @@ from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import Experiment, Trial
 from ..experiment.layout import EXTEND_PREFIX, next_extension
-from ..spec import OPTUNA_METHODS, POPULATION, SearchSpec, parse_spec
+from ..spec import OPTUNA_METHODS, POPULATION, SearchSpec, distinct_configs, parse_spec
 from ..storage import Location
 from .runner import run_search
 from .tune_space import build_search_alg
@@ -124,6 +124,8 @@ def extend_search(
         points = [cfg for cfg, _, _ in ranked[: min(promote, num_samples)]]
     if ext.method in OPTUNA_METHODS:  # Optuna enqueues whole configs, conditional values included
         starts = [{k: v for k, v in cfg.items() if v is not None} for cfg in points]
+    elif distinct_configs(ext) is not None:  # whole configs too (search/distinct.py)
+        starts = [{k: cfg.get(k) for k in ext.parameters} for cfg in points]
     else:  # Tune's points cannot set sample_from keys: the conditional samplers take them (`pinned`)
         plain = [k for k, p in ext.parameters.items() if not p.when]
         starts = [{k: cfg.get(k) for k in plain} for cfg in points]
@@ -142,5 +144,5 @@ def extend_search(
         verbose,
         data_dir=data_dir,
         search_alg=alg,
-        pinned=tuple(points) if ext.method not in OPTUNA_METHODS else (),
+        pinned=tuple(points) if ext.method not in OPTUNA_METHODS and distinct_configs(ext) is None else (),
     )

@@ -13,7 +13,7 @@ from ray import tune
 from ..experiment.records import ACTIVE as RUNNING
 from ..experiment.records import ENDED, Estimate, read_estimates, write_estimates
 from ..ray_compat import experiment_dir_now
-from ..spec import EARLY_STOPPING, asha_rungs
+from ..spec import EARLY_STOPPING, asha_rungs, distinct_configs
 from ..storage import Location, as_location
 from . import eta
 
@@ -123,11 +123,14 @@ def _family_rungs(spec) -> dict:
 
 def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     """The reporter for a search: its trial count (a grid multiplies num_samples by the grid's
-    size), scheduler, concurrency limit, per-trial resources and time budget."""
+    size; a finite random space has at most its configurations), scheduler, concurrency limit, per-trial resources and time budget."""
     total = spec.num_samples
     if spec.method == "grid":
         for p in spec.parameters.values():
             total *= len(p.values) if p.values is not None else 1
+    distinct = distinct_configs(spec)
+    if distinct is not None:  # a finite random space runs each configuration once (distinct.py)
+        total = min(total, len(distinct))
     schedule = eta.Schedule(
         spec.epochs,
         tuple(sorted(asha_rungs(spec))),

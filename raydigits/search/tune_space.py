@@ -10,7 +10,16 @@ import json
 
 import numpy as np
 
-from ..spec import INDEX_SUFFIX, OPTUNA_METHODS, POPULATION, SEED_HEX_DIGITS, Param, SearchSpec, mutated
+from ..spec import (
+    INDEX_SUFFIX,
+    OPTUNA_METHODS,
+    POPULATION,
+    SEED_HEX_DIGITS,
+    Param,
+    SearchSpec,
+    distinct_configs,
+    mutated,
+)
 
 
 def _conditional(name: str, p: Param, seed: int, pinned: tuple[dict, ...] = ()):
@@ -59,7 +68,7 @@ def param_space(spec: SearchSpec, pinned: tuple[dict, ...] = ()) -> dict:
     from ray import tune
 
     space = {}
-    if spec.method in OPTUNA_METHODS:
+    if spec.method in OPTUNA_METHODS or distinct_configs(spec) is not None:  # the searcher holds the space
         return space
     plain = [k for k, p in spec.parameters.items() if not p.when]
     pinned = tuple(({k: c.get(k) for k in plain}, c) for c in pinned)
@@ -102,14 +111,22 @@ def build_search_alg(spec: SearchSpec, warm: list[tuple[dict, float | None]] = (
     """The searcher, limiting concurrent trials itself: Tune ignores `max_concurrent_trials` for a
     BasicVariantGenerator, so that knob is never used. `points`: configs to run first (as Tune's
     `points_to_evaluate`); `warm`: (config, value) of trials run before, which TPE learns from
-    before its first suggestion (`launch.py extend`; random search ignores them); a value of None is
-    a failed trial.
+    before its first suggestion (`launch.py extend`; random search ignores them, except that over a
+    finite space it never draws their configs again); a value of None is a failed trial.
 
     Several objectives (tpe, nsga2): OptunaSearch gets the metric and mode *lists* (a multi-objective
     study: Optuna's TPE or NSGA-II); Tune's TuneConfig names no metric (runner.py), so each of the
     searcher and the scheduler keeps its own (the scheduler: the quality metric and the costs,
     build_tune_scheduler). A stopped trial is told to the study with its last result's values, as in
     the single-objective search. Warm starts take one value per trial (extend refuses several)."""
+    configs = distinct_configs(spec)
+    if configs is not None:  # a finite random space: each configuration once (search/distinct.py)
+        from ray.tune.search import ConcurrencyLimiter
+
+        from .distinct import DistinctRandom
+
+        searcher = DistinctRandom(configs, points=list(points), exclude=[cfg for cfg, _ in warm])
+        return ConcurrencyLimiter(searcher, spec.max_concurrent) if spec.max_concurrent else searcher
     if spec.method not in OPTUNA_METHODS:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 

@@ -1,0 +1,52 @@
+"""Random search without replacement over a finite space (spec.distinct_configs): a Tune `Searcher`
+on its public API that hands out the spec's shuffled configurations one by one, configs to run
+first (`launch.py extend`'s promoted trials) before them, and never one that `exclude` (the trials
+an extended search already ran) or an earlier suggestion holds. Its state (the queue and how far
+it got) is saved with the experiment, so `--resume` goes on where it stopped."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from ..spec import config_key
+
+
+class DistinctRandom(Searcher):
+    def __init__(
+        self, configs: list[dict[str, Any]], points: list[dict[str, Any]] = (), exclude: list[dict[str, Any]] = ()
+    ):
+        super().__init__()
+        names = list(configs[0]) if configs else []
+
+        def key(c: dict[str, Any]) -> str:  # a trial's config may carry other keys, or lack a None
+            return config_key({k: c.get(k) for k in names})
+
+        taken = {key(c) for c in (*exclude, *points)}
+        self.queue = [dict(c) for c in points] + [dict(c) for c in configs if key(c) not in taken]
+        self.given = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str:
+        if self.given >= len(self.queue):
+            return Searcher.FINISHED
+        self.given += 1
+        return dict(self.queue[self.given - 1])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass  # nothing learnt: the order is fixed by the seed
+
+    def get_state(self) -> dict:
+        return {"queue": self.queue, "given": self.given}
+
+    def set_state(self, state: dict) -> None:
+        self.queue, self.given = state["queue"], state["given"]
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))

@@ -1,0 +1,140 @@
+"""Random search without replacement over a finite space (spec.distinct_configs, search/distinct.py):
+every configuration the space can draw, each once, conditions resolved, in a seeded order; the
+Tune searcher hands them out, runs given configs first, skips excluded ones, ends when they run out,
+and carries its place through a save and restore; a real Tune run of the spec's searcher and
+param_space runs each configuration exactly once."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from raydigits.spec import config_key, distinct_configs, distinct_warning, parse_spec
+
+FINITE = {
+    "name": "finite",
+    "num_samples": 13,
+    "seed": 3,
+    "fixed": {"train_items": 100},
+    "parameters": {
+        "model": {"values": ["mobilenet_v3_small", "mobilenet_v3_large", "resnet18"]},
+        "width_mult": {"values": [0.5, 1.0], "when": {"model": ["mobilenet_v3_small", "mobilenet_v3_large"]}},
+        "img_size": {"values": [32, 48]},
+        "optimizer": {"value": "adamw"},
+    },
+}
+# by hand: 2 mobilenets × 2 widths × 2 sizes + resnet18 × 2 sizes (width None)
+EXPECTED = {
+    (m, w, s)
+    for s in (32, 48)
+    for m, w in [
+        ("mobilenet_v3_small", 0.5),
+        ("mobilenet_v3_small", 1.0),
+        ("mobilenet_v3_large", 0.5),
+        ("mobilenet_v3_large", 1.0),
+        ("resnet18", None),
+    ]
+}
+
+
+def _triples(configs):
+    return [(c["model"], c["width_mult"], c["img_size"]) for c in configs]
+
+
+def test_a_finite_space_is_every_configuration_once_conditions_resolved_in_a_seeded_order():
+    configs = distinct_configs(parse_spec(FINITE))
+    assert len(configs) == 10 and set(_triples(configs)) == EXPECTED
+    assert all(c["optimizer"] == "adamw" and list(c) == list(FINITE["parameters"]) for c in configs)
+    again = distinct_configs(parse_spec(FINITE))
+    other = distinct_configs(parse_spec({**FINITE, "seed": 4}))
+    assert again == configs and sorted(map(config_key, other)) == sorted(map(config_key, configs))
+    assert _triples(other) != _triples(configs)  # the seed shuffles
+    twice = {**FINITE, "parameters": {**FINITE["parameters"], "img_size": {"values": [32, 32, 48]}}}
+    assert len(distinct_configs(parse_spec(twice))) == 10  # a repeated value is one configuration
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"method": "grid", "parameters": {k: v for k, v in FINITE["parameters"].items() if k != "width_mult"}},
+        {"method": "tpe"},
+        {
+            "parameters": {
+                **FINITE["parameters"],
+                "lr": {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2},
+            }
+        },
+    ],
+    ids=["grid", "tpe", "a continuum"],
+)
+def test_other_searches_draw_as_before(change):
+    assert distinct_configs(parse_spec({**FINITE, **change})) is None
+
+
+def test_more_samples_than_configurations_is_said_in_one_line():
+    assert distinct_warning(parse_spec({**FINITE, "num_samples": 10})) is None
+    line = distinct_warning(parse_spec(FINITE))
+    assert line.startswith("warning: num_samples 13, but this space has 10 distinct configurations: 10 trials run")
+
+
+def test_the_searcher_runs_points_first_skips_what_ran_and_resumes_where_it_stopped(tmp_path):
+    from ray.tune.search import Searcher
+
+    from raydigits.search.distinct import DistinctRandom
+
+    configs = distinct_configs(parse_spec(FINITE))
+    ran = [{**configs[0], "__audit": 1}]  # a finished trial's config, with a key of Tune's or ours
+    point = {k: configs[4][k] for k in configs[4]}
+    s = DistinctRandom(configs, points=[point], exclude=ran)
+    first = [s.suggest(f"t{i}") for i in range(3)]
+    assert first[0] == point and configs[0] not in first
+    s.save(str(tmp_path / "state.pkl"))
+    restored = DistinctRandom(configs)
+    restored.restore(str(tmp_path / "state.pkl"))
+    rest = []
+    while (c := restored.suggest("t")) != Searcher.FINISHED:
+        rest.append(c)
+    got = [*first, *rest]
+    assert len(got) == 9 and len({config_key(c) for c in got}) == 9  # 10 less the one that ran
+    assert {config_key(c) for c in got} == {config_key(c) for c in configs[1:]}
+
+
+def test_a_tune_run_of_the_specs_searcher_runs_each_configuration_once(tmp_path):
+    import ray
+    from ray import tune
+
+    from raydigits.search.tune_space import build_search_alg, param_space
+
+    spec = parse_spec({**FINITE, "max_concurrent": 2})
+    assert param_space(spec) == {}  # the searcher holds the space
+
+    def trial(config):
+        tune.report({"val_acc": 0.5})
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(trial, {"cpu": 1}),
+            param_space=param_space(spec),
+            tune_config=tune.TuneConfig(
+                search_alg=build_search_alg(spec), num_samples=spec.num_samples, reuse_actors=True
+            ),
+            run_config=tune.RunConfig(name="distinct", storage_path=str(tmp_path), verbose=0),
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = tuner.fit()
+    finally:
+        ray.shutdown()
+    seen = _triples([r.config for r in results])
+    assert len(seen) == 10 and set(seen) == EXPECTED  # 13 asked, 10 exist: each once, then it ends
+
+
+def test_the_eta_counts_the_trials_a_finite_space_will_run(tmp_path):
+    from raydigits.search.progress import eta_reporter
+
+    assert eta_reporter(parse_spec(FINITE), tmp_path).schedule.n_trials == 10  # 13 asked, 10 exist
+    lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
+    continuous = parse_spec({**FINITE, "parameters": {**FINITE["parameters"], "lr": lr}})
+    assert eta_reporter(continuous, tmp_path).schedule.n_trials == 13
