@@ -118,6 +118,36 @@ def test_rung_cosine_anneals_at_every_milestone_and_restarts_on_the_whole_runs_c
     assert lrs[19] < 0.03 and lrs[39] < 0.1 and lrs[20] > 0.5 and lrs[40] > 0.2 and lrs[59] < 0.01
 
 
+def test_rung_cosine_cuts_floor_and_the_runs_end_step_by_step():
+    """rung_cosine at one step an epoch and at ten: a milestone at step 1 is a cut of its own; the
+    floor is min_lr relative to lr (lr 0.5, min_lr 0.05); a segment whose whole-run cosine has fallen
+    below min_lr starts and stays at min_lr, never below; after the run's last step the lr is min_lr
+    and steps past the run hold it there; a run of one step with a milestone at its end, and a run
+    whose warmup takes every step, build and run."""
+    env = lambda e, n: 0.5 * (1 + math.cos(math.pi * e / n))  # a plain cosine over the whole run
+    cfg = make_config({"scheduler": "rung_cosine", "lr": 1.0, "epochs": 4, "milestones": [1, 2]})
+    lrs, opt, sched = _lrs(cfg, spe=1)
+    assert lrs == pytest.approx([1.0, env(1, 4), env(2, 4), env(2, 4) * 0.5])
+    for _ in range(3):  # the run's end and past it: the lr stays at min_lr
+        assert optim.current_lr(opt) == pytest.approx(0.0, abs=1e-12)
+        opt.step()
+        sched.step_batch()
+    cfg = make_config({"scheduler": "rung_cosine", "lr": 0.5, "min_lr": 0.05, "epochs": 8, "milestones": [2, 7]})
+    lrs, opt, _ = _lrs(cfg, spe=10)
+    floor = 0.1  # min_lr / lr
+    seg = lambda s, a, b, peak: floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * (s - a) / (b - a)))
+    assert lrs[:20] == pytest.approx([0.5 * seg(s, 0, 20, 1.0) for s in range(20)])
+    assert lrs[20:70] == pytest.approx([0.5 * seg(s, 20, 70, env(2, 8)) for s in range(20, 70)])
+    assert lrs[70:] == pytest.approx([0.05] * 10)  # the whole-run cosine is at 0.038 < 0.1 after epoch 7
+    assert optim.current_lr(opt) == pytest.approx(0.05)
+    one = make_config({"scheduler": "rung_cosine", "lr": 1.0, "min_lr": 0.1, "epochs": 1, "milestones": [1]})
+    lrs, opt, _ = _lrs(one, spe=1)
+    assert lrs == [1.0] and optim.current_lr(opt) == pytest.approx(0.1)
+    warm = make_config({"scheduler": "rung_cosine", "lr": 1.0, "epochs": 1, "warmup_epochs": 0.9, "milestones": [0.5]})
+    lrs, opt, _ = _lrs(warm, spe=1)  # the warmup's one step is the whole run: no step is left to anneal
+    assert lrs == pytest.approx([0.1]) and optim.current_lr(opt) == pytest.approx(1.0)
+
+
 def test_warmup_lrs_are_what_they_claim():
     cfg = make_config({"scheduler": "none", "lr": 0.1, "epochs": 3, "warmup_epochs": 1, "warmup_start_factor": 0.2})
     lrs, _, _ = _lrs(cfg, spe=4)

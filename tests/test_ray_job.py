@@ -105,3 +105,25 @@ def test_a_record_of_a_cluster_that_is_not_running_here_is_not_attached_to(recor
             assert runner.running_local_cluster() is None
         path.write_text(f"127.0.0.1:{port}\n")
         assert runner.running_local_cluster() == f"127.0.0.1:{port}"
+
+
+def test_a_record_whose_port_does_not_answer_is_given_up_after_the_probe_time(tmp_path, monkeypatch):
+    """A recorded address that live Ray processes name but that does not answer (a port whose
+    accept queue is full drops the connection request, as a hung or vanished host does) is taken
+    as gone after FOUND_PROBE_S, not waited on for the kernel's connect timeout (minutes)."""
+    import time
+
+    from raydigits.search import runner
+
+    path = tmp_path / "ray_current_cluster"
+    monkeypatch.setattr(runner, "RAY_CURRENT_CLUSTER", path)
+    with socket.socket() as full:
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)  # an accept queue of one, never accepted from
+        address = f"127.0.0.1:{full.getsockname()[1]}"
+        with socket.create_connection(full.getsockname(), timeout=5):  # fills the queue
+            path.write_text(address)
+            monkeypatch.setattr(runner.ray_compat, "local_gcs_addresses", lambda: frozenset({address}))
+            start = time.monotonic()
+            assert runner.running_local_cluster() is None
+            assert time.monotonic() - start < runner.FOUND_PROBE_S + 2

@@ -421,6 +421,20 @@ def test_the_rung_schedule_anneals_at_the_searchs_rungs_unless_milestones_are_gi
     assert cfg("cosine").milestones == default
 
 
+def test_the_rung_schedule_when_searched_its_rungs_in_order_and_searched_milestones_win():
+    """A trial that samples `scheduler: rung_cosine` from the space gets the rungs as milestones (one
+    that samples cosine does not); the rungs come in increasing order past 8 epochs too (max_t 16:
+    1, 2, 4, 8, where a set iterates 8 first); milestones sampled from the space win over the rungs."""
+    asha = {"type": "asha", "max_t": 16, "grace_period": 1, "reduction_factor": 2}
+    params = {**GOOD["parameters"], "scheduler": {"values": ["cosine", "rung_cosine"]}}
+    spec = parse_spec({**GOOD, "scheduler": asha, "parameters": params})
+    sampled = {"optimizer": "adamw", "lr": 1e-3}
+    assert trial_values(spec, {**sampled, "scheduler": "rung_cosine"})["milestones"] == [1.0, 2.0, 4.0, 8.0]
+    assert "milestones" not in trial_values(spec, {**sampled, "scheduler": "cosine"})
+    spec = parse_spec({**GOOD, "scheduler": asha, "parameters": {**params, "milestones": {"values": [[3.0], [5.0]]}}})
+    assert trial_values(spec, {**sampled, "scheduler": "rung_cosine", "milestones": [5.0]})["milestones"] == [5.0]
+
+
 def _momentum_sampler(seed=0, param=None):
     param = param or GOOD["parameters"]["momentum"]
     spec = parse_spec({**GOOD, "seed": seed, "parameters": {**GOOD["parameters"], "momentum": param}})
