@@ -127,3 +127,24 @@ def test_a_record_whose_port_does_not_answer_is_given_up_after_the_probe_time(tm
             start = time.monotonic()
             assert runner.running_local_cluster() is None
             assert time.monotonic() - start < runner.FOUND_PROBE_S + 2
+
+
+def test_a_running_cluster_on_ipv6_is_found_through_its_bracketed_record(tmp_path, monkeypatch):
+    """Ray records an IPv6 GCS as `[::1]:PORT`: the brackets are not part of the host to probe."""
+    from raydigits.search import runner
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    try:
+        listener = socket.socket(socket.AF_INET6)
+        listener.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with listener:
+        listener.listen()
+        recorded = f"[::1]:{listener.getsockname()[1]}"
+        path = tmp_path / "ray_current_cluster"
+        path.write_text(recorded)
+        monkeypatch.setattr(runner, "RAY_CURRENT_CLUSTER", path)
+        monkeypatch.setattr(runner.ray_compat, "local_gcs_addresses", lambda: frozenset({recorded}))
+        assert runner.running_local_cluster() == recorded

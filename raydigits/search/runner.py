@@ -70,8 +70,8 @@ def running_local_cluster() -> str | None:
     host, _, port = recorded.rpartition(":")
     if not host or not port.isdigit() or recorded not in ray_compat.local_gcs_addresses():
         return None
-    try:
-        socket.create_connection((host, int(port)), timeout=FOUND_PROBE_S).close()
+    try:  # an IPv6 host is recorded in brackets ([::1]:6379)
+        socket.create_connection((host.strip("[]"), int(port)), timeout=FOUND_PROBE_S).close()
     except OSError:
         return None
     return recorded
