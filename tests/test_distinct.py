@@ -138,3 +138,57 @@ def test_the_eta_counts_the_trials_a_finite_space_will_run(tmp_path):
     lr = {"distribution": "log_uniform_values", "min": 1e-4, "max": 1e-2}
     continuous = parse_spec({**FINITE, "parameters": {**FINITE["parameters"], "lr": lr}})
     assert eta_reporter(continuous, tmp_path).schedule.n_trials == 13
+
+
+@pytest.mark.slow
+def test_an_interrupted_finite_search_resumes_each_configuration_once(tmp_path, mnist_dir):
+    """The real CLI over the smoke space made finite (2 optimizers × 3 learning rates: 6
+    configurations, 6 samples, one trial at a time), Ctrl-C once 2 trials have finished, then
+    --resume: the searcher's saved place (DistinctRandom.save/restore, under Tune's
+    ConcurrencyLimiter) carries over, so the 6 trials are the 6 configurations, each once, and no
+    trial that had finished trains again."""
+    import os
+    import signal
+    import time
+
+    import yaml
+    from support.helpers import REPO, launch, launch_ok, results
+
+    from raydigits.experiment import Experiment
+
+    space = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    space["parameters"]["lr"] = {"values": [1e-3, 3e-3, 1e-2]}
+    space["scheduler"] = {"type": "fifo", "max_t": 2}  # no trial ends before its last epoch
+    space.update(num_samples=6, max_concurrent=1)
+    space["fixed"].update(train_items=100, val_items=50)  # seconds a trial
+    path = tmp_path / "finite.yaml"
+    path.write_text(yaml.safe_dump(space))
+    configs = distinct_configs(parse_spec(space))
+    assert len(configs) == 6
+
+    exp = tmp_path / "n"
+    proc = launch(["--search-space", str(path), "--storage-path", str(tmp_path), "--name", "n", "--no-final"])
+
+    def finished() -> dict[str, list[dict]]:  # the trials that reported their last epoch
+        if not exp.is_dir():
+            return {}
+        return {d.name: rows for d in exp.iterdir() if d.is_dir() and (rows := results(d)) and rows[-1]["epoch"] == 2}
+
+    deadline = time.time() + 300
+    while len(finished()) < 2 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(finished()) >= 2, proc.communicate()[0][-3000:] if proc.poll() is not None else "2 trials did not finish"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    before = finished()
+    assert 2 <= len(before) < 6, out[-3000:]  # the resume has trials left to run
+
+    launch_ok(["--resume", str(exp), "--no-final"], timeout=300)
+    trials = Experiment.open(exp).trials
+    names = list(configs[0])
+    keys = [config_key({k: t.config.get(k) for k in names}) for t in trials]
+    assert len(trials) == 6 and all(t.status == "TERMINATED" and t.epochs == 2 for t in trials)
+    assert len(set(keys)) == 6 and set(keys) == {config_key(c) for c in configs}
+    for name, rows in before.items():  # a finished trial is not trained again
+        assert results(exp / name) == rows
