@@ -2,11 +2,11 @@
 on its public API that hands out the spec's shuffled configurations one by one, configs to run
 first (`launch.py extend`'s promoted trials) before them, and never one that `exclude` (the trials
 an extended search already ran) or an earlier suggestion holds. Its state (the queue and how far
-it got) is saved with the experiment, so `--resume` goes on where it stopped."""
+it got) is saved with the experiment as JSON, so `--resume` goes on where it stopped."""
 
 from __future__ import annotations
 
-import pickle
+import json
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -43,10 +43,11 @@ class DistinctRandom(Searcher):
     def set_state(self, state: dict) -> None:
         self.queue, self.given = state["queue"], state["given"]
 
+    # JSON, not pickle: an experiment's files are never unpickled (tests/test_security.py)
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
