@@ -122,9 +122,10 @@ def extend_search(
     if max_t is not None and max_t > spec.epochs and promote:
         ranked = sorted(scored, key=lambda s: s[2], reverse=spec.mode == "max")
         points = [cfg for cfg, _, _ in ranked[: min(promote, num_samples)]]
+    finite = distinct_configs(ext) is not None  # drawn without replacement (search/distinct.py)
     if ext.method in OPTUNA_METHODS:  # Optuna enqueues whole configs, conditional values included
         starts = [{k: v for k, v in cfg.items() if v is not None} for cfg in points]
-    elif distinct_configs(ext) is not None:  # whole configs too (search/distinct.py)
+    elif finite:  # whole configs too (search/distinct.py)
         starts = [{k: cfg.get(k) for k in ext.parameters} for cfg in points]
     else:  # Tune's points cannot set sample_from keys: the conditional samplers take them (`pinned`)
         plain = [k for k, p in ext.parameters.items() if not p.when]
@@ -144,5 +145,5 @@ def extend_search(
         verbose,
         data_dir=data_dir,
         search_alg=alg,
-        pinned=tuple(points) if ext.method not in OPTUNA_METHODS and distinct_configs(ext) is None else (),
+        pinned=tuple(points) if ext.method not in OPTUNA_METHODS and not finite else (),
     )

@@ -123,7 +123,8 @@ def _family_rungs(spec) -> dict:
 
 def eta_reporter(spec, exp_dir: Location | str) -> EtaReporter:
     """The reporter for a search: its trial count (a grid multiplies num_samples by the grid's
-    size; a finite random space has at most its configurations), scheduler, concurrency limit, per-trial resources and time budget."""
+    size; a finite random space runs at most its configurations), scheduler, concurrency limit,
+    per-trial resources and time budget."""
     total = spec.num_samples
     if spec.method == "grid":
         for p in spec.parameters.values():

@@ -35,11 +35,15 @@ REPORT_EVERY_S = 15  # the progress table is printed at most this often
 SYNC_PERIOD_S = 30  # remote storage: Tune uploads the experiment's state at least this often
 
 
+def _connect(host: str, port: str, timeout_s: float) -> None:
+    """One TCP connection to HOST:PORT, closed at once (an IPv6 host comes in brackets, as Ray
+    records it: [::1]:6379); OSError when nothing answers within `timeout_s`."""
+    socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+
+
 def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S, what: str = "--address") -> None:
     """Fail in seconds when nothing listens at HOST:PORT (ray.init would retry for minutes). `what`:
     where the address came from (--address, or RAY_ADDRESS), named in the error."""
-    if address.startswith("local"):
-        return
     hostport = address.split("://", 1)[-1].rstrip("/")
     if address == "auto":  # the cluster a `ray start` on this machine recorded (maybe long dead)
         if not RAY_CURRENT_CLUSTER.exists():
@@ -51,7 +55,7 @@ def _probe(address: str, timeout_s: float = PROBE_TIMEOUT_S, what: str = "--addr
     if not host or not port.isdigit():
         raise UserError(f"{what} {address}: expected auto, HOST:PORT or ray://HOST:PORT")
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        _connect(host, port, timeout_s)
     except OSError as exc:
         raise UserError(
             f"{what} {address}: nothing answers at {host}:{port} ({exc.strerror or exc}); "
@@ -70,8 +74,8 @@ def running_local_cluster() -> str | None:
     host, _, port = recorded.rpartition(":")
     if not host or not port.isdigit() or recorded not in ray_compat.local_gcs_addresses():
         return None
-    try:  # an IPv6 host is recorded in brackets ([::1]:6379)
-        socket.create_connection((host.strip("[]"), int(port)), timeout=FOUND_PROBE_S).close()
+    try:
+        _connect(host, port, FOUND_PROBE_S)
     except OSError:
         return None
     return recorded
