@@ -100,6 +100,45 @@ def test_the_searcher_runs_points_first_skips_what_ran_and_resumes_where_it_stop
     assert {config_key(c) for c in got} == {config_key(c) for c in configs[1:]}
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80\x04 not JSON (a pickle's first bytes)",
+        b"[1, 2]",
+        b'{"queue": []}',
+        b'{"queue": {"a": 1}, "given": 0}',
+        b'{"queue": [1], "given": 0}',
+        b'{"queue": [{"a": 1}], "given": 2}',
+        b'{"queue": [{"a": 1}], "given": -1}',
+        b'{"queue": [{"a": 1}], "given": true}',
+        b'{"queue": [{"a": 1}], "given": 1.0}',
+    ],
+)
+def test_a_damaged_searcher_state_is_one_error_naming_the_file(tmp_path, data):
+    from raydigits.errors import UserError
+    from raydigits.search.distinct import DistinctRandom
+
+    path = tmp_path / "searcher-state-x.pkl"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=f"{path}: the random search's saved state is damaged"):
+        DistinctRandom([{"a": 1}]).restore(str(path))
+
+
+def test_an_intact_state_is_restored_as_saved(tmp_path):
+    from raydigits.search.distinct import DistinctRandom
+
+    s = DistinctRandom([{"a": 1}, {"a": 2}])
+    s.suggest("t")
+    s.save(str(tmp_path / "s.pkl"))
+    r = DistinctRandom([])
+    r.restore(str(tmp_path / "s.pkl"))
+    assert (r.queue, r.given) == ([{"a": 1}, {"a": 2}], 1)
+    (tmp_path / "s.pkl").write_text('{"queue": [{"a": 1}], "given": 1}')  # all handed out: valid
+    r.restore(str(tmp_path / "s.pkl"))
+    assert r.given == 1
+
+
 def test_a_tune_run_of_the_specs_searcher_runs_each_configuration_once(tmp_path):
     import ray
     from ray import tune
@@ -148,7 +187,10 @@ def test_an_interrupted_finite_search_resumes_each_configuration_once(tmp_path, 
     ConcurrencyLimiter) carries over, so the 6 trials are the 6 configurations, each once, and no
     trial that had finished trains again."""
     import os
+    import shutil
     import signal
+    import subprocess
+    import sys
     import time
 
     import yaml
@@ -183,6 +225,23 @@ def test_an_interrupted_finite_search_resumes_each_configuration_once(tmp_path, 
     assert proc.returncode == 130, out[-3000:]
     before = finished()
     assert 2 <= len(before) < 6, out[-3000:]  # the resume has trials left to run
+
+    # a copy whose saved searcher state is damaged is refused in one line, before Tune restores it
+    # (given a restore that raises, Tune logs the error and waits for trials that never come)
+    broken = tmp_path / "broken"
+    shutil.copytree(exp, broken)
+    (state,) = broken.glob("searcher-state-*.pkl")
+    state.write_text('{"queue": [], "given": 3}')
+    done = subprocess.run(
+        [sys.executable, "launch.py", "--resume", str(broken), "--no-final"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stdout[-2000:] + done.stderr[-2000:]
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert str(state) in line and "damaged" in line
 
     launch_ok(["--resume", str(exp), "--no-final"], timeout=300)
     trials = Experiment.open(exp).trials

@@ -11,6 +11,7 @@ from typing import Any
 
 from ray.tune.search import Searcher
 
+from ..errors import UserError
 from ..spec import config_key
 
 
@@ -49,5 +50,31 @@ class DistinctRandom(Searcher):
             json.dump(self.get_state(), f)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path) as f:
-            self.set_state(json.load(f))
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(parse_state(f.read(), checkpoint_path))
+
+
+def parse_state(data: bytes, where: object) -> dict:
+    """The saved state, checked: a damaged file is one UserError naming it (Tune, given a restore
+    that raises, logs the error and waits for trials that never come)."""
+    try:
+        state = json.loads(data)
+        queue, given = state["queue"], state["given"]
+        ok = isinstance(queue, list) and all(isinstance(c, dict) for c in queue)
+        ok = ok and isinstance(given, int) and not isinstance(given, bool) and 0 <= given <= len(queue)
+    except (ValueError, TypeError, KeyError):  # not JSON, not UTF-8, not an object, a key missing
+        ok = False
+    if not ok:
+        raise UserError(
+            f"{where}: the random search's saved state is damaged (expected JSON with a 'queue' of configurations "
+            "and 'given', how many were handed out); the experiment cannot be resumed in its order"
+        )
+    return {"queue": queue, "given": given}
+
+
+def check_saved_state(exp) -> None:
+    """Before Tune restores `exp` (a storage.Location): its newest saved searcher state, if the search
+    used this searcher, must parse (parse_state)."""
+    saved = sorted(exp.glob(Searcher.CKPT_FILE_TMPL.format("*")), key=str)
+    if saved:
+        parse_state(saved[-1].read_bytes(), saved[-1])

@@ -13,7 +13,7 @@ from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import layout, records
-from ..spec import POPULATION, SearchSpec, trial_threads
+from ..spec import OPTUNA_METHODS, POPULATION, SearchSpec, distinct_configs, trial_threads
 from ..storage import Location
 from . import reaper
 from .tune_space import build_search_alg, build_tune_scheduler, param_space
@@ -351,6 +351,10 @@ def resume_search(
 
     if not tune.Tuner.can_restore(exp.tune_path):
         raise UserError(f"{exp}: no Tune experiment state to resume from")
+    if spec.method not in OPTUNA_METHODS and distinct_configs(spec) is not None:
+        from .distinct import check_saved_state
+
+        check_saved_state(exp)  # a damaged state is one line here, not a Tune restore that hangs
     # param_space again: Tune saved its sample_from functions as placeholders, and trials the
     # searcher has yet to generate need the real functions back
     tuner = tune.Tuner.restore(
