@@ -108,6 +108,7 @@ def test_the_searcher_runs_points_first_skips_what_ran_and_resumes_where_it_stop
         b"[1, 2]",
         b'{"queue": []}',
         b'{"queue": {"a": 1}, "given": 0}',
+        b'{"queue": {}, "given": 0}',
         b'{"queue": [1], "given": 0}',
         b'{"queue": [{"a": 1}], "given": 2}',
         b'{"queue": [{"a": 1}], "given": -1}',
