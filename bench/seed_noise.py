@@ -1,0 +1,109 @@
+"""How much of a search's winner is its training seed (not a test; issue 19's regret goals).
+
+Every trial of a search trains with the same seed (TrainConfig.seed, 42), so "the best
+configuration" of a FIFO collection (`bench/es_collect.py`) is the best *(configuration, seed 42)*.
+This retrains the collection's top-k configurations (by validation at the last epoch) with other
+training seeds (`launch.py reproduce EXP --trial T --set seed=S`, 2 at a time, one CPU each, as the
+search ran them) and prints, per configuration, its final validation for each seed, their mean and
+standard deviation, and how the top-k rank by mean against by seed 42 alone. The question it
+answers: is the winner's margin over its neighbours larger than what a different seed moves it?
+If not, an early-stopping policy's "regret" of a fraction of a point against FIFO's winner in one
+seed is mostly that seed's luck, and a goal of one validation standard error is finer than the
+training noise.
+
+Usage: python bench/seed_noise.py EXP [--top 6] [--seeds 1,2,3] [--out DIR] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def finals(exp: Path) -> list[tuple[float, str, dict, int]]:
+    """(final validation, trial id, config) of every trial, best first (as the collection ran it: the
+    trials of a FIFO collection all reach max_t)."""
+    out = []
+    for f in sorted(exp.glob("*/result.json")):
+        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+        if rows:
+            rows.sort(key=lambda r: r["training_iteration"])
+            out.append((rows[-1]["val_acc"], rows[0]["trial_id"], rows[0]["config"], len(rows)))
+    return sorted(out, key=lambda x: -x[0])
+
+
+def retrain(exp: Path, trial: str, seed: int, out: Path, epochs: int) -> float:
+    """The final validation of `trial` retrained with `seed` (kept in `out`: a rerun reads it back)."""
+    metrics = out / "metrics.csv"
+    if not metrics.exists():
+        cmd = [sys.executable, "launch.py", "reproduce", str(exp), "--trial", trial, "--out", str(out), "--force"]
+        done = subprocess.run([*cmd, "--set", f"seed={seed}"], cwd=REPO, capture_output=True, text=True)
+        # another seed is a what-if: reproduce says "NOT reproduced" and exits 1, with the run complete
+        if done.returncode not in (0, 1) or not metrics.exists():
+            raise SystemExit(f"seed_noise: {' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    rows = list(csv.DictReader(metrics.open()))
+    if len(rows) != epochs:
+        raise SystemExit(f"seed_noise: {metrics}: {len(rows)} epochs, the collection's trials ran {epochs}")
+    return float(rows[-1]["val_acc"])
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("exp", type=Path)
+    p.add_argument("--top", type=int, default=6)
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--out", type=Path, default=None, help="default EXP/seed_noise")
+    p.add_argument("--jobs", type=int, default=2)
+    args = p.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    top = finals(args.exp)[: args.top]
+    root = args.out or args.exp / "seed_noise"
+    t0 = time.time()
+    jobs = [(tid, s) for _, tid, _, _ in top for s in seeds]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        got = dict(
+            zip(jobs, pool.map(lambda j: retrain(args.exp, j[0], j[1], root / j[0] / f"seed{j[1]}", top[0][3]), jobs))
+        )
+    print(
+        f"{args.exp.name}: top {len(top)} configurations by final validation (seed 42), retrained with seeds "
+        f"{seeds} ({time.time() - t0:.0f}s)"
+    )
+    rows = []
+    for v42, tid, cfg, _ in top:
+        vals = [v42] + [got[(tid, s)] for s in seeds]
+        rows.append((tid, cfg, vals, statistics.mean(vals), statistics.stdev(vals)))
+        print(
+            f"  {tid} {json.dumps(cfg)}: seed 42 {v42:.4f}, seeds {seeds} "
+            f"{' '.join(f'{v:.4f}' for v in vals[1:])}; mean {statistics.mean(vals):.4f}, "
+            f"sd {100 * statistics.stdev(vals):.2f} pp, range {100 * (max(vals) - min(vals)):.2f} pp"
+        )
+    sds = [r[4] for r in rows]
+    by_mean = sorted(rows, key=lambda r: -r[3])
+    print(
+        f"  seed-to-seed sd of a configuration's final: median {100 * statistics.median(sds):.2f} pp "
+        f"(min {100 * min(sds):.2f}, max {100 * max(sds):.2f}); one binomial SE of 10,000 validation images "
+        f"at {top[0][0]:.2f}: {100 * (top[0][0] * (1 - top[0][0]) / 10000) ** 0.5:.2f} pp"
+    )
+    print(
+        f"  seed 42's winner {top[0][1]} ranks {[r[0] for r in by_mean].index(top[0][1]) + 1} of {len(rows)} by the "
+        f"mean over {len(seeds) + 1} seeds; the best by mean is {by_mean[0][0]} ({by_mean[0][3]:.4f})"
+    )
+    for s_i, s in enumerate(seeds, 1):
+        best = max(rows, key=lambda r: r[2][s_i])
+        print(
+            f"  with seed {s} the best of these is {best[0]} ({best[2][s_i]:.4f}); seed 42's winner "
+            f"{rows[0][2][s_i]:.4f} ({100 * (best[2][s_i] - rows[0][2][s_i]):.2f} pp below it)"
+        )
+
+
+if __name__ == "__main__":
+    main()
