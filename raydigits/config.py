@@ -122,7 +122,7 @@ class TrainConfig(BaseModel):
     min_lr: float = Field(0.0, ge=0.0)  # floor for cosine / cosine_restarts / rung_cosine / plateau
     step_size: float = Field(2.0, gt=0.0)  # step: epochs between decays
     gamma: float = Field(0.1, gt=0.0, le=1.0)  # step / multistep decay factor (a float)
-    # multistep, rung_cosine: epochs (a search with early stopping fills rung_cosine's with its rungs)
+    # multistep, rung_cosine: epochs (a search with early stopping fills rung_cosine's with its first rung)
     milestones: list[float] = Field(default_factory=lambda: [3.0, 6.0])
     restart_epochs: float = Field(2.0, gt=0.0)  # cosine_restarts: first cycle length (epochs)
     restart_mult: int = Field(2, ge=1)  # cosine_restarts: cycle length multiplier

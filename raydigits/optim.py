@@ -168,9 +168,10 @@ def _onecycle(opt, cfg, spe, total):
 def _rung_cosine(opt, cfg, spe, total):
     """Budget-aware rungs (Li, Yumer, Ramanan, "Budgeted Training", ICLR 2020: anneal within the
     budget a run is given): the lr anneals to min_lr at every milestone (epochs: `milestones`, which
-    a search fills with its early-stopping rungs), so a rung judges every trial at an annealed point
-    of its schedule, not mid-schedule; after a milestone it restarts at the value a plain cosine over
-    the whole run would have there, so the run as a whole decays like `cosine` and ends at min_lr."""
+    a search with early stopping fills with its first rung), so that rung judges every trial at an
+    annealed point of its schedule, not mid-schedule; after a milestone it restarts at the value a
+    plain cosine over the whole run would have there, so the run as a whole decays like `cosine` and
+    ends at min_lr."""
     floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
     warm = cfg.epochs * spe - total  # the warmup's steps: the main schedule starts after them
     cuts = sorted({round(m * spe) - warm for m in cfg.milestones} & set(range(1, max(1, total))))

@@ -396,9 +396,10 @@ def test_trial_config_runs_the_spec_epochs_and_sets_each_target():
 
 
 def test_the_rung_schedule_anneals_at_the_searchs_rungs_unless_milestones_are_given():
-    """`scheduler: rung_cosine` (budget-aware rungs): a trial's milestones are the epochs early
-    stopping judges it at (grace 1, factor 2, max_t 8: 1, 2, 4); milestones the space gives win;
-    FIFO has no rungs (TrainConfig's default stays); other schedules are left alone."""
+    """`scheduler: rung_cosine` (budget-aware rungs): a trial's milestone is the first epoch early
+    stopping judges it at (grace 1, factor 2, max_t 8: rungs 1, 2, 4, milestone 1; grace 2: 2);
+    milestones the space gives win; FIFO has no rungs (TrainConfig's default stays); other
+    schedules are left alone."""
     from raydigits.spec import trial_train_config
 
     def cfg(scheduler, fixed=None, sched=None):
@@ -412,24 +413,24 @@ def test_the_rung_schedule_anneals_at_the_searchs_rungs_unless_milestones_are_gi
         return trial_train_config(spec, {"optimizer": "adamw", "lr": 1e-3}, "data/mnist", "trial t")
 
     default = type(cfg("cosine"))().milestones
-    assert cfg("rung_cosine").milestones == [1.0, 2.0, 4.0]
+    assert cfg("rung_cosine").milestones == [1.0]
     assert cfg(
-        "rung_cosine", sched={"type": "family_asha", "max_t": 9, "grace_period": 1, "reduction_factor": 3}
-    ).milestones == [1.0, 3.0]
+        "rung_cosine", sched={"type": "family_asha", "max_t": 9, "grace_period": 2, "reduction_factor": 3}
+    ).milestones == [2.0]
     assert cfg("rung_cosine", fixed={"milestones": [3]}).milestones == [3.0]
     assert cfg("rung_cosine", sched={"type": "fifo", "max_t": 8}).milestones == default
     assert cfg("cosine").milestones == default
 
 
 def test_the_rung_schedule_when_searched_its_rungs_in_order_and_searched_milestones_win():
-    """A trial that samples `scheduler: rung_cosine` from the space gets the rungs as milestones (one
-    that samples cosine does not); the rungs come in increasing order past 8 epochs too (max_t 16:
-    1, 2, 4, 8, where a set iterates 8 first); milestones sampled from the space win over the rungs."""
+    """A trial that samples `scheduler: rung_cosine` from the space gets the first rung as its
+    milestone (one that samples cosine does not): the smallest rung past 8 epochs too (max_t 16:
+    rungs 1, 2, 4, 8, where a set iterates 8 first); milestones sampled from the space win."""
     asha = {"type": "asha", "max_t": 16, "grace_period": 1, "reduction_factor": 2}
     params = {**GOOD["parameters"], "scheduler": {"values": ["cosine", "rung_cosine"]}}
     spec = parse_spec({**GOOD, "scheduler": asha, "parameters": params})
     sampled = {"optimizer": "adamw", "lr": 1e-3}
-    assert trial_values(spec, {**sampled, "scheduler": "rung_cosine"})["milestones"] == [1.0, 2.0, 4.0, 8.0]
+    assert trial_values(spec, {**sampled, "scheduler": "rung_cosine"})["milestones"] == [1.0]
     assert "milestones" not in trial_values(spec, {**sampled, "scheduler": "cosine"})
     spec = parse_spec({**GOOD, "scheduler": asha, "parameters": {**params, "milestones": {"values": [[3.0], [5.0]]}}})
     assert trial_values(spec, {**sampled, "scheduler": "rung_cosine", "milestones": [5.0]})["milestones"] == [5.0]
