@@ -64,6 +64,9 @@ POLICIES = {
     "strat_first34_mid3": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[3 / 4, 1 / 3, 1 / 2]),
     "strat_first34_mid3_last3": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[3 / 4, 1 / 3, 1 / 3]),
     "strat_first23_mid3": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[2 / 3, 1 / 3, 1 / 2]),
+    # a harder first rung, for curves whose first rung ranks well (budget-aware rungs: rung_cosine)
+    "strat_first13": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[1 / 3, 1 / 2, 1 / 2]),
+    "strat_first25": dict(grace_period=1, reduction_factor=2, stratify=True, keep=[2 / 5, 1 / 2, 1 / 2]),
     "asha_rf3": dict(grace_period=1, reduction_factor=3),
     "strat_rf3": dict(grace_period=1, reduction_factor=3, stratify=True),
     "strat_p2_rf3": dict(grace_period=1, reduction_factor=3, stratify=True, min_peers=2),
