@@ -147,3 +147,7 @@ def test_the_search_eta_uses_the_schedulers_own_rungs(tmp_path):
     assert fam.keep == (0.75, 0.5, 0.5) and fam.families == 6 and fam.rungs == (1, 2, 4)
     ray = eta_reporter(parse_spec({**space, "scheduler": {"type": "asha", "max_t": 8}}, "t"), tmp_path).schedule
     assert ray.keep == () and ray.families == 1
+    third = {"type": "family_asha", "max_t": 8, "first_keep": 1 / 3}
+    assert eta_reporter(parse_spec({**space, "scheduler": third}, "t"), tmp_path).schedule.keep[0] == pytest.approx(
+        1 / 3
+    )

@@ -760,6 +760,29 @@ def test_fifo_never_stops_a_trial_early_and_asha_takes_its_settings():
         parse_spec({**GOOD, "scheduler": {"brackets": 2}})
 
 
+def test_first_keep_sets_the_share_family_ashas_first_rung_keeps():
+    """scheduler.first_keep: the share of a family the first rung keeps (default 3/4, the scheduler's
+    own default), later rungs 1/rf; given with another scheduler type, or outside (0, 1), it is
+    refused in one line naming the key; it round-trips through the saved spec."""
+    from raydigits.search.family_asha import DEFAULT_FIRST_KEEP
+    from raydigits.search.tune_space import build_tune_scheduler
+
+    sched = {"type": "family_asha", "max_t": 8, "grace_period": 1, "reduction_factor": 2}
+    default = parse_spec({**GOOD, "scheduler": sched})
+    assert default.scheduler.first_keep == DEFAULT_FIRST_KEEP
+    assert build_tune_scheduler(default)._core.keep == {1: 0.75, 2: 0.5, 4: 0.5}
+    spec = parse_spec({**GOOD, "scheduler": {**sched, "first_keep": 1 / 3}})
+    assert build_tune_scheduler(spec)._core.keep == pytest.approx({1: 1 / 3, 2: 0.5, 4: 0.5})
+    assert parse_spec(spec.to_dict()).scheduler.first_keep == pytest.approx(1 / 3)
+    with pytest.raises(
+        UserError, match=r"scheduler.first_keep: only used by scheduler type family_asha \(this one is asha\)"
+    ):
+        parse_spec({**GOOD, "scheduler": {"type": "asha", "first_keep": 0.5}})
+    for bad in (0, 1, 1.5, -0.2):
+        with pytest.raises(UserError, match="first_keep"):
+            parse_spec({**GOOD, "scheduler": {**sched, "first_keep": bad}})
+
+
 def test_pbt_checks_name_what_is_searched_and_what_may_be_perturbed():
     """PBT perturbs lists as well as distributions (only PB2 needs a range); the messages list the
     searched parameters and the perturbable keys."""

@@ -171,11 +171,12 @@ def default_scheduler(
     time_attr: str = "training_iteration",
     costs: Sequence[str] = (),
     broken: Callable[[dict], list[str]] | None = None,
+    first_keep: float = DEFAULT_FIRST_KEEP,
 ) -> FamilyASHA:
     """The shipped default: FamilyASHA stratified by `family` (the spec's searched categorical
     parameters: `[k for k, p in spec.parameters.items() if p.values is not None]`), one bracket,
-    Ray's rule (min_peers 1), a gentler first rung (DEFAULT_FIRST_KEEP); with `costs`, the same
-    rungs ranked by Pareto dominance (multi-objective)."""
+    Ray's rule (min_peers 1), a gentler first rung (`first_keep`, the spec's scheduler.first_keep);
+    with `costs`, the same rungs ranked by Pareto dominance (multi-objective)."""
     return FamilyASHA(
         metric=metric,
         mode=mode,
@@ -188,7 +189,7 @@ def default_scheduler(
         bracket_weights=DEFAULT_BRACKET_WEIGHTS,
         time_attr=time_attr,
         seed=seed,
-        keep=default_keep(max_t, grace_period, reduction_factor),
+        keep=default_keep(max_t, grace_period, reduction_factor, first_keep),
         costs=costs,
         broken=broken,
     )

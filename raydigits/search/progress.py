@@ -116,7 +116,7 @@ def _family_rungs(spec) -> dict:
     from .tune_space import family_parameters
 
     s = spec.scheduler
-    keep = default_keep(spec.epochs, min(s.grace_period, spec.epochs), s.reduction_factor) or ()
+    keep = default_keep(spec.epochs, min(s.grace_period, spec.epochs), s.reduction_factor, s.first_keep) or ()
     families = math.prod(len(spec.parameters[name].values or ()) or 1 for name in family_parameters(spec))
     return {"keep": tuple(keep), "families": families}
 

@@ -297,7 +297,7 @@ def build_tune_scheduler(spec: SearchSpec):
     if s.type == "family_asha":
         from .family_asha import default_scheduler
 
-        return default_scheduler(family=family_parameters(spec), **ours)
+        return default_scheduler(family=family_parameters(spec), first_keep=s.first_keep, **ours)
     if spec.multi_objective:  # asha: Ray's rule (every trial compared, 1/rf kept, its brackets), on points
         from .family_asha import FamilyASHA
 

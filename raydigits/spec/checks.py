@@ -231,6 +231,10 @@ def _check_scheduler(spec: SearchSpec, where: str) -> None:
         )
     if s.type not in EARLY_STOPPING:
         return
+    if "first_keep" in given and s.type != "family_asha":
+        raise UserError(
+            f"{where}: scheduler.first_keep: only used by scheduler type family_asha (this one is {s.type})"
+        )
     if s.type == "family_asha" and s.brackets != 1:
         raise UserError(
             f"{where}: scheduler.brackets: family_asha runs one bracket (BENCHMARKS.md: a hedge bracket "

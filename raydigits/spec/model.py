@@ -136,6 +136,10 @@ class SchedulerSpec(_Strict):
     grace_period: int = Field(1, ge=1)  # epochs before ASHA may stop a trial
     reduction_factor: float = Field(2.0, gt=1.0)
     brackets: int = Field(1, ge=1)
+    # family_asha: the share of a family its first rung keeps (later rungs 1/reduction_factor). 3/4 lets
+    # a slow starter through a first rung that ranks how trials start; 1/3 spends less and pays off
+    # only when the first rung ranks well, as with `fixed: {scheduler: rung_cosine}` (BENCHMARKS.md)
+    first_keep: float = Field(0.75, gt=0.0, lt=1.0)
     # pbt / pb2: every `perturbation_interval` epochs a trial in the bottom `quantile_fraction` continues
     # from a top trial's checkpoint with that trial's config, its `mutate` parameters perturbed
     perturbation_interval: int = Field(1, ge=1)
