@@ -583,11 +583,18 @@ def test_grid_expands_values():
     assert space["optimizer"] == {"grid_search": ["sgd", "adam"]}
 
 
-def test_readme_example_is_a_valid_space():
+def test_readme_examples_are_valid_spaces():
+    """README's full space example parses; each fragment (a block without a name) parses merged over
+    it, top-level keys replaced (the budget-aware recipe among them)."""
     text = (REPO / "README.md").read_text()
-    block = text.split("```yaml\n")[1].split("```")[0]
-    spec = parse_spec(yaml.safe_load(block), "README")
+    blocks = [yaml.safe_load(b.split("```")[0]) for b in text.split("```yaml\n")[1:]]
+    (full,) = [b for b in blocks if "name" in b]
+    spec = parse_spec(full, "README")
     assert spec.target("lr_sgd") == "lr" and spec.parameters["momentum"].when == {"optimizer": "sgd"}
+    fragments = [b for b in blocks if "name" not in b]
+    assert fragments
+    for fragment in fragments:
+        parse_spec({**full, **fragment}, "README fragment")
 
 
 def test_a_first_rung_of_a_few_steps_is_warned_about():
