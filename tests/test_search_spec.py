@@ -781,10 +781,11 @@ def test_first_keep_sets_the_share_family_ashas_first_rung_keeps():
     spec = parse_spec({**GOOD, "scheduler": {**sched, "first_keep": 1 / 3}})
     assert build_tune_scheduler(spec)._core.keep == pytest.approx({1: 1 / 3, 2: 0.5, 4: 0.5})
     assert parse_spec(spec.to_dict()).scheduler.first_keep == pytest.approx(1 / 3)
-    with pytest.raises(
-        UserError, match=r"scheduler.first_keep: only used by scheduler type family_asha \(this one is asha\)"
-    ):
-        parse_spec({**GOOD, "scheduler": {"type": "asha", "first_keep": 0.5}})
+    for other in ("asha", "fifo", "pbt", "pb2"):
+        with pytest.raises(
+            UserError, match=rf"scheduler.first_keep: only used by .* family_asha \(this one is {other}\)"
+        ):
+            parse_spec({**GOOD, "scheduler": {"type": other, "first_keep": 0.5}})
     for bad in (0, 1, 1.5, -0.2):
         with pytest.raises(UserError, match="first_keep"):
             parse_spec({**GOOD, "scheduler": {**sched, "first_keep": bad}})

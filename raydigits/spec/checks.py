@@ -229,12 +229,12 @@ def _check_scheduler(spec: SearchSpec, where: str) -> None:
         raise UserError(
             f"{where}: scheduler.{unused[0]}: only used by scheduler type pbt or pb2 (this one is {s.type})"
         )
-    if s.type not in EARLY_STOPPING:
-        return
     if "first_keep" in given and s.type != "family_asha":
         raise UserError(
             f"{where}: scheduler.first_keep: only used by scheduler type family_asha (this one is {s.type})"
         )
+    if s.type not in EARLY_STOPPING:
+        return
     if s.type == "family_asha" and s.brackets != 1:
         raise UserError(
             f"{where}: scheduler.brackets: family_asha runs one bracket (BENCHMARKS.md: a hedge bracket "
