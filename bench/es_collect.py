@@ -4,7 +4,8 @@ The setting is issue 19's benchmark: 1,500 training images, the full 10,000-imag
 8 epochs, 2 trials at a time with one CPU each.
 Usage: python bench/es_collect.py --space first|FILE.yaml --seeds 0,1,2 --samples 90 --storage DIR
        [--set KEY=VALUE ...]   (a fixed knob for every trial, e.g. the budget-aware schedule:
-       --set scheduler=rung_cosine --set "milestones=[1, 2, 4]": FIFO has no rungs to fill them from)
+       --set scheduler=rung_cosine --set "milestones=[1]", the first rung a search would fill in:
+       FIFO has no rungs to fill it from)
 """
 
 from __future__ import annotations

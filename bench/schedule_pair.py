@@ -1,6 +1,7 @@
 """Two schedules on the same configurations, config by config (not a test): what a learning-rate
-schedule that anneals at the rungs (`scheduler: rung_cosine`) does to the trials that run to the
-end, and to how well an early rung ranks them (issue 19, "budget-aware rungs").
+schedule that anneals at its milestones (`scheduler: rung_cosine`, a search's first rung) does to
+the trials that run to the end, and to how well an early rung ranks them (issue 19, "budget-aware
+rungs").
 
 A and B are FIFO collections of the same search seed (`bench/es_collect.py`, B with `--set
 scheduler=rung_cosine ...`): random search draws the same configurations for both, and a trial's
@@ -8,7 +9,8 @@ training is seeded by its config, so trial i of A and the trial of B with the sa
 differ by the schedule alone. Per seed pair, and pooled:
  - the final validation (epoch max_t) B - A per config, pp: mean with a bootstrap 95 % interval,
    the Wilcoxon signed-rank p (paired, two-sided), and how many configs B ends above / below A;
- - the same for the best quarter of configs by A's final (the ones a search is after);
+ - the same for the best quarter of configs, chosen by the mean of A's and B's finals (chosen by
+   one side's, the difference would be biased against that side: regression to the mean);
  - each side's best final, and the best final of each side's best configuration;
  - how well epoch e ranks the finals (Spearman, all trials and within each family, with a
    permutation p and a bootstrap interval): the quantity an early rung relies on.
@@ -65,8 +67,9 @@ def report(name: str, pairs: list, epochs: list[int], family: str) -> None:
     d = (b_final - a_final) * 100
     print(f"{name}: {len(pairs)} configurations run to the end on both sides")
     print(diff_line("final, every config", d))
-    top = a_final >= np.quantile(a_final, 0.75)
-    print(diff_line("final, A's best quarter", d[top]))
+    mean = (a_final + b_final) / 2
+    top = mean >= np.quantile(mean, 0.75)
+    print(diff_line("final, the best quarter by (A+B)/2", d[top]))
     ia, ib = int(a_final.argmax()), int(b_final.argmax())
     print(
         f"  best final: A {a_final[ia]:.4f} ({json.dumps(pairs[ia][0])}), B {b_final[ib]:.4f} "

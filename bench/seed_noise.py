@@ -4,8 +4,9 @@ Every trial of a search trains with the same seed (TrainConfig.seed, 42), so "th
 configuration" of a FIFO collection (`bench/es_collect.py`) is the best *(configuration, seed 42)*.
 This retrains the collection's top-k configurations (by validation at the last epoch) with other
 training seeds (`launch.py reproduce EXP --trial T --set seed=S`, 2 at a time, one CPU each, as the
-search ran them) and prints, per configuration, its final validation for each seed, their mean and
-standard deviation, and how the top-k rank by mean against by seed 42 alone. The question it
+search ran them) and prints, per configuration, its final validation for each seed, the mean and
+standard deviation over the *other* seeds (seed 42 chose these configurations, so its values are
+biased upwards: regression to the mean), and how the top-k rank by that mean against by seed 42. The question it
 answers: is the winner's margin over its neighbours larger than what a different seed moves it?
 If not, an early-stopping policy's "regret" of a fraction of a point against FIFO's winner in one
 seed is mostly that seed's luck, and a goal of one validation standard error is finer than the
@@ -80,22 +81,25 @@ def main():
     rows = []
     for v42, tid, cfg, _ in top:
         vals = [v42] + [got[(tid, s)] for s in seeds]
-        rows.append((tid, cfg, vals, statistics.mean(vals), statistics.stdev(vals)))
+        fresh = vals[1:]  # the seeds that did not choose the configuration
+        mean, sd = statistics.mean(fresh), statistics.stdev(fresh)
+        rows.append((tid, cfg, vals, mean, sd))
         print(
-            f"  {tid} {json.dumps(cfg)}: seed 42 {v42:.4f}, seeds {seeds} "
-            f"{' '.join(f'{v:.4f}' for v in vals[1:])}; mean {statistics.mean(vals):.4f}, "
-            f"sd {100 * statistics.stdev(vals):.2f} pp, range {100 * (max(vals) - min(vals)):.2f} pp"
+            f"  {tid} {json.dumps(cfg)}: seed 42 {v42:.4f}, seeds {seeds} {' '.join(f'{v:.4f}' for v in fresh)}; "
+            f"over seeds {seeds}: mean {mean:.4f}, sd {100 * sd:.2f} pp, range {100 * (max(fresh) - min(fresh)):.2f} pp; "
+            f"seed 42 {100 * (v42 - mean):+.2f} pp from that mean"
         )
     sds = [r[4] for r in rows]
     by_mean = sorted(rows, key=lambda r: -r[3])
     print(
-        f"  seed-to-seed sd of a configuration's final: median {100 * statistics.median(sds):.2f} pp "
+        f"  seed-to-seed sd of a configuration's final (seeds {seeds}): median {100 * statistics.median(sds):.2f} pp "
         f"(min {100 * min(sds):.2f}, max {100 * max(sds):.2f}); one binomial SE of 10,000 validation images "
-        f"at {top[0][0]:.2f}: {100 * (top[0][0] * (1 - top[0][0]) / 10000) ** 0.5:.2f} pp"
+        f"at {top[0][0]:.2f}: {100 * (top[0][0] * (1 - top[0][0]) / 10000) ** 0.5:.2f} pp; seed 42 above the "
+        f"other seeds' mean by {100 * statistics.mean(r[2][0] - r[3] for r in rows):+.2f} pp on average (it chose them)"
     )
     print(
         f"  seed 42's winner {top[0][1]} ranks {[r[0] for r in by_mean].index(top[0][1]) + 1} of {len(rows)} by the "
-        f"mean over {len(seeds) + 1} seeds; the best by mean is {by_mean[0][0]} ({by_mean[0][3]:.4f})"
+        f"mean over seeds {seeds}; the best by that mean is {by_mean[0][0]} ({by_mean[0][3]:.4f})"
     )
     for s_i, s in enumerate(seeds, 1):
         best = max(rows, key=lambda r: r[2][s_i])

@@ -122,7 +122,9 @@ def trial_values(spec: SearchSpec, config: dict[str, Any]) -> dict[str, Any]:
             values[spec.target(k) if k in spec.parameters else k] = v
     if values.get("scheduler") == RUNG_SCHEDULE and "milestones" not in values and asha_rungs(spec):
         # anneal where the first rung judges, the rung whose ranking a mid-schedule lr spoils; annealing
-        # at every rung cost the best trials ~1-2 pp by the end (BENCHMARKS.md, budget-aware rungs)
+        # at every rung cost the best trials ~1 pp by the end (BENCHMARKS.md, budget-aware rungs). With
+        # asha's brackets > 1 a later bracket's first rung is later: its trials are judged mid-schedule
+        # there (family_asha runs one bracket)
         values["milestones"] = [float(min(asha_rungs(spec)))]
     return values
 
