@@ -3,8 +3,9 @@
 Every trial of a search trains with the same seed (TrainConfig.seed, 42), so "the best
 configuration" of a FIFO collection (`bench/es_collect.py`) is the best *(configuration, seed 42)*.
 This retrains the collection's top-k configurations (by validation at the last epoch) with other
-training seeds (`launch.py reproduce EXP --trial T --set seed=S`, 2 at a time, one CPU each, as the
-search ran them) and prints, per configuration, its final validation for each seed, the mean and
+training seeds (`raydigits.reproduce` with `seed=S`, what `launch.py reproduce EXP --trial T --set
+seed=S` runs, without the CLI: no final stage, nothing read from the test split; 2 at a time, one
+CPU each, as the search ran them) and prints, per configuration, its final validation for each seed, the mean and
 standard deviation over the *other* seeds (seed 42 chose these configurations, so its values are
 biased upwards: regression to the mean), and how the top-k rank by that mean against by seed 42. The question it
 answers: is the winner's margin over its neighbours larger than what a different seed moves it?
@@ -21,13 +22,12 @@ import argparse
 import csv
 import json
 import statistics
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def finals(exp: Path) -> list[tuple[float, str, dict, int]]:
@@ -44,17 +44,21 @@ def finals(exp: Path) -> list[tuple[float, str, dict, int]]:
 
 def retrain(exp: Path, trial: str, seed: int, out: Path, epochs: int) -> float:
     """The final validation of `trial` retrained with `seed` (kept in `out`: a rerun reads it back)."""
+    from raydigits.experiment import Experiment
+    from raydigits.reproduce import reproduce
+
     metrics = out / "metrics.csv"
-    if not metrics.exists():
-        cmd = [sys.executable, "launch.py", "reproduce", str(exp), "--trial", trial, "--out", str(out), "--force"]
-        done = subprocess.run([*cmd, "--set", f"seed={seed}"], cwd=REPO, capture_output=True, text=True)
-        # another seed is a what-if: reproduce says "NOT reproduced" and exits 1, with the run complete
-        if done.returncode not in (0, 1) or not metrics.exists():
-            raise SystemExit(f"seed_noise: {' '.join(cmd)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    done = metrics.exists() and len(list(csv.DictReader(metrics.open()))) == epochs
+    if not done:  # another seed is a what-if: the verdict says "NOT reproduced", the run is what counts
+        reproduce(Experiment.open(str(exp)), trial, out, [f"seed={seed}"], quiet=True, force=True)
     rows = list(csv.DictReader(metrics.open()))
     if len(rows) != epochs:
         raise SystemExit(f"seed_noise: {metrics}: {len(rows)} epochs, the collection's trials ran {epochs}")
     return float(rows[-1]["val_acc"])
+
+
+def _job(job: tuple) -> float:
+    return retrain(*job)
 
 
 def main():
@@ -70,10 +74,9 @@ def main():
     root = args.out or args.exp / "seed_noise"
     t0 = time.time()
     jobs = [(tid, s) for _, tid, _, _ in top for s in seeds]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        got = dict(
-            zip(jobs, pool.map(lambda j: retrain(args.exp, j[0], j[1], root / j[0] / f"seed{j[1]}", top[0][3]), jobs))
-        )
+    work = [(args.exp, tid, s, root / tid / f"seed{s}", top[0][3]) for tid, s in jobs]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        got = dict(zip(jobs, pool.map(_job, work)))
     print(
         f"{args.exp.name}: top {len(top)} configurations by final validation (seed 42), retrained with seeds "
         f"{seeds} ({time.time() - t0:.0f}s)"
