@@ -28,6 +28,7 @@ import numpy as np
 from scipy import stats as sps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_bench as sb  # noqa: E402
 import stats  # noqa: E402
 
 
@@ -35,13 +36,9 @@ def load(d: Path) -> dict[str, dict]:
     """{config as canonical JSON: {"config", "values"}} for the trials of a collection that ran
     to the end of their curve."""
     out = {}
-    for f in sorted(Path(d).glob("*/result.json")):
-        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if not rows:
-            continue
-        rows.sort(key=lambda r: r["training_iteration"])
-        key = json.dumps(rows[0]["config"], sort_keys=True)
-        out[key] = {"config": rows[0]["config"], "values": [r["val_acc"] for r in rows]}
+    for t in sb._trials(Path(d)).values():
+        rows = sorted(t["results"], key=lambda r: r["training_iteration"])
+        out[json.dumps(t["config"], sort_keys=True)] = {"config": t["config"], "values": [r["val_acc"] for r in rows]}
     return out
 
 

@@ -28,17 +28,17 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import search_bench as sb  # noqa: E402
 
 
 def finals(exp: Path) -> list[tuple[float, str, dict, int]]:
     """(final validation, trial id, config) of every trial, best first (as the collection ran it: the
     trials of a FIFO collection all reach max_t)."""
     out = []
-    for f in sorted(exp.glob("*/result.json")):
-        rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
-        if rows:
-            rows.sort(key=lambda r: r["training_iteration"])
-            out.append((rows[-1]["val_acc"], rows[0]["trial_id"], rows[0]["config"], len(rows)))
+    for tid, t in sb._trials(exp).items():
+        last = max(t["results"], key=lambda r: r["training_iteration"])
+        out.append((last["val_acc"], tid, t["config"], len(t["results"])))
     return sorted(out, key=lambda x: -x[0])
 
 

@@ -75,6 +75,6 @@ def parse_state(data: bytes, where: object) -> dict:
 def check_saved_state(exp) -> None:
     """Before Tune restores `exp` (a storage.Location): its newest saved searcher state, if the search
     used this searcher, must parse (parse_state)."""
-    saved = sorted(exp.glob(Searcher.CKPT_FILE_TMPL.format("*")), key=str)
+    saved = exp.glob(Searcher.CKPT_FILE_TMPL.format("*"))  # sorted: the newest is last, as Tune picks it
     if saved:
         parse_state(saved[-1].read_bytes(), saved[-1])

@@ -13,7 +13,7 @@ from ..data import ensure_prepared, load_dataset
 from ..data.store import Dataset
 from ..errors import UserError
 from ..experiment import layout, records
-from ..spec import OPTUNA_METHODS, POPULATION, SearchSpec, distinct_configs, trial_threads
+from ..spec import POPULATION, SearchSpec, distinct_configs, trial_threads
 from ..storage import Location
 from . import reaper
 from .tune_space import build_search_alg, build_tune_scheduler, param_space
@@ -351,7 +351,7 @@ def resume_search(
 
     if not tune.Tuner.can_restore(exp.tune_path):
         raise UserError(f"{exp}: no Tune experiment state to resume from")
-    if spec.method not in OPTUNA_METHODS and distinct_configs(spec) is not None:
+    if distinct_configs(spec) is not None:  # a finite random space: search/distinct.py saved its state
         from .distinct import check_saved_state
 
         check_saved_state(exp)  # a damaged state is one line here, not a Tune restore that hangs
